@@ -1,0 +1,36 @@
+# jaxmim: the two entry points a newcomer needs.
+#   make demo   set up .venv and the data, pre-train + fine-tune a small Swin on Fashion-MNIST
+#   make test   set up .venv and the data, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+WORKDIR ?= work/demo
+
+.PHONY: demo test venv data clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+# Debian/Ubuntu ship the Fashion-MNIST idx files as a package; install it when missing.
+data: $(FMNIST_DIR)/train-images-idx3-ubyte.gz
+
+$(FMNIST_DIR)/train-images-idx3-ubyte.gz:
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "Fashion-MNIST not found under $(FMNIST_DIR): installing Debian package dataset-fashion-mnist"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist
+
+test: venv data
+	$(VPY) -m pytest -q tests
+
+demo: venv data
+	$(VPY) -m launch.demo --workdir=$(WORKDIR)
+
+clean:
+	rm -rf $(VENV) work
