@@ -1,0 +1,110 @@
+"""Building blocks shared by the backbones: initialisers, LayerNorm, MLP, DropPath.
+
+Every layer takes and returns channels-last arrays. Randomness (dropout, stochastic
+depth) is explicit: layers receive a ``jax.random`` key and a ``train`` flag instead of
+holding RNG state, so a module is a plain tree of parameters (no RNG variables) and a
+jitted step is a pure function of ``(params, batch, key)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Initialisers matching PyTorch / timm conventions.
+trunc_normal_02 = jax.nn.initializers.normal(stddev=0.02)
+"""timm ``trunc_normal_(std=.02)`` truncates at +-2 *absolute*, i.e. +-100 sigma: a plain normal."""
+
+
+def torch_default_kernel_init(key, shape, dtype=jnp.float32):
+    """PyTorch's default Linear/Conv weight init, ``kaiming_uniform_(a=sqrt(5))``.
+
+    Equals U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = prod(shape[:-1]) for a Flax
+    kernel laid out ``(..., in, out)`` (conv ``(kh, kw, in, out)``; dense ``(in, out)``).
+    Source: ``torch.nn.Conv2d.reset_parameters``.
+    """
+    fan_in = math.prod(shape[:-1])
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+    """PyTorch's default bias init for a layer with ``fan_in`` inputs: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """``torch.nn.LayerNorm(dim, eps)``: biased variance computed as E[(x-mean)^2], affine 1/0 init."""
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    """Dense layer with the timm/Swin init: kernel N(0, 0.02^2) laid out ``(in, out)``, bias 0."""
+    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
+                                        bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+def dropout(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> jax.Array:
+    """Element-wise dropout with inverted scaling (``torch.nn.Dropout``); identity when not training."""
+    if not train or rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError('dropout: a PRNG key is required when train=True and rate > 0')
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def drop_path(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth (timm ``DropPath``): drops whole samples of a residual branch.
+
+    Args:
+        x: ``(B, ...)`` residual branch output.
+        rate: drop probability p; kept samples are divided by 1 - p.
+        train: identity when False.
+        key: PRNG key, required when ``train`` and ``rate > 0``.
+
+    Raises:
+        ValueError: key missing while training with ``rate > 0``.
+    """
+    if not train or rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError('drop_path: a PRNG key is required when train=True and rate > 0')
+    keep_prob = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(key, keep_prob, shape)
+    return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
+
+
+def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """Splits ``key`` in ``n`` keys, or returns ``n`` Nones when ``key`` is None."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
+
+
+class Mlp(nnx.Module):
+    """Transformer MLP: fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout.
+
+    Input and output ``(..., dim)``. Source: microsoft/SimMIM ``models/swin_transformer.py`` ``Mlp``.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, *, rngs: nnx.Rngs):
+        self.fc1 = linear(dim, hidden_dim, rngs)
+        self.fc2 = linear(hidden_dim, dim, rngs)
+        self.drop = drop
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        k1, k2 = split_key(rng, 2)
+        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        x = dropout(x, self.drop, train, k1)
+        return dropout(self.fc2(x), self.drop, train, k2)

@@ -1,0 +1,98 @@
+"""SimMIM: masked image modeling with a one-layer decoder and an L1 loss on masked pixels.
+
+Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling", CVPR 2022; follows
+``microsoft/SimMIM@d3e29bc models/simmim.py`` (``SimMIM``) and ``data/data_simmim.py``
+(``MaskGenerator``). Spec: ``simmim_swin.md`` §2-§3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmim import layers as L
+from jaxmim.masking import SimMIMMaskGenerator
+
+
+def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
+    """``torch.nn.PixelShuffle(r)`` in NHWC: ``(B, h, w, C*r*r)`` -> ``(B, h*r, w*r, C)``.
+
+    Input channel ``c*r^2 + i*r + j`` goes to output pixel ``(h*r + i, w*r + j)``, colour c
+    (colour-major, unlike TensorFlow's ``depth_to_space``).
+    """
+    b, h, w, crr = x.shape
+    c = crr // (r * r)
+    x = x.reshape(b, h, w, c, r, r).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, h * r, w * r, c)
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """Cuts ``(B, H, W, C)`` into units ``(B, (H/p)*(W/p), p*p*C)``: units in raster order,
+    pixels in ``(p, q, c)`` order (MAE ``patchify``)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: jax.Array, p: int, h: int, w: int) -> jax.Array:
+    """Inverse of :func:`patchify`: ``(B, L, p*p*C)`` -> ``(B, h*p, w*p, C)`` for an ``h x w`` unit grid."""
+    b, _, d = x.shape
+    c = d // (p * p)
+    return x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
+
+
+class SimMIM(nnx.Module):
+    """SimMIM model: encoder with a mask token, 1x1-conv + pixel-shuffle decoder, masked L1 loss.
+
+    Args:
+      encoder: a masked-input encoder called ``encoder(images, mask, train=, rng=)`` that
+        returns the final feature map ``(B, H/stride, W/stride, num_features)`` and exposes
+        ``num_features``, ``in_chans``, ``patch_size``, ``img_size``
+        (e.g. :class:`jaxmim.models.swin.SwinTransformerForSimMIM`).
+      encoder_stride: total downsampling of the encoder (32 for 4-stage Swin with patch 4).
+      mask_patch_size: mask-unit side in pixels (32 in the paper).
+      mask_ratio: fraction of mask units masked (0.6 in the paper).
+      rngs: NNX RNG streams for the decoder initialisation (PyTorch default conv init).
+
+    Call: ``model(images, mask=mask, train=False, rng=None)`` with images ``(B, H, W, C)``
+    (the ImageNet-normalised input, which is also the target) and mask
+    ``(B, H/patch, W/patch)`` (1 = masked). Returns a dict:
+      ``loss``: scalar float32, ``sum(|x - x_rec| * M) / (sum(M) + 1e-5) / C`` with M the mask
+        upsampled to pixels (the official normalisation, ``models/simmim.py:114-121``);
+      ``x_rec``: ``(B, H, W, C)`` reconstruction;
+      ``pred``: ``x_rec`` cut into ``encoder_stride``-pixel units, ``(B, L, stride*stride*C)``,
+        units in raster order, pixels in ``(p, q, c)`` order;
+      ``mask``: the pixel-level mask ``(B, H, W, 1)`` float32.
+
+    Raises:
+      ValueError: incompatible sizes (see :class:`SimMIMMaskGenerator`), or a mask of the
+        wrong shape.
+    """
+
+    def __init__(self, encoder: nnx.Module, encoder_stride: int, mask_patch_size: int = 32,
+                 mask_ratio: float = 0.6, *, rngs: nnx.Rngs):
+        self.encoder = encoder
+        self.encoder_stride = encoder_stride
+        self.in_chans, self.patch_size = encoder.in_chans, encoder.patch_size
+        out = encoder_stride ** 2 * self.in_chans
+        self.decoder = nnx.Conv(encoder.num_features, out, (1, 1), kernel_init=L.torch_default_kernel_init,
+                                bias_init=L.torch_default_bias_init(encoder.num_features), rngs=rngs)
+        self.mask_generator = SimMIMMaskGenerator(encoder.img_size, mask_patch_size, self.patch_size,
+                                                  mask_ratio)
+
+    def sample_mask(self, key: jax.Array, batch_size: int) -> jax.Array:
+        """Draws a batch of masks ``(B, H/patch, W/patch)`` int32 (see :class:`SimMIMMaskGenerator`)."""
+        return self.mask_generator(key, batch_size)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
+                 rng: jax.Array | None = None) -> dict[str, Any]:
+        z = self.encoder(x, mask, train=train, rng=rng)
+        x_rec = pixel_shuffle(self.decoder(z), self.encoder_stride).astype(jnp.float32)
+        m = jnp.repeat(jnp.repeat(mask.astype(jnp.float32), self.patch_size, axis=1), self.patch_size,
+                       axis=2)[..., None]
+        err = jnp.abs(x.astype(jnp.float32) - x_rec)
+        loss = (err * m).sum() / (m.sum() + 1e-5) / self.in_chans
+        return {'loss': loss, 'x_rec': x_rec, 'pred': patchify(x_rec, self.encoder_stride), 'mask': m}

@@ -1,0 +1,421 @@
+"""Swin Transformer (Liu et al., 2021) in Flax NNX, at numerical parity with microsoft/SimMIM.
+
+Follows ``microsoft/SimMIM@d3e29bc models/swin_transformer.py`` (the classifier SimMIM
+fine-tunes) and ``models/simmim.py`` ``SwinTransformerForSimMIM`` (the pre-training
+encoder). Attribute names mirror the official PyTorch names (``patch_embed.proj``,
+``layers.{i}.blocks.{j}.attn.qkv``, ``layers.{i}.downsample.reduction`` ...), so the
+official state-dict maps onto the NNX state by name (see ``convert/official.py``).
+
+Layout: images are ``(B, H, W, C)`` float arrays (NHWC); tokens are kept as
+``(B, h, w, C)`` maps between blocks. Hidden details (spec ``simmim_swin.md`` §1, §7):
+LayerNorm eps 1e-5 with biased variance, exact erf GELU, q scaled by head_dim^-0.5 before
+q·kᵀ, relative-position index from an 'ij' meshgrid, shift mask filled with -100, roll by
+-s before and +s after attention, window clamped to the stage resolution when smaller,
+PatchMerging concatenation order (0,0),(1,0),(0,1),(1,1). The relative-position index
+and the shift mask are static NumPy constants, never variables.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmim import layers as L
+from jaxmim.registry import register_model
+
+
+# ----------------------------------------------------------------------------------------
+# Static window helpers (NumPy, computed once per shape).
+# ----------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def relative_position_index(window_size: int) -> np.ndarray:
+    """Relative-position index of a ``window_size`` x ``window_size`` window.
+
+    ``idx[i, j] = (h_i - h_j + W - 1) * (2W - 1) + (w_i - w_j + W - 1)`` for tokens i, j in
+    row-major order inside the window (an 'ij' meshgrid). Returns int32 ``(W*W, W*W)`` with
+    values in ``[0, (2W-1)^2)``. Source: ``models/swin_transformer.py:94-104``.
+    """
+    ws = window_size
+    coords = np.stack(np.meshgrid(np.arange(ws), np.arange(ws), indexing='ij')).reshape(2, -1)
+    rel = coords[:, :, None] - coords[:, None, :] + (ws - 1)   # (2, N, N)
+    idx = rel[0] * (2 * ws - 1) + rel[1]
+    idx.setflags(write=False)
+    return idx.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int) -> np.ndarray:
+    """Attention mask of the shifted windows of a ``height`` x ``width`` map.
+
+    Regions are labelled by the slices ``[0, H-ws), [H-ws, H-s), [H-s, H)`` of rows and
+    columns (label = 3·row_slice + col_slice); two tokens of one window may attend to each
+    other only when they carry the same label. Returns float32 ``(nW, N, N)`` with 0 where
+    allowed and -100 elsewhere, windows in row-major order, N = window_size^2.
+    Source: ``models/swin_transformer.py:209-232``.
+
+    Raises:
+      ValueError: if the window does not divide the map or ``shift_size`` is not in
+        ``(0, window_size)``.
+    """
+    ws, s = window_size, shift_size
+    if height % ws or width % ws:
+        raise ValueError(f'window_size {ws} must divide the feature map {height}x{width}')
+    if not 0 < s < ws:
+        raise ValueError(f'shift_size must be in (0, window_size={ws}), got {s}')
+    label = np.zeros((height, width), np.int32)
+    bounds = lambda n: ((0, n - ws), (n - ws, n - s), (n - s, n))
+    for r, (r0, r1) in enumerate(bounds(height)):
+        for c, (c0, c1) in enumerate(bounds(width)):
+            label[r0:r1, c0:c1] = 3 * r + c
+    windows = window_partition(label[None, :, :, None], ws).reshape(-1, ws * ws)
+    mask = np.where(windows[:, None, :] != windows[:, :, None], -100.0, 0.0).astype(np.float32)
+    mask.setflags(write=False)
+    return mask
+
+
+def window_partition(x, window_size: int):
+    """Cuts ``(B, H, W, C)`` into windows ``(B*nW, ws, ws, C)``, window index fastest within a
+    batch element and row-major over the window grid. Works on NumPy and JAX arrays.
+    Source: ``models/swin_transformer.py:34-46``."""
+    b, h, w, c = x.shape
+    ws = window_size
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
+
+
+def window_reverse(windows, window_size: int, height: int, width: int):
+    """Inverse of :func:`window_partition`: ``(B*nW, ws, ws, C)`` -> ``(B, H, W, C)``."""
+    ws = window_size
+    c = windows.shape[-1]
+    x = windows.reshape(-1, height // ws, width // ws, ws, ws, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def stage_window(resolution: tuple[int, int], window_size: int, shift_size: int) -> tuple[int, int]:
+    """The clamp rule (``swin_transformer.py:193-197``): a stage no larger than its window
+    uses one unshifted window covering the whole map. Returns ``(window, shift)``."""
+    if min(resolution) <= window_size:
+        return min(resolution), 0
+    return window_size, shift_size
+
+
+# ----------------------------------------------------------------------------------------
+# Modules.
+# ----------------------------------------------------------------------------------------
+
+class WindowAttention(nnx.Module):
+    """Window multi-head self-attention with a learned relative-position bias.
+
+    Input ``(B*nW, N, C)`` tokens of windows (N = window_size^2), optional mask
+    ``(nW, N, N)`` added per window; output ``(B*nW, N, C)``. The fused ``qkv`` Dense has
+    output channels ordered ``s*C + h*head_dim + d`` (s in q, k, v). Softmax runs in float32.
+    Source: ``models/swin_transformer.py:66-145``.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 *, rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nnx.Param(
+            L.trunc_normal_02(rngs.params(), ((2 * window_size - 1) ** 2, num_heads)))
+        self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias)
+        self.proj = L.linear(dim, dim, rngs)
+        self.attn_drop, self.proj_drop = attn_drop, proj_drop
+
+    def __call__(self, x: jax.Array, mask: np.ndarray | None = None, *, train: bool = False,
+                 rng: jax.Array | None = None) -> jax.Array:
+        bw, n, c = x.shape
+        nh, hd = self.num_heads, c // self.num_heads
+        k_attn, k_proj = L.split_key(rng, 2)
+        qkv = self.qkv(x).reshape(bw, n, 3, nh, hd)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (Bw, N, nH, hd)
+        q = q * self.scale
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+        index = relative_position_index(self.window_size).reshape(-1)
+        bias = self.relative_position_bias_table[...][index].reshape(n, n, nh).transpose(2, 0, 1)
+        logits = logits + bias[None].astype(logits.dtype)
+        if mask is not None:
+            nw = mask.shape[0]
+            logits = logits.reshape(bw // nw, nw, nh, n, n) + jnp.asarray(mask, logits.dtype)[None, :, None]
+            logits = logits.reshape(bw, nh, n, n)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        attn = L.dropout(attn, self.attn_drop, train, k_attn)
+        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(bw, n, c)
+        return L.dropout(self.proj(out), self.proj_drop, train, k_proj)
+
+
+class SwinTransformerBlock(nnx.Module):
+    """Pre-norm Swin block: (shifted) window attention and MLP, each with a residual.
+
+    Input and output ``(B, H, W, C)`` with ``(H, W) = input_resolution``. ``window_size``
+    and ``shift_size`` are given after the clamp rule (:func:`stage_window`).
+    Source: ``models/swin_transformer.py:164-271``.
+    """
+
+    def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int,
+                 window_size: int, shift_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
+        h, w = input_resolution
+        if h % window_size or w % window_size:
+            raise ValueError(f'window_size {window_size} does not divide the stage resolution {h}x{w}; '
+                             'choose img_size, patch_size and window_size so every stage resolution '
+                             'is a multiple of its window')
+        self.input_resolution = (h, w)
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = L.layer_norm(dim, norm_eps, rngs)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
+                                    rngs=rngs)
+        self.drop_path = drop_path
+        self.norm2 = L.layer_norm(dim, norm_eps, rngs)
+        self.mlp = L.Mlp(dim, int(dim * mlp_ratio), drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        b, h, w, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        k_attn, k_dp1, k_mlp, k_dp2 = L.split_key(rng, 4)
+        y = self.norm1(x)
+        mask = None
+        if s > 0:
+            y = jnp.roll(y, (-s, -s), axis=(1, 2))
+            mask = shifted_window_mask(h, w, ws, s)
+        y = window_partition(y, ws).reshape(-1, ws * ws, c)
+        y = self.attn(y, mask, train=train, rng=k_attn)
+        y = window_reverse(y.reshape(-1, ws, ws, c), ws, h, w)
+        if s > 0:
+            y = jnp.roll(y, (s, s), axis=(1, 2))
+        x = x + L.drop_path(y, self.drop_path, train, k_dp1)
+        y = self.mlp(self.norm2(x), train=train, rng=k_mlp)
+        return x + L.drop_path(y, self.drop_path, train, k_dp2)
+
+
+class PatchMerging(nnx.Module):
+    """2x2 patch merging: ``(B, H, W, C)`` -> ``(B, H/2, W/2, 2C)``.
+
+    Concatenates the offsets (0,0), (1,0), (0,1), (1,1) (row offset fastest) on channels,
+    so input feature ``k*C + c`` comes from offset k; then LayerNorm(4C) and a bias-free
+    Dense 4C -> 2C. Source: ``models/swin_transformer.py:292-329``.
+    """
+
+    def __init__(self, dim: int, norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
+        self.reduction = L.linear(4 * dim, 2 * dim, rngs, use_bias=False)
+        self.norm = L.layer_norm(4 * dim, norm_eps, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f'PatchMerging needs an even resolution, got {h}x{w}')
+        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                            axis=-1)
+        return self.reduction(self.norm(x))
+
+
+class BasicLayer(nnx.Module):
+    """One Swin stage: ``depth`` blocks (even ones unshifted, odd ones shifted by window//2),
+    then PatchMerging when ``downsample``. ``(B, H, W, C)`` -> ``(B, H', W', C')``.
+    Source: ``models/swin_transformer.py:341-397``."""
+
+    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int,
+                 window_size: int, mlp_ratio: float, qkv_bias: bool, qk_scale: float | None,
+                 drop: float, attn_drop: float, drop_path: Sequence[float], norm_eps: float,
+                 downsample: bool, *, rngs: nnx.Rngs):
+        blocks = []
+        for i in range(depth):
+            ws, shift = stage_window(input_resolution, window_size, 0 if i % 2 == 0 else window_size // 2)
+            blocks.append(SwinTransformerBlock(
+                dim, input_resolution, num_heads, ws, shift, mlp_ratio, qkv_bias, qk_scale, drop,
+                attn_drop, drop_path[i], norm_eps, rngs=rngs))
+        self.blocks = nnx.List(blocks)
+        self.downsample = PatchMerging(dim, norm_eps, rngs=rngs) if downsample else None
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        for blk, key in zip(self.blocks, L.split_key(rng, len(self.blocks))):
+            x = blk(x, train=train, rng=key)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping patch embedding: conv k=s=patch_size, then LayerNorm when ``patch_norm``.
+    ``(B, H, W, in_chans)`` -> ``(B, H/p, W/p, embed_dim)``. The conv keeps PyTorch's default
+    init. Source: ``models/swin_transformer.py:411-449``."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int,
+                 patch_norm: bool, norm_eps: float, *, rngs: nnx.Rngs):
+        self.img_size, self.patch_size = img_size, patch_size
+        fan_in = in_chans * patch_size * patch_size
+        self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=patch_size,
+                             padding='VALID', kernel_init=L.torch_default_kernel_init,
+                             bias_init=L.torch_default_bias_init(fan_in), rngs=rngs)
+        self.norm = L.layer_norm(embed_dim, norm_eps, rngs) if patch_norm else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[1] != self.img_size or x.shape[2] != self.img_size:
+            raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, C) in NHWC layout, '
+                             f'got shape {x.shape}')
+        x = self.proj(x)
+        return self.norm(x) if self.norm is not None else x
+
+
+class SwinTransformer(nnx.Module):
+    """Swin Transformer classifier (official v1 definition as fine-tuned by SimMIM).
+
+    Args (names and defaults of the official constructor, ``swin_transformer.py:485-490``):
+      img_size: input side in pixels (square images).
+      patch_size: patch side in pixels.
+      in_chans: input channels.
+      num_classes: classes of the linear head; 0 gives no head (features only).
+      embed_dim: channels of stage 1; stage i has ``embed_dim * 2**i``.
+      depths: blocks per stage.
+      num_heads: attention heads per stage.
+      window_size: window side in tokens (clamped per stage, see :func:`stage_window`).
+      mlp_ratio: MLP hidden width / dim.
+      qkv_bias: bias in the fused qkv projection.
+      qk_scale: overrides head_dim^-0.5 when set.
+      drop_rate: dropout after the embedding, in MLPs and after attention projections.
+      attn_drop_rate: dropout on attention probabilities.
+      drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
+      ape: learned absolute position embedding (off in every official config).
+      patch_norm: LayerNorm after the patch embedding.
+      norm_eps: LayerNorm epsilon (PyTorch default 1e-5).
+      rngs: NNX RNG streams for initialisation.
+
+    Call: ``model(images, train=False, rng=None)`` with images ``(B, img_size, img_size,
+    in_chans)`` float -> logits ``(B, num_classes)`` (or pooled features ``(B, num_features)``
+    when ``num_classes == 0``). ``rng`` is required when training with dropout or drop path.
+
+    Raises:
+      ValueError: sizes that do not fit (a window that does not divide a stage, an odd
+        stage resolution before merging, mismatched ``depths``/``num_heads``).
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
+                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 ape: bool = False, patch_norm: bool = True, norm_eps: float = 1e-5,
+                 *, rngs: nnx.Rngs):
+        depths, num_heads = tuple(depths), tuple(num_heads)
+        if len(depths) != len(num_heads):
+            raise ValueError(f'depths {depths} and num_heads {num_heads} must have the same length')
+        if img_size % patch_size:
+            raise ValueError(f'patch_size {patch_size} must divide img_size {img_size}')
+        grid = img_size // patch_size
+        if grid % (2 ** (len(depths) - 1)):
+            raise ValueError(f'the patch grid {grid}x{grid} must be divisible by 2^(stages-1) = '
+                             f'{2 ** (len(depths) - 1)} for patch merging')
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.num_classes, self.embed_dim = num_classes, embed_dim
+        self.depths, self.num_heads, self.window_size = depths, num_heads, window_size
+        self.num_layers = len(depths)
+        self.num_features = embed_dim * 2 ** (self.num_layers - 1)
+        self.patches_resolution = (grid, grid)
+        self.drop_rate = drop_rate
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, patch_norm, norm_eps,
+                                      rngs=rngs)
+        self.absolute_pos_embed = (nnx.Param(L.trunc_normal_02(rngs.params(), (1, grid * grid, embed_dim)))
+                                   if ape else None)   # official layout (1, L, C), tokens row-major
+        dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
+        stages = []
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            res = (grid // 2 ** i, grid // 2 ** i)
+            stages.append(BasicLayer(
+                embed_dim * 2 ** i, res, depth, heads, window_size, mlp_ratio, qkv_bias, qk_scale,
+                drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_eps,
+                downsample=i < self.num_layers - 1, rngs=rngs))
+        self.layers = nnx.List(stages)
+        self.norm = L.layer_norm(self.num_features, norm_eps, rngs)
+        self.head = L.linear(self.num_features, num_classes, rngs) if num_classes > 0 else None
+
+    def embed(self, x: jax.Array) -> jax.Array:
+        """Patch embedding (+ norm): ``(B, H, W, C)`` -> ``(B, h, w, embed_dim)``."""
+        return self.patch_embed(x)
+
+    def forward_tokens(self, x: jax.Array, *, train: bool = False,
+                       rng: jax.Array | None = None) -> jax.Array:
+        """Runs the stages on embedded tokens ``(B, h, w, embed_dim)`` and applies the final
+        norm: returns ``(B, h/2^(S-1), w/2^(S-1), num_features)``."""
+        k_pos, k_layers = L.split_key(rng, 2)
+        if self.absolute_pos_embed is not None:
+            x = x + self.absolute_pos_embed[...].reshape(1, *x.shape[1:])
+        x = L.dropout(x, self.drop_rate, train, k_pos)
+        for layer, key in zip(self.layers, L.split_key(k_layers, self.num_layers)):
+            x = layer(x, train=train, rng=key)
+        return self.norm(x)
+
+    def forward_features(self, x: jax.Array, *, train: bool = False,
+                         rng: jax.Array | None = None) -> jax.Array:
+        """Images ``(B, H, W, C)`` -> mean-pooled features ``(B, num_features)``."""
+        return self.forward_tokens(self.embed(x), train=train, rng=rng).mean(axis=(1, 2))
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        x = self.forward_features(x, train=train, rng=rng)
+        return self.head(x) if self.head is not None else x
+
+
+class SwinTransformerForSimMIM(SwinTransformer):
+    """The SimMIM pre-training encoder: Swin without head plus a learnable ``mask_token``.
+
+    Call: ``encoder(images, mask, train=False, rng=None)`` with images ``(B, H, W, C)`` and
+    mask ``(B, H/patch, W/patch)`` (1 = masked, any numeric dtype). The *normalised* patch
+    embedding of masked patches is replaced by the mask token. Returns the final-norm
+    feature map ``(B, H/32, W/32, num_features)`` for 4 stages of patch 4 (NHWC; the official
+    code returns the NCHW transpose). Source: ``models/simmim.py:19-54``.
+
+    Raises:
+      ValueError: ``num_classes != 0`` or a mask whose shape is not the patch grid.
+    """
+
+    def __init__(self, *, num_classes: int = 0, rngs: nnx.Rngs, **kwargs):
+        if num_classes != 0:
+            raise ValueError('SwinTransformerForSimMIM is an encoder: num_classes must be 0')
+        super().__init__(num_classes=0, rngs=rngs, **kwargs)
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, self.embed_dim)))
+
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
+                 rng: jax.Array | None = None) -> jax.Array:
+        x = self.embed(x)
+        if mask.shape != x.shape[:3]:
+            raise ValueError(f'mask must have shape (B, H/patch, W/patch) = {x.shape[:3]}, got {mask.shape}')
+        w = mask.astype(x.dtype)[..., None]
+        x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
+        return self.forward_tokens(x, train=train, rng=rng)
+
+
+# ----------------------------------------------------------------------------------------
+# Registered variants (official shapes; the demo variant fits 32x32 Fashion-MNIST images).
+# ----------------------------------------------------------------------------------------
+
+_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+_DEMO = dict(img_size=32, patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8),
+             window_size=4, drop_path_rate=0.1)
+
+register_model('swin_tiny_patch4_window7_224', SwinTransformer, **_T, window_size=7, drop_path_rate=0.2)
+register_model('swin_small_patch4_window7_224', SwinTransformer, **_S, window_size=7, drop_path_rate=0.3)
+register_model('swin_base_patch4_window7_224', SwinTransformer, **_B, window_size=7, drop_path_rate=0.5)
+register_model('swin_base_patch4_window14_224', SwinTransformer, **_B, window_size=14, drop_path_rate=0.5)
+register_model('swin_large_patch4_window14_224', SwinTransformer, **_L, window_size=14, drop_path_rate=0.2)
+register_model('swin_base_patch4_window6_192', SwinTransformer, **_B, img_size=192, window_size=6,
+               drop_path_rate=0.1)
+register_model('swin_demo_patch2_window4_32', SwinTransformer, **_DEMO, num_classes=10)
+
+register_model('simmim_swin_base_patch4_window6_192', SwinTransformerForSimMIM, **_B, img_size=192,
+               window_size=6, drop_path_rate=0.0)
+register_model('simmim_swin_large_patch4_window12_192', SwinTransformerForSimMIM, **_L, img_size=192,
+               window_size=12, drop_path_rate=0.0)
+register_model('simmim_swin_demo_patch2_window4_32', SwinTransformerForSimMIM, **_DEMO)
