@@ -402,7 +402,7 @@ _T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
 _S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
 _B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
 _L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
-_DEMO = dict(img_size=32, patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(2, 4, 8),
+_DEMO = dict(img_size=32, patch_size=4, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
              window_size=4, drop_path_rate=0.1)
 
 register_model('swin_tiny_patch4_window7_224', SwinTransformer, **_T, window_size=7, drop_path_rate=0.2)
@@ -412,10 +412,60 @@ register_model('swin_base_patch4_window14_224', SwinTransformer, **_B, window_si
 register_model('swin_large_patch4_window14_224', SwinTransformer, **_L, window_size=14, drop_path_rate=0.2)
 register_model('swin_base_patch4_window6_192', SwinTransformer, **_B, img_size=192, window_size=6,
                drop_path_rate=0.1)
-register_model('swin_demo_patch2_window4_32', SwinTransformer, **_DEMO, num_classes=10)
+register_model('swin_demo_patch4_window4_32', SwinTransformer, **_DEMO, num_classes=10)
 
 register_model('simmim_swin_base_patch4_window6_192', SwinTransformerForSimMIM, **_B, img_size=192,
                window_size=6, drop_path_rate=0.0)
 register_model('simmim_swin_large_patch4_window12_192', SwinTransformerForSimMIM, **_L, img_size=192,
                window_size=12, drop_path_rate=0.0)
-register_model('simmim_swin_demo_patch2_window4_32', SwinTransformerForSimMIM, **_DEMO)
+register_model('simmim_swin_demo_patch4_window4_32', SwinTransformerForSimMIM, **_DEMO)
+
+
+# ----------------------------------------------------------------------------------------
+# Loading pre-trained tables at another window size.
+# ----------------------------------------------------------------------------------------
+
+def resize_rel_pos_table(table: np.ndarray, new_length: int) -> np.ndarray:
+    """Resizes a relative-position bias table to another window size, SimMIM's way.
+
+    The ``(2W-1)^2`` offsets of the source are placed on a geometrically stretched grid whose
+    outermost offset lands on the target's outermost integer offset (ratio q by bisection
+    on [1.01, 1.5]); each head is then fitted by an interpolating bicubic spline (FITPACK,
+    s=0; what ``scipy.interpolate.interp2d(kind='cubic')`` did) and evaluated on the
+    target's integer offsets. Source: ``microsoft/SimMIM@d3e29bc utils.py:126-204``
+    (``remap_pretrained_keys_swin``); spec ``simmim_swin.md`` §5.
+
+    Args:
+      table: ``(L1, nH)`` float table, L1 = (2W1-1)^2.
+      new_length: L2 = (2W2-1)^2.
+
+    Returns:
+      ``(L2, nH)`` float32 table (the input itself when ``L1 == L2``).
+
+    Raises:
+      ValueError: lengths that are not squares of odd numbers.
+    """
+    from scipy.interpolate import RectBivariateSpline
+
+    table = np.asarray(table, np.float32)
+    src, dst = int(round(table.shape[0] ** 0.5)), int(round(new_length ** 0.5))
+    if src * src != table.shape[0] or dst * dst != new_length or src % 2 == 0 or dst % 2 == 0:
+        raise ValueError(f'relative_position_bias_table lengths must be (2W-1)^2: got {table.shape[0]} '
+                         f'-> {new_length}')
+    if src == dst:
+        return table
+    n, m = src // 2, dst // 2
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if (1.0 - q ** n) / (1.0 - q) > m:
+            right = q
+        else:
+            left = q
+    dis = np.cumsum([q ** i for i in range(n)])   # 1, 1+q, 1+q+q^2, ...
+    axis = np.concatenate([-dis[::-1], [0.0], dis])
+    target = np.arange(-m, m + 0.1, 1.0)
+    out = [RectBivariateSpline(axis, axis, table[:, h].reshape(src, src).astype(np.float64),
+                               kx=3, ky=3, s=0)(target, target).reshape(-1)
+           for h in range(table.shape[1])]
+    return np.stack(out, axis=1).astype(np.float32)

@@ -1,0 +1,42 @@
+r"""Fine-tuning the small Swin on labelled Fashion-MNIST; evaluation on the test split.
+
+    # from a SimMIM pre-training run:
+    python -m jaxmim.main --config=configs/demo/finetune_swin_fmnist.py:pretrained \
+        --config.pretrained.workdir=work/demo/pretrain --workdir=work/demo/finetune
+    # the same architecture and budget from random initialisation:
+    python -m jaxmim.main --config=configs/demo/finetune_swin_fmnist.py:scratch --workdir=work/demo/scratch
+
+The variant only documents intent: ``:pretrained`` requires ``config.pretrained.workdir``.
+"""
+
+from jaxmim.config import finetune_defaults
+
+
+def get_config(arg='scratch'):
+    if arg not in ('pretrained', 'scratch', None):
+        raise ValueError(f"variant must be 'pretrained' or 'scratch', got {arg!r}")
+    c = finetune_defaults()
+    c.model.name = 'swin_demo_patch4_window4_32'
+    c.data.dataset = 'fashion_mnist_local'
+    c.data.train_split = 'train'
+    c.data.eval_split = 'test'
+    c.data.image_size = 32
+    c.data.crop_scale = (0.5, 1.0)
+    c.data.hflip = True
+    c.data.eval_crop_ratio = 1.0
+    c.data.shuffle_buffer = 60_000
+    c.data.cache = True
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.total_steps = 1500
+    c.optim.base_lr = 2e-3          # per 512 images
+    c.optim.warmup_lr = 1e-6
+    c.optim.min_lr = 1e-6
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.05
+    c.optim.layer_decay = 0.9 if arg == 'pretrained' else 1.0
+    c.label_smoothing = 0.1
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    return c

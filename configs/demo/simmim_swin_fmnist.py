@@ -1,0 +1,38 @@
+r"""SimMIM pre-training of a small Swin on Fashion-MNIST training images (labels unused).
+
+    python -m jaxmim.main --config=configs/demo/simmim_swin_fmnist.py --workdir=work/demo/pretrain
+
+Images: 28x28 grey, resized to 32x32 and repeated to 3 channels. Swin demo variant: patch 2
+(16x16 tokens), window 4, embed_dim 48, depths (2, 2, 2), heads (2, 4, 8); encoder stride 8,
+so the 8x8-pixel mask units (4x4 of them, 10 masked at ratio 0.6) match the decoder's units.
+"""
+
+from jaxmim.config import pretrain_defaults
+
+
+def get_config(arg=None):
+    del arg
+    c = pretrain_defaults()
+    c.model.name = 'simmim_swin_demo_patch4_window4_32'
+    c.method.encoder_stride = 8
+    c.method.mask_patch_size = 8
+    c.method.mask_ratio = 0.6
+    c.data.dataset = 'fashion_mnist_local'
+    c.data.train_split = 'train'
+    c.data.eval_split = 'test'
+    c.data.image_size = 32
+    c.data.crop_scale = (0.67, 1.0)
+    c.data.hflip = True
+    c.data.eval_crop_ratio = 1.0
+    c.data.shuffle_buffer = 60_000
+    c.data.cache = True
+    c.batch_size = 128
+    c.total_steps = 1500
+    c.optim.base_lr = 2e-3          # per 512 images (scaled by batch_size / 512)
+    c.optim.warmup_lr = 1e-5
+    c.optim.min_lr = 1e-5
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.05
+    c.log_every = 50
+    c.checkpoint_every = 500
+    return c

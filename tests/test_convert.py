@@ -1,0 +1,317 @@
+"""Tests for convert/official.py: official PyTorch state_dicts <-> jaxmim NNX models.
+
+The reference is the pure-PyTorch twin ``convert.torch_swin`` (official state_dict layout, tested
+against the official code in test_torch_swin.py). Its weights are perturbed before every
+comparison so that no LayerNorm weight is 1 and no bias 0 (a missed or swapped tensor shows up).
+CPU only, tiny configurations; the Swin-B size check runs under ``nnx.eval_shape``.
+"""
+
+import functools
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert import official  # noqa: E402
+from convert import torch_swin as T  # noqa: E402
+
+# img 32 / patch 2: stages 16, 8, 4 with window 4 -> every stage windowed, odd blocks shifted.
+TINY = dict(img_size=32, patch_size=2, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4,
+            num_classes=10)
+# img 32 / patch 4: stages 8, 4, 2 with window 4 -> stage 1 clamped to one unshifted 4x4 window,
+# stage 2 to 2x2; also no qkv bias and no patch norm (keys absent from the state_dict).
+CLAMP = dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4,
+             num_classes=7, qkv_bias=False, patch_norm=False)
+# SimMIM pre-training: absolute position embedding and LayerNorm eps 1e-6; final map 4x4, stride 8.
+PRETRAIN = dict(encoder=dict(img_size=32, patch_size=2, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4),
+                             window_size=4, num_classes=0, ape=True,
+                             norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6)),
+                encoder_stride=8)
+CASES = {'tiny': ('simmim_swin', TINY), 'clamp': ('simmim_swin', CLAMP),
+         'pretrain': ('simmim_swin_pretrain', PRETRAIN)}
+
+
+def torch_twin(source, cfg):
+    if source == 'simmim_swin':
+        return T.SwinTransformer(**cfg)
+    return T.SimMIM(T.SwinTransformerForSimMIM(**cfg['encoder']), cfg['encoder_stride'])
+
+
+def perturbed_twin(source, cfg, seed=0):
+    """Torch twin in eval mode with N(0, 0.05²) noise added to every parameter."""
+    torch.manual_seed(seed)
+    model = torch_twin(source, cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def params_of(model):
+    """{path: np.ndarray} of every nnx.Param."""
+    return {tuple(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def torch_np_state(tm):
+    return {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+
+
+@pytest.fixture(scope='module', params=list(CASES))
+def case(request):
+    """(name, source, cfg, perturbed torch twin, jax model loaded from it)."""
+    source, cfg = CASES[request.param]
+    tm = perturbed_twin(source, cfg)
+    jm = official.build(source, **cfg)
+    official.load_state_dict(jm, source, tm.state_dict())
+    return request.param, source, cfg, tm, jm
+
+
+# ------------------------------------------------------------------------------------------------
+# Numerical parity with the PyTorch twin
+# ------------------------------------------------------------------------------------------------
+
+def assert_close(out, ref, rel=1e-5):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape
+    scale = np.abs(ref).max()
+    assert scale > 0
+    np.testing.assert_allclose(out, ref, rtol=rel, atol=rel * scale)
+
+
+def test_perturbation_leaves_no_trivial_norms_or_biases():
+    tm = perturbed_twin(*CASES['tiny'])
+    for name, p in tm.named_parameters():
+        if name.endswith('.bias'):
+            assert (p != 0).all(), name
+        if 'norm' in name and name.endswith('.weight'):
+            assert (p != 1).all(), name
+
+
+def test_forward_parity_with_torch(case):
+    name, source, cfg, tm, jm = case
+    rs = np.random.RandomState(1)
+    images = rs.randn(2, 3, 32, 32).astype(np.float32)
+    x_jax = jnp.asarray(images.transpose(0, 2, 3, 1))   # NCHW -> NHWC
+    if source == 'simmim_swin':
+        with torch.no_grad():
+            ref = tm(torch.from_numpy(images)).numpy()
+        out = nnx.jit(lambda m, x: m(x, train=False))(jm, x_jax)
+        assert out.shape == (2, cfg['num_classes'])
+        assert_close(out, ref)
+    else:
+        grid = 32 // cfg['encoder']['patch_size']
+        mask = (rs.rand(2, grid, grid) < 0.6).astype(np.int64)
+        with torch.no_grad():
+            ref = tm.forward_with_outputs(torch.from_numpy(images), torch.from_numpy(mask))
+        out = nnx.jit(lambda m, x, k: m(x, mask=k, train=False))(jm, x_jax, jnp.asarray(mask, jnp.int32))
+        assert_close(out['loss'], ref['loss'].numpy())
+        assert_close(out['x_rec'], ref['x_rec'].numpy().transpose(0, 2, 3, 1))
+        assert_close(out['pred'], ref['pred'].numpy())
+
+
+def test_norm_eps_follows_norm_layer():
+    jm = official.build('simmim_swin_pretrain', **PRETRAIN)
+    norms = [m for _, m in nnx.iter_graph(jm) if isinstance(m, nnx.LayerNorm)]
+    assert len(norms) == 1 + 6 * 2 + 2 + 1   # patch norm, 2 per block, 2 merges, final norm
+    assert all(n.epsilon == 1e-6 for n in norms)
+    jm = official.build('simmim_swin', **TINY, norm_layer=torch.nn.LayerNorm)
+    assert all(m.epsilon == 1e-5 for _, m in nnx.iter_graph(jm) if isinstance(m, nnx.LayerNorm))
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout: keys, order, shapes, buffers, round trip
+# ------------------------------------------------------------------------------------------------
+
+def test_export_keys_order_shapes_and_buffers_match_torch(case):
+    _, source, _, tm, jm = case
+    sd = official.state_dict(jm, source)
+    ref = tm.state_dict()
+    assert list(sd) == list(ref)
+    for k, v in ref.items():
+        assert isinstance(sd[k], np.ndarray)
+        assert sd[k].shape == tuple(v.shape), k
+    buffers = dict(tm.named_buffers())
+    assert buffers and any(k.endswith('attn_mask') for k in buffers)
+    for k, v in buffers.items():
+        assert sd[k].dtype == v.numpy().dtype, k
+        np.testing.assert_array_equal(sd[k], v.numpy(), err_msg=k)
+    for k, v in ref.items():   # the loaded parameters come back unchanged
+        if k not in buffers:
+            assert sd[k].dtype == np.float32
+            np.testing.assert_array_equal(sd[k], v.numpy(), err_msg=k)
+
+
+def test_clamped_config_has_no_masks_in_clamped_stages():
+    sd = official.state_dict(official.build('simmim_swin', **CLAMP), 'simmim_swin')
+    masks = sorted(k for k in sd if k.endswith('attn_mask'))
+    assert masks == ['layers.0.blocks.1.attn_mask']
+    assert sd['layers.1.blocks.0.attn.relative_position_bias_table'].shape == (49, 2)
+    assert sd['layers.2.blocks.1.attn.relative_position_bias_table'].shape == (9, 4)
+    assert sd['layers.2.blocks.1.attn.relative_position_index'].shape == (4, 4)
+    assert not any(k.endswith('qkv.bias') or k.startswith('patch_embed.norm') for k in sd)
+
+
+def test_round_trip_jax_torch_jax_is_bit_exact(case):
+    _, source, cfg, _, _ = case
+    ja = official.build(source, rngs=nnx.Rngs(3), **cfg)
+    tm = torch_twin(source, cfg)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in official.state_dict(ja, source).items()}, strict=True)
+    jb = official.build(source, rngs=nnx.Rngs(4), **cfg)
+    pa, pb = params_of(ja), params_of(jb)
+    assert any(not np.array_equal(pa[k], pb[k]) for k in pa)   # different init before loading
+    official.load_state_dict(jb, source, tm.state_dict())
+    pb = params_of(jb)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert pb[k].dtype == np.float32
+        assert pa[k].tobytes() == pb[k].tobytes(), k
+
+
+def test_accepts_numpy_container_and_module_prefix():
+    source, cfg = CASES['tiny']
+    tm = perturbed_twin(source, cfg, seed=5)
+    wrapped = {'model': {'module.' + k: v for k, v in torch_np_state(tm).items()}, 'epoch': 3}
+    jm = official.load_state_dict(official.build(source, **cfg), source, wrapped)
+    sd = official.state_dict(jm, source)
+    for k, v in tm.state_dict().items():
+        np.testing.assert_array_equal(sd[k], v.numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# Strictness
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tiny():
+    source, cfg = CASES['tiny']
+    jm = official.build(source, **cfg)
+    return jm, official.state_dict(jm, source)
+
+
+def _load_error(jm, sd, **kw):
+    before = params_of(jm)
+    with pytest.raises(ValueError) as err:
+        official.load_state_dict(jm, 'simmim_swin', sd, **kw)
+    after = params_of(jm)
+    assert all(np.array_equal(before[k], after[k]) for k in before)   # nothing written
+    return str(err.value)
+
+
+def test_missing_key_is_named(tiny):
+    jm, sd = tiny
+    sd = dict(sd)
+    del sd['layers.1.blocks.0.attn.qkv.weight']
+    msg = _load_error(jm, sd)
+    assert 'missing' in msg and 'layers.1.blocks.0.attn.qkv.weight' in msg
+
+
+def test_unexpected_key_is_named(tiny):
+    jm, sd = tiny
+    msg = _load_error(jm, {**sd, 'encoder.mask_token': np.zeros((1, 1, 16), np.float32)})
+    assert 'unexpected' in msg and 'encoder.mask_token' in msg
+
+
+def test_misshaped_key_is_named_with_official_shapes(tiny):
+    jm, sd = tiny
+    sd = dict(sd)
+    sd['layers.0.blocks.0.mlp.fc1.weight'] = sd['layers.0.blocks.0.mlp.fc1.weight'].T.copy()
+    msg = _load_error(jm, sd)
+    assert 'mis-shaped' in msg and 'layers.0.blocks.0.mlp.fc1.weight' in msg
+    assert '(16, 64)' in msg and '(64, 16)' in msg
+
+
+def test_all_problems_reported_at_once(tiny):
+    jm, sd = tiny
+    sd = dict(sd)
+    del sd['norm.bias']
+    sd['head.weight'] = np.zeros((3, 64), np.float32)
+    sd['extra.weight'] = np.zeros(2, np.float32)
+    msg = _load_error(jm, sd)
+    assert all(k in msg for k in ('norm.bias', 'head.weight', 'extra.weight'))
+
+
+@pytest.mark.parametrize('key', ['layers.0.blocks.1.attn_mask', 'layers.1.blocks.0.attn.relative_position_index'])
+def test_corrupted_buffer_is_rejected(tiny, key):
+    jm, sd = tiny
+    sd = dict(sd)
+    bad = sd[key].copy()
+    bad.flat[1] = -100 if bad.flat[1] == 0 else 0
+    sd[key] = bad
+    msg = _load_error(jm, sd)
+    assert key in msg and 'window' in msg
+
+
+def test_buffers_required_unless_disabled(tiny):
+    jm, sd = tiny
+    params_only = {k: v for k, v in sd.items() if not k.endswith(('attn_mask', 'relative_position_index'))}
+    msg = _load_error(jm, params_only)
+    assert 'layers.0.blocks.1.attn_mask' in msg and 'layers.2.blocks.0.attn.relative_position_index' in msg
+    official.load_state_dict(jm, 'simmim_swin', params_only, require_buffers=False)
+
+
+def test_non_floating_parameter_rejected(tiny):
+    jm, sd = tiny
+    msg = _load_error(jm, {**sd, 'norm.weight': np.ones(64, np.int64)})
+    assert 'norm.weight' in msg
+
+
+def test_wrong_model_or_source():
+    jm = official.build('simmim_swin', **TINY)
+    with pytest.raises(TypeError):
+        official.state_dict(jm, 'simmim_swin_pretrain')
+    with pytest.raises(KeyError, match='simmim_swin'):
+        official.build('no_such_source')
+
+
+# ------------------------------------------------------------------------------------------------
+# build(): official constructor arguments
+# ------------------------------------------------------------------------------------------------
+
+SWIN_B_224 = dict(img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=128, depths=[2, 2, 18, 2],
+                  num_heads=[4, 8, 16, 32], window_size=7, mlp_ratio=4., qkv_bias=True, qk_scale=None,
+                  drop_rate=0.0, drop_path_rate=0.5, ape=False, patch_norm=True, use_checkpoint=False)
+
+
+def test_swin_b_224_parameter_count_and_layout():
+    model = nnx.eval_shape(lambda: official.build('simmim_swin', **SWIN_B_224))
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert n == 87_768_224
+    entries = official.get_source('simmim_swin').entries(model)
+    assert len(entries) == 364   # 329 parameters + 24 indices + 11 masks (spec §1.10)
+    with torch.device('meta'):
+        tm = T.SwinTransformer(**SWIN_B_224)
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    layout = []
+    for e in entries:
+        if isinstance(e, official.ParamEntry):
+            leaf = functools.reduce(lambda t, p: t[p], e.path, pure)
+            layout.append((e.key, e.layout.official_shape(leaf.shape)))
+        else:
+            layout.append((e.key, e.value.shape))
+    assert layout == [(k, tuple(v.shape)) for k, v in tm.state_dict().items()]
+
+
+def test_build_argument_handling():
+    with pytest.raises(ValueError, match='norm_layer'):
+        official.build('simmim_swin', **TINY, norm_layer=torch.nn.BatchNorm1d)
+    with pytest.raises(ValueError, match='norm_layer'):
+        official.build('simmim_swin', **TINY,
+                       norm_layer=functools.partial(torch.nn.LayerNorm, elementwise_affine=False))
+    with pytest.warns(UserWarning, match='not_an_arg'):
+        official.build('simmim_swin', **TINY, not_an_arg=1)
+    with pytest.raises(ValueError, match='num_classes'):
+        official.build('simmim_swin_pretrain', encoder={**PRETRAIN['encoder'], 'num_classes': 10},
+                       encoder_stride=8)
+    with pytest.raises(ValueError, match='encoder_stride'):
+        official.build('simmim_swin_pretrain', encoder=PRETRAIN['encoder'], encoder_stride=16)
+    m = official.build('simmim_swin_pretrain', **PRETRAIN, mask_patch_size=16, mask_ratio=0.5)
+    assert m.mask_generator.mask_patch_size == 16 and m.mask_generator.mask_ratio == 0.5
+    assert m.encoder.absolute_pos_embed is not None and m.encoder_stride == 8
