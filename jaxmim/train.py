@@ -221,45 +221,52 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
     bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (is_main and config.progress_bar),
                     dynamic_ncols=True, desc=config.mode)
     history, evals = [], []
-    t0, n0 = time.perf_counter(), start
+    t0, n0, paused = time.perf_counter(), start, 0.0
     train_time = 0.0
-    for step in range(start + 1, config.total_steps + 1):
-        t_step = time.perf_counter()
-        state, metrics = trainer.train_step(state, global_batch(next(data), sharding))
-        if step % config.log_every == 0 or step == config.total_steps:
-            metrics = jax.device_get(metrics)
-            dt = time.perf_counter() - t0
-            ips = (step - n0) * config.batch_size / max(dt, 1e-9)
-            t0, n0 = time.perf_counter(), step
-            scalars = {k: float(v) for k, v in metrics.items()} | {'images_per_sec': ips}
-            history.append({'step': step, **scalars})
-            bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f'{ips:.0f}')
-            if writer:
-                for k, v in scalars.items():
-                    writer.scalar(f'train/{k}', v, step)
-            line = f'[{config.mode}] step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in scalars.items())
-            logging.info(line)
-            if is_main:
-                bar.write(line)
-            if not np.isfinite(scalars['loss']):
-                raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}; lower optim.base_lr '
-                                         'or check the data')
-        bar.update(1)
-        ckpt.save(step, state, force=step == config.total_steps)
-        if eval_fn is not None and (step % config.eval_every == 0 or step == config.total_steps):
-            res = eval_fn(state['params'], step)
-            evals.append({'step': step, **res})
-            if writer:
-                for k, v in res.items():
-                    writer.scalar(f'eval/{k}', v, step)
-            line = f'[{config.mode}] eval at step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in res.items())
-            logging.info(line)
-            if is_main:
-                bar.write(line)
-        train_time += time.perf_counter() - t_step
+    try:
+        for step in range(start + 1, config.total_steps + 1):
+            t_step = time.perf_counter()
+            state, metrics = trainer.train_step(state, global_batch(next(data), sharding))
+            if step % config.log_every == 0 or step == config.total_steps:
+                metrics = jax.device_get(metrics)
+                dt = time.perf_counter() - t0 - paused
+                ips = (step - n0) * config.batch_size / max(dt, 1e-9)
+                t0, n0, paused = time.perf_counter(), step, 0.0
+                scalars = {k: float(v) for k, v in metrics.items()} | {'images_per_sec': ips}
+                history.append({'step': step, **scalars})
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f'{ips:.0f}')
+                if writer:
+                    for k, v in scalars.items():
+                        writer.scalar(f'train/{k}', v, step)
+                line = f'[{config.mode}] step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in scalars.items())
+                logging.info(line)
+                if is_main:
+                    bar.write(line)
+                if not np.isfinite(scalars['loss']):
+                    raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}; lower optim.base_lr '
+                                             'or check the data')
+            bar.update(1)
+            ckpt.save(step, state, force=step == config.total_steps)
+            if eval_fn is not None and (step % config.eval_every == 0 or step == config.total_steps):
+                t_eval = time.perf_counter()
+                res = eval_fn(state['params'], step)
+                paused += time.perf_counter() - t_eval       # throughput excludes evaluation
+                evals.append({'step': step, **res})
+                if writer:
+                    for k, v in res.items():
+                        writer.scalar(f'eval/{k}', v, step)
+                line = f'[{config.mode}] eval at step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in res.items())
+                logging.info(line)
+                if is_main:
+                    bar.write(line)
+            train_time += time.perf_counter() - t_step
+    finally:
+        # An interruption (preemption, Ctrl-C, an error) still commits every pending save:
+        # orbax writes to a temporary directory and renames it when complete, so no
+        # checkpoint is ever left half-written.
+        ckpt.wait_until_finished()
+        ckpt.close()
     bar.close()
-    ckpt.wait_until_finished()
-    ckpt.close()
     if writer:
         writer.flush()
     summary = {'mode': config.mode, 'start_step': start, 'total_steps': config.total_steps,

@@ -44,6 +44,27 @@ def unpatchify(x: jax.Array, p: int, h: int, w: int) -> jax.Array:
     return x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
 
 
+def masked_l1_loss(target: jax.Array, x_rec: jax.Array, mask: jax.Array, patch_size: int) -> jax.Array:
+    """SimMIM's reconstruction loss: mean absolute error over the masked pixels.
+
+    ``sum(|target - x_rec| * M) / (sum(M) + 1e-5) / C`` where M is the patch-grid mask repeated
+    ``patch_size`` times along H and W (nearest upsampling), summed over the whole batch.
+    Source: ``microsoft/SimMIM@d3e29bc models/simmim.py:114-121``.
+
+    Args:
+      target: ``(B, H, W, C)`` the normalised input images.
+      x_rec: ``(B, H, W, C)`` the reconstruction.
+      mask: ``(B, H/patch_size, W/patch_size)``, 1 = masked.
+      patch_size: model patch side in pixels.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    m = jnp.repeat(jnp.repeat(mask.astype(jnp.float32), patch_size, axis=1), patch_size, axis=2)[..., None]
+    err = jnp.abs(target.astype(jnp.float32) - x_rec.astype(jnp.float32))
+    return (err * m).sum() / (m.sum() + 1e-5) / target.shape[-1]
+
+
 class SimMIM(nnx.Module):
     """SimMIM model: encoder with a mask token, 1x1-conv + pixel-shuffle decoder, masked L1 loss.
 
@@ -64,8 +85,7 @@ class SimMIM(nnx.Module):
         upsampled to pixels (the official normalisation, ``models/simmim.py:114-121``);
       ``x_rec``: ``(B, H, W, C)`` reconstruction;
       ``pred``: ``x_rec`` cut into ``encoder_stride``-pixel units, ``(B, L, stride*stride*C)``,
-        units in raster order, pixels in ``(p, q, c)`` order;
-      ``mask``: the pixel-level mask ``(B, H, W, 1)`` float32.
+        units in raster order, pixels in ``(p, q, c)`` order.
 
     Raises:
       ValueError: incompatible sizes (see :class:`SimMIMMaskGenerator`), or a mask of the
@@ -91,8 +111,5 @@ class SimMIM(nnx.Module):
                  rng: jax.Array | None = None) -> dict[str, Any]:
         z = self.encoder(x, mask, train=train, rng=rng)
         x_rec = pixel_shuffle(self.decoder(z), self.encoder_stride).astype(jnp.float32)
-        m = jnp.repeat(jnp.repeat(mask.astype(jnp.float32), self.patch_size, axis=1), self.patch_size,
-                       axis=2)[..., None]
-        err = jnp.abs(x.astype(jnp.float32) - x_rec)
-        loss = (err * m).sum() / (m.sum() + 1e-5) / self.in_chans
-        return {'loss': loss, 'x_rec': x_rec, 'pred': patchify(x_rec, self.encoder_stride), 'mask': m}
+        loss = masked_l1_loss(x, x_rec, mask, self.patch_size)
+        return {'loss': loss, 'x_rec': x_rec, 'pred': patchify(x_rec, self.encoder_stride)}

@@ -1,0 +1,428 @@
+r"""Training-speed benchmark: compile time, images/s, XLA FLOPs per image, TFLOP/s and MFU.
+
+Usage::
+
+    python -m jaxmim.benchmark --config=configs/demo/simmim_swin_fmnist.py \
+        --config.batch_size=16 --steps=3 --warmup=1 [--peak_tflops=989 --json_out=bench.json]
+
+``--config=path[:variant]`` and ``--config.a.b=value`` work as in ``jaxmim.main``. For a
+pre-training config (``mode='pretrain'``) two steps are measured:
+
+* ``pretrain``: the model built exactly as :func:`jaxmim.train.pretrain` builds it (the MIM
+  method wrapping the registry encoder, with the config's overrides) and its SimMIM loss;
+* ``finetune``: the classifier of the same encoder architecture -- the registry name without
+  the ``simmim_`` prefix (``simmim_swin_base_patch4_window6_192`` ->
+  ``swin_base_patch4_window6_192``) or, when that name is not registered, a
+  :class:`~jaxmim.models.swin.SwinTransformer` with the encoder's registry arguments -- with
+  the encoder overrides, ``--num_classes`` classes, the config's optimizer and batch size,
+  and layer-wise lr decay ``--finetune_layer_decay`` (as a real fine-tuning run).
+
+A fine-tuning config (``mode='finetune'``) measures the ``finetune`` step only (built as
+:func:`jaxmim.train.finetune` builds it, without loading pre-trained weights).
+
+Every step is the real jitted train step of :func:`jaxmim.train.make_trainer` (optimizer,
+replicated state, ``data``-sharded batch, donated state), fed one synthetic device-resident
+batch of the config's ``image_size`` (standard-normal images, uniform integer labels): no data
+pipeline is involved, so the figures are the accelerator's upper bound for a real run.
+
+Measured per step kind:
+
+* ``compile_s``: ``lower`` + ``compile`` of the train step (``lower_s`` alone in the JSON);
+* per-step wall time over ``--steps`` timed steps after ``--warmup`` untimed ones, each step
+  waited for (``block_until_ready``); ``img/s`` = batch / median step time (the table's
+  headline, robust to a busy host) and ``img/s overall`` = steps x batch / total time;
+* ``GFLOPs/img``: ``compiled.cost_analysis()['flops']`` of the train step. Under SPMD the
+  compiled module is the per-device program, so its FLOPs are divided by the per-device batch
+  (global batch / devices). They include the backward pass and the optimizer update
+  (replicated, so counted once per device: negligible at realistic per-device batches). The
+  JSON also keeps the unpartitioned program's count (``lowered.cost_analysis()``) as a
+  cross-check;
+* ``achieved TFLOP/s`` = GFLOPs/img x img/s over all devices, and ``MFU`` = achieved /
+  (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
+  989, A100 312, TPU v4 275, v5p 459).
+
+``--json_out=path`` writes ``{'device_kind', 'num_devices', ..., 'rows': [...]}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, path[:variant].', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps per step kind.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed train steps after compilation.')
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch size (default: config.batch_size).')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000,
+                                    'Classes of the fine-tuning classifier built for a pre-training config.')
+_FT_LAYER_DECAY = flags.DEFINE_float('finetune_layer_decay', 0.9,
+                                     'Layer decay of the fine-tuning step built for a pre-training config.')
+_PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of ONE device, for MFU (e.g. 989 for H100 bf16).')
+_KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune); default: all the config has.')
+_NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices only (0: all).')
+_JSON = flags.DEFINE_string('json_out', None, 'Write the rows (and device info) as JSON to this path.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host).')
+
+KINDS = ('pretrain', 'finetune')
+
+
+# ----------------------------------------------------------------------------------------
+# Building the steps.
+# ----------------------------------------------------------------------------------------
+
+def classifier_name_for(encoder_name: str) -> str:
+    """The fine-tuning registry name of a pre-training encoder: ``simmim_X`` -> ``X``."""
+    return encoder_name[len('simmim_'):] if encoder_name.startswith('simmim_') else encoder_name
+
+
+def _finetune_config_from_pretrain(config, num_classes: int, layer_decay: float):
+    """A fine-tuning config with the pre-training run's encoder, image size, batch, optimizer
+    and seed; the model is the classifier of :func:`classifier_name_for` (see module doc)."""
+    import ml_collections
+
+    from jaxmim import config as config_lib
+
+    ft = config_lib.finetune_defaults()
+    ft.seed = config.seed
+    ft.batch_size = config.batch_size
+    ft.total_steps = config.total_steps
+    ft.data.image_size = config.data.image_size
+    for key, value in config.optim.items():
+        ft.optim[key] = value
+    ft.optim.layer_decay = layer_decay
+    ft.model.name = classifier_name_for(config.model.name)
+    with ft.unlocked():
+        ft.model.overrides = ml_collections.ConfigDict(config.model.overrides.to_dict()
+                                                       | {'num_classes': num_classes})
+    return ft
+
+
+def _build_finetune_model(config, encoder_name: str | None):
+    """The classifier of a fine-tuning config; ``encoder_name`` (a pre-training encoder) is
+    the fallback architecture when ``config.model.name`` is not registered."""
+    from flax import nnx
+
+    from jaxmim import registry
+    from jaxmim import train
+
+    if encoder_name is None or config.model.name in registry.list_models():
+        return train.build_classifier(config)
+    from jaxmim.models.swin import SwinTransformer, SwinTransformerForSimMIM
+
+    cls = registry._lookup(encoder_name)[0]
+    if not (isinstance(cls, type) and issubclass(cls, SwinTransformerForSimMIM)):
+        raise ValueError(f'no fine-tuning classifier {config.model.name!r} is registered for the encoder '
+                         f'{encoder_name!r}; run with --kinds=pretrain')
+    kwargs = registry.model_defaults(encoder_name) | config.model.overrides.to_dict()
+    return SwinTransformer(**kwargs, rngs=nnx.Rngs(config.seed))
+
+
+def _build_step(kind: str, config, mesh, encoder_name: str | None = None):
+    """``(model_name, trainer, state, num_classes, in_chans)`` of one step kind, built as the
+    training loops of :mod:`jaxmim.train` build them."""
+    from jaxmim import optim
+    from jaxmim import train
+    from jaxmim.methods import create_mim_model
+
+    if kind == 'pretrain':
+        method = config.method.to_dict()
+        model = create_mim_model(method.pop('name'), config.model.name,
+                                 encoder_overrides=config.model.overrides.to_dict(), seed=config.seed, **method)
+        trainer, state = train.make_trainer(model, train.simmim_loss, config, mesh)
+        return config.model.name, trainer, state, 1, model.in_chans
+    model = _build_finetune_model(config, encoder_name)
+    depths = tuple(model.depths)
+    layer_id_fn = functools.partial(optim.swin_layer_id, depths=depths)
+    loss_fn = functools.partial(train.classification_loss, label_smoothing=config.label_smoothing,
+                                num_classes=model.num_classes)
+    trainer, state = train.make_trainer(model, loss_fn, config, mesh, layer_id_fn=layer_id_fn,
+                                        num_layer_ids=sum(depths) + 2)
+    return config.model.name, trainer, state, model.num_classes, model.in_chans
+
+
+def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_classes: int,
+                    seed: int = 0) -> dict:
+    """A device-resident global batch sharded on ``data``: ``image`` float32
+    ``(B, S, S, in_chans)`` standard normal, ``label`` int32 ``(B,)`` uniform in
+    ``[0, num_classes)``. Generated on the devices (no host transfer)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmim import train
+
+    sharding = train.batch_sharding(mesh)
+
+    @functools.partial(jax.jit, out_shardings={'image': sharding, 'label': sharding})
+    def make(key):
+        k_img, k_lab = jax.random.split(key)
+        return {'image': jax.random.normal(k_img, (batch_size, image_size, image_size, in_chans), jnp.float32),
+                'label': jax.random.randint(k_lab, (batch_size,), 0, max(num_classes, 1), jnp.int32)}
+
+    return make(jax.random.key(seed))
+
+
+def _total_flops(cost: Any) -> float | None:
+    """The ``flops`` of a cost analysis (a dict, a list of dicts, or None); None if absent."""
+    if cost is None:
+        return None
+    entries = [cost] if isinstance(cost, dict) else list(cost)
+    values = [float(e['flops']) for e in entries if isinstance(e, dict) and e.get('flops') is not None]
+    if not values or not all(math.isfinite(v) for v in values):
+        return None
+    return sum(values) if sum(values) > 0 else None
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001  (cost/memory analyses are optional on some backends)
+        logging.warning('benchmark: analysis unavailable: %s', e)
+        return None
+
+
+def _memory_gib(compiled) -> float | None:
+    m = _safe(compiled.memory_analysis)
+    if m is None:
+        return None
+    try:
+        total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                 - m.alias_size_in_bytes)
+    except AttributeError:
+        return None
+    return total / 2 ** 30
+
+
+def _wait(out) -> None:
+    import jax
+
+    state, metrics = out
+    jax.block_until_ready((state['step'], metrics['loss']))
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring.
+# ----------------------------------------------------------------------------------------
+
+def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tflops: float | None = None,
+                   encoder_name: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Compiles and times one step kind; returns its row (see :func:`run_benchmark`)."""
+    import jax
+    import numpy as np
+
+    name, trainer, state, num_classes, in_chans = _build_step(kind, config, mesh, encoder_name)
+    num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state['params'])))
+    n_dev = mesh.devices.size
+    batch_size = int(config.batch_size)
+    image_size = int(config.data.image_size)
+    batch = synthetic_batch(mesh, batch_size, image_size, in_chans, num_classes, seed=config.seed)
+
+    log(f'[{kind}] {name}: {num_params / 1e6:.2f}M params; compiling the train step ...')
+    t0 = time.perf_counter()
+    lowered = trainer.train_step.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    step_flops_device = _total_flops(_safe(compiled.cost_analysis))
+    step_flops_global = _total_flops(_safe(lowered.cost_analysis))
+    per_device_batch = batch_size // n_dev
+    flops_per_image = step_flops_device / per_device_batch if step_flops_device else None
+
+    log(f'[{kind}] compiled in {t2 - t0:.1f}s; {warmup} warm-up + {steps} timed steps ...')
+    for _ in range(warmup):
+        out = compiled(state, batch)
+        _wait(out)
+        state = out[0]
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = compiled(state, batch)
+        _wait(out)
+        times.append(time.perf_counter() - t)
+        state = out[0]
+    loss = float(out[1]['loss']) if steps + warmup else None
+    del state, out
+
+    median = statistics.median(times)
+    img_s = batch_size / median
+    img_s_overall = steps * batch_size / sum(times)
+    achieved = flops_per_image * img_s if flops_per_image else None
+    row = {
+        'kind': kind, 'model': name, 'image_size': image_size, 'batch_size': batch_size,
+        'per_device_batch': per_device_batch, 'devices': n_dev,
+        'device_kind': mesh.devices.flat[0].device_kind, 'num_params': num_params,
+        'lower_s': t1 - t0, 'compile_s': t2 - t0, 'steps': steps, 'warmup': warmup,
+        'step_time_median_s': median, 'step_time_mean_s': statistics.fmean(times),
+        'step_time_min_s': min(times), 'step_time_max_s': max(times),
+        'img_s': img_s, 'img_s_overall': img_s_overall,
+        'step_flops_per_device': step_flops_device,
+        'flops_per_image': flops_per_image,
+        'flops_per_image_unpartitioned': step_flops_global / batch_size if step_flops_global else None,
+        'achieved_tflops': achieved / 1e12 if achieved else None,
+        'achieved_tflops_per_device': achieved / 1e12 / n_dev if achieved else None,
+        'peak_tflops_per_device': peak_tflops,
+        'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
+        'device_memory_gib': _memory_gib(compiled),
+        'final_loss': loss,
+    }
+    log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms)')
+    return row
+
+
+def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
+                  num_classes: int = 1000, finetune_layer_decay: float = 0.9,
+                  peak_tflops: float | None = None, kinds: Sequence[str] | None = None,
+                  devices: Sequence[Any] | None = None,
+                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Benchmarks the train step(s) of ``config`` on synthetic device-resident batches.
+
+    Args:
+      config: a pre-training or fine-tuning config (``jaxmim.config``); not modified.
+      steps: timed steps per step kind (>= 1).
+      warmup: untimed steps after compilation (>= 0).
+      batch_size: global batch; default ``config.batch_size``.
+      num_classes: classes of the fine-tuning classifier built for a pre-training config.
+      finetune_layer_decay: layer decay of that fine-tuning step.
+      peak_tflops: peak TFLOP/s of one device, for MFU.
+      kinds: subset of ``('pretrain', 'finetune')``; default all the config's mode allows.
+      devices: the devices of the ``data`` mesh; default all.
+      log: progress callback (one line per call).
+
+    Returns:
+      One dict per step kind with, among others, ``kind``, ``model``, ``image_size``,
+      ``batch_size``, ``devices``, ``device_kind``, ``compile_s``, ``img_s`` (batch / median
+      step time), ``img_s_overall``, ``flops_per_image`` (None when XLA reports no FLOPs),
+      ``achieved_tflops``, ``mfu``.
+
+    Raises:
+      ValueError: a bad config, a batch not divisible by the device count, an unknown kind.
+    """
+    import jax
+
+    from jaxmim import config as config_lib
+    from jaxmim import train
+
+    config_lib.check_config(config)
+    if steps < 1 or warmup < 0:
+        raise ValueError(f'need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}')
+    config = config.copy_and_resolve_references()
+    if batch_size is not None:
+        config.batch_size = int(batch_size)
+    devices = list(devices) if devices is not None else jax.devices()
+    n_dev = len(devices)
+    if config.batch_size < 1 or config.batch_size % n_dev:
+        raise ValueError(f'batch_size {config.batch_size} must be a positive multiple of the device count '
+                         f'{n_dev} (the batch is split evenly over the data axis)')
+    allowed = KINDS if config.mode == 'pretrain' else ('finetune',)
+    kinds = tuple(kinds) if kinds else allowed
+    bad = [k for k in kinds if k not in allowed]
+    if bad:
+        raise ValueError(f'step kinds {bad} not available for a {config.mode!r} config; choose from {list(allowed)}')
+    mesh = train.make_mesh(devices)
+    rows = []
+    for kind in kinds:
+        if kind == 'finetune' and config.mode == 'pretrain':
+            cfg = _finetune_config_from_pretrain(config, num_classes, finetune_layer_decay)
+            encoder = config.model.name
+        else:
+            cfg, encoder = config, None
+        rows.append(benchmark_step(kind, cfg, mesh, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
+                                   encoder_name=encoder, log=log))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# Reporting.
+# ----------------------------------------------------------------------------------------
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A fixed-width text table of the rows."""
+    def num(v, fmt):
+        return 'n/a' if v is None else format(v, fmt)
+
+    has_mfu = any(r.get('mfu') is not None for r in rows)
+    head = ['step', 'model', 'image', 'batch', 'devices', 'compile s', 'img/s', 'img/s overall',
+            'GFLOPs/img', 'TFLOP/s'] + (['MFU %'] if has_mfu else [])
+    body = []
+    for r in rows:
+        fpi = r.get('flops_per_image')
+        line = [r['kind'], r['model'], str(r['image_size']), str(r['batch_size']), str(r['devices']),
+                num(r['compile_s'], '.1f'), num(r['img_s'], ',.1f'), num(r['img_s_overall'], ',.1f'),
+                num(fpi / 1e9 if fpi else None, '.3f'), num(r.get('achieved_tflops'), '.3f')]
+        if has_mfu:
+            mfu = r.get('mfu')
+            line.append(num(100 * mfu if mfu is not None else None, '.1f'))
+        body.append(line)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: '  '.join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    rule = '  '.join('-' * w for w in widths)
+    return '\n'.join([fmt(head), rule] + [fmt(b) for b in body])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one clear error line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        cause = e.__cause__ or e.__context__
+        print(f'error: {cause if cause is not None else e}', file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if _CONFIG.value is None:
+        raise app.UsageError('--config is required')
+    import jax
+
+    if not flags.FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    devices = jax.devices()
+    if _NUM_DEVICES.value:
+        if not 0 < _NUM_DEVICES.value <= len(devices):
+            print(f'error: --num_devices={_NUM_DEVICES.value} but {len(devices)} devices exist', file=sys.stderr)
+            sys.exit(2)
+        devices = devices[:_NUM_DEVICES.value]
+    is_main = jax.process_index() == 0
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
+    log(f'devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), '
+        f'{jax.process_count()} process(es); jax {jax.__version__}')
+    try:
+        rows = run_benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
+                             num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
+                             peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices, log=log)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    if not is_main:
+        return
+    print(f'\n{len(devices)} x {devices[0].device_kind}; img/s = batch / median step time over '
+          f'{_STEPS.value} steps ({_WARMUP.value} warm-up); TFLOP/s over all devices from XLA cost analysis')
+    print(format_table(rows))
+    if _JSON.value:
+        report = {'device_kind': devices[0].device_kind, 'num_devices': len(devices),
+                  'platform': jax.default_backend(), 'process_count': jax.process_count(),
+                  'jax_version': jax.__version__, 'config': _CONFIG.value.to_dict(),
+                  'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rows': rows}
+        with open(_JSON.value, 'w') as f:
+            json.dump(report, f, indent=1, default=str)
+        print(f'wrote {_JSON.value}')
+
+
+def run() -> None:
+    """Console entry: ``python -m jaxmim.benchmark``."""
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+    run()

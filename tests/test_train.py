@@ -1,0 +1,190 @@
+"""Training loops: loss goes down, resume reproduces, 1 vs 8 devices, pretrained loading, eval.
+
+Runs on real Fashion-MNIST (prepared once into a temporary tfds data dir) with a very small
+Swin so the whole file stays within a few minutes on 2 CPU cores.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxmim import train
+from jaxmim.config import check_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_ENC = dict(embed_dim=16, num_heads=(1, 2, 4))
+
+
+def _load_config(path, arg=None):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg is not None else mod.get_config()
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    from jaxmim.data import prepare_fashion_mnist
+    d = str(tmp_path_factory.mktemp('tfds'))
+    prepare_fashion_mnist(data_dir=d)
+    return d
+
+
+def _tiny(cfg, data_dir, steps):
+    cfg.data.data_dir = data_dir
+    cfg.data.cache = False
+    cfg.data.shuffle_buffer = 1000
+    cfg.model.overrides = type(cfg.model.overrides)(TINY_ENC)
+    cfg.batch_size = 16
+    cfg.total_steps = steps
+    cfg.optim.warmup_steps = 2
+    cfg.log_every = 1
+    cfg.checkpoint_every = 3
+    cfg.progress_bar = False
+    return cfg
+
+
+def pretrain_cfg(data_dir, steps):
+    cfg = _tiny(_load_config('configs/demo/simmim_swin_fmnist.py'), data_dir, steps)
+    cfg.optim.base_lr = 1e-2
+    cfg.optim.min_lr = 1e-4
+    return cfg
+
+
+def test_pretrain_lowers_loss_and_compiles_once(data_dir, tmp_path):
+    cfg = pretrain_cfg(data_dir, 30)
+    _, summary = train.pretrain(cfg, str(tmp_path))
+    losses = [h['loss'] for h in summary['history']]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert summary['compilations'] == 1
+    assert sorted(os.listdir(tmp_path / 'checkpoints'))[-1] == '30'
+    assert os.listdir(tmp_path / 'tensorboard')
+    saved = json.load(open(tmp_path / 'pretrain_summary.json'))
+    assert saved['history'][-1]['step'] == 30
+
+
+def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    full = train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'full'))[1]
+
+    # Interrupt the second run at step 4 (its data iterator raises), then resume.
+    real = train._data_fn
+
+    def interrupted(config, *, train):
+        make = real(config, train=train)
+
+        def gen(start):
+            it = make(start)
+            for i in range(4 - start):
+                yield next(it)
+            raise KeyboardInterrupt('simulated preemption')
+        return gen
+
+    monkeypatch.setattr(train, '_data_fn', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed'))
+    monkeypatch.setattr(train, '_data_fn', real)
+    assert sorted(int(s) for s in os.listdir(tmp_path / 'resumed' / 'checkpoints')) == [3]
+    resumed = train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed'))[1]
+    assert resumed['start_step'] == 3
+    got = {h['step']: h['loss'] for h in resumed['history']}
+    want = {h['step']: h['loss'] for h in full['history']}
+    assert sorted(got) == [4, 5, 6]
+    for step in got:
+        np.testing.assert_allclose(got[step], want[step], rtol=1e-5)
+
+
+def test_step_is_identical_on_1_and_8_devices():
+    assert jax.device_count() == 8, 'tests/conftest.py sets 8 fake CPU devices'
+    from jaxmim.methods import create_mim_model
+    cfg = pretrain_cfg(None, 10)
+    rng = np.random.default_rng(0)
+    batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32)}
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = train.make_mesh(devices)
+        model = create_mim_model('simmim', cfg.model.name, encoder_overrides=TINY_ENC, encoder_stride=16,
+                                 mask_patch_size=8)
+        trainer, state = train.make_trainer(model, train.simmim_loss, cfg, mesh)
+        for _ in range(2):
+            state, metrics = trainer.train_step(state, train.global_batch(batch, train.batch_sharding(mesh)))
+        assert len(state['params']['encoder']['layers'][0]['blocks'][0]['attn']['qkv']['kernel'].sharding
+                   .device_set) == len(devices)
+        results.append((jax.device_get(metrics), jax.device_get(state['params'])))
+    (m1, p1), (m8, p8) = results
+    np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
+
+
+def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
+    pre_dir = str(tmp_path / 'pre')
+    train.pretrain(pretrain_cfg(data_dir, 3), pre_dir)
+    from jaxmim import checkpoint
+    enc = checkpoint.restore_params(os.path.join(pre_dir, 'checkpoints'), key_path=('params', 'encoder'))
+
+    cfg = _tiny(_load_config('configs/demo/finetune_swin_fmnist.py', 'pretrained'), data_dir, 2)
+    cfg.pretrained.workdir = pre_dir
+    cfg.eval_every = 2
+    cfg.eval_batch_size = 1000
+    cfg.data.eval_split = 'test[:2000]'
+    model = train.build_classifier(cfg)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    loaded, report = train.load_pretrained_encoder(params, pre_dir)
+    np.testing.assert_array_equal(loaded['layers'][1]['blocks'][1]['attn']['qkv']['kernel'],
+                                  enc['layers'][1]['blocks'][1]['attn']['qkv']['kernel'])
+    np.testing.assert_array_equal(loaded['patch_embed']['proj']['kernel'], enc['patch_embed']['proj']['kernel'])
+    np.testing.assert_array_equal(loaded['head']['kernel'], params['head']['kernel'])
+    assert report['fresh'] == ['head.kernel', 'head.bias'] and report['unused'] == ['mask_token']
+
+    _, summary = train.finetune(cfg, str(tmp_path / 'ft'))
+    final = summary['final_eval']
+    assert final['count'] == 2000 and 0.0 <= final['top1'] <= final['top5'] <= 100.0
+
+
+def test_eval_step_counts_against_numpy():
+    from jaxmim.registry import create_model
+    mesh = train.make_mesh()
+    model = create_model('swin_demo_patch4_window4_32', **TINY_ENC)
+    graphdef, params = nnx.split(model, nnx.Param)
+    step = train.make_eval_step(graphdef, mesh)
+    rng = np.random.default_rng(0)
+    batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 10, 16).astype(np.int32),
+             'mask': np.array([1.0] * 13 + [0.0] * 3, np.float32)}
+    out = train.evaluate(step, nnx.to_pure_dict(params), [batch], train.batch_sharding(mesh))
+    logits = np.asarray(model(jnp.asarray(batch['image'])))
+    order = np.argsort(-logits, axis=1)
+    real = batch['mask'] == 1
+    top1 = (order[:, 0] == batch['label'])[real].mean() * 100
+    top5 = np.array([batch['label'][i] in order[i, :5] for i in range(16)])[real].mean() * 100
+    assert out['count'] == 13
+    np.testing.assert_allclose([out['top1'], out['top5']], [top1, top5], atol=1e-4)
+
+
+def test_unknown_config_keys_are_rejected():
+    cfg = _load_config('configs/demo/simmim_swin_fmnist.py')
+    with pytest.raises(AttributeError, match='base_lr'):
+        cfg.optim.base_lrr = 1.0                      # locked config: no new keys
+    import ml_collections
+    loose = ml_collections.ConfigDict(cfg.to_dict())
+    loose.optim.warmup_step = 3
+    with pytest.raises(ValueError, match=r"unknown config key 'config.optim.warmup_step'.*warmup_steps"):
+        check_config(loose)
+
+
+def test_cli_reports_unknown_override():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'jaxmim.main', '--config=configs/demo/simmim_swin_fmnist.py',
+         '--workdir=/tmp/unused', '--config.optim.base_lrr=1'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert 'base_lrr' in proc.stderr and 'base_lr' in proc.stderr
+    assert 'Traceback' not in proc.stderr
