@@ -247,7 +247,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         _wait(out)
         times.append(time.perf_counter() - t)
         state = out[0]
-    loss = float(out[1]['loss']) if steps + warmup else None
+    loss = float(out[1]['loss'])
     del state, out
 
     median = statistics.median(times)
@@ -367,12 +367,17 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one clear error line instead of a traceback."""
+    """absl flag parsing with one clear error line instead of a traceback (an unknown
+    ``--config.x`` field surfaces from ml_collections as an AttributeError/KeyError)."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        cause = e.__cause__ or e.__context__
-        print(f'error: {cause if cause is not None else e}', file=sys.stderr)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        cause = e.__cause__ or e.__context__ if isinstance(e, flags.Error) else e
+        text = str(cause if cause is not None else e)
+        text = text.replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip()
+        if len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+            text = text[1:-1]
+        print(f'error: {text}', file=sys.stderr)
         sys.exit(2)
 
 

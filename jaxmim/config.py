@@ -79,8 +79,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict(dict(
         name='simmim', encoder_stride=32, mask_patch_size=32, mask_ratio=0.6))
     c.data.crop_scale = (0.67, 1.0)
-    c.lock()
-    return c
+    return _lock(c)
 
 
 def finetune_defaults() -> ml_collections.ConfigDict:
@@ -94,7 +93,14 @@ def finetune_defaults() -> ml_collections.ConfigDict:
         workdir='',                    # a pre-training workdir; '' trains from scratch
         step=-1,                       # -1: latest checkpoint
     ))
+    return _lock(c)
+
+
+def _lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks every field except ``model.overrides`` (free-form constructor arguments, which
+    ``create_model`` checks against the model's signature)."""
     c.lock()
+    c.model.overrides.unlock()
     return c
 
 

@@ -1,0 +1,129 @@
+"""The training-speed benchmark on the demo SimMIM config (8 fake CPU devices, see conftest).
+
+The XLA FLOP count is checked against an analytic estimate written here from the Swin
+architecture alone (no XLA): per block ``2 * linear_params * tokens`` for the qkv, proj and
+MLP matrices plus ``2 * 2 * tokens * window_tokens * dim`` for q·kᵀ and attn·v; the patch
+embedding, the patch mergings, the SimMIM decoder / classifier head; x3 for forward + backward.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxmim import benchmark
+from jaxmim.registry import model_defaults
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config(rel_path, arg=None):
+    spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, rel_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def swin_train_flops(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
+                     mlp_ratio=4.0, num_classes=0, decoder_stride=None, **_):
+    """Analytic training FLOPs per image (multiply-add = 2 FLOPs, backward = 2 x forward)."""
+    del num_heads   # the head split does not change the FLOPs
+    grid = img_size // patch_size
+    fwd = 2 * (patch_size * patch_size * in_chans) * embed_dim * grid * grid        # patch embedding
+    for i, depth in enumerate(depths):
+        res, dim = grid // 2 ** i, embed_dim * 2 ** i
+        tokens = res * res
+        window_tokens = min(window_size, res) ** 2
+        linear_params = 3 * dim * dim + dim * dim + 2 * int(mlp_ratio * dim) * dim   # qkv, proj, fc1, fc2
+        block = 2 * linear_params * tokens + 2 * 2 * tokens * window_tokens * dim     # + q·kᵀ, attn·v
+        fwd += depth * block
+        if i < len(depths) - 1:
+            fwd += 2 * (4 * dim) * (2 * dim) * (tokens // 4)                           # patch merging
+    num_features = embed_dim * 2 ** (len(depths) - 1)
+    fwd += 2 * num_features * num_classes                                              # classifier head
+    if decoder_stride:                                                                 # SimMIM 1x1 conv
+        fwd += 2 * num_features * decoder_stride ** 2 * in_chans * (img_size // decoder_stride) ** 2
+    return 3 * fwd
+
+
+@pytest.fixture(scope='module')
+def demo_rows():
+    config = _load_config('configs/demo/simmim_swin_fmnist.py')
+    # Fewer XLA backend passes halve the CPU compile time; the HLO FLOP count is unchanged.
+    previous = jax.config.read('jax_disable_most_optimizations')
+    jax.config.update('jax_disable_most_optimizations', True)
+    try:
+        rows = benchmark.run_benchmark(config, steps=2, warmup=1, batch_size=16, num_classes=10,
+                                       peak_tflops=1.0)
+    finally:
+        jax.config.update('jax_disable_most_optimizations', previous)
+    return config, rows
+
+
+def test_rows_and_flops(demo_rows):
+    config, rows = demo_rows
+    assert [r['kind'] for r in rows] == ['pretrain', 'finetune']
+    n_dev = len(jax.devices())
+    arch = model_defaults(config.model.name)
+    in_chans = arch.get('in_chans', 3)
+    for row in rows:
+        assert row['devices'] == n_dev and row['batch_size'] == 16 and row['image_size'] == 32
+        assert row['img_s'] > 0 and row['img_s_overall'] > 0 and row['compile_s'] > 0
+        assert row['device_kind'] == jax.devices()[0].device_kind
+        if row['kind'] == 'pretrain':
+            expected = swin_train_flops(**{**arch, 'in_chans': in_chans},
+                                        decoder_stride=config.method.encoder_stride)
+        else:
+            assert row['model'] == 'swin_demo_patch4_window4_32'
+            expected = swin_train_flops(**{**arch, 'in_chans': in_chans, 'num_classes': 10})
+        ratio = row['flops_per_image'] / expected
+        assert 0.5 < ratio < 2.0, (row['kind'], row['flops_per_image'], expected)
+        # The per-device (partitioned) and the global (unpartitioned) counts agree.
+        assert row['flops_per_image_unpartitioned'] == pytest.approx(row['flops_per_image'], rel=0.5)
+        assert row['achieved_tflops'] == pytest.approx(row['flops_per_image'] * row['img_s'] / 1e12)
+        assert row['mfu'] == pytest.approx(row['achieved_tflops'] / n_dev)
+    table = benchmark.format_table(rows)
+    assert 'pretrain' in table and 'finetune' in table and 'GFLOPs/img' in table and 'MFU' in table
+    json.dumps(rows)
+
+
+def test_classifier_name_and_errors():
+    assert (benchmark.classifier_name_for('simmim_swin_base_patch4_window6_192')
+            == 'swin_base_patch4_window6_192')
+    assert benchmark.classifier_name_for('swin_tiny_patch4_window7_224') == 'swin_tiny_patch4_window7_224'
+    config = _load_config('configs/demo/simmim_swin_fmnist.py')
+    n_dev = len(jax.devices())
+    if n_dev > 1:
+        with pytest.raises(ValueError, match='multiple of the device count'):
+            benchmark.run_benchmark(config, steps=1, warmup=0, batch_size=n_dev + 1)
+    ft = _load_config('configs/demo/finetune_swin_fmnist.py', 'scratch')
+    with pytest.raises(ValueError, match='not available'):
+        benchmark.run_benchmark(ft, steps=1, warmup=0, kinds=['pretrain'])
+
+
+def test_finetune_fallback_classifier():
+    """An encoder without a registered classifier twin gets a SwinTransformer of its arguments."""
+    from jaxmim.models.swin import SwinTransformer
+
+    config = _load_config('configs/demo/simmim_swin_fmnist.py')
+    ft = benchmark._finetune_config_from_pretrain(config, num_classes=7, layer_decay=0.9)
+    assert ft.mode == 'finetune' and ft.model.name == 'swin_demo_patch4_window4_32'
+    assert ft.model.overrides.num_classes == 7 and ft.optim.layer_decay == 0.9
+    ft.model.name = 'swin_not_registered'
+    model = benchmark._build_finetune_model(ft, 'simmim_swin_demo_patch4_window4_32')
+    assert type(model) is SwinTransformer and model.num_classes == 7 and model.depths == (2, 2, 2)
+
+
+def test_cli_rejects_indivisible_batch(tmp_path):
+    """The command line reports a batch that does not split over the devices in one line."""
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'jaxmim.benchmark', '--config=configs/demo/simmim_swin_fmnist.py',
+         '--batch_size=3', '--steps=1', '--warmup=0', f'--json_out={tmp_path / "b.json"}'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert 'multiple of the device count 2' in proc.stderr
