@@ -16,7 +16,6 @@ auto-detected on Cloud TPU and SLURM, or given with ``--coordinator_address``,
 from __future__ import annotations
 
 import difflib
-import re
 import sys
 
 from absl import app, flags, logging
@@ -30,22 +29,46 @@ _NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi
 _PID = flags.DEFINE_integer('process_id', None, 'This process index (multi-process).')
 
 
+def _load_config_file(spec: str):
+    """Loads ``path[:variant]`` the way ``--config`` does (used only to explain a bad override)."""
+    import importlib.util
+    path, _, arg = spec.partition(':')
+    module_spec = importlib.util.spec_from_file_location('jaxmim_cli_config', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _explain_override(argv: list[str], error: Exception) -> str:
+    """One line naming the unknown ``--config.a.b`` field and the close valid fields."""
+    spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    for arg in argv:
+        if not arg.startswith('--config.'):
+            continue
+        path = arg[len('--config.'):].split('=', 1)[0].split('.')
+        try:
+            node = _load_config_file(spec)
+        except Exception:  # the file itself is broken: report the original error
+            return str(error)
+        for i, key in enumerate(path):
+            keys = list(node.keys()) if hasattr(node, 'keys') else []
+            if key not in keys:
+                parent = '.'.join(path[:i]) or '<top level>'
+                close = difflib.get_close_matches(key, keys, n=3)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+                return (f"unknown config field {'.'.join(path)!r} (no {key!r} under {parent}){hint} "
+                        f'Valid fields there: {sorted(keys)}')
+            node = node[key]
+    return str(error)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns ml_collections' unknown-key traceback into one clear line."""
+    """absl flag parsing that turns a bad ``--config...`` flag into one clear line and exit 2."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        cause = e.__cause__ or e.__context__
-        text = str(cause if cause is not None else e)
-        match = re.search(r"'\\?'?([A-Za-z_0-9]+)\\?'?", text)
-        hint = re.search(r'Did you mean "([^"]+)"', text)
-        bad = next((a for a in argv if a.startswith('--config.') and match and match.group(1) in a), None)
-        msg = f'error: {bad or text}: unknown config field'
-        if hint:
-            msg += f'; did you mean {hint.group(1)!r}?'
-        elif match and '--config' in ' '.join(argv):
-            msg = f'error: {text}'
-        print(msg, file=sys.stderr)
+    except (flags.Error, AttributeError, KeyError) as e:
+        msg = _explain_override(argv, e) if isinstance(e, (AttributeError, KeyError)) else str(e)
+        print(f'error: {msg}', file=sys.stderr)
         sys.exit(2)
 
 
