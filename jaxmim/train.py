@@ -125,7 +125,7 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
         updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
         params = optax.apply_updates(state['params'], updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), lr=lr_fn(state['step']))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(state['step']))
         return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, metrics
 
     train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
@@ -218,8 +218,19 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
     start = int(start or 0)
     sharding = batch_sharding(trainer.mesh)
     data = data_fn(start)
-    bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (is_main and config.progress_bar),
-                    dynamic_ncols=True, desc=config.mode)
+    # disable=None: no bar when stdout is not a terminal (CI logs keep the metric lines only).
+    bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=None if is_main and config.progress_bar else True,
+                    dynamic_ncols=True, mininterval=0.5, desc=config.mode)
+    def report(kind: str, step: int, scalars: dict[str, float]) -> None:
+        """Writes scalars to TensorBoard (``kind/name``), the log and the console."""
+        if writer:
+            for k, v in scalars.items():
+                writer.scalar(f'{kind}/{k}', v, step)
+        line = f'[{config.mode}] {kind} step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in scalars.items())
+        logging.info(line)
+        if is_main:
+            bar.write(line)
+
     history, evals = [], []
     t0, n0, paused = time.perf_counter(), start, 0.0
     train_time = 0.0
@@ -235,13 +246,7 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
                 scalars = {k: float(v) for k, v in metrics.items()} | {'images_per_sec': ips}
                 history.append({'step': step, **scalars})
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f'{ips:.0f}')
-                if writer:
-                    for k, v in scalars.items():
-                        writer.scalar(f'train/{k}', v, step)
-                line = f'[{config.mode}] step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in scalars.items())
-                logging.info(line)
-                if is_main:
-                    bar.write(line)
+                report('train', step, scalars)
                 if not np.isfinite(scalars['loss']):
                     raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}; lower optim.base_lr '
                                              'or check the data')
@@ -252,13 +257,7 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
                 res = eval_fn(state['params'], step)
                 paused += time.perf_counter() - t_eval       # throughput excludes evaluation
                 evals.append({'step': step, **res})
-                if writer:
-                    for k, v in res.items():
-                        writer.scalar(f'eval/{k}', v, step)
-                line = f'[{config.mode}] eval at step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in res.items())
-                logging.info(line)
-                if is_main:
-                    bar.write(line)
+                report('eval', step, res)
             train_time += time.perf_counter() - t_step
     finally:
         # An interruption (preemption, Ctrl-C, an error) still commits every pending save:

@@ -78,7 +78,8 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
     std, mean = np.asarray(cfg.data.std), np.asarray(cfg.data.mean)
     show = lambda a: np.clip(np.asarray(a) * std + mean, 0, 1)[..., 0]
     img, rec = np.asarray(x), np.asarray(out['x_rec'])
-    rows = [('original', show(img)), ('masked input', show(np.where(m, img.min(), img))),
+    grey = (0.5 - mean) / std                               # masked units drawn mid-grey
+    rows = [('original', show(img)), ('masked input (grey = masked)', show(np.where(m, grey, img))),
             ('reconstruction', show(np.where(m, rec, img)))]
     fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.6))
     for r, (title, ims) in enumerate(rows):

@@ -54,8 +54,9 @@ def _tiny(cfg, data_dir, steps):
 
 def pretrain_cfg(data_dir, steps):
     cfg = _tiny(_load_config('configs/demo/simmim_swin_fmnist.py'), data_dir, steps)
-    cfg.optim.base_lr = 1e-2
-    cfg.optim.min_lr = 1e-4
+    cfg.optim.lr_scale_batch = 0          # lrs as given, not scaled by batch/512
+    cfg.optim.base_lr = 2e-3
+    cfg.optim.min_lr = 1e-5
     return cfg
 
 
