@@ -61,16 +61,19 @@ def pretrain_cfg(data_dir, steps):
 
 
 def test_pretrain_lowers_loss_and_compiles_once(data_dir, tmp_path):
-    cfg = pretrain_cfg(data_dir, 30)
+    cfg = pretrain_cfg(data_dir, 40)
+    cfg.optim.base_lr = 4e-3
+    cfg.checkpoint_every = 20
     _, summary = train.pretrain(cfg, str(tmp_path))
     losses = [h['loss'] for h in summary['history']]
-    assert len(losses) == 30
+    assert len(losses) == 40
+    # batches differ from step to step, so compare averages over 5 steps
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     assert summary['compilations'] == 1
-    assert sorted(os.listdir(tmp_path / 'checkpoints'))[-1] == '30'
+    assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')) == [20, 40]
     assert os.listdir(tmp_path / 'tensorboard')
     saved = json.load(open(tmp_path / 'pretrain_summary.json'))
-    assert saved['history'][-1]['step'] == 30
+    assert saved['history'][-1]['step'] == 40
 
 
 def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path, monkeypatch):
@@ -143,7 +146,7 @@ def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
                                   enc['layers'][1]['blocks'][1]['attn']['qkv']['kernel'])
     np.testing.assert_array_equal(loaded['patch_embed']['proj']['kernel'], enc['patch_embed']['proj']['kernel'])
     np.testing.assert_array_equal(loaded['head']['kernel'], params['head']['kernel'])
-    assert report['fresh'] == ['head.kernel', 'head.bias'] and report['unused'] == ['mask_token']
+    assert sorted(report['fresh']) == ['head.bias', 'head.kernel'] and report['unused'] == ['mask_token']
 
     _, summary = train.finetune(cfg, str(tmp_path / 'ft'))
     final = summary['final_eval']
