@@ -20,8 +20,7 @@ from jaxmim import optim
 
 def _cpu_devices(n):
     devs = jax.devices('cpu')
-    if len(devs) < n:
-        pytest.skip(f'needs {n} CPU devices (XLA_FLAGS from tests/conftest.py), have {len(devs)}')
+    assert len(devs) >= n, f'needs {n} CPU devices (XLA_FLAGS from tests/conftest.py), have {len(devs)}'
     return devs[:n]
 
 
