@@ -20,7 +20,6 @@ def _data_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         dataset='imagenet2012',        # any tfds image-classification dataset name
         data_dir=ml_collections.FieldReference(None, field_type=str),
-        manual_dir=ml_collections.FieldReference(None, field_type=str),
         train_split='train',
         eval_split='validation',
         image_size=224,                # pixels, square
@@ -102,6 +101,15 @@ def _lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.lock()
     c.model.overrides.unlock()
     return c
+
+
+def fashion_mnist_data(data: ml_collections.ConfigDict, crop_scale: tuple[float, float]) -> None:
+    """Sets ``data`` to the local Fashion-MNIST (Debian's idx files, 28x28 grey) read at 32x32
+    RGB: random-resized crop with area range ``crop_scale`` and flips for training, a plain
+    resize for evaluation, the whole 60k-image split shuffled and cached in memory."""
+    data.update(dict(dataset='fashion_mnist_local', train_split='train', eval_split='test',
+                     image_size=32, crop_scale=crop_scale, hflip=True, eval_crop_ratio=1.0,
+                     shuffle_buffer=60_000, cache=True))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -9,7 +9,7 @@ r"""Fine-tuning the small Swin on labelled Fashion-MNIST; evaluation on the test
 The variant only documents intent: ``:pretrained`` requires ``config.pretrained.workdir``.
 """
 
-from jaxmim.config import finetune_defaults
+from jaxmim.config import fashion_mnist_data, finetune_defaults
 
 
 def get_config(arg='scratch'):
@@ -18,15 +18,7 @@ def get_config(arg='scratch'):
     c = finetune_defaults()
     c.model.name = 'swin_demo_patch4_window4_32'
     c.model.overrides.drop_path_rate = 0.0
-    c.data.dataset = 'fashion_mnist_local'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'test'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.85, 1.0)
-    c.data.hflip = True
-    c.data.eval_crop_ratio = 1.0
-    c.data.shuffle_buffer = 60_000
-    c.data.cache = True
+    fashion_mnist_data(c.data, crop_scale=(0.85, 1.0))
     c.batch_size = 128
     c.eval_batch_size = 500
     c.total_steps = 1000

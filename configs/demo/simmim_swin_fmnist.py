@@ -8,7 +8,7 @@ Images: 28x28 grey, resized to 32x32 and repeated to 3 channels. Swin demo varia
 ratio 0.6), i.e. 2x2 model patches each.
 """
 
-from jaxmim.config import pretrain_defaults
+from jaxmim.config import fashion_mnist_data, pretrain_defaults
 
 
 def get_config(arg=None):
@@ -18,15 +18,7 @@ def get_config(arg=None):
     c.method.encoder_stride = 16
     c.method.mask_patch_size = 8
     c.method.mask_ratio = 0.6
-    c.data.dataset = 'fashion_mnist_local'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'test'
-    c.data.image_size = 32
-    c.data.crop_scale = (0.67, 1.0)     # SimMIM's pre-training crop
-    c.data.hflip = True
-    c.data.eval_crop_ratio = 1.0
-    c.data.shuffle_buffer = 60_000
-    c.data.cache = True
+    fashion_mnist_data(c.data, crop_scale=(0.67, 1.0))   # SimMIM's pre-training crop area
     c.batch_size = 128
     c.total_steps = 800
     c.optim.base_lr = 4e-3          # per 512 images: 1e-3 at batch 128
