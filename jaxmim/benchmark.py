@@ -382,6 +382,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    """absl main: benchmarks the config's steps, prints the table, optionally writes JSON."""
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     if _CONFIG.value is None:

@@ -73,6 +73,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    """absl main: initialises multi-process JAX if asked, then runs the loop ``config.mode`` names.
+
+    Exits with status 2 and one ``error:`` line on a config error (``ValueError``).
+    """
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError('--config and --workdir are required')
