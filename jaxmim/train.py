@@ -259,6 +259,10 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
                 evals.append({'step': step, **res})
                 report('eval', step, res)
             train_time += time.perf_counter() - t_step
+        if eval_fn is not None and not evals:      # resumed from a finished run: evaluate it
+            res = eval_fn(state['params'], config.total_steps)
+            evals.append({'step': config.total_steps, **res})
+            report('eval', config.total_steps, res)
     finally:
         # An interruption (preemption, Ctrl-C, an error) still commits every pending save:
         # orbax writes to a temporary directory and renames it when complete, so no
