@@ -13,7 +13,9 @@ import difflib
 import ml_collections
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""ImageNet per-channel RGB mean, in [0, 1] pixel units."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet per-channel RGB standard deviation, in [0, 1] pixel units."""
 
 
 def _data_defaults() -> ml_collections.ConfigDict:

@@ -36,12 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxmim.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by jaxmim.data)
 from jaxmim.data import fashion_mnist
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""ImageNet per-channel RGB mean, in [0, 1] pixel units."""
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""ImageNet per-channel RGB standard deviation, in [0, 1] pixel units."""
 
 INTERPOLATIONS = {
     'bicubic': tf.image.ResizeMethod.BICUBIC,
