@@ -136,7 +136,7 @@ def _build_step(kind: str, config, mesh, encoder_name: str | None = None):
         method = config.method.to_dict()
         model = create_mim_model(method.pop('name'), config.model.name,
                                  encoder_overrides=config.model.overrides.to_dict(), seed=config.seed, **method)
-        trainer, state = train.make_trainer(model, train.simmim_loss, config, mesh)
+        trainer, state = train.make_trainer(model, train.mim_loss, config, mesh)
         return config.model.name, trainer, state, 1, model.in_chans
     model = _build_finetune_model(config, encoder_name)
     depths = tuple(model.depths)

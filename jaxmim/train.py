@@ -144,7 +144,7 @@ def _scaled_optim_config(config) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(o)
 
 
-def simmim_loss(model, batch, rng):
+def mim_loss(model, batch, rng):
     """Pre-training objective for any method of the ``jaxmim.methods`` protocol: draw a
     mask inside the step, return the method's loss."""
     k_mask, k_drop = jax.random.split(rng)
@@ -310,7 +310,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     method = config.method.to_dict()
     model = create_mim_model(method.pop('name'), config.model.name,
                              encoder_overrides=config.model.overrides.to_dict(), seed=config.seed, **method)
-    trainer, state = make_trainer(model, simmim_loss, config, mesh)
+    trainer, state = make_trainer(model, mim_loss, config, mesh)
     return _train_loop(config, workdir, trainer, state, _data_fn(config, train=True))
 
 

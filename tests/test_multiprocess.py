@@ -38,7 +38,7 @@ def run_steps(devices, local_images, steps=2):
     mesh = train.make_mesh(devices)
     model = create_mim_model('simmim', cfg.model.name, encoder_overrides=dict(embed_dim=16, num_heads=(1, 2, 4)),
                              encoder_stride=16, mask_patch_size=8)
-    trainer, state = train.make_trainer(model, train.simmim_loss, cfg, mesh)
+    trainer, state = train.make_trainer(model, train.mim_loss, cfg, mesh)
     losses = []
     for _ in range(steps):
         state, metrics = trainer.train_step(state, train.global_batch({'image': local_images},

@@ -117,7 +117,7 @@ def test_step_is_identical_on_1_and_8_devices():
         mesh = train.make_mesh(devices)
         model = create_mim_model('simmim', cfg.model.name, encoder_overrides=TINY_ENC, encoder_stride=16,
                                  mask_patch_size=8)
-        trainer, state = train.make_trainer(model, train.simmim_loss, cfg, mesh)
+        trainer, state = train.make_trainer(model, train.mim_loss, cfg, mesh)
         for _ in range(2):
             state, metrics = trainer.train_step(state, train.global_batch(batch, train.batch_sharding(mesh)))
         assert len(state['params']['encoder']['layers'][0]['blocks'][0]['attn']['qkv']['kernel'].sharding
