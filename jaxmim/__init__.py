@@ -4,7 +4,7 @@ Public entry points: :func:`create_model`, :func:`list_models`; the training loo
 ``jaxmim.train`` and the command-line entry in ``jaxmim.main``.
 """
 
-from jaxmim import models  # noqa: F401  (registers the backbones)
+from jaxmim import methods, models  # noqa: F401  (register the methods and backbones)
 from jaxmim.registry import create_model, list_models, model_defaults, register_model  # noqa: F401
 
 __version__ = '0.1.0'

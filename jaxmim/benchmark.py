@@ -4,18 +4,21 @@ Usage::
 
     python -m jaxmim.benchmark --config=configs/demo/simmim_swin_fmnist.py \
         --config.batch_size=16 --steps=3 --warmup=1 [--peak_tflops=989 --json_out=bench.json]
+    # MAE ViT-B (224, mask 0.75) against SimMIM Swin-B (192) in one run:
+    python -m jaxmim.benchmark --config=configs/pretrain/mae_vit_base_800ep.py --kinds=pretrain \
+        --also=configs/pretrain/simmim_swin_base_img192_window6.py:100ep --batch_size=8
 
-``--config=path[:variant]`` and ``--config.a.b=value`` work as in ``jaxmim.main``. For a
-pre-training config (``mode='pretrain'``) two steps are measured:
+``--config=path[:variant]`` and ``--config.a.b=value`` work as in ``jaxmim.main``; ``--also``
+adds further configs (``path[:variant]``, repeatable) measured in the same run with the same
+flags. Any registered method and backbone works: the steps are built by the training loop's
+own functions. For a pre-training config (``mode='pretrain'``) two steps are measured:
 
 * ``pretrain``: the model built exactly as :func:`jaxmim.train.pretrain` builds it (the MIM
-  method wrapping the registry encoder, with the config's overrides) and its SimMIM loss;
-* ``finetune``: the classifier of the same encoder architecture -- the registry name without
-  the ``simmim_`` prefix (``simmim_swin_base_patch4_window6_192`` ->
-  ``swin_base_patch4_window6_192``) or, when that name is not registered, a
-  :class:`~jaxmim.models.swin.SwinTransformer` with the encoder's registry arguments -- with
-  the encoder overrides, ``--num_classes`` classes, the config's optimizer and batch size,
-  and layer-wise lr decay ``--finetune_layer_decay`` (as a real fine-tuning run).
+  method's model, with the config's overrides) and its loss;
+* ``finetune``: the classifier the pre-training model registered (``classifier=`` of
+  :func:`jaxmim.registry.register_model`, e.g. ``mae_vit_base_patch16_dec512d8b`` ->
+  ``vit_base_patch16_224``) with ``--num_classes`` classes, the config's optimizer and batch
+  size, and layer-wise lr decay ``--finetune_layer_decay`` (as a real fine-tuning run).
 
 A fine-tuning config (``mode='finetune'``) measures the ``finetune`` step only (built as
 :func:`jaxmim.train.finetune` builds it, without loading pre-trained weights).
@@ -37,6 +40,8 @@ Measured per step kind:
   (replicated, so counted once per device: negligible at realistic per-device batches). The
   JSON also keeps the unpartitioned program's count (``lowered.cost_analysis()``) as a
   cross-check;
+* ``memory GiB``: the compiled step's device memory from XLA's memory analysis (arguments +
+  outputs + temporaries - aliased donations), per device;
 * ``achieved TFLOP/s`` = GFLOPs/img x img/s over all devices, and ``MFU`` = achieved /
   (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
   989, A100 312, TPU v4 275, v5p 459).
@@ -69,6 +74,7 @@ _PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of ONE device, for
 _KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune); default: all the config has.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices only (0: all).')
 _JSON = flags.DEFINE_string('json_out', None, 'Write the rows (and device info) as JSON to this path.')
+_ALSO = flags.DEFINE_multi_string('also', [], 'Further configs path[:variant] measured in the same run.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host).')
 
 KINDS = ('pretrain', 'finetune')
@@ -78,74 +84,50 @@ KINDS = ('pretrain', 'finetune')
 # Building the steps.
 # ----------------------------------------------------------------------------------------
 
-def classifier_name_for(encoder_name: str) -> str:
-    """The fine-tuning registry name of a pre-training encoder: ``simmim_X`` -> ``X``."""
-    return encoder_name[len('simmim_'):] if encoder_name.startswith('simmim_') else encoder_name
-
-
 def _finetune_config_from_pretrain(config, num_classes: int, layer_decay: float):
-    """A fine-tuning config with the pre-training run's encoder, image size, batch, optimizer
-    and seed; the model is the classifier of :func:`classifier_name_for` (see module doc)."""
+    """A fine-tuning config with the pre-training run's image size, batch, optimizer and seed;
+    the model is the classifier the pre-training model registered (``classifier=`` of
+    :func:`jaxmim.registry.register_model`) with ``num_classes`` classes.
+
+    Raises:
+      ValueError: the pre-training model registered no classifier.
+    """
     import ml_collections
 
     from jaxmim import config as config_lib
+    from jaxmim import registry
 
+    classifier = registry.classifier_for(config.model.name)
+    if classifier is None:
+        raise ValueError(f'model {config.model.name!r} registers no fine-tuning classifier '
+                         '(register_model(..., classifier=...)); run with --kinds=pretrain')
     ft = config_lib.finetune_defaults()
     ft.seed = config.seed
     ft.batch_size = config.batch_size
     ft.total_steps = config.total_steps
-    ft.data.image_size = config.data.image_size
+    ft.data.image_size = config_lib.resolve_data_config(config).image_size
     for key, value in config.optim.items():
         ft.optim[key] = value
     ft.optim.layer_decay = layer_decay
-    ft.model.name = classifier_name_for(config.model.name)
+    ft.model.name = classifier
     with ft.unlocked():
-        ft.model.overrides = ml_collections.ConfigDict(config.model.overrides.to_dict()
-                                                       | {'num_classes': num_classes})
+        ft.model.overrides = ml_collections.ConfigDict({'num_classes': num_classes})
     return ft
 
 
-def _build_finetune_model(config, encoder_name: str | None):
-    """The classifier of a fine-tuning config; ``encoder_name`` (a pre-training encoder) is
-    the fallback architecture when ``config.model.name`` is not registered."""
-    from flax import nnx
-
-    from jaxmim import registry
-    from jaxmim import train
-
-    if encoder_name is None or config.model.name in registry.list_models():
-        return train.build_classifier(config)
-    from jaxmim.models.swin import SwinTransformer, SwinTransformerForSimMIM
-
-    cls = registry._lookup(encoder_name)[0]
-    if not (isinstance(cls, type) and issubclass(cls, SwinTransformerForSimMIM)):
-        raise ValueError(f'no fine-tuning classifier {config.model.name!r} is registered for the encoder '
-                         f'{encoder_name!r}; run with --kinds=pretrain')
-    kwargs = registry.model_defaults(encoder_name) | config.model.overrides.to_dict()
-    return SwinTransformer(**kwargs, rngs=nnx.Rngs(config.seed))
-
-
-def _build_step(kind: str, config, mesh, encoder_name: str | None = None):
+def _build_step(kind: str, config, mesh):
     """``(model_name, trainer, state, num_classes, in_chans)`` of one step kind, built as the
-    training loops of :mod:`jaxmim.train` build them."""
-    from jaxmim import optim
+    training loops of :mod:`jaxmim.train` build them (the model's hooks included)."""
     from jaxmim import train
-    from jaxmim.methods import create_mim_model
 
+    model = train.build_model(config)
     if kind == 'pretrain':
-        method = config.method.to_dict()
-        model = create_mim_model(method.pop('name'), config.model.name,
-                                 encoder_overrides=config.model.overrides.to_dict(), seed=config.seed, **method)
         trainer, state = train.make_trainer(model, train.mim_loss, config, mesh)
-        return config.model.name, trainer, state, 1, model.in_chans
-    model = _build_finetune_model(config, encoder_name)
-    depths = tuple(model.depths)
-    layer_id_fn = functools.partial(optim.swin_layer_id, depths=depths)
+        return config.model.name, trainer, state, 1, getattr(getattr(model, 'encoder', model), 'in_chans', 3)
     loss_fn = functools.partial(train.classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
-    trainer, state = train.make_trainer(model, loss_fn, config, mesh, layer_id_fn=layer_id_fn,
-                                        num_layer_ids=sum(depths) + 2)
-    return config.model.name, trainer, state, model.num_classes, model.in_chans
+    trainer, state = train.make_trainer(model, loss_fn, config, mesh)
+    return config.model.name, trainer, state, model.num_classes, getattr(model, 'in_chans', 3)
 
 
 def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_classes: int,
@@ -212,16 +194,18 @@ def _wait(out) -> None:
 # ----------------------------------------------------------------------------------------
 
 def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tflops: float | None = None,
-                   encoder_name: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Compiles and times one step kind; returns its row (see :func:`run_benchmark`)."""
     import jax
     import numpy as np
 
-    name, trainer, state, num_classes, in_chans = _build_step(kind, config, mesh, encoder_name)
+    from jaxmim import config as config_lib
+
+    name, trainer, state, num_classes, in_chans = _build_step(kind, config, mesh)
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state['params'])))
     n_dev = mesh.devices.size
     batch_size = int(config.batch_size)
-    image_size = int(config.data.image_size)
+    image_size = int(config_lib.resolve_data_config(config).image_size)
     batch = synthetic_batch(mesh, batch_size, image_size, in_chans, num_classes, seed=config.seed)
 
     log(f'[{kind}] {name}: {num_params / 1e6:.2f}M params; compiling the train step ...')
@@ -330,11 +314,10 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
     for kind in kinds:
         if kind == 'finetune' and config.mode == 'pretrain':
             cfg = _finetune_config_from_pretrain(config, num_classes, finetune_layer_decay)
-            encoder = config.model.name
         else:
-            cfg, encoder = config, None
+            cfg = config
         rows.append(benchmark_step(kind, cfg, mesh, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
-                                   encoder_name=encoder, log=log))
+                                   log=log))
     return rows
 
 
@@ -349,13 +332,14 @@ def format_table(rows: Sequence[dict]) -> str:
 
     has_mfu = any(r.get('mfu') is not None for r in rows)
     head = ['step', 'model', 'image', 'batch', 'devices', 'compile s', 'img/s', 'img/s overall',
-            'GFLOPs/img', 'TFLOP/s'] + (['MFU %'] if has_mfu else [])
+            'GFLOPs/img', 'TFLOP/s', 'memory GiB'] + (['MFU %'] if has_mfu else [])
     body = []
     for r in rows:
         fpi = r.get('flops_per_image')
         line = [r['kind'], r['model'], str(r['image_size']), str(r['batch_size']), str(r['devices']),
                 num(r['compile_s'], '.1f'), num(r['img_s'], ',.1f'), num(r['img_s_overall'], ',.1f'),
-                num(fpi / 1e9 if fpi else None, '.3f'), num(r.get('achieved_tflops'), '.3f')]
+                num(fpi / 1e9 if fpi else None, '.3f'), num(r.get('achieved_tflops'), '.3f'),
+                num(r.get('device_memory_gib'), '.3f')]
         if has_mfu:
             mfu = r.get('mfu')
             line.append(num(100 * mfu if mfu is not None else None, '.1f'))
@@ -404,10 +388,14 @@ def main(argv: list[str]) -> None:
     log(f'devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), '
         f'{jax.process_count()} process(es); jax {jax.__version__}')
     try:
-        rows = run_benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
-                             num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
-                             peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices, log=log)
-    except ValueError as e:
+        from jaxmim.config import load_config_file
+        configs = [_CONFIG.value] + [load_config_file(spec) for spec in _ALSO.value]
+        rows = []
+        for config in configs:
+            rows += run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
+                                  num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
+                                  peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices, log=log)
+    except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     if not is_main:

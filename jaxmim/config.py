@@ -1,14 +1,18 @@
 """Config schema: defaults for pre-training and fine-tuning runs, and key validation.
 
-Every config file in ``configs/`` starts from :func:`pretrain_defaults` or
+Every config file in ``configs/`` starts from :func:`pretrain_defaults` (with the MIM method's
+name: its ``config.method`` block comes from the method's own ``config_defaults``) or
 :func:`finetune_defaults` and changes values only. The returned ConfigDict is locked, so a
 misspelt key in a config file or on the command line fails at once with the close valid
-names instead of being silently ignored.
+names instead of being silently ignored. Data settings left at ``None`` (image size, mean/std,
+evaluation crop ratio) take the registered model's defaults (:func:`resolve_data_config`).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 
@@ -24,14 +28,15 @@ def _data_defaults() -> ml_collections.ConfigDict:
         data_dir=ml_collections.FieldReference(None, field_type=str),
         train_split='train',
         eval_split='validation',
-        image_size=224,                # pixels, square
-        mean=IMAGENET_MEAN,            # in [0, 1] pixel units
-        std=IMAGENET_STD,
+        image_size=ml_collections.FieldReference(None, field_type=int),   # pixels, square; None: model's
+        mean=ml_collections.FieldReference(None, field_type=tuple),       # [0, 1] pixel units; None: model's
+        std=ml_collections.FieldReference(None, field_type=tuple),
         crop_scale=(0.08, 1.0),        # random-resized-crop area range
         crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
         hflip=True,
         interpolation='bicubic',
-        eval_crop_ratio=224 / 256,     # eval: resize to image_size / ratio, centre crop
+        # eval: resize to image_size / ratio, centre crop; None: the model's (224/256 for ImageNet models)
+        eval_crop_ratio=ml_collections.FieldReference(None, field_type=float),
         shuffle_buffer=16_384,
         cache=False,
         prefetch=2,
@@ -40,13 +45,16 @@ def _data_defaults() -> ml_collections.ConfigDict:
 
 def _optim_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
-        base_lr=5e-4,                  # per 512 images; scaled by batch_size / 512 (lr_scale_batch)
+        base_lr=5e-4,                  # per lr_scale_batch images; scaled by batch_size / lr_scale_batch
         warmup_lr=5e-7,
         min_lr=5e-6,
-        lr_scale_batch=512,            # 0 disables the linear scaling rule
+        lr_scale_batch=512,            # 0 disables the linear scaling rule (SimMIM 512, MAE 256)
+        lr_scale_fields=('base_lr', 'warmup_lr', 'min_lr'),   # SimMIM scales all three; MAE base_lr only
         weight_decay=0.05,
         warmup_steps=0,
-        schedule='cosine',             # 'cosine' | 'multistep'
+        schedule='cosine',             # 'cosine' (SimMIM, lagged) | 'multistep' | 'mae_cosine'
+        schedule_unit='step',          # 'step': per iteration; 'epoch': held constant within an epoch
+        steps_per_epoch=0,             # needed by schedule_unit='epoch'
         milestones=(),
         gamma=0.1,
         clip_grad=5.0,
@@ -66,19 +74,29 @@ def _common_defaults() -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         async_checkpointing=True,
         progress_bar=True,
+        ema_decay=0.0,                 # > 0 keeps an EMA of the weights, evaluated beside them
         data=_data_defaults(),
         optim=_optim_defaults(),
         model=ml_collections.ConfigDict(dict(name='', overrides=ml_collections.ConfigDict())),
     ))
 
 
-def pretrain_defaults() -> ml_collections.ConfigDict:
-    """Defaults of a masked pre-training run (``mode='pretrain'``); the method block holds
-    the MIM method name and its arguments (SimMIM: encoder_stride, mask_patch_size, mask_ratio)."""
+def pretrain_defaults(method: str = 'simmim') -> ml_collections.ConfigDict:
+    """Defaults of a masked pre-training run (``mode='pretrain'``).
+
+    Args:
+      method: a registered MIM method (``jaxmim.methods.list_methods()``); ``config.method`` is
+        its block: ``name``, ``inputs_from`` ('step': masks drawn in the jitted step;
+        'pipeline': made by the input pipeline) and the method's own keys (SimMIM:
+        encoder_stride, mask_patch_size, mask_ratio; MAE: mask_ratio, norm_pix_loss).
+
+    Raises:
+      KeyError: unknown method (accepted names listed).
+    """
+    from jaxmim.methods import method_config_defaults
     c = _common_defaults()
     c.mode = 'pretrain'
-    c.method = ml_collections.ConfigDict(dict(
-        name='simmim', encoder_stride=32, mask_patch_size=32, mask_ratio=0.6))
+    c.method = ml_collections.ConfigDict(method_config_defaults(method))
     c.data.crop_scale = (0.67, 1.0)
     return _lock(c)
 
@@ -112,6 +130,7 @@ def fashion_mnist_data(data: ml_collections.ConfigDict, crop_scale: tuple[float,
     data.update(dict(dataset='fashion_mnist_local', train_split='train', eval_split='test',
                      image_size=32, crop_scale=crop_scale, hflip=True, eval_crop_ratio=1.0,
                      shuffle_buffer=60_000, cache=True))
+    data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -124,8 +143,52 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     mode = config.get('mode')
     if mode not in ('pretrain', 'finetune'):
         raise ValueError(f"config.mode must be 'pretrain' or 'finetune', got {mode!r}")
-    ref = pretrain_defaults() if mode == 'pretrain' else finetune_defaults()
+    if mode == 'pretrain':
+        from jaxmim.methods import list_methods
+        name = config.get('method', {}).get('name')
+        if name not in list_methods():
+            close = difflib.get_close_matches(str(name), list_methods(), n=3)
+            raise ValueError(f'config.method.name {name!r} is not a registered method; accepted: '
+                             f'{list_methods()}; close: {close}')
+        ref = pretrain_defaults(name)
+    else:
+        ref = finetune_defaults()
     _check_keys(config, ref, 'config')
+    if not 0.0 <= float(config.ema_decay) < 1.0:
+        raise ValueError(f'config.ema_decay must be in [0, 1) (0 disables the EMA), got {config.ema_decay}')
+
+
+def resolve_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config.data`` whose ``None`` fields (image_size, mean, std, eval_crop_ratio)
+    are filled from the registered model's data defaults (``register_model(data_defaults=...)``).
+
+    Raises:
+      KeyError: ``config.model.name`` is not registered.
+    """
+    from jaxmim.registry import model_data_defaults
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    defaults = model_data_defaults(config.model.name)
+    for key, value in defaults.items():
+        if data.get(key) is None:
+            data[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return data
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path[:variant]`` as ``--config`` does: the file's ``get_config(variant)`` (or
+    ``get_config()`` without a variant).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+    """
+    path, _, arg = spec.partition(':')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'config file {path!r} does not exist')
+    name = 'jaxmim_config_' + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def _check_keys(cfg, ref, prefix: str) -> None:

@@ -15,6 +15,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+class Buffer(nnx.Variable):
+    """A fixed tensor saved with the model but never trained (PyTorch's ``requires_grad=False``
+    parameters, e.g. MAE's sin-cos ``pos_embed``). It lives in the train state's ``model_state``
+    collection (not in ``params``), so the optimizer never sees it, while checkpoints and the
+    PyTorch converter carry it like any other variable."""
+
+
 # Initialisers matching PyTorch / timm conventions.
 trunc_normal_02 = jax.nn.initializers.normal(stddev=0.02)
 """timm ``trunc_normal_(std=.02)`` truncates at +-2 *absolute*, i.e. +-100 sigma: a plain normal."""

@@ -29,16 +29,6 @@ _NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi
 _PID = flags.DEFINE_integer('process_id', None, 'This process index (multi-process).')
 
 
-def _load_config_file(spec: str):
-    """Loads ``path[:variant]`` the way ``--config`` does (used only to explain a bad override)."""
-    import importlib.util
-    path, _, arg = spec.partition(':')
-    module_spec = importlib.util.spec_from_file_location('jaxmim_cli_config', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def _explain_override(argv: list[str], error: Exception) -> str:
     """One line naming the unknown ``--config.a.b`` field and the close valid fields."""
     spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
@@ -47,7 +37,8 @@ def _explain_override(argv: list[str], error: Exception) -> str:
             continue
         path = arg[len('--config.'):].split('=', 1)[0].split('.')
         try:
-            node = _load_config_file(spec)
+            from jaxmim.config import load_config_file
+            node = load_config_file(spec)
         except Exception:  # the file itself is broken: report the original error
             return str(error)
         for i, key in enumerate(path):

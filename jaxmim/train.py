@@ -3,13 +3,20 @@
 Both loops share one shape (big_vision / flax-examples style): build the mesh, the model and
 the optimizer; restore the latest checkpoint if one exists; run a jitted step over global
 batches sharded on the mesh's ``data`` axis; log, checkpoint and evaluate every N steps. The
-step is compiled once per run (static shapes: batches have a fixed size, masks are drawn
-inside the step with a fixed count).
+step is compiled once per run (static shapes: batches have a fixed size, masking inputs have
+fixed shapes whether drawn inside the step or carried by the batch).
 
-State is a plain pytree ``{'params', 'opt_state', 'step'}``; the model structure (NNX
-graphdef) stays outside it, so the step is a pure function ``(state, batch) -> (state,
-metrics)``. Randomness for step t is ``fold_in(PRNGKey(seed), t)``, so a resumed run
-reproduces the uninterrupted one.
+The loops know no backbone and no method: they call the model's hooks
+(:class:`jaxmim.registry.Backbone`: weight-decay patterns, layer ids, pre-trained adaptation)
+and the method protocol of :mod:`jaxmim.methods` (masking inputs, loss).
+
+State is a plain pytree ``{'params', 'model_state', 'ema' (when ``ema_decay > 0``),
+'opt_state', 'step'}``: ``params`` holds the trained ``nnx.Param`` variables, ``model_state``
+every other variable of the model (BatchNorm statistics updated by the forward in training,
+fixed buffers such as MAE's sin-cos tables), ``ema`` an exponential moving average of both. The
+model structure (NNX graphdef) stays outside it, so the step is a pure function
+``(state, batch) -> (state, metrics)``. Randomness for step t is ``fold_in(PRNGKey(seed), t)``,
+so a resumed run reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -35,11 +42,9 @@ from jaxmim import config as config_lib
 from jaxmim import optim
 from jaxmim import tree_util
 from jaxmim.methods import create_mim_model
-from jaxmim.registry import create_model
+from jaxmim.registry import create_model, match_any
 
 PyTree = Any
-
-
 # ----------------------------------------------------------------------------------------
 # Mesh and shardings.
 # ----------------------------------------------------------------------------------------
@@ -67,6 +72,47 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 
 
 # ----------------------------------------------------------------------------------------
+# Models and their variables.
+# ----------------------------------------------------------------------------------------
+
+def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
+    """The model a run trains: the MIM method's pre-training model (``mode='pretrain'``) or the
+    registered classifier (``mode='finetune'``), with ``config.model.overrides`` and ``config.seed``.
+
+    Raises:
+      KeyError: unknown model or method. TypeError: an unknown model override.
+      ValueError: a method key the method does not accept.
+    """
+    overrides = config.model.overrides.to_dict() if hasattr(config.model.overrides, 'to_dict') \
+        else dict(config.model.overrides)
+    if config.mode == 'pretrain':
+        block = config.method.to_dict() if hasattr(config.method, 'to_dict') else dict(config.method)
+        return create_mim_model(block, config.model.name, overrides=overrides, seed=config.seed)
+    return create_model(config.model.name, seed=config.seed, **overrides)
+
+
+def split_variables(model: nnx.Module) -> tuple[Any, dict, dict]:
+    """``(graphdef, params, model_state)``: the structure, the trained ``nnx.Param`` values and
+    every other variable (BatchNorm statistics, fixed buffers), both as nested pure dicts."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def merge_variables(graphdef, params: PyTree, model_state: PyTree) -> nnx.Module:
+    """Inverse of :func:`split_variables` (works on traced values inside ``jit``)."""
+    return nnx.merge(graphdef, params, model_state)
+
+
+def _non_params(model: nnx.Module) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+
+def _nonempty(state: dict) -> dict:
+    """Orbax items of a state: empty collections (a model without BatchNorm or buffers) are not saved."""
+    return {k: v for k, v in state.items() if not (isinstance(v, dict) and not v)}
+
+
+# ----------------------------------------------------------------------------------------
 # Train state and step.
 # ----------------------------------------------------------------------------------------
 
@@ -77,10 +123,11 @@ class Trainer:
     Attributes:
       graphdef: the NNX graph definition (static structure) of the model.
       tx: the optax optimizer.
-      lr_fn: step -> learning rate (for logging; base group).
+      lr_fn: step -> learning rate (for logging; scale-1 group).
       mesh: the device mesh.
       train_step: jitted ``(state, batch) -> (state, metrics)``.
       state_sharding: sharding pytree of the state.
+      ema_decay: decay of the weight EMA (0: none).
     """
 
     graphdef: Any
@@ -89,29 +136,45 @@ class Trainer:
     mesh: jax.sharding.Mesh
     train_step: Callable
     state_sharding: PyTree
+    ema_decay: float = 0.0
 
 
 def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.ConfigDict,
-                 mesh, layer_id_fn=None, num_layer_ids=None) -> tuple[Trainer, PyTree]:
+                 mesh) -> tuple[Trainer, PyTree]:
     """Builds the optimizer, the initial state and the jitted train step.
+
+    The optimizer takes the model's hooks: ``no_weight_decay()`` patterns, and, when
+    ``config.optim.layer_decay != 1``, ``layer_id`` / ``num_layer_ids``.
 
     Args:
       model: the NNX model (parameters initialised).
-      loss_fn: ``(model, batch, rng) -> (loss, metrics dict)``.
-      config: the run config (uses ``optim``, ``batch_size``, ``total_steps``, ``seed``).
+      loss_fn: ``(model, batch, rng) -> (loss, metrics dict)``; the model it receives is
+        merged from the state, and any non-parameter variable the forward updates (BatchNorm
+        statistics) is carried to the next state.
+      config: the run config (uses ``optim``, ``batch_size``, ``total_steps``, ``seed``,
+        ``ema_decay``).
       mesh: the device mesh.
-      layer_id_fn, num_layer_ids: layer-wise lr decay (fine-tuning), see ``jaxmim.optim``.
 
     Returns:
       ``(trainer, state)`` with the state placed on the mesh.
+
+    Raises:
+      ValueError: optimizer config errors (named field).
     """
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(params)
-    ocfg = _scaled_optim_config(config)
-    tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps, layer_id_fn=layer_id_fn,
-                                      num_layer_ids=num_layer_ids)
+    graphdef, params, model_state = split_variables(model)
+    ocfg = optim.scaled_optim_config(config.optim.to_dict(), config.batch_size)
+    layer_kw = {}
+    if float(ocfg.get('layer_decay', 1.0)) != 1.0:
+        layer_kw = dict(layer_id_fn=model.layer_id, num_layer_ids=model.num_layer_ids)
+    tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps,
+                                      no_weight_decay=model.no_weight_decay(), **layer_kw)
+    ema_decay = float(config.get('ema_decay', 0.0))
+    state = {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
+             'step': jnp.zeros((), jnp.int32)}
+    if ema_decay > 0:
+        state['ema'] = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                    {'params': params, 'model_state': model_state})
     rep = replicated(mesh)
-    state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
     state_sharding = jax.tree.map(lambda _: rep, state)
     state = jax.device_put(state, state_sharding)
     base_key = jax.random.key(config.seed)
@@ -120,37 +183,48 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         rng = jax.random.fold_in(base_key, state['step'])
 
         def objective(p):
-            return loss_fn(nnx.merge(graphdef, p), batch, rng)
+            m = merge_variables(graphdef, p, state['model_state'])
+            loss, metrics = loss_fn(m, batch, rng)
+            return loss, (metrics, _non_params(m))
 
-        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
+        (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
         updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
         params = optax.apply_updates(state['params'], updates)
+        new = {'params': params, 'model_state': model_state, 'opt_state': opt_state, 'step': state['step'] + 1}
+        if ema_decay > 0:
+            # Polyak averaging of every variable: ema <- d * ema + (1 - d) * value (timm ModelEmaV2).
+            new['ema'] = optax.incremental_update({'params': params, 'model_state': model_state},
+                                                  state['ema'], step_size=1.0 - ema_decay)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(state['step']))
-        return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, metrics
+        return new, metrics
 
     train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
                          out_shardings=(state_sharding, rep), donate_argnums=(0,))
-    return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding), state
+    return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay), state
 
 
-def _scaled_optim_config(config) -> ml_collections.ConfigDict:
-    """The optimizer config with SimMIM's linear lr scaling by ``batch_size / lr_scale_batch``
-    applied to base, warmup and min lr (spec ``simmim_swin.md`` §4.3)."""
-    o = config.optim.to_dict()
-    ref = o.pop('lr_scale_batch')
-    if ref:
-        for k in ('base_lr', 'warmup_lr', 'min_lr'):
-            o[k] = optim.scale_lrs(o[k], config.batch_size, ref)
-    return ml_collections.ConfigDict(o)
+def masking_inputs(model, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+    """The method's masking inputs: taken from ``batch`` when the input pipeline supplied them
+    (every key of ``model.input_keys`` present), else drawn on device with ``model.sample_inputs``.
+
+    Raises:
+      ValueError: the batch holds only some of the keys.
+    """
+    keys = tuple(model.input_keys)
+    present = [k for k in keys if k in batch]
+    if present and len(present) != len(keys):
+        raise ValueError(f'the batch carries {present} but the method needs all of {list(keys)}')
+    if present:
+        return {k: batch[k] for k in keys}
+    return model.sample_inputs(key, batch['image'].shape[0])
 
 
 def mim_loss(model, batch, rng):
-    """Pre-training objective for any method of the ``jaxmim.methods`` protocol: draw a
-    mask inside the step, return the method's loss."""
+    """Pre-training objective for any method of the ``jaxmim.methods`` protocol: masking inputs
+    from the batch or drawn in the step (:func:`masking_inputs`), then the method's loss."""
     k_mask, k_drop = jax.random.split(rng)
-    images = batch['image']
-    mask = model.sample_mask(k_mask, images.shape[0])
-    out = model(images, mask=mask, train=True, rng=k_drop)
+    inputs = masking_inputs(model, batch, k_mask)
+    out = model(batch['image'], train=True, rng=k_drop, **inputs)
     return out['loss'], {}
 
 
@@ -164,11 +238,13 @@ def classification_loss(model, batch, rng, label_smoothing: float, num_classes: 
 
 
 def make_eval_step(graphdef, mesh):
-    """Jitted ``(params, batch) -> {'top1', 'top5', 'count', 'loss'}`` sums over the real
-    (``batch['mask'] == 1``) examples of a padded evaluation batch."""
+    """Jitted ``(variables, batch) -> {'top1', 'top5', 'count', 'loss'}`` sums over the real
+    (``batch['mask'] == 1``) examples of a padded evaluation batch; ``variables`` is
+    ``{'params', 'model_state'}`` (raw or EMA weights). BatchNorm runs on its running statistics."""
 
-    def eval_fn(params, batch):
-        logits = nnx.merge(graphdef, params)(batch['image'], train=False).astype(jnp.float32)
+    def eval_fn(variables, batch):
+        model = merge_variables(graphdef, variables['params'], variables['model_state'])
+        logits = model(batch['image'], train=False).astype(jnp.float32)
         w = batch['mask'].astype(jnp.float32)
         label = batch['label']
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -180,11 +256,11 @@ def make_eval_step(graphdef, mesh):
                    out_shardings=replicated(mesh))
 
 
-def evaluate(eval_step, params, batches: Iterator[dict], sharding) -> dict[str, float]:
+def evaluate(eval_step, variables, batches: Iterator[dict], sharding) -> dict[str, float]:
     """Runs ``eval_step`` over every batch; returns top-1 / top-5 accuracy (%), mean loss, count."""
     sums = None
     for local in batches:
-        out = eval_step(params, global_batch(local, sharding))
+        out = eval_step(variables, global_batch(local, sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     n = float(sums['count'])
     return {'top1': 100.0 * float(sums['top1']) / n, 'top5': 100.0 * float(sums['top5']) / n,
@@ -200,7 +276,13 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
     """Runs steps ``state.step .. total_steps`` with logging, checkpoints and evaluation.
 
     ``data_fn(start_step)`` returns the iterator of per-process batches positioned at
-    ``start_step``. Returns the final state and a summary dict.
+    ``start_step``; ``eval_fn(state, step)`` returns a dict of scalars. Writes
+    ``<workdir>/config.json`` (read back by :func:`load_run_config`). Returns the final state
+    and a summary dict.
+
+    Raises:
+      FloatingPointError: the loss is not finite at a logging step (the NaN guard); the
+        checkpoints written so far are kept.
     """
     from flax.metrics import tensorboard  # TF-backed writer; TF never takes an accelerator.
     import tqdm
@@ -214,8 +296,13 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
     start = ckpt.latest_step()
     if start is not None:
         logging.info('Resuming from %s at step %d', ckpt.directory, start)
-        state = ckpt.restore(start, target=ckpt_lib.abstract_like(state, trainer.state_sharding))
+        restored = ckpt.restore(start, target=ckpt_lib.abstract_like(_nonempty(state),
+                                                                     _nonempty(trainer.state_sharding)))
+        state = {**state, **restored}
     start = int(start or 0)
+    if is_main:
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort(indent=1))
     sharding = batch_sharding(trainer.mesh)
     data = data_fn(start)
     # disable=None: no bar when stdout is not a terminal (CI logs keep the metric lines only).
@@ -251,16 +338,16 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
                     raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}; lower optim.base_lr '
                                              'or check the data')
             bar.update(1)
-            ckpt.save(step, state, force=step == config.total_steps)
+            ckpt.save(step, _nonempty(state), force=step == config.total_steps)
             if eval_fn is not None and (step % config.eval_every == 0 or step == config.total_steps):
                 t_eval = time.perf_counter()
-                res = eval_fn(state['params'], step)
+                res = eval_fn(state, step)
                 paused += time.perf_counter() - t_eval       # throughput excludes evaluation
                 evals.append({'step': step, **res})
                 report('eval', step, res)
             train_time += time.perf_counter() - t_step
         if eval_fn is not None and not evals:      # resumed from a finished run: evaluate it
-            res = eval_fn(state['params'], config.total_steps)
+            res = eval_fn(state, config.total_steps)
             evals.append({'step': config.total_steps, **res})
             report('eval', config.total_steps, res)
     finally:
@@ -281,22 +368,60 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
     return state, summary
 
 
-def _data_fn(config, *, train: bool):
+def _data_fn(config, model=None, *, train: bool):
+    """``start_step -> iterator`` of per-process batches for the run's (resolved) data config.
+
+    With ``config.method.inputs_from == 'pipeline'`` each batch also carries the method's masking
+    inputs made on the host by ``model.host_inputs`` from a NumPy generator seeded by
+    ``(seed, process, step)``, so a resumed run draws the same masks.
+    """
     from jaxmim.data import pipeline
 
+    data_cfg = config_lib.resolve_data_config(config)
+    from_pipeline = train and config.mode == 'pretrain' and config.method.inputs_from == 'pipeline'
+    local_batch = config.batch_size // jax.process_count()
+
     def make(start_step: int):
-        return pipeline.create_split(config.data, train=train, batch_size=config.batch_size,
-                                     seed=config.seed, start_step=start_step)
+        it = pipeline.create_split(data_cfg, train=train, batch_size=config.batch_size,
+                                   seed=config.seed, start_step=start_step)
+        if not from_pipeline:
+            return it
+
+        def with_inputs():
+            for step, batch in enumerate(it, start=start_step):
+                rng = np.random.default_rng((config.seed, jax.process_index(), step))
+                yield {**batch, **model.host_inputs(rng, local_batch)}
+
+        return with_inputs()
 
     return make
 
 
+def _check_batch_sizes(config, mesh) -> None:
+    n = mesh.devices.size
+    fields = [('batch_size', config.batch_size)] + (
+        [('eval_batch_size', config.eval_batch_size)] if config.mode == 'finetune' else [])
+    for field, value in fields:
+        if value < 1 or value % n or value % jax.process_count():
+            raise ValueError(f'config.{field}={value} must be a positive multiple of the device count {n} '
+                             f'(batches are split evenly over the data axis)')
+
+
+def _check_image_size(model, config) -> None:
+    size = config_lib.resolve_data_config(config).image_size
+    expected = getattr(getattr(model, 'encoder', model), 'img_size', None)
+    if expected is not None and int(size) != int(expected):
+        raise ValueError(f'config.data.image_size={size} but model {config.model.name!r} takes '
+                         f'{expected} px images; set config.data.image_size={expected} or override the '
+                         f'model\'s img_size')
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, dict]:
-    """Masked pre-training (SimMIM and any method of ``jaxmim.methods``).
+    """Masked pre-training with any method of ``jaxmim.methods`` (``config.method.name``).
 
     Args:
       config: a pre-training config (see ``jaxmim.config.pretrain_defaults``).
-      workdir: output directory (checkpoints, TensorBoard logs, summary JSON).
+      workdir: output directory (checkpoints, TensorBoard logs, config and summary JSON).
 
     Returns:
       ``(state, summary)``.
@@ -307,97 +432,120 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     config_lib.check_config(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh()
-    method = config.method.to_dict()
-    model = create_mim_model(method.pop('name'), config.model.name,
-                             encoder_overrides=config.model.overrides.to_dict(), seed=config.seed, **method)
+    _check_batch_sizes(config, mesh)
+    model = build_model(config)
+    _check_image_size(model, config)
     trainer, state = make_trainer(model, mim_loss, config, mesh)
-    return _train_loop(config, workdir, trainer, state, _data_fn(config, train=True))
+    return _train_loop(config, workdir, trainer, state, _data_fn(config, model, train=True))
 
 
-def build_classifier(config) -> nnx.Module:
-    """The fine-tuning classifier named by ``config.model`` (registry name + overrides)."""
-    return create_model(config.model.name, seed=config.seed, **config.model.overrides.to_dict())
+def _read_checkpoint_variables(workdir: str, step: int | None) -> dict[str, np.ndarray]:
+    """``{dotted name: array}`` of every model variable (params and model_state) of a run's
+    checkpoint; a wrapper's ``encoder`` scope is unwrapped (see :func:`load_pretrained`)."""
+    directory = os.path.join(workdir, 'checkpoints')
+    flat = dict(tree_util.flatten_names(ckpt_lib.restore_params(directory, step, key_path=('params',))))
+    try:
+        flat.update(tree_util.flatten_names(ckpt_lib.restore_params(directory, step, key_path=('model_state',))))
+    except FileNotFoundError:
+        pass
+    if any(k.startswith('encoder.') for k in flat):
+        flat = {k[len('encoder.'):]: v for k, v in flat.items() if k.startswith('encoder.')}
+    return {k: np.asarray(v) for k, v in flat.items()}
 
 
-def load_pretrained_encoder(params: PyTree, pretrain_workdir: str, step: int = -1) -> tuple[PyTree, dict]:
-    """Copies a pre-training checkpoint's encoder into classifier parameters.
+def load_pretrained(model: nnx.Module, pretrain_workdir: str, step: int = -1) -> dict[str, list[str]]:
+    """Loads a pre-training (or imported) checkpoint into ``model`` in place, by variable name.
 
-    The encoder subtree (``params['encoder']``) replaces the matching classifier leaves;
-    ``mask_token`` and the decoder are dropped, the head keeps its fresh init; relative-position
-    tables of another window size are resized with SimMIM's geometric bicubic scheme.
-    Source: ``microsoft/SimMIM@d3e29bc utils.py:98-204`` (``load_pretrained``).
+    Every variable of the model (parameters, BatchNorm statistics, buffers) takes the
+    checkpoint's tensor of the same dotted name. A method that wraps its encoder (SimMIM) stores
+    it under ``encoder``: that scope is unwrapped and the rest (decoder) dropped. The model's hooks
+    decide the rest: ``adapt_pretrained`` turns tensors of another shape into the model's
+    (relative-position tables of another window, position embeddings of another grid) and
+    ``pretrained_fresh`` names what may keep its initial value (the head; ViT's ``fc_norm``).
+    Sources: ``microsoft/SimMIM@d3e29bc utils.py:98-204``; ``facebookresearch/mae main_finetune.py``.
 
     Returns:
-      ``(params, report)`` with the report listing loaded, resized and skipped names.
+      The report ``{'loaded', 'resized', 'fresh', 'unused'}`` of dotted names.
 
     Raises:
       FileNotFoundError: no checkpoint in ``pretrain_workdir``.
-      ValueError: a shape mismatch that cannot be resized, or the encoder misses a classifier
-        parameter other than the head.
+      ValueError: model variables missing from the checkpoint that are not allowed to start
+        fresh, or shapes the model cannot adapt (all named).
     """
-    from jaxmim.models.swin import resize_rel_pos_table
-
-    directory = os.path.join(pretrain_workdir, 'checkpoints')
-    enc = ckpt_lib.restore_params(directory, None if step < 0 else step, key_path=('params', 'encoder'))
-    flat_enc = tree_util.flatten_names(enc)
-    flat = tree_util.flatten_names(params)
-    report = {'loaded': [], 'resized': [], 'fresh': [], 'unused': sorted(set(flat_enc) - set(flat))}
+    src = _read_checkpoint_variables(pretrain_workdir, None if step < 0 else step)
+    state = nnx.state(model)
+    flat = tree_util.flatten_names(nnx.to_pure_dict(state))
+    fresh_ok = model.pretrained_fresh()
+    report = {'loaded': [], 'resized': [], 'fresh': [], 'unused': sorted(set(src) - set(flat))}
+    missing, errors = [], []
     for name, value in flat.items():
-        if name not in flat_enc:
-            if not name.startswith('head.'):
-                raise ValueError(f'pre-trained encoder has no parameter {name!r}')
-            report['fresh'].append(name)
+        if name not in src:
+            (report['fresh'] if match_any(name, fresh_ok) else missing).append(name)
             continue
-        src = np.asarray(flat_enc[name])
-        if src.shape != value.shape:
-            if 'relative_position_bias_table' not in name:
-                raise ValueError(f'{name}: pre-trained shape {src.shape} does not fit {value.shape}')
-            src = resize_rel_pos_table(src, value.shape[0])
+        arr = src[name]
+        if arr.shape != tuple(value.shape):
+            try:
+                arr = np.asarray(model.adapt_pretrained(name, arr, tuple(value.shape)))
+            except ValueError as e:
+                errors.append(str(e))
+                continue
             report['resized'].append(name)
         else:
             report['loaded'].append(name)
-        flat[name] = jnp.asarray(src, value.dtype)
-    return tree_util.unflatten_names(flat, params), report
+        flat[name] = jnp.asarray(arr, value.dtype)
+    if missing or errors:
+        raise ValueError(f'cannot load {pretrain_workdir} into {type(model).__name__}: '
+                         + '; '.join(([f'missing from the checkpoint: {missing}'] if missing else []) + errors))
+    nnx.replace_by_pure_dict(state, tree_util.unflatten_names(flat, nnx.to_pure_dict(state)))
+    nnx.update(model, state)
+    return report
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, dict]:
     """Supervised fine-tuning (or training from scratch when ``config.pretrained.workdir`` is
-    empty) with layer-wise lr decay, label smoothing and top-1/top-5 evaluation.
+    empty) with layer-wise lr decay, label smoothing, optional weight EMA and top-1/top-5
+    evaluation (of the EMA weights too, as ``ema_top1`` ...).
 
     Args:
       config: a fine-tuning config (see ``jaxmim.config.finetune_defaults``).
-      workdir: output directory (checkpoints, TensorBoard logs, summary JSON).
+      workdir: output directory (checkpoints, TensorBoard logs, config and summary JSON).
 
     Returns:
       ``(state, summary)``; ``summary['final_eval']`` holds the last evaluation.
+
+    Raises:
+      ValueError: config errors, or a pre-trained checkpoint that does not fit.
     """
     from jaxmim.data import pipeline
 
     config_lib.check_config(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh()
-    model = build_classifier(config)
+    _check_batch_sizes(config, mesh)
+    model = build_model(config)
+    _check_image_size(model, config)
     report = None
     if config.pretrained.workdir:
-        graphdef, params = nnx.split(model, nnx.Param)
-        params, report = load_pretrained_encoder(nnx.to_pure_dict(params), config.pretrained.workdir,
-                                                 config.pretrained.step)
-        model = nnx.merge(graphdef, params)
+        report = load_pretrained(model, config.pretrained.workdir, config.pretrained.step)
         logging.info('Loaded %d pre-trained tensors (%d resized); fresh: %s', len(report['loaded']),
                      len(report['resized']), report['fresh'])
-    depths = tuple(model.depths)
-    layer_id_fn = functools.partial(optim.swin_layer_id, depths=depths)
     loss_fn = functools.partial(classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
-    trainer, state = make_trainer(model, loss_fn, config, mesh, layer_id_fn=layer_id_fn,
-                                  num_layer_ids=sum(depths) + 2)
+    trainer, state = make_trainer(model, loss_fn, config, mesh)
     eval_step = make_eval_step(trainer.graphdef, mesh)
     sharding = batch_sharding(mesh)
+    data_cfg = config_lib.resolve_data_config(config)
 
-    def eval_fn(params, step):
-        batches = pipeline.create_split(config.data, train=False, batch_size=config.eval_batch_size,
-                                        seed=config.seed)
-        return evaluate(eval_step, params, batches, sharding)
+    def eval_fn(state, step):
+        def run(variables):
+            batches = pipeline.create_split(data_cfg, train=False, batch_size=config.eval_batch_size,
+                                            seed=config.seed)
+            return evaluate(eval_step, variables, batches, sharding)
+
+        res = run({'params': state['params'], 'model_state': state['model_state']})
+        if 'ema' in state:
+            res |= {f'ema_{k}': v for k, v in run(state['ema']).items() if k != 'count'}
+        return res
 
     state, summary = _train_loop(config, workdir, trainer, state, _data_fn(config, train=True), eval_fn)
     summary['final_eval'] = summary['evals'][-1] if summary['evals'] else None
@@ -409,3 +557,68 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, dict]:
     """Dispatches on ``config.mode`` (``'pretrain'`` or ``'finetune'``)."""
     config_lib.check_config(config)
     return (pretrain if config.mode == 'pretrain' else finetune)(config, workdir)
+
+
+# ----------------------------------------------------------------------------------------
+# Runs as files: the config, the model of a checkpoint.
+# ----------------------------------------------------------------------------------------
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run wrote to ``<workdir>/config.json`` (every run and import writes one).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` in ``workdir``.
+    """
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} not found: is {workdir!r} a jaxmim run directory?')
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_model(model: nnx.Module, workdir: str, step: int | None = None) -> int:
+    """Loads the parameters and model state of checkpoint ``step`` (default latest) of run
+    ``workdir`` into ``model`` in place; returns the step.
+
+    Raises:
+      FileNotFoundError: no checkpoint (or not that step). ValueError: the checkpoint does not
+      match the model's structure.
+    """
+    _, params, model_state = split_variables(model)
+    target = _nonempty({'params': params, 'model_state': model_state})
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False, read_only=True)
+    try:
+        step = ckpt._resolve_step(step)
+        restored = ckpt.restore(step, target=ckpt_lib.abstract_like(target))
+    finally:
+        ckpt.close()
+    state = nnx.state(model)
+    merged = {**nnx.to_pure_dict(state)}
+    merged = _deep_merge(merged, restored.get('params', {}))
+    merged = _deep_merge(merged, restored.get('model_state', {}))
+    nnx.replace_by_pure_dict(state, merged)
+    nnx.update(model, state)
+    return step
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def save_model_checkpoint(model: nnx.Module, workdir: str, config: ml_collections.ConfigDict,
+                          step: int = 0) -> None:
+    """Writes ``model``'s variables as an orbax checkpoint of run ``workdir`` (items ``params``,
+    ``model_state``, ``step``) and ``config.json``: what ``convert.import`` produces, and what
+    fine-tuning reads with ``config.pretrained.workdir=workdir``."""
+    os.makedirs(workdir, exist_ok=True)
+    _, params, model_state = split_variables(model)
+    state = _nonempty({'params': params, 'model_state': model_state,
+                       'step': jnp.asarray(step, jnp.int32)})
+    with ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False) as ckpt:
+        ckpt.save(step, state, force=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort(indent=1))

@@ -30,12 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(rel_path: str, arg: str | None = None):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(os.path.basename(rel_path)[:-3],
-                                                  os.path.join(ROOT, rel_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    from jaxmim.config import load_config_file
+    return load_config_file(os.path.join(ROOT, rel_path) + (f':{arg}' if arg else ''))
 
 
 def _common(cfg, data_dir: str, steps: int | None):
@@ -56,28 +52,39 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
-    from flax import nnx
 
-    from jaxmim import checkpoint
+    from jaxmim import train
+    from jaxmim.config import resolve_data_config
     from jaxmim.data import pipeline
-    from jaxmim.methods import create_mim_model
+    from jaxmim.methods.simmim import unpatchify
 
-    method = cfg.method.to_dict()
-    model = create_mim_model(method.pop('name'), cfg.model.name, encoder_overrides=cfg.model.overrides.to_dict(),
-                             **method)
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = checkpoint.restore_params(os.path.join(pretrain_dir, 'checkpoints'))
-    model = nnx.merge(graphdef, params)
-    batch = next(pipeline.create_split(cfg.data, train=False, batch_size=n, seed=0,
+    model = train.build_model(cfg)
+    train.restore_model(model, pretrain_dir)
+    data_cfg = resolve_data_config(cfg)
+    batch = next(pipeline.create_split(data_cfg, train=False, batch_size=n, seed=0,
                                        process_index=0, process_count=1))
     x = jnp.asarray(batch['image'])
-    mask = model.sample_mask(jax.random.key(0), n)
-    out = model(x, mask=mask)
-    p = model.patch_size
-    m = np.repeat(np.repeat(np.asarray(mask), p, 1), p, 2)[..., None].astype(bool)
-    std, mean = np.asarray(cfg.data.std), np.asarray(cfg.data.mean)
+    inputs = model.sample_inputs(jax.random.key(0), n)
+    out = model(x, train=False, **inputs)
+    # The method protocol's outputs: pred (B, L, p*p*C) units in raster order, mask (B, L).
+    pred, unit_mask = np.asarray(out['pred']), np.asarray(out['mask'])
+    c = x.shape[-1]
+    p = int(round((pred.shape[-1] // c) ** 0.5))
+    g = x.shape[1] // p
+    if getattr(model, 'norm_pix_loss', False):   # predictions are per-patch normalised pixels
+        from jaxmim.methods.simmim import patchify
+        t = np.asarray(patchify(x, p))
+        pred = pred * np.sqrt(t.var(-1, ddof=1, keepdims=True) + 1e-6) + t.mean(-1, keepdims=True)
+    rec = np.asarray(unpatchify(jnp.asarray(pred), p, g, g))
+    grid_mask = np.asarray(inputs.get('mask', np.zeros(0)))
+    if grid_mask.ndim == 3:   # a patch-grid mask (SimMIM): exact pixel mask, finer than pred's units
+        r = x.shape[1] // grid_mask.shape[1]
+        m = np.repeat(np.repeat(grid_mask, r, 1), r, 2)[..., None].astype(bool)
+    else:
+        m = np.repeat(np.repeat(unit_mask.reshape(n, g, g), p, 1), p, 2)[..., None].astype(bool)
+    std, mean = np.asarray(data_cfg.std), np.asarray(data_cfg.mean)
     show = lambda a: np.clip(np.asarray(a) * std + mean, 0, 1)[..., 0]
-    img, rec = np.asarray(x), np.asarray(out['x_rec'])
+    img = np.asarray(x)
     grey = (0.5 - mean) / std                               # masked units drawn mid-grey
     rows = [('original', show(img)), ('masked input (grey = masked)', show(np.where(m, grey, img))),
             ('reconstruction', show(np.where(m, rec, img)))]
@@ -87,7 +94,7 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
             axes[r, c].imshow(ims[c], cmap='gray', vmin=0, vmax=1)
             axes[r, c].axis('off')
         axes[r, 0].set_title(title, fontsize=8, loc='left')
-    fig.suptitle(f'SimMIM on Fashion-MNIST test images (mask ratio {cfg.method.mask_ratio})', fontsize=9)
+    fig.suptitle(f'{cfg.method.name} on Fashion-MNIST test images (mask ratio {cfg.method.mask_ratio})', fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
 

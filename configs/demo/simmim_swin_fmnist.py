@@ -13,7 +13,7 @@ from jaxmim.config import fashion_mnist_data, pretrain_defaults
 
 def get_config(arg=None):
     del arg
-    c = pretrain_defaults()
+    c = pretrain_defaults('simmim')
     c.model.name = 'simmim_swin_demo_patch4_window4_32'
     c.method.encoder_stride = 16
     c.method.mask_patch_size = 8

@@ -23,7 +23,7 @@ ITERS_PER_EPOCH = 1_281_167 // 2048   # 625
 def get_config(arg='100ep'):
     if arg not in ('100ep', '800ep'):
         raise ValueError(f"variant must be '100ep' or '800ep', got {arg!r}")
-    c = pretrain_defaults()
+    c = pretrain_defaults('simmim')
     c.model.name = 'simmim_swin_base_patch4_window6_192'
     c.method.encoder_stride = 32
     c.method.mask_patch_size = 32

@@ -11,10 +11,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim.masking import SimMIMMaskGenerator
+from jaxmim.methods import register_method
+from jaxmim.registry import Backbone, create_model
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
@@ -65,7 +68,8 @@ def masked_l1_loss(target: jax.Array, x_rec: jax.Array, mask: jax.Array, patch_s
     return (err * m).sum() / (m.sum() + 1e-5) / target.shape[-1]
 
 
-class SimMIM(nnx.Module):
+@register_method('simmim')
+class SimMIM(nnx.Module, Backbone):
     """SimMIM model: encoder with a mask token, 1x1-conv + pixel-shuffle decoder, masked L1 loss.
 
     Args:
@@ -85,7 +89,8 @@ class SimMIM(nnx.Module):
         upsampled to pixels (the official normalisation, ``models/simmim.py:114-121``);
       ``x_rec``: ``(B, H, W, C)`` reconstruction;
       ``pred``: ``x_rec`` cut into ``encoder_stride``-pixel units, ``(B, L, stride*stride*C)``,
-        units in raster order, pixels in ``(p, q, c)`` order.
+        units in raster order, pixels in ``(p, q, c)`` order;
+      ``mask``: ``(B, L)`` float32, 1 where any patch of the ``encoder_stride`` unit is masked.
 
     Raises:
       ValueError: incompatible sizes (see :class:`SimMIMMaskGenerator`), or a mask of the
@@ -103,13 +108,62 @@ class SimMIM(nnx.Module):
         self.mask_generator = SimMIMMaskGenerator(encoder.img_size, mask_patch_size, self.patch_size,
                                                   mask_ratio)
 
+    # -- method protocol (jaxmim.methods) ----------------------------------------------------
+
+    input_keys = ('mask',)
+    """The per-batch masking input: ``mask`` int32 ``(B, H/patch, W/patch)``, 1 = masked."""
+
+    @classmethod
+    def config_defaults(cls) -> dict[str, Any]:
+        """The ``config.method`` block: SimMIM's paper settings at 192 px (spec simmim_swin.md §2)."""
+        return {'encoder_stride': 32, 'mask_patch_size': 32, 'mask_ratio': 0.6}
+
+    @classmethod
+    def build(cls, model_name: str, *, overrides: dict[str, Any], seed: int, encoder_stride: int,
+              mask_patch_size: int, mask_ratio: float) -> 'SimMIM':
+        """SimMIM around the registered masked-input encoder ``model_name`` (e.g.
+        ``simmim_swin_base_patch4_window6_192``); the encoder is initialised from ``seed`` and the
+        decoder from ``seed + 1``."""
+        enc = create_model(model_name, seed=seed, **overrides)
+        return cls(enc, encoder_stride, mask_patch_size=mask_patch_size, mask_ratio=mask_ratio,
+                   rngs=nnx.Rngs(seed + 1))
+
+    def sample_inputs(self, key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
+        """``{'mask': (B, H/patch, W/patch) int32}`` drawn on device (see :class:`SimMIMMaskGenerator`)."""
+        return {'mask': self.mask_generator(key, batch_size)}
+
+    def host_inputs(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        """The same masks made in NumPy by the input pipeline (official ``MaskGenerator`` runs in
+        the data loader)."""
+        return {'mask': self.mask_generator.numpy(rng, batch_size)}
+
     def sample_mask(self, key: jax.Array, batch_size: int) -> jax.Array:
         """Draws a batch of masks ``(B, H/patch, W/patch)`` int32 (see :class:`SimMIMMaskGenerator`)."""
         return self.mask_generator(key, batch_size)
+
+    # -- hooks: the encoder's, under ``encoder.`` -------------------------------------------
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """The encoder's patterns under ``encoder.`` (the decoder conv kernel is decayed)."""
+        return tuple(f'encoder.{p}' for p in self.encoder.no_weight_decay())
+
+    def layer_id(self, name: str) -> int:
+        """The encoder's layer id for ``encoder.*``; the decoder gets the last id."""
+        if name.startswith('encoder.'):
+            return self.encoder.layer_id(name[len('encoder.'):])
+        return self.num_layer_ids - 1
+
+    @property
+    def num_layer_ids(self) -> int:
+        """The encoder's number of layer ids."""
+        return self.encoder.num_layer_ids
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
         z = self.encoder(x, mask, train=train, rng=rng)
         x_rec = pixel_shuffle(self.decoder(z), self.encoder_stride).astype(jnp.float32)
         loss = masked_l1_loss(x, x_rec, mask, self.patch_size)
-        return {'loss': loss, 'x_rec': x_rec, 'pred': patchify(x_rec, self.encoder_stride)}
+        g = mask.shape[1] * self.patch_size // self.encoder_stride
+        unit_mask = mask.reshape(mask.shape[0], g, mask.shape[1] // g, g, mask.shape[2] // g).max(axis=(2, 4))
+        return {'loss': loss, 'x_rec': x_rec, 'pred': patchify(x_rec, self.encoder_stride),
+                'mask': unit_mask.reshape(mask.shape[0], -1).astype(jnp.float32)}

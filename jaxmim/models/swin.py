@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim.registry import register_model
+from jaxmim.registry import Backbone, register_model
 
 
 # ----------------------------------------------------------------------------------------
@@ -267,7 +267,25 @@ class PatchEmbed(nnx.Module):
         return self.norm(x) if self.norm is not None else x
 
 
-class SwinTransformer(nnx.Module):
+_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+_DEMO = dict(img_size=32, patch_size=4, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
+             window_size=4, drop_path_rate=0.1)
+_DATA_192 = dict(image_size=192)
+_DATA_DEMO = dict(image_size=32, eval_crop_ratio=1.0)
+
+
+@register_model('swin_tiny_patch4_window7_224', **_T, window_size=7, drop_path_rate=0.2)
+@register_model('swin_small_patch4_window7_224', **_S, window_size=7, drop_path_rate=0.3)
+@register_model('swin_base_patch4_window7_224', **_B, window_size=7, drop_path_rate=0.5)
+@register_model('swin_base_patch4_window14_224', **_B, window_size=14, drop_path_rate=0.5)
+@register_model('swin_large_patch4_window14_224', **_L, window_size=14, drop_path_rate=0.2)
+@register_model('swin_base_patch4_window6_192', **_B, img_size=192, window_size=6, drop_path_rate=0.1,
+                data_defaults=_DATA_192)
+@register_model('swin_demo_patch4_window4_32', **_DEMO, num_classes=10, data_defaults=_DATA_DEMO)
+class SwinTransformer(nnx.Module, Backbone):
     """Swin Transformer classifier (official v1 definition as fine-tuned by SimMIM).
 
     Args (names and defaults of the official constructor, ``swin_transformer.py:485-490``):
@@ -339,6 +357,59 @@ class SwinTransformer(nnx.Module):
         self.norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = L.linear(self.num_features, num_classes, rngs) if num_classes > 0 else None
 
+    # -- hooks of jaxmim.registry.Backbone ---------------------------------------------------
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """``absolute_pos_embed`` and every ``relative_position_bias_table`` (official
+        ``no_weight_decay`` / ``no_weight_decay_keywords``, ``swin_transformer.py:556-562``);
+        ``mask_token`` of the SimMIM encoder (``models/simmim.py``)."""
+        return ('absolute_pos_embed', '*relative_position_bias_table*', 'mask_token')
+
+    def layer_id(self, name: str) -> int:
+        """SimMIM's ``get_swin_layer`` (``microsoft/SimMIM@d3e29bc optimizer.py:123-136``).
+
+        With ``L = sum(depths)``: ``mask_token`` and ``patch_embed.*`` -> 0;
+        ``layers.l.blocks.b.*`` -> ``sum(depths[:l]) + b + 1``; ``layers.l.downsample.*`` ->
+        ``sum(depths[:l + 1])`` (the id of the stage's last block); everything else (final
+        ``norm``, ``head``, ``absolute_pos_embed``) -> ``L + 1``. Swin-B (2, 2, 18, 2): stage-3
+        blocks 5..22, head 25.
+
+        Raises:
+          ValueError: a ``layers.*`` name that is neither a block nor a downsample parameter,
+            or whose stage is out of range.
+        """
+        depths = self.depths
+        parts = name.split('.')
+        if parts[0] in ('mask_token', 'patch_embed'):
+            return 0
+        if parts[0] == 'layers':
+            if len(parts) < 4 or not parts[1].isdigit() or int(parts[1]) >= len(depths):
+                raise ValueError(f'swin layer_id: cannot place parameter {name!r} (depths {depths})')
+            stage = int(parts[1])
+            if parts[2] == 'downsample':
+                return sum(depths[:stage + 1])
+            if parts[2] == 'blocks' and parts[3].isdigit():
+                return sum(depths[:stage]) + int(parts[3]) + 1
+            raise ValueError(f'swin layer_id: cannot place parameter {name!r}')
+        return sum(depths) + 1
+
+    @property
+    def num_layer_ids(self) -> int:
+        """``sum(depths) + 2``."""
+        return sum(self.depths) + 2
+
+    def adapt_pretrained(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Resizes a ``relative_position_bias_table`` of another window size with SimMIM's
+        geometric bicubic scheme (:func:`resize_rel_pos_table`; window 6 -> 7 of the official
+        192 -> 224 fine-tuning path).
+
+        Raises:
+          ValueError: any other tensor whose shape differs, or a table whose head count differs.
+        """
+        if 'relative_position_bias_table' in name and value.ndim == 2 and value.shape[1] == shape[1]:
+            return resize_rel_pos_table(value, shape[0])
+        return Backbone.adapt_pretrained(self, name, value, shape)
+
     def embed(self, x: jax.Array) -> jax.Array:
         """Patch embedding (+ norm): ``(B, H, W, C)`` -> ``(B, h, w, embed_dim)``."""
         return self.patch_embed(x)
@@ -365,6 +436,12 @@ class SwinTransformer(nnx.Module):
         return self.head(x) if self.head is not None else x
 
 
+@register_model('simmim_swin_base_patch4_window6_192', **_B, img_size=192, window_size=6, drop_path_rate=0.0,
+                data_defaults=_DATA_192, classifier='swin_base_patch4_window6_192')
+@register_model('simmim_swin_large_patch4_window12_192', **_L, img_size=192, window_size=12,
+                drop_path_rate=0.0, data_defaults=_DATA_192)
+@register_model('simmim_swin_demo_patch4_window4_32', **_DEMO, data_defaults=_DATA_DEMO,
+                classifier='swin_demo_patch4_window4_32')
 class SwinTransformerForSimMIM(SwinTransformer):
     """The SimMIM pre-training encoder: Swin without head plus a learnable ``mask_token``.
 
@@ -392,33 +469,6 @@ class SwinTransformerForSimMIM(SwinTransformer):
         w = mask.astype(x.dtype)[..., None]
         x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
         return self.forward_tokens(x, train=train, rng=rng)
-
-
-# ----------------------------------------------------------------------------------------
-# Registered variants (official shapes; the demo variant fits 32x32 Fashion-MNIST images).
-# ----------------------------------------------------------------------------------------
-
-_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-_S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
-_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
-_DEMO = dict(img_size=32, patch_size=4, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
-             window_size=4, drop_path_rate=0.1)
-
-register_model('swin_tiny_patch4_window7_224', SwinTransformer, **_T, window_size=7, drop_path_rate=0.2)
-register_model('swin_small_patch4_window7_224', SwinTransformer, **_S, window_size=7, drop_path_rate=0.3)
-register_model('swin_base_patch4_window7_224', SwinTransformer, **_B, window_size=7, drop_path_rate=0.5)
-register_model('swin_base_patch4_window14_224', SwinTransformer, **_B, window_size=14, drop_path_rate=0.5)
-register_model('swin_large_patch4_window14_224', SwinTransformer, **_L, window_size=14, drop_path_rate=0.2)
-register_model('swin_base_patch4_window6_192', SwinTransformer, **_B, img_size=192, window_size=6,
-               drop_path_rate=0.1)
-register_model('swin_demo_patch4_window4_32', SwinTransformer, **_DEMO, num_classes=10)
-
-register_model('simmim_swin_base_patch4_window6_192', SwinTransformerForSimMIM, **_B, img_size=192,
-               window_size=6, drop_path_rate=0.0)
-register_model('simmim_swin_large_patch4_window12_192', SwinTransformerForSimMIM, **_L, img_size=192,
-               window_size=12, drop_path_rate=0.0)
-register_model('simmim_swin_demo_patch4_window4_32', SwinTransformerForSimMIM, **_DEMO)
 
 
 # ----------------------------------------------------------------------------------------
