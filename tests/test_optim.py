@@ -1,4 +1,8 @@
-"""Tests for jaxmim.optim against hand-written expectations (spec simmim_swin.md 4.3-4.7)."""
+"""Tests for jaxmim.optim against hand-written expectations.
+
+Specs: simmim_swin.md 4.3-4.7 (SimMIM), ummae.md 10 (MAE recipe; facebookresearch/mae
+util/lr_sched.py, util/lr_decay.py).
+"""
 
 import functools
 import math
@@ -11,6 +15,9 @@ import optax
 import pytest
 
 from jaxmim import optim
+
+# What the Swin / SimMIM models declare through their no_weight_decay() hook.
+SWIN_NO_WD = ('*absolute_pos_embed', '*mask_token', '*relative_position_bias_table')
 
 
 def _swin_like_tree():
@@ -36,6 +43,10 @@ def _swin_like_tree():
         },
         'decoder': {'kernel': f(1, 1, 8, 48), 'bias': f(48)},
     }
+
+
+def _flat(tree):
+    return dict(zip(jax.tree.leaves(optim.path_names(tree)), jax.tree.leaves(tree)))
 
 
 # ------------------------------------------------------------------------------ names / mask
@@ -66,25 +77,49 @@ def test_weight_decay_mask_hand_built():
         'conv': {'kernel': np.zeros((2, 2, 3, 4)), 'bias': np.zeros((4,))},
         'odd_bias': np.zeros((2, 2)),       # ends with 'bias' but not '.bias': decayed
         'w2d_bias': {'bias': np.zeros((2, 2))},  # 2-D but named '.bias': not decayed
+        'bias': np.zeros((2, 2)),           # top-level 2-D 'bias': not decayed
         'vec': np.zeros((5,)),              # 1-D: not decayed
     }
     expected = {
         'a': {'kernel': True, 'bias': False},
         'norm': {'scale': False, 'bias': False},
+        # fnmatch over the full name: '*relative_position_bias_table' does not match '..._extra'
         'attn': {'relative_position_bias_table': False,
-                 'relative_position_bias_table_extra': False},
+                 'relative_position_bias_table_extra': True},
         'mask_token': False,
         'encoder': {'mask_token': False, 'absolute_pos_embed': False},
         'conv': {'kernel': True, 'bias': False},
         'odd_bias': True,
         'w2d_bias': {'bias': False},
+        'bias': False,
         'vec': False,
     }
-    assert optim.weight_decay_mask(tree) == expected
+    assert optim.weight_decay_mask(tree, SWIN_NO_WD) == expected
+
+
+def test_weight_decay_mask_pattern_depth_and_default():
+    tree = {'pos_embed': np.zeros((1, 4, 8)), 'cls_token': np.zeros((1, 1, 8)),
+            'encoder': {'pos_embed': np.zeros((1, 4, 8)), 'cls_token': np.zeros((1, 1, 8))},
+            'blocks': {0: {'attn': {'qkv': {'kernel': np.zeros((8, 24))}}}}}
+    # No patterns: only the universal rule (every tensor here is >= 2-D, none is a bias).
+    assert all(jax.tree.leaves(optim.weight_decay_mask(tree)))
+    # 'pos_embed' matches only the top-level name; '*cls_token' matches at any depth.
+    assert optim.weight_decay_mask(tree, ['pos_embed', '*cls_token']) == {
+        'pos_embed': False, 'cls_token': False,
+        'encoder': {'pos_embed': True, 'cls_token': False},
+        'blocks': {0: {'attn': {'qkv': {'kernel': True}}}}}
+    assert optim.weight_decay_mask(tree, ('blocks.*.attn.*',))['blocks'][0]['attn'] == {
+        'qkv': {'kernel': False}}
+
+
+@pytest.mark.parametrize('patterns', ['*mask_token', ('*mask_token', 3)])
+def test_weight_decay_mask_rejects_bad_patterns(patterns):
+    with pytest.raises(ValueError, match='no_weight_decay'):
+        optim.weight_decay_mask({'w': np.zeros((2, 2))}, patterns)
 
 
 def test_weight_decay_mask_simmim_tree():
-    mask = optim.weight_decay_mask(_swin_like_tree())
+    mask = optim.weight_decay_mask(_swin_like_tree(), SWIN_NO_WD)
     names = optim.path_names(_swin_like_tree())
     decayed = sorted(n for n, m in zip(jax.tree.leaves(names), jax.tree.leaves(mask)) if m)
     assert decayed == sorted([
@@ -127,6 +162,29 @@ def test_vit_layer_id():
     assert optim.vit_layer_id('blocks.11.attn.qkv.kernel', 12) == 12
     assert optim.vit_layer_id('rel_pos_bias.relative_position_bias_table', 12) == 13
     assert optim.vit_layer_id('head.kernel', 12) == 13
+
+
+def test_vit_layer_id_mae_vit_b_names():
+    # MAE get_layer_id_for_vit with num_layers = 13: cls_token/pos_embed/patch_embed -> 0,
+    # blocks.i -> i + 1, rest (fc_norm, head) -> 13.
+    lid = functools.partial(optim.vit_layer_id, depth=12)
+    assert lid('cls_token') == 0
+    assert lid('pos_embed') == 0
+    assert lid('patch_embed.proj.kernel') == 0
+    assert lid('patch_embed.proj.bias') == 0
+    assert lid('blocks.0.norm1.scale') == 1
+    assert lid('blocks.5.attn.proj.bias') == 6
+    assert lid('blocks.11.mlp.fc2.kernel') == 12
+    assert lid('fc_norm.scale') == 13
+    assert lid('fc_norm.bias') == 13
+    assert lid('head.kernel') == 13
+    # MAE fine-tune scale for blocks.11 with decay 0.75: 0.75 ** (13 - 12)
+    tree = {'blocks': {11: {'mlp': {'fc2': {'kernel': np.zeros((4, 4))}}}},
+            'cls_token': np.zeros((1, 1, 4)), 'head': {'kernel': np.zeros((4, 2))}}
+    s = optim.layer_decay_scales(tree, lid, 14, 0.75)
+    assert s['blocks'][11]['mlp']['fc2']['kernel'] == pytest.approx(0.75)
+    assert s['cls_token'] == pytest.approx(0.75 ** 13)
+    assert s['head']['kernel'] == 1.0
 
 
 def test_layer_decay_scales():
@@ -193,6 +251,19 @@ def test_group_base_lr_below_warmup_lr():
     assert float(f(0)) == pytest.approx(1e-6, rel=1e-6)
     assert float(f(10)) == pytest.approx(1e-6 + 10 * (5e-7 - 1e-6) / 20, rel=1e-5)
     assert float(f(10)) < float(f(0))
+    # after warmup the lr rises from ~base towards min_lr
+    assert float(f(60)) == pytest.approx(
+        1e-6 + 0.5 * (5e-7 - 1e-6) * (1 + math.cos(math.pi * 0.6)), rel=1e-5)
+    assert float(f(100)) == pytest.approx(1e-6, rel=1e-6)
+
+
+def test_cosine_schedule_zero_base_lr():
+    # base 0 < min: optax's alpha = min / base is undefined; the offset form still follows timm.
+    f = optim.simmim_lr_schedule(0.0, 0.0, 1e-5, 100, 0, lag=False)
+    assert float(f(0)) == 0.0
+    assert float(f(50)) == pytest.approx(1e-5 * (1 - 0.5 * (1 + math.cos(math.pi * 0.5))),
+                                         rel=1e-6)
+    assert float(f(100)) == pytest.approx(1e-5, rel=1e-6)
 
 
 def test_multistep_schedule():
@@ -210,6 +281,14 @@ def test_multistep_schedule():
     # lagged: iteration t runs at raw(t - 1); raw(10) = 0.5 since milestone 10 <= 10
     assert [float(g(t)) for t in (0, 1, 10, 11, 20, 21, 22)] == pytest.approx(
         [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+
+
+def test_multistep_milestone_at_warmup_end_and_repeated():
+    # milestone == Tw counts at t = Tw (bisect_right); a repeated milestone counts twice.
+    f = optim.simmim_lr_schedule(1.0, 0.0, 0.0, 100, 10, name='multistep',
+                                 milestones=[10, 30, 30], gamma=0.5, lag=False)
+    assert [float(f(t)) for t in (5, 9, 10, 29, 30, 99)] == pytest.approx(
+        [0.5, 0.9, 0.5, 0.5, 0.125, 0.125])
 
 
 @pytest.mark.parametrize('kwargs, field', [
@@ -230,12 +309,180 @@ def test_schedule_validation(kwargs, field):
         optim.simmim_lr_schedule(**args)
 
 
+def _mae_formula(t, base, min_lr, warmup, total):
+    """facebookresearch/mae util/lr_sched.py adjust_learning_rate, in steps, float64."""
+    if t < warmup:
+        return base * t / warmup
+    return min_lr + (base - min_lr) * 0.5 * (
+        1. + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+
+def test_mae_cosine_values():
+    base, mlr, Tw, T = 2.4e-3, 1e-6, 40, 200
+    f = optim.lr_schedule('mae_cosine', base_lr=base, warmup_lr=123.0, min_lr=mlr,
+                          total_steps=T, warmup_steps=Tw)
+    assert float(f(0)) == 0.0                                     # lr(0) = 0, no lag
+    for t in (1, 17, 20, 39, 40, 41, 120, 157, 199, 200):         # warmup, Tw, decay, T-1, T
+        # abs: float32 cos near pi (t -> T) is good to ~1e-7 of the peak, as torch's float32 step
+        assert float(f(t)) == pytest.approx(_mae_formula(t, base, mlr, Tw, T), rel=1e-6,
+                                            abs=1e-7 * base), t
+    assert float(f(20)) == pytest.approx(base / 2, rel=1e-6)      # mid-warmup
+    assert float(f(40)) == pytest.approx(base, rel=1e-6)          # t = warmup: the peak
+    assert float(f(120)) == pytest.approx(mlr + (base - mlr) * 0.5, rel=1e-6)   # mid-decay
+    assert float(f(200)) == pytest.approx(mlr, rel=1e-6)          # t = total: min_lr
+    # beyond total (never evaluated by MAE): held at min_lr
+    assert [float(f(t)) for t in (201, 260, 10_000)] == pytest.approx([mlr] * 3, rel=1e-6)
+    # vectorised / jitted == scalar
+    np.testing.assert_allclose(jax.jit(f)(jnp.arange(T + 3)),
+                               [_mae_formula(min(t, T), base, mlr, Tw, T) for t in range(T + 3)],
+                               rtol=1e-6, atol=1e-7 * base)
+    # mae_lr_schedule is the same schedule
+    g = optim.mae_lr_schedule(base, mlr, T, Tw)
+    np.testing.assert_array_equal(g(jnp.arange(T + 3)), f(jnp.arange(T + 3)))
+
+
+def test_mae_cosine_long_warmup_precision_and_edge_cases():
+    # 100k-step warm-up: optax.linear_schedule's (init - end)(1 - t/T) + end loses ~1e-3 of
+    # relative precision early on in float32; the schedule must stay float32-accurate.
+    base, Tw, T = 2.4e-3, 100_000, 1_000_000
+    f = optim.mae_lr_schedule(base, 0.0, T, Tw)
+    t = np.array([1, 2, 3, 7, 10, 99, 1234, 50_000, 99_999, 100_000, 550_000, 999_999])
+    expected = [_mae_formula(int(s), base, 0.0, Tw, T) for s in t]
+    # (atol: float32 cos near pi at the very end, ~1e-7 of the peak)
+    np.testing.assert_allclose(np.asarray(f(jnp.asarray(t)), np.float64), expected, rtol=1e-6,
+                               atol=1e-7 * base)
+    # no warm-up: cosine from t = 0
+    g = optim.mae_lr_schedule(1.0, 0.0, 10, 0)
+    assert [float(g(s)) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-7)
+    # warm-up spanning the whole run: linear, then min_lr
+    h = optim.mae_lr_schedule(1.0, 0.25, 10, 10)
+    assert [float(h(s)) for s in (0, 5, 9, 10, 11)] == pytest.approx([0.0, 0.5, 0.9, 0.25, 0.25])
+    # base 0 < min_lr follows the formula (optax's warmup_cosine_decay_schedule would give 0)
+    k = optim.mae_lr_schedule(0.0, 1e-5, 10, 0)
+    assert float(k(5)) == pytest.approx(1e-5 * 0.5, rel=1e-6)
+
+
+def test_lr_schedule_group_semantics():
+    kw = dict(warmup_lr=1e-5, min_lr=1e-4, total_steps=100, warmup_steps=10)
+    for t in (0, 1, 5, 11, 40, 99, 100):
+        # MAE: the whole schedule (min_lr included) times the group's scale
+        mae = optim.lr_schedule('mae_cosine', base_lr=1e-2, scale=0.25, **kw)
+        assert float(mae(t)) == pytest.approx(
+            0.25 * _mae_formula(t, 1e-2, 1e-4, 10, 100), rel=1e-6, abs=1e-12), t
+        # SimMIM: base lr times the scale, warmup/min absolute (lag: iteration t uses t - 1)
+        sim = optim.lr_schedule('cosine', base_lr=1e-2, scale=0.25, **kw)
+        assert float(sim(t)) == pytest.approx(float(optim.simmim_lr_schedule(
+            2.5e-3, 1e-5, 1e-4, 100, 10, lag=False)(max(t - 1, 0))), rel=1e-6), t
+    assert float(optim.lr_schedule('mae_cosine', base_lr=1e-2, scale=0.25, **kw)(100)) == (
+        pytest.approx(0.25e-4, rel=1e-6))
+    assert float(optim.lr_schedule('cosine', base_lr=1e-2, scale=0.25, **kw)(101)) == (
+        pytest.approx(1e-4, rel=1e-6))
+
+
+@pytest.mark.parametrize('name', optim.SCHEDULES)
+def test_epoch_unit_holds_lr_within_epoch(name):
+    spe, T, Tw = 5, 60, 10      # 12 epochs, 2 warm-up epochs
+    kw = dict(base_lr=1e-2, warmup_lr=1e-4, min_lr=1e-3, total_steps=T, warmup_steps=Tw,
+              milestones=(30, 45), gamma=0.5)
+    per_epoch = optim.lr_schedule(name, unit='epoch', steps_per_epoch=spe, **kw)
+    per_step = optim.lr_schedule(name, **kw)
+    steps = np.arange(T + 2 * spe)
+    vals = np.asarray(jax.jit(per_epoch)(jnp.asarray(steps)))
+    # constant inside every epoch
+    for e in range(len(steps) // spe):
+        assert np.all(vals[e * spe:(e + 1) * spe] == vals[e * spe]), e
+    if name == 'mae_cosine':
+        # no lag: epoch e runs at the step schedule's value at its first step
+        for e in range(len(steps) // spe):
+            assert vals[e * spe] == pytest.approx(float(per_step(e * spe)), rel=1e-6)
+        assert vals[1 * spe] == pytest.approx(1e-2 * 1 / 2, rel=1e-6)          # e = 1 of 2
+        assert vals[7 * spe] == pytest.approx(
+            1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 5 / 10)), rel=1e-6)
+    else:
+        # timm stepped once per epoch: the one-update lag is one epoch; epoch e runs at the
+        # (un-lagged) step schedule's value at the start of epoch max(e - 1, 0), which is
+        # timm's t_in_epochs value raw_epochs(max(e - 1, 0)).
+        raw = optim.simmim_lr_schedule(1e-2, 1e-4, 1e-3, T, Tw, name=name, milestones=(30, 45),
+                                       gamma=0.5, lag=False)
+        for e in range(len(steps) // spe):
+            assert vals[e * spe] == pytest.approx(float(raw(max(e - 1, 0) * spe)), rel=1e-6)
+        assert vals[0] == vals[spe] == pytest.approx(1e-4, rel=1e-6)          # warmup_lr twice
+        assert vals[2 * spe] == pytest.approx(1e-4 + (1e-2 - 1e-4) / 2, rel=1e-6)  # epoch 1/2
+        if name == 'cosine':   # epoch 8 runs at epoch-7 value, not re-based: cos(pi 7 / 12)
+            assert vals[8 * spe] == pytest.approx(
+                1e-3 + 0.5 * (1e-2 - 1e-3) * (1 + math.cos(math.pi * 7 / 12)), rel=1e-6)
+        else:                  # milestone 30 = epoch 6 takes effect in epoch 7
+            assert vals[6 * spe] == pytest.approx(1e-2, rel=1e-6)
+            assert vals[7 * spe] == pytest.approx(5e-3, rel=1e-6)
+
+
+@pytest.mark.parametrize('kw, field', [
+    (dict(unit='epoch'), 'steps_per_epoch'),
+    (dict(unit='epoch', steps_per_epoch=0), 'steps_per_epoch'),
+    (dict(unit='epoch', steps_per_epoch=4), 'warmup_steps'),
+    (dict(unit='epoch', steps_per_epoch=5, total_steps=62), 'total_steps'),
+    (dict(unit='epoch', steps_per_epoch=5, name='multistep', milestones=(31,)), 'milestones'),
+    (dict(unit='iteration'), "schedule_unit must be one of \\('step', 'epoch'\\)"),
+    (dict(name='linear'), "one of \\('cosine', 'multistep', 'mae_cosine'\\)"),
+    (dict(scale=0.0), 'scale'),
+    (dict(name='mae_cosine', min_lr=-1.0), 'min_lr'),
+])
+def test_lr_schedule_validation(kw, field):
+    args = dict(name='cosine', base_lr=1e-3, warmup_lr=1e-6, min_lr=1e-5, total_steps=60,
+                warmup_steps=10)
+    args.update(kw)
+    name = args.pop('name')
+    with pytest.raises(ValueError, match=field):
+        optim.lr_schedule(name, **args)
+
+
+# ------------------------------------------------------------------------------ lr scaling
+
+
 def test_scale_lrs():
     assert optim.scale_lrs(1.25e-3, 2048) == pytest.approx(5e-3)
     assert optim.scale_lrs((2e-4, 1e-6, 1e-5), 2048) == pytest.approx((8e-4, 4e-6, 4e-5))
     assert optim.scale_lrs({'base_lr': 1e-4}, 256, reference=128) == {'base_lr': 2e-4}
     with pytest.raises(ValueError, match='batch_size_total'):
         optim.scale_lrs(1e-3, 0)
+
+
+def test_scaled_optim_config_simmim_and_mae():
+    # SimMIM: all three lrs times batch / 512 (spec simmim_swin.md 4.3; 2048 -> factor 4)
+    simmim = ml_collections.ConfigDict(dict(
+        base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, lr_scale_batch=512,
+        lr_scale_fields=('base_lr', 'warmup_lr', 'min_lr'), weight_decay=0.05))
+    out = optim.scaled_optim_config(simmim, 2048)
+    assert out == pytest.approx(dict(base_lr=8e-4, warmup_lr=4e-6, min_lr=4e-5,
+                                     weight_decay=0.05))
+    assert 'lr_scale_batch' in simmim and simmim.base_lr == 2e-4      # input untouched
+    # MAE: only base_lr (--blr) times batch / 256; min_lr absolute (4096 -> blr 1.5e-4 -> 2.4e-3)
+    mae = dict(base_lr=1.5e-4, warmup_lr=0.0, min_lr=1e-6, lr_scale_batch=256,
+               lr_scale_fields=('base_lr',), schedule='mae_cosine')
+    out = optim.scaled_optim_config(mae, 4096)
+    assert out == dict(base_lr=pytest.approx(2.4e-3), warmup_lr=0.0, min_lr=1e-6,
+                       schedule='mae_cosine')
+    # default fields: all three (today's SimMIM behaviour); lr_scale_batch 0 disables
+    assert optim.scaled_optim_config(dict(base_lr=1.0, warmup_lr=2.0, min_lr=3.0,
+                                          lr_scale_batch=128), 64) == pytest.approx(
+        dict(base_lr=0.5, warmup_lr=1.0, min_lr=1.5))
+    assert optim.scaled_optim_config(dict(base_lr=1.0, min_lr=3.0, lr_scale_batch=0,
+                                          lr_scale_fields=('base_lr',)), 64) == dict(
+        base_lr=1.0, min_lr=3.0)
+
+
+@pytest.mark.parametrize('cfg, field', [
+    (dict(base_lr=1.0), 'lr_scale_batch'),
+    (dict(base_lr=1.0, lr_scale_batch=256, lr_scale_fields=('lr',)), 'lr_scale_fields'),
+    (dict(base_lr=1.0, lr_scale_batch=256, lr_scale_fields='base_lr'), 'lr_scale_fields'),
+    (dict(base_lr=1.0, lr_scale_batch=256, lr_scale_fields=('base_lr', 'base_lr')),
+     'lr_scale_fields'),
+    (dict(base_lr=1.0, lr_scale_batch=256, lr_scale_fields=('min_lr',)), 'min_lr'),
+    (dict(base_lr=1.0, lr_scale_batch=-5, lr_scale_fields=('base_lr',)), 'lr_scale_batch'),
+])
+def test_scaled_optim_config_validation(cfg, field):
+    with pytest.raises(ValueError, match=field):
+        optim.scaled_optim_config(cfg, 64)
 
 
 # ------------------------------------------------------------------------------ optimizer
@@ -245,7 +492,7 @@ def _config(**kw):
     c = ml_collections.ConfigDict(dict(
         base_lr=1e-2, warmup_lr=1e-4, min_lr=1e-3, weight_decay=0.05, warmup_steps=2,
         schedule='cosine', milestones=(), gamma=0.1, clip_grad=0.5, betas=(0.9, 0.999), eps=1e-8,
-        layer_decay=0.5))
+        layer_decay=0.5, schedule_unit='step', steps_per_epoch=0))
     c.update(kw)
     return c
 
@@ -272,7 +519,22 @@ def _numpy_adamw(params, grads_seq, *, lrs_seq, decay, clip, b1, b2, eps, wd):
     return p
 
 
-def test_build_optimizer_matches_numpy_adamw():
+def _lr_hand(schedule, base, scale, t):
+    """Per-group lr written out: Tw = 2, T = 10, warmup_lr 1e-4, min_lr 1e-3 (config above)."""
+    if schedule == 'cosine':     # SimMIM: lagged, base * scale, warmup/min absolute
+        t = max(t - 1, 0)
+        b = base * scale
+        if t < 2:
+            return 1e-4 + t * (b - 1e-4) / 2
+        return 1e-3 + 0.5 * (b - 1e-3) * (1 + math.cos(math.pi * t / 10))
+    # MAE: scale * (warm-up from 0, re-based cosine to min_lr)
+    if t < 2:
+        return scale * base * t / 2
+    return scale * (1e-3 + (base - 1e-3) * 0.5 * (1 + math.cos(math.pi * (t - 2) / 8)))
+
+
+@pytest.mark.parametrize('schedule', ['cosine', 'mae_cosine'])
+def test_build_optimizer_matches_numpy_adamw(schedule):
     rng = np.random.default_rng(0)
     params = {
         'patch_embed': {'proj': {'kernel': rng.normal(size=(2, 3)).astype(np.float32),
@@ -291,14 +553,19 @@ def test_build_optimizer_matches_numpy_adamw():
     grad_fn = lambda p: jax.tree.map(lambda pp, aa, cc: aa * pp + cc, p, a, c)  # noqa: E731
 
     depths = (1,)             # ids: patch_embed 0, block 1, norm/head 2
-    cfg = _config()
+    cfg = _config(schedule=schedule)
     total = 10
-    tx, lr_fn = optim.build_optimizer(cfg, params, total,
-                                      layer_id_fn=functools.partial(optim.swin_layer_id,
-                                                                    depths=depths),
-                                      num_layer_ids=3)
+    tx, lr_fn = optim.build_optimizer(
+        cfg, params, total,
+        layer_id_fn=functools.partial(optim.swin_layer_id, depths=depths), num_layer_ids=3,
+        no_weight_decay=SWIN_NO_WD)
     n_steps = 4
     state = tx.init(params)
+    # one partition label per distinct scale (0.5 ** 2, 0.5 ** 1, 0.5 ** 0)
+    partition_state = [s for s in state if isinstance(s, optax.PartitionState)]
+    assert len(partition_state) == 1
+    assert set(partition_state[0].inner_states) == {
+        'layer_decay_pow_0', 'layer_decay_pow_1', 'layer_decay_pow_2'}
     p = jax.tree.map(jnp.asarray, params)
     grads_seq = []
     step = jax.jit(lambda p, s: (lambda g: (g,) + tx.update(g, s, p))(grad_fn(p)))
@@ -314,17 +581,11 @@ def test_build_optimizer_matches_numpy_adamw():
         'layers.0.blocks.0.attn.qkv.kernel': (True, 0.5),
         'norm.scale': (False, 1.0), 'head.kernel': (True, 1.0), 'head.bias': (False, 1.0),
     }
-    flat = lambda tree: dict(zip(jax.tree.leaves(optim.path_names(tree)),  # noqa: E731
-                                 [np.asarray(x) for x in jax.tree.leaves(tree)]))
+    flat = lambda tree: {k: np.asarray(v) for k, v in _flat(tree).items()}  # noqa: E731
     assert set(flat(params)) == set(names)
 
-    def lr_hand(base, t):   # lagged SimMIM lr with Tw = 2, T = 10, absolute warmup/min
-        t = max(t - 1, 0)
-        if t < 2:
-            return 1e-4 + t * (base - 1e-4) / 2
-        return 1e-3 + 0.5 * (base - 1e-3) * (1 + math.cos(math.pi * t / 10))
-
-    lrs_seq = [{k: lr_hand(1e-2 * s, t) for k, (_, s) in names.items()} for t in range(n_steps)]
+    lrs_seq = [{k: _lr_hand(schedule, 1e-2, s, t) for k, (_, s) in names.items()}
+               for t in range(n_steps)]
     # the schedules really differ across groups (layer decay active) and the clip is active
     assert lrs_seq[3]['patch_embed.proj.kernel'] != lrs_seq[3]['head.kernel']
     g0 = flat(grads_seq[0])
@@ -337,22 +598,88 @@ def test_build_optimizer_matches_numpy_adamw():
         np.testing.assert_allclose(got[k], ref[k], rtol=2e-6, atol=1e-7, err_msg=k)
     # logged lr = scale-1 group
     assert [float(lr_fn(t)) for t in range(n_steps)] == pytest.approx(
-        [lr_hand(1e-2, t) for t in range(n_steps)], rel=1e-6)
+        [_lr_hand(schedule, 1e-2, 1.0, t) for t in range(n_steps)], rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize('schedule', ['cosine', 'mae_cosine'])
+def test_build_optimizer_group_lrs_two_groups(schedule):
+    # Gradient 1, betas 0, eps 0, no decay, no clip: Adam's normalised step m_hat/sqrt(v_hat) is
+    # exactly 1, so the update of every leaf is -lr_group(t). Two groups: blocks (scale 0.5) and
+    # head (scale 1).
+    params = {'blocks': {0: {'w': np.zeros((2, 2), np.float32)}},
+              'head': {'w': np.zeros((2, 2), np.float32)}}
+    lid = lambda name: 0 if name.startswith('blocks.') else 1  # noqa: E731
+    cfg = _config(schedule=schedule, clip_grad=None, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0,
+                  layer_decay=0.5, min_lr=2e-3)
+    tx, lr_fn = optim.build_optimizer(cfg, params, 10, layer_id_fn=lid, num_layer_ids=2)
+    grads = jax.tree.map(np.ones_like, params)
+    state = tx.init(params)
+    update = jax.jit(lambda s: tx.update(grads, s, params))
+    for t in range(13):
+        u, state = update(state)
+        if schedule == 'cosine':   # SimMIM: base lr scaled, warmup_lr / min_lr absolute
+            b = max(t - 1, 0)
+            expect_blocks = 1e-4 + b * (5e-3 - 1e-4) / 2 if b < 2 else (
+                2e-3 + 0.5 * (5e-3 - 2e-3) * (1 + math.cos(math.pi * min(b, 10) / 10)))
+            expect_head = 1e-4 + b * (1e-2 - 1e-4) / 2 if b < 2 else (
+                2e-3 + 0.5 * (1e-2 - 2e-3) * (1 + math.cos(math.pi * min(b, 10) / 10)))
+        else:                      # MAE: everything (min_lr too) times lr_scale
+            expect_head = 1e-2 * t / 2 if t < 2 else (
+                2e-3 + (1e-2 - 2e-3) * 0.5 * (1 + math.cos(math.pi * (min(t, 10) - 2) / 8)))
+            expect_blocks = 0.5 * expect_head
+        np.testing.assert_allclose(u['blocks'][0]['w'], -expect_blocks, rtol=2e-6, atol=1e-12,
+                                   err_msg=f'blocks t={t}')
+        np.testing.assert_allclose(u['head']['w'], -expect_head, rtol=2e-6, atol=1e-12,
+                                   err_msg=f'head t={t}')
+        assert float(lr_fn(t)) == pytest.approx(expect_head, rel=2e-6, abs=1e-12)
+    # end of the schedule: SimMIM's min_lr is absolute, MAE's is scaled by the group's 0.5
+    if schedule == 'cosine':
+        np.testing.assert_allclose(u['blocks'][0]['w'], -2e-3, rtol=1e-6)
+    else:
+        np.testing.assert_allclose(u['blocks'][0]['w'], -1e-3, rtol=1e-6)
+
+
+def test_build_optimizer_epoch_unit():
+    params = {'w': np.zeros((2, 2), np.float32)}
+    cfg = _config(layer_decay=1.0, schedule='mae_cosine', schedule_unit='epoch', steps_per_epoch=3,
+                  warmup_steps=6, min_lr=0.0)
+    _, lr_fn = optim.build_optimizer(cfg, params, 12)
+    # epochs 0..3 of 3 steps: warm-up epochs at 0 and 1/2 of base, then cos(pi * k / 2) decay
+    assert [float(lr_fn(t)) for t in range(14)] == pytest.approx(
+        [0.0] * 3 + [5e-3] * 3 + [1e-2] * 3 + [5e-3] * 3 + [0.0] * 2, abs=1e-9)
+    with pytest.raises(ValueError, match='warmup_steps'):
+        optim.build_optimizer(_config(schedule_unit='epoch', steps_per_epoch=4, layer_decay=1.0),
+                              params, 12)
+    with pytest.raises(ValueError, match='steps_per_epoch'):
+        optim.build_optimizer(_config(schedule_unit='epoch', steps_per_epoch=None,
+                                      layer_decay=1.0), params, 12)
 
 
 def test_build_optimizer_no_clip_no_layer_decay_equals_optax_adamw():
     rng = np.random.default_rng(1)
     params = {'w': {'kernel': rng.normal(size=(4, 3)).astype(np.float32),
-                    'bias': rng.normal(size=(3,)).astype(np.float32)}}
+                    'bias': rng.normal(size=(3,)).astype(np.float32)},
+              'pos_embed': rng.normal(size=(1, 4, 3)).astype(np.float32)}
     grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
     cfg = _config(clip_grad=None, layer_decay=1.0, warmup_steps=0)
-    tx, lr_fn = optim.build_optimizer(cfg, params, 10)
-    ref = optax.adamw(lr_fn, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-                      mask=optim.weight_decay_mask(params))
-    u1, _ = tx.update(grads, tx.init(params), params)
-    u2, _ = ref.update(grads, ref.init(params), params)
-    for x, y in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+
+    def run(tx):
+        state, p = tx.init(params), params
+        for _ in range(3):
+            u, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    tx, lr_fn = optim.build_optimizer(cfg, params, 10, no_weight_decay=('pos_embed',))
+    mask = {'w': {'kernel': True, 'bias': False}, 'pos_embed': False}
+    ref = run(optax.adamw(lr_fn, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, mask=mask))
+    got = run(tx)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
         np.testing.assert_allclose(x, y, rtol=1e-6)
+    # without the pattern pos_embed is decayed, which the tolerance above would detect
+    decayed = run(optim.build_optimizer(cfg, params, 10)[0])
+    assert np.max(np.abs(decayed['pos_embed'] - ref['pos_embed'])) > 1e-2 * np.max(
+        np.abs(got['pos_embed'] - ref['pos_embed'])) + 1e-6
 
 
 def test_clip_by_global_norm_torch():
@@ -366,7 +693,8 @@ def test_clip_by_global_norm_torch():
 
 
 @pytest.mark.parametrize('kw, field', [
-    (dict(schedule='linear'), 'schedule'),
+    (dict(schedule='linear'), "schedule must be one of \\('cosine', 'multistep', 'mae_cosine'\\)"),
+    (dict(schedule_unit='iter'), "schedule_unit must be one of \\('step', 'epoch'\\)"),
     (dict(base_lr=-1.0), 'base_lr'),
     (dict(min_lr=-1.0), 'min_lr'),
     (dict(weight_decay=-0.1), 'weight_decay'),
@@ -375,10 +703,15 @@ def test_clip_by_global_norm_torch():
     (dict(clip_grad=-1.0), 'clip_grad'),
     (dict(layer_decay=0.0), 'layer_decay'),
     (dict(schedule='multistep', milestones=()), 'milestones'),
+    (dict(schedule_unit='epoch', steps_per_epoch=3), 'total_steps'),
+    (dict(schedule='multistep', milestones=(5,), schedule_unit='epoch', steps_per_epoch=2),
+     'milestones'),
+    (dict(no_weight_decay=('*mask_token',)), 'no_weight_decay'),
+    (dict(no_weight_decay_keywords=('relative_position_bias_table',)), 'no_weight_decay_keywords'),
 ])
 def test_build_optimizer_validation(kw, field):
     params = {'w': np.zeros((2, 2), np.float32)}
-    cfg = _config(layer_decay=1.0)
+    cfg = ml_collections.ConfigDict(dict(_config(layer_decay=1.0)))
     cfg.update(kw)
     with pytest.raises(ValueError, match=field):
         optim.build_optimizer(cfg, params, 10)
@@ -390,8 +723,17 @@ def test_build_optimizer_missing_field_and_layer_decay_without_ids():
     del cfg['warmup_lr']
     with pytest.raises(ValueError, match='warmup_lr'):
         optim.build_optimizer(cfg, params, 10)
+    cfg.schedule, cfg.layer_decay = 'mae_cosine', 1.0       # MAE does not use warmup_lr
+    optim.build_optimizer(cfg, params, 10)
     with pytest.raises(ValueError, match='layer_id_fn'):
         optim.build_optimizer(_config(layer_decay=0.9), params, 10)
+    with pytest.raises(ValueError, match='outside'):
+        optim.build_optimizer(_config(layer_decay=0.9), params, 10,
+                              layer_id_fn=lambda n: 5, num_layer_ids=3)
+    with pytest.raises(ValueError, match='no_weight_decay'):
+        optim.build_optimizer(_config(layer_decay=1.0), params, 10, no_weight_decay='w')
+    with pytest.raises(TypeError):    # hooks are keyword-only
+        optim.build_optimizer(_config(), params, 10, lambda n: 0, 1)
 
 
 def test_build_optimizer_with_nnx_optimizer_matches_pure_dict():
@@ -409,11 +751,12 @@ def test_build_optimizer_with_nnx_optimizer_matches_pure_dict():
 
     x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
     cfg = _config(clip_grad=0.1)
-    lid = functools.partial(optim.swin_layer_id, depths=(1,))
+    hooks = dict(layer_id_fn=functools.partial(optim.swin_layer_id, depths=(1,)),
+                 num_layer_ids=3, no_weight_decay=('head.*',))
     model = Model()
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
-    tx, _ = optim.build_optimizer(cfg, nnx.state(model, nnx.Param), 10, lid, 3)
+    tx, _ = optim.build_optimizer(cfg, nnx.state(model, nnx.Param), 10, **hooks)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit
@@ -425,7 +768,7 @@ def test_build_optimizer_with_nnx_optimizer_matches_pure_dict():
         nnx.update(m, p)
         return jnp.sum(m(x) ** 2)
 
-    tx2, _ = optim.build_optimizer(cfg, params, 10, lid, 3)
+    tx2, _ = optim.build_optimizer(cfg, params, 10, **hooks)
     state = tx2.init(params)
     for _ in range(3):
         nnx_step(model, opt)
