@@ -68,8 +68,6 @@ __all__ = [
     'LR_SCALE_FIELDS',
     'path_names',
     'weight_decay_mask',
-    'swin_layer_id',
-    'vit_layer_id',
     'layer_decay_scales',
     'simmim_lr_schedule',
     'mae_lr_schedule',
@@ -194,85 +192,6 @@ def weight_decay_mask(params: PyTree, patterns: Sequence[str] = ()) -> PyTree:
     return _tree_map_named(decay, params)
 
 
-def swin_layer_id(name: str, depths: Sequence[int]) -> int:
-    """Layer id of a Swin parameter for layer-wise lr decay (official ``get_swin_layer``).
-
-    With ``L = sum(depths)`` the ids run over ``0 .. L + 1`` (``L + 2`` ids):
-
-    * ``mask_token`` and ``patch_embed.*`` -> 0;
-    * ``layers.l.blocks.b.*`` -> ``sum(depths[:l]) + b + 1``;
-    * ``layers.l.downsample.*`` (PatchMerging reduction/norm) -> ``sum(depths[:l + 1])``, the id of
-      the last block of stage ``l``;
-    * everything else (final ``norm.*``, ``head.*``, ``absolute_pos_embed``) -> ``L + 1``.
-
-    For depths ``[2, 2, 18, 2]``: stage-1 blocks 1-2 (merge 2), stage-2 blocks 3-4 (merge 4),
-    stage-3 blocks 5-22 (merge 22), stage-4 blocks 23-24, norm/head 25.
-
-    Args:
-        name: dotted parameter name; a leading ``'encoder.'`` (SimMIM wrapper) is stripped.
-        depths: blocks per stage, e.g. ``(2, 2, 18, 2)``.
-
-    Returns:
-        The integer layer id.
-
-    Raises:
-        ValueError: for a ``layers.*`` name whose stage index is out of range or that is neither
-            a block nor a downsample parameter.
-
-    Source: spec section 4.5; microsoft/SimMIM@d3e29bc ``optimizer.py:123-136``.
-    """
-    depths = [int(d) for d in depths]
-    num_blocks = sum(depths)
-    if name.startswith('encoder.'):
-        name = name[len('encoder.'):]
-    parts = name.split('.')
-    if parts[0] in ('mask_token', 'patch_embed'):
-        return 0
-    if parts[0] == 'layers':
-        if len(parts) < 4 or not parts[1].isdigit():
-            raise ValueError(f'swin_layer_id: cannot parse parameter name {name!r}')
-        stage = int(parts[1])
-        if stage >= len(depths):
-            raise ValueError(
-                f'swin_layer_id: stage {stage} of {name!r} is out of range for depths {depths}')
-        if parts[2] == 'downsample':
-            return sum(depths[:stage + 1])
-        if parts[2] == 'blocks' and parts[3].isdigit():
-            return sum(depths[:stage]) + int(parts[3]) + 1
-        raise ValueError(f'swin_layer_id: cannot parse parameter name {name!r}')
-    return num_blocks + 1
-
-
-def vit_layer_id(name: str, depth: int) -> int:
-    """Layer id of a ViT parameter for layer-wise lr decay (official ``get_vit_layer``).
-
-    ``cls_token``, ``mask_token``, ``pos_embed``, ``patch_embed.*`` -> 0; ``blocks.i.*`` ->
-    ``i + 1``; everything else (``rel_pos_bias``, ``norm``, ``fc_norm``, ``head``) ->
-    ``depth + 1``. A leading ``'encoder.'`` is stripped. Ids run over ``0 .. depth + 1``
-    (``depth + 2`` ids). This is also MAE's ``get_layer_id_for_vit`` with
-    ``num_layers = depth + 1`` (its ``decay ** (num_layers - id)`` equals
-    ``decay ** (depth + 2 - 1 - id)``). Moving to the ViT model's ``layer_id`` hook.
-
-    Args:
-        name: dotted parameter name.
-        depth: number of transformer blocks.
-
-    Returns:
-        The integer layer id.
-
-    Source: spec ``simmim_swin.md`` 4.5; microsoft/SimMIM@d3e29bc ``optimizer.py:109-120``;
-    facebookresearch/mae@be47fef ``util/lr_decay.py:61-74``.
-    """
-    if name.startswith('encoder.'):
-        name = name[len('encoder.'):]
-    parts = name.split('.')
-    if parts[0] in ('cls_token', 'mask_token', 'pos_embed', 'patch_embed'):
-        return 0
-    if parts[0] == 'blocks' and len(parts) > 1 and parts[1].isdigit():
-        return int(parts[1]) + 1
-    return int(depth) + 1
-
-
 def _layer_exponents(
     params: PyTree,
     layer_id_fn: Callable[[str], int],
@@ -306,7 +225,7 @@ def layer_decay_scales(
     Args:
         params: pytree of arrays (only the structure and names are used).
         layer_id_fn: maps a dotted name to an id in ``[0, num_ids)``: the model's ``layer_id``
-            hook, e.g. ``functools.partial(swin_layer_id, depths=(2, 2, 18, 2))``.
+            hook, e.g. ``model.layer_id`` of a Swin-B.
         num_ids: number of ids (Swin: ``sum(depths) + 2``; ViT: ``depth + 2``).
         layer_decay: decay factor per layer (1.0 gives all-ones).
 

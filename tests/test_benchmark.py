@@ -6,7 +6,6 @@ MLP matrices plus ``2 * 2 * tokens * window_tokens * dim`` for q·kᵀ and attn�
 embedding, the patch mergings, the SimMIM decoder / classifier head; x3 for forward + backward.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,10 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(rel_path, arg=None):
-    spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, rel_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg is not None else module.get_config()
+    from jaxmim.config import load_config_file
+    return load_config_file(os.path.join(ROOT, rel_path) + (f':{arg}' if arg else ''))
 
 
 def swin_train_flops(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
@@ -91,31 +88,23 @@ def test_rows_and_flops(demo_rows):
     json.dumps(rows)
 
 
-def test_classifier_name_and_errors():
-    assert (benchmark.classifier_name_for('simmim_swin_base_patch4_window6_192')
-            == 'swin_base_patch4_window6_192')
-    assert benchmark.classifier_name_for('swin_tiny_patch4_window7_224') == 'swin_tiny_patch4_window7_224'
-    config = _load_config('configs/demo/simmim_swin_fmnist.py')
-    n_dev = len(jax.devices())
-    if n_dev > 1:
-        with pytest.raises(ValueError, match='multiple of the device count'):
-            benchmark.run_benchmark(config, steps=1, warmup=0, batch_size=n_dev + 1)
-    ft = _load_config('configs/demo/finetune_swin_fmnist.py', 'scratch')
-    with pytest.raises(ValueError, match='not available'):
-        benchmark.run_benchmark(ft, steps=1, warmup=0, kinds=['pretrain'])
-
-
-def test_finetune_fallback_classifier():
-    """An encoder without a registered classifier twin gets a SwinTransformer of its arguments."""
-    from jaxmim.models.swin import SwinTransformer
-
+def test_finetune_step_uses_the_registered_classifier_and_errors():
     config = _load_config('configs/demo/simmim_swin_fmnist.py')
     ft = benchmark._finetune_config_from_pretrain(config, num_classes=7, layer_decay=0.9)
     assert ft.mode == 'finetune' and ft.model.name == 'swin_demo_patch4_window4_32'
     assert ft.model.overrides.num_classes == 7 and ft.optim.layer_decay == 0.9
-    ft.model.name = 'swin_not_registered'
-    model = benchmark._build_finetune_model(ft, 'simmim_swin_demo_patch4_window4_32')
-    assert type(model) is SwinTransformer and model.num_classes == 7 and model.depths == (2, 2, 2)
+    assert ft.data.image_size == 32 and ft.optim.base_lr == config.optim.base_lr
+    orphan = _load_config('configs/demo/simmim_swin_fmnist.py')
+    orphan.model.name = 'simmim_swin_large_patch4_window12_192'       # registers no classifier
+    with pytest.raises(ValueError, match='registers no fine-tuning classifier'):
+        benchmark._finetune_config_from_pretrain(orphan, num_classes=7, layer_decay=0.9)
+    n_dev = len(jax.devices())
+    if n_dev > 1:
+        with pytest.raises(ValueError, match='multiple of the device count'):
+            benchmark.run_benchmark(config, steps=1, warmup=0, batch_size=n_dev + 1)
+    scratch = _load_config('configs/demo/finetune_swin_fmnist.py', 'scratch')
+    with pytest.raises(ValueError, match='not available'):
+        benchmark.run_benchmark(scratch, steps=1, warmup=0, kinds=['pretrain'])
 
 
 def test_cli_rejects_indivisible_batch(tmp_path):

@@ -23,21 +23,17 @@ def GLOBAL_BATCH():
 def run_steps(devices, local_images, steps=2):
     """Runs ``steps`` SimMIM steps of a tiny demo Swin on a mesh over ``devices``; returns the
     losses and a checksum of the final parameters."""
-    import importlib.util
-
     import jax
 
     from jaxmim import train
     from jaxmim.methods import create_mim_model
 
-    spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    from jaxmim.config import load_config_file
+    cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
     cfg.batch_size, cfg.total_steps, cfg.optim.warmup_steps = 8, 10, 2
     mesh = train.make_mesh(devices)
-    model = create_mim_model('simmim', cfg.model.name, encoder_overrides=dict(embed_dim=16, num_heads=(1, 2, 4)),
-                             encoder_stride=16, mask_patch_size=8)
+    model = create_mim_model(cfg.method.to_dict(), cfg.model.name,
+                             overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
     trainer, state = train.make_trainer(model, train.mim_loss, cfg, mesh)
     losses = []
     for _ in range(steps):
