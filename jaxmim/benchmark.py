@@ -62,7 +62,11 @@ from typing import Any, Callable, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, path[:variant].', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, path[:variant].',
+    # The file's ConfigDict is locked except model.overrides, which takes new keys (constructor
+    # arguments checked by create_model), e.g. --config.model.overrides.drop_path_rate=0.2.
+    lock_config=False, accept_new_attributes=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps per step kind.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed train steps after compilation.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch size (default: config.batch_size).')

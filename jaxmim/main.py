@@ -21,7 +21,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, path[:variant].', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, path[:variant].',
+    # The file's ConfigDict is locked except model.overrides, which takes new keys (constructor
+    # arguments checked by create_model), e.g. --config.model.overrides.drop_path_rate=0.2.
+    lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, logs, results).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first.')
 _COORD = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')

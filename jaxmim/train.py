@@ -272,7 +272,8 @@ def evaluate(eval_step, variables, batches: Iterator[dict], sharding) -> dict[st
 # ----------------------------------------------------------------------------------------
 
 def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: Callable[[int], Iterator],
-                eval_fn: Callable[[PyTree, int], dict] | None = None) -> tuple[PyTree, dict]:
+                eval_fn: Callable[[PyTree, int], dict] | None = None,
+                extra_summary: dict | None = None) -> tuple[PyTree, dict]:
     """Runs steps ``state.step .. total_steps`` with logging, checkpoints and evaluation.
 
     ``data_fn(start_step)`` returns the iterator of per-process batches positioned at
@@ -361,7 +362,8 @@ def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: 
         writer.flush()
     summary = {'mode': config.mode, 'start_step': start, 'total_steps': config.total_steps,
                'history': history, 'evals': evals, 'loop_seconds': train_time,
-               'compilations': trainer.train_step._cache_size()}
+               'compilations': trainer.train_step._cache_size(), **(extra_summary or {})}
+    summary['final_eval'] = evals[-1] if evals else None
     if is_main:
         with open(os.path.join(workdir, f'{config.mode}_summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
@@ -547,10 +549,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
             res |= {f'ema_{k}': v for k, v in run(state['ema']).items() if k != 'count'}
         return res
 
-    state, summary = _train_loop(config, workdir, trainer, state, _data_fn(config, train=True), eval_fn)
-    summary['final_eval'] = summary['evals'][-1] if summary['evals'] else None
-    summary['pretrained'] = report
-    return state, summary
+    return _train_loop(config, workdir, trainer, state, _data_fn(config, train=True), eval_fn,
+                       extra_summary={'pretrained': report})
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, dict]:

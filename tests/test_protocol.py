@@ -340,3 +340,45 @@ def test_nan_guard_stops_the_run_and_keeps_checkpoints(data_dir, tmp_path, monke
     with pytest.raises(FloatingPointError, match='step 3'):
         train.finetune(cfg, str(tmp_path))
     assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')) == [2]
+
+
+def test_tiny_mae_pretraining_then_finetuning_through_the_cli(data_dir, tmp_path):
+    """MAE pre-training then fine-tuning of a tiny ViT as a user runs them: ``python -m jaxmim.main``."""
+    import json
+    import subprocess
+    import sys
+
+    from jaxmim.models.vit import get_2d_sincos_pos_embed
+
+    enc = dict(embed_dim=32, depth=2, num_heads=2)
+    common = [f'--config.data.data_dir={data_dir}', '--config.data.cache=False', '--config.data.shuffle_buffer=500',
+              '--config.batch_size=16', '--config.total_steps=3', '--config.log_every=1',
+              '--config.checkpoint_every=3', '--config.optim.warmup_steps=1']
+    over = lambda d: [f'--config.model.overrides.{k}={v}' for k, v in d.items()]   # noqa: E731
+    pre, ft = tmp_path / 'pre', tmp_path / 'ft'
+    run = lambda args: subprocess.run([sys.executable, '-m', 'jaxmim.main', *args], cwd=ROOT,   # noqa: E731
+                                      capture_output=True, text=True, timeout=600)
+    proc = run(['--config=configs/demo/mae_vit_fmnist.py', f'--workdir={pre}', *common,
+                *over(dict(enc, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2))])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.load(open(pre / 'pretrain_summary.json'))['history']
+    assert [h['step'] for h in history] == [1, 2, 3] and all(np.isfinite(h['loss']) for h in history)
+    # MAE's per-iteration warm-up starts from lr 0.
+    assert history[0]['lr'] == 0.0
+
+    proc = run(['--config=configs/demo/finetune_vit_fmnist.py:pretrained', f'--workdir={ft}',
+                f'--config.pretrained.workdir={pre}', '--config.eval_batch_size=400',
+                '--config.data.eval_split=test[:800]', '--config.eval_every=3', *common, *over(enc)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'final eval:' in proc.stdout
+    summary = json.load(open(ft / 'finetune_summary.json'))
+    report = summary['pretrained']
+    assert sorted(report['fresh']) == ['fc_norm.bias', 'fc_norm.scale', 'head.bias', 'head.kernel']
+    assert {'norm.scale', 'mask_token', 'decoder_pred.kernel', 'decoder_pos_embed'} <= set(report['unused'])
+    assert 'pos_embed' in report['loaded'] and summary['evals'][-1]['count'] == 800
+    # The classifier started from the fixed sin-cos table of the MAE checkpoint (a buffer there, a
+    # parameter here): at step 0 it equals MAE's formula; fine-tuning moved it by at most 3 lr steps.
+    model = train.build_model(train.load_run_config(str(ft)))
+    train.restore_model(model, str(ft))
+    table = get_2d_sincos_pos_embed(32, 8, cls_token=True)[None]
+    assert np.abs(np.asarray(model.pos_embed[...]) - table).max() < 0.05

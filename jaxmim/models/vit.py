@@ -1,0 +1,510 @@
+"""Vision Transformer (Dosovitskiy et al., 2021) in Flax NNX, as fine-tuned by MAE.
+
+Follows ``facebookresearch/mae@efb2a80 models_vit.py`` (``VisionTransformer``: timm 0.3.2's
+``vision_transformer.VisionTransformer`` plus ``global_pool``) and ``util/pos_embed.py`` (2-D
+sin-cos tables, ``interpolate_pos_embed``). The building blocks (:class:`PatchEmbed`,
+:class:`Block`) are shared with the MAE pre-training model (``jaxmim.methods.mae``).
+
+Attribute names mirror the official PyTorch keys (``patch_embed.proj``, ``cls_token``,
+``pos_embed``, ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm`` /
+``fc_norm``, ``head``) so a state-dict maps onto the NNX state by name (spec
+``pytorch_layouts.md`` §6-§7).
+
+Layout: images ``(B, H, W, C)`` (NHWC); tokens ``(B, N, D)`` with patches in raster (row-major)
+order after the class token. Numerical details (spec ``ummae.md`` §9): LayerNorm eps 1e-6
+(MAE passes ``partial(nn.LayerNorm, eps=1e-6)``), biased variance; exact erf GELU; attention
+logits ``(q @ kᵀ) * head_dim^-0.5`` with the softmax in float32 (timm 0.3.2 ``Attention``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmim import layers as L
+from jaxmim.registry import Backbone, register_model
+
+__all__ = ['get_1d_sincos_pos_embed_from_grid', 'get_2d_sincos_pos_embed', 'interpolate_pos_embed',
+           'torch_bicubic_resize', 'xavier_uniform', 'xavier_uniform_flat', 'dense', 'Attention', 'Mlp',
+           'Block', 'PatchEmbed', 'VisionTransformer']
+
+
+# ----------------------------------------------------------------------------------------
+# Initialisers.
+# ----------------------------------------------------------------------------------------
+
+xavier_uniform = jax.nn.initializers.xavier_uniform()
+"""``torch.nn.init.xavier_uniform_`` for a Dense kernel ``(in, out)``: U(+-sqrt(6 / (in + out))).
+The bound is symmetric in fan-in/fan-out, so PyTorch's ``(out, in)`` layout gives the same law.
+MAE uses it for every ``nn.Linear`` (``models_mae.py`` ``_init_weights``)."""
+
+
+def xavier_uniform_flat(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """Xavier-uniform on the flattened ``(out, in*kh*kw)`` view of a conv kernel.
+
+    For a Flax kernel ``(kh, kw, in, out)`` the bound is ``sqrt(6 / (kh*kw*in + out))``: MAE
+    initialises the patch-embedding conv "like nn.Linear"
+    (``torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))``, ``models_mae.py``
+    ``initialize_weights``), unlike ``jax.nn.initializers.xavier_uniform`` whose conv fans both
+    include the receptive field.
+    """
+    fan_out = shape[-1]
+    fan_in = math.prod(shape[:-1])
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def dense(din: int, dout: int, rngs: nnx.Rngs, kernel_init: Callable = L.trunc_normal_02,
+          use_bias: bool = True) -> nnx.Linear:
+    """``nn.Linear(din, dout)`` as a Flax Dense (kernel ``(in, out)``) with ``kernel_init`` and
+    bias 0 (timm ``_init_weights``: trunc_normal .02; MAE ``_init_weights``: xavier_uniform)."""
+    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
+                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------------------
+# 2-D sin-cos position tables (MAE util/pos_embed.py, exact).
+# ----------------------------------------------------------------------------------------
+
+def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
+    """1-D sin-cos embedding of positions ``pos``.
+
+    ``out[m] = [sin(pos_m * w_0..w_{D/2-1}), cos(pos_m * w_0..w_{D/2-1})]`` with
+    ``w_k = 1 / 10000^(k / (D/2))``, computed in float64.
+    Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py`` ``get_1d_sincos_pos_embed_from_grid``.
+
+    Args:
+      embed_dim: output channels D (even).
+      pos: positions, any shape (flattened to ``(M,)``).
+
+    Returns:
+      float64 ``(M, D)``.
+
+    Raises:
+      ValueError: odd ``embed_dim``.
+    """
+    if embed_dim % 2:
+        raise ValueError(f'embed_dim must be even, got {embed_dim}')
+    omega = np.arange(embed_dim // 2, dtype=np.float64)
+    omega /= embed_dim / 2.0
+    omega = 1.0 / 10000 ** omega                                    # (D/2,)
+    pos = np.asarray(pos).reshape(-1)                               # (M,)
+    out = np.einsum('m,d->md', pos, omega)                          # (M, D/2) float64
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int],
+                            cls_token: bool = False) -> np.ndarray:
+    """MAE's fixed 2-D sin-cos position table.
+
+    ``np.meshgrid(w, h)`` puts the column index first, so for the patch at row ``i``, column
+    ``j`` (raster index ``i * W + j``) the first D/2 channels are the 1-D embedding of ``j`` and
+    the last D/2 channels that of ``i`` (each half ``[sin(.. w_k), cos(.. w_k)]``,
+    ``w_k = 10000^(-k/(D/4))``, k < D/4). Computed in float64 and cast to float32, as the
+    official ``torch.from_numpy(pos_embed).float()``. With ``cls_token`` a zero row is
+    prepended. Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py``
+    ``get_2d_sincos_pos_embed`` / ``get_2d_sincos_pos_embed_from_grid``; spec ``ummae.md`` §9.
+
+    Args:
+      embed_dim: channels D, a multiple of 4.
+      grid_size: grid side, or ``(H, W)`` in patches.
+      cls_token: prepend a zero row for the class token.
+
+    Returns:
+      float32 ``(H*W, D)``, or ``(1 + H*W, D)`` with ``cls_token``.
+
+    Raises:
+      ValueError: ``embed_dim`` not a multiple of 4.
+    """
+    if embed_dim % 4:
+        raise ValueError(f'embed_dim must be a multiple of 4 for the 2-D sin-cos table, got {embed_dim}')
+    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+    grid_h = np.arange(gh, dtype=np.float32)
+    grid_w = np.arange(gw, dtype=np.float32)
+    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape(2, 1, gh, gw)   # w goes first
+    emb = np.concatenate([get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0]),
+                          get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+    return emb.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Position-table interpolation (torch bicubic, align_corners=False).
+# ----------------------------------------------------------------------------------------
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys cubic-convolution weights of the taps at offsets -1, 0, 1, 2 for fraction ``t``
+    (PyTorch ``get_cubic_upsample_coefficients``, A = -0.75). Returns ``(len(t), 4)``."""
+    def near(x):   # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):    # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
+
+
+def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` float64 matrix of 1-D torch bicubic resizing with align_corners=False:
+    source coordinate ``(x + 0.5) * n_in / n_out - 0.5`` (not clamped), taps
+    ``floor(src) - 1 .. floor(src) + 2`` clamped to the border (``upsample_get_value_bounded``)."""
+    scale = n_in / n_out
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    base = np.floor(src)
+    w = _cubic_weights(src - base)
+    mat = np.zeros((n_out, n_in), np.float64)
+    for tap in range(4):
+        idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
+        np.add.at(mat, (np.arange(n_out), idx), w[:, tap])
+    return mat
+
+
+def torch_bicubic_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``torch.nn.functional.interpolate(mode='bicubic', align_corners=False)`` on a channels-last map.
+
+    Separable cubic convolution with A = -0.75 (not ``jax.image.resize``'s Keys A = -0.5 with
+    antialiasing), computed in float64. Source: PyTorch ``aten/src/ATen/native/UpSample.h``
+    (``area_pixel_compute_source_index``, ``cubic_convolution1/2``).
+
+    Args:
+      x: ``(..., H, W, C)`` array.
+      size: output ``(H', W')``.
+
+    Returns:
+      ``(..., H', W', C)`` in ``x``'s dtype; ``x`` itself (a copy) when the size is unchanged.
+    """
+    x = np.asarray(x)
+    h, w = x.shape[-3], x.shape[-2]
+    if (h, w) == tuple(size):
+        return x.copy()
+    mh, mw = _bicubic_matrix(h, size[0]), _bicubic_matrix(w, size[1])
+    y = np.einsum('ph,...hwc->...pwc', mh, x.astype(np.float64))
+    y = np.einsum('qw,...pwc->...pqc', mw, y)
+    return y.astype(x.dtype)
+
+
+def interpolate_pos_embed(pos_embed: np.ndarray, new_grid: int | tuple[int, int],
+                          num_extra_tokens: int = 1) -> np.ndarray:
+    """Resizes a ViT position table to another patch grid, MAE/DeiT's way.
+
+    The leading ``num_extra_tokens`` rows (class / distillation tokens) are kept unchanged; the
+    remaining rows, a square ``gs x gs`` grid in raster order, are resized with torch bicubic
+    (align_corners=False, :func:`torch_bicubic_resize`) to ``new_grid``.
+    Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py`` ``interpolate_pos_embed``.
+
+    Args:
+      pos_embed: ``(1, E + gs*gs, D)`` or ``(E + gs*gs, D)`` table.
+      new_grid: target grid side, or ``(H', W')``.
+      num_extra_tokens: E, rows that are not patch positions.
+
+    Returns:
+      ``(..., E + H'*W', D)`` in the input dtype; an unchanged copy when the grid already matches.
+
+    Raises:
+      ValueError: the patch rows do not form a square grid.
+    """
+    pe = np.asarray(pos_embed)
+    n, d = pe.shape[-2:]
+    gs = math.isqrt(max(n - num_extra_tokens, 0))
+    if n - num_extra_tokens <= 0 or gs * gs != n - num_extra_tokens:
+        raise ValueError(f'pos_embed of shape {pe.shape} with {num_extra_tokens} extra token(s) does not '
+                         'hold a square patch grid')
+    new = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
+    if (gs, gs) == new:
+        return pe.copy()
+    lead = pe.shape[:-2]
+    extra = pe[..., :num_extra_tokens, :]
+    grid = pe[..., num_extra_tokens:, :].reshape(*lead, gs, gs, d)
+    grid = torch_bicubic_resize(grid, new).reshape(*lead, new[0] * new[1], d)
+    return np.concatenate([extra, grid], axis=-2).astype(pe.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Modules (timm 0.3.2 names).
+# ----------------------------------------------------------------------------------------
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused qkv projection (timm 0.3.2 ``Attention``).
+
+    Input and output ``(B, N, D)``. ``qkv`` output channel ``s*D + h*head_dim + d`` holds
+    q/k/v (s = 0/1/2) of head h. Logits ``(q @ kᵀ) * scale`` then softmax in float32: computed
+    by ``jax.nn.dot_product_attention`` (XLA implementation: einsum, multiply by the scale,
+    float32 softmax, i.e. the same operation order as timm), except when attention dropout is
+    active, which that function lacks (then an explicit einsum path with the same order).
+    Source: ``timm@v0.3.3 models/vision_transformer.py:98-123``.
+
+    Args:
+      dim: channels D.
+      num_heads: heads; ``head_dim = D // num_heads``.
+      qkv_bias: bias in ``qkv``.
+      qk_scale: overrides ``head_dim ** -0.5``.
+      attn_drop: dropout on attention probabilities.
+      proj_drop: dropout after ``proj``.
+      kernel_init: init of both Dense kernels (biases 0).
+      attn_implementation: ``implementation`` of ``jax.nn.dot_product_attention`` (None = XLA
+        in this JAX; ``'cudnn'`` for fused attention on GPU in half precision).
+      rngs: NNX RNG streams.
+
+    Raises:
+      ValueError: ``dim`` not divisible by ``num_heads``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, *, kernel_init: Callable = L.trunc_normal_02,
+                 attn_implementation: str | None = None, rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = dense(dim, 3 * dim, rngs, kernel_init, use_bias=qkv_bias)
+        self.proj = dense(dim, dim, rngs, kernel_init)
+        self.attn_drop, self.proj_drop = attn_drop, proj_drop
+        self.attn_implementation = attn_implementation
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        b, n, c = x.shape
+        nh = self.num_heads
+        k_attn, k_proj = L.split_key(rng, 2)
+        qkv = self.qkv(x).reshape(b, n, 3, nh, c // nh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (B, N, nH, hd)
+        if train and self.attn_drop > 0.0:
+            logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.asarray(self.scale, q.dtype)
+            attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+            attn = L.dropout(attn, self.attn_drop, train, k_attn)
+            out = jnp.einsum('bhqk,bkhd->bqhd', attn, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale,
+                                               implementation=self.attn_implementation)
+        return L.dropout(self.proj(out.reshape(b, n, c)), self.proj_drop, train, k_proj)
+
+
+class Mlp(nnx.Module):
+    """timm ``Mlp``: fc1 -> exact GELU -> dropout -> fc2 -> dropout; ``(..., D)`` -> ``(..., D)``.
+    Kernels use ``kernel_init``, biases 0. Source: ``timm@v0.3.3 models/vision_transformer.py:79-95``."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, *,
+                 kernel_init: Callable = L.trunc_normal_02, rngs: nnx.Rngs):
+        self.fc1 = dense(dim, hidden_dim, rngs, kernel_init)
+        self.fc2 = dense(hidden_dim, dim, rngs, kernel_init)
+        self.drop = drop
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        k1, k2 = L.split_key(rng, 2)
+        x = L.dropout(jax.nn.gelu(self.fc1(x), approximate=False), self.drop, train, k1)
+        return L.dropout(self.fc2(x), self.drop, train, k2)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block (timm 0.3.2 ``Block``): ``x + dp(attn(norm1(x)))`` then
+    ``x + dp(mlp(norm2(x)))``; ``(B, N, D)`` -> ``(B, N, D)``. LayerNorm eps ``norm_eps``
+    (1e-6 in every MAE model). Source: ``timm@v0.3.3 models/vision_transformer.py:126-143``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, norm_eps: float = 1e-6, *, kernel_init: Callable = L.trunc_normal_02,
+                 attn_implementation: str | None = None, rngs: nnx.Rngs):
+        self.norm1 = L.layer_norm(dim, norm_eps, rngs)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, kernel_init=kernel_init,
+                              attn_implementation=attn_implementation, rngs=rngs)
+        self.drop_path = drop_path
+        self.norm2 = L.layer_norm(dim, norm_eps, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, kernel_init=kernel_init, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        k_attn, k_dp1, k_mlp, k_dp2 = L.split_key(rng, 4)
+        x = x + L.drop_path(self.attn(self.norm1(x), train=train, rng=k_attn), self.drop_path, train, k_dp1)
+        return x + L.drop_path(self.mlp(self.norm2(x), train=train, rng=k_mlp), self.drop_path, train, k_dp2)
+
+
+class PatchEmbed(nnx.Module):
+    """Patch embedding: conv k = s = ``patch_size``; ``(B, H, W, C)`` -> ``(B, L, D)`` with
+    ``L = (H/p) * (W/p)`` patches in raster order (the official ``proj(x).flatten(2).transpose(1, 2)``).
+
+    Init: ``'torch'`` = PyTorch's default Conv2d init (timm classifier, whose ``_init_weights``
+    leaves convs alone); ``'mae'`` = xavier-uniform on the flattened kernel
+    (:func:`xavier_uniform_flat`, ``models_mae.py`` ``initialize_weights``); the bias keeps
+    PyTorch's default U(+-1/sqrt(C*p*p)) in both. Source: ``timm@v0.3.3 vision_transformer.py:146-166``.
+
+    Raises:
+      ValueError: (call) images not ``(B, img_size, img_size, in_chans)``.
+    """
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, init: str = 'torch',
+                 *, rngs: nnx.Rngs):
+        if init not in ('torch', 'mae'):
+            raise ValueError(f"PatchEmbed init must be 'torch' or 'mae', got {init!r}")
+        if img_size % patch_size:
+            raise ValueError(f'patch_size {patch_size} must divide img_size {img_size}')
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size ** 2
+        fan_in = in_chans * patch_size * patch_size
+        kernel_init = xavier_uniform_flat if init == 'mae' else L.torch_default_kernel_init
+        self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=patch_size,
+                             padding='VALID', kernel_init=kernel_init,
+                             bias_init=L.torch_default_bias_init(fan_in), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
+            raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) in '
+                             f'NHWC layout, got shape {x.shape}')
+        x = self.proj(x)
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+_IMAGENET_DATA = dict(image_size=224, eval_crop_ratio=224 / 256)
+"""Data defaults of the ImageNet variants (mean/std: ImageNet, from ``DEFAULT_DATA``)."""
+
+
+# Registered variants: MAE FINETUNE.md recipes (drop path 0.1 / 0.2 / 0.3, global pooling); the demo
+# variant fits 32x32 Fashion-MNIST.
+@register_model('vit_base_patch16_224', data_defaults=_IMAGENET_DATA, patch_size=16, embed_dim=768,
+                depth=12, num_heads=12, global_pool=True, num_classes=1000, drop_path_rate=0.1)
+@register_model('vit_large_patch16_224', data_defaults=_IMAGENET_DATA, patch_size=16, embed_dim=1024,
+                depth=24, num_heads=16, global_pool=True, num_classes=1000, drop_path_rate=0.2)
+@register_model('vit_huge_patch14_224', data_defaults=_IMAGENET_DATA, patch_size=14, embed_dim=1280,
+                depth=32, num_heads=16, global_pool=True, num_classes=1000, drop_path_rate=0.3)
+@register_model('vit_demo_patch4_32', data_defaults=dict(image_size=32, eval_crop_ratio=1.0), img_size=32,
+                patch_size=4, embed_dim=128, depth=6, num_heads=4, global_pool=True, num_classes=10,
+                drop_path_rate=0.1)
+class VisionTransformer(nnx.Module, Backbone):
+    """ViT classifier of MAE fine-tuning (``models_vit.VisionTransformer``).
+
+    Args (official names; defaults of the MAE factories ``vit_*_patch*``):
+      img_size: input side in pixels (square images).
+      patch_size: patch side in pixels.
+      in_chans: input channels.
+      num_classes: classes of the linear ``head``; 0 gives no head (features only).
+      embed_dim: token channels D.
+      depth: number of blocks.
+      num_heads: attention heads.
+      mlp_ratio: MLP hidden width / D.
+      qkv_bias: bias in the fused qkv projection (True in every MAE factory).
+      qk_scale: overrides ``head_dim ** -0.5``.
+      drop_rate: dropout after the position embedding, in MLPs and after ``attn.proj``.
+      attn_drop_rate: dropout on attention probabilities.
+      drop_path_rate: stochastic depth, ``linspace(0, rate, depth)`` over the blocks.
+      norm_eps: LayerNorm epsilon (1e-6 in MAE).
+      global_pool: average the patch tokens (class token excluded) then ``fc_norm``; the
+        final ``norm`` does not exist (``models_vit`` deletes it). False: final ``norm`` and
+        the class token.
+      fixed_pos_embed: ``pos_embed`` is a :class:`jaxmim.layers.Buffer` holding the 2-D sin-cos
+        table (never trained) instead of a learnable ``nnx.Param``.
+      head_init_std: std of the normal init of ``head.kernel`` (bias 0). Default 2e-5, what
+        MAE fine-tuning sets after loading the checkpoint (``main_finetune.py:257``
+        ``trunc_normal_(model.head.weight, std=2e-5)``); timm's from-scratch init is 0.02.
+      attn_implementation: see :class:`Attention`.
+      rngs: NNX RNG streams for initialisation.
+
+    Init (timm 0.3.2 ``VisionTransformer.__init__`` / ``_init_weights``): Dense kernels
+    N(0, .02) (timm's ``trunc_normal_`` cuts at +-2 absolute = +-100 sigma), biases 0,
+    LayerNorm 1/0, ``cls_token`` and learnable ``pos_embed`` N(0, .02), patch conv PyTorch
+    default. All but ``head``/``fc_norm`` are overwritten when an MAE checkpoint is loaded.
+
+    Call: ``model(images, train=False, rng=None)`` with images ``(B, img_size, img_size,
+    in_chans)`` float NHWC; returns logits ``(B, num_classes)`` (``(B, embed_dim)`` features
+    when ``num_classes == 0``). ``rng`` feeds dropout / drop path when ``train``.
+
+    Raises:
+      ValueError: bad sizes (see :class:`PatchEmbed`, :class:`Attention`).
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
+                 global_pool: bool = False, fixed_pos_embed: bool = False, head_init_std: float = 2e-5,
+                 attn_implementation: str | None = None, *, rngs: nnx.Rngs):
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
+        self.depth, self.num_heads = depth, num_heads
+        self.global_pool, self.drop_rate = global_pool, drop_rate
+        self.num_extra_tokens = 1
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, 'torch', rngs=rngs)
+        self.grid_size, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
+        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
+        if fixed_pos_embed:
+            table = get_2d_sincos_pos_embed(embed_dim, self.grid_size, cls_token=True)
+            self.pos_embed = L.Buffer(jnp.asarray(table)[None])
+        else:
+            self.pos_embed = nnx.Param(L.trunc_normal_02(rngs.params(), (1, self.num_patches + 1, embed_dim)))
+        dpr = [float(r) for r in np.linspace(0, drop_path_rate, depth, dtype=np.float32)]
+        self.blocks = nnx.List([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
+                  norm_eps, attn_implementation=attn_implementation, rngs=rngs)
+            for i in range(depth)])
+        self.norm = None if global_pool else L.layer_norm(embed_dim, norm_eps, rngs)
+        self.fc_norm = L.layer_norm(embed_dim, norm_eps, rngs) if global_pool else None
+        self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
+                     if num_classes > 0 else None)
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward_features(self, x: jax.Array, *, train: bool = False,
+                         rng: jax.Array | None = None) -> jax.Array:
+        """Images ``(B, H, W, C)`` -> pooled features ``(B, embed_dim)`` (``models_vit.forward_features``)."""
+        k_pos, k_blocks = L.split_key(rng, 2)
+        x = self.patch_embed(x)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
+        x = L.dropout(x, self.drop_rate, train, k_pos)
+        for blk, key in zip(self.blocks, L.split_key(k_blocks, len(self.blocks))):
+            x = blk(x, train=train, rng=key)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:, :].mean(axis=1))
+        return self.norm(x)[:, 0]
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        x = self.forward_features(x, train=train, rng=rng)
+        return self.head(x) if self.head is not None else x
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """``('pos_embed', 'cls_token', 'dist_token')``: MAE fine-tuning passes
+        ``model.no_weight_decay()`` to ``param_groups_lrd`` (``main_finetune.py:283-285``); timm
+        0.3.2 returns ``{'pos_embed', 'cls_token'}`` (later timm adds ``dist_token``, absent here)."""
+        return ('pos_embed', 'cls_token', 'dist_token')
+
+    def layer_id(self, name: str) -> int:
+        """MAE ``util/lr_decay.py`` ``get_layer_id_for_vit``: ``cls_token``/``pos_embed``/``patch_embed*``
+        -> 0, ``blocks.i.*`` -> i + 1, anything else (``fc_norm``, ``norm``, ``head``) -> depth + 1."""
+        if name in ('cls_token', 'pos_embed'):
+            return 0
+        if name.startswith('patch_embed'):
+            return 0
+        if name.startswith('blocks'):
+            return int(name.split('.')[1]) + 1
+        return self.depth + 1
+
+    @property
+    def num_layer_ids(self) -> int:
+        """``depth + 2`` (ids 0 .. depth + 1; MAE's ``num_layers + 1`` with ``num_layers = depth + 1``)."""
+        return self.depth + 2
+
+    def pretrained_fresh(self) -> tuple[str, ...]:
+        """Missing keys MAE fine-tuning accepts (``main_finetune.py:251-254``): ``head`` and, with
+        global pooling, ``fc_norm``."""
+        return ('head.*', 'fc_norm.*') if self.global_pool else ('head.*',)
+
+    def adapt_pretrained(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Resizes a pre-trained ``pos_embed`` of another grid with :func:`interpolate_pos_embed`
+        (class token kept). Raises ValueError (naming the tensor and both shapes) otherwise."""
+        value = np.asarray(value)
+        shape = tuple(shape)
+        if (name == 'pos_embed' and value.ndim == 3 and len(shape) == 3 and value.shape[0] == shape[0]
+                and value.shape[2] == shape[2]):
+            grid = math.isqrt(shape[1] - self.num_extra_tokens)
+            if grid * grid == shape[1] - self.num_extra_tokens:
+                try:
+                    return interpolate_pos_embed(value, grid, self.num_extra_tokens)
+                except ValueError:
+                    pass
+        return super().adapt_pretrained(name, value, shape)
