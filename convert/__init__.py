@@ -1,11 +1,18 @@
 """Conversion between jaxmim Flax NNX models and PyTorch checkpoints of the original code bases.
 
-* :mod:`convert.official`: build a jaxmim model configured like an official constructor call,
-  load an official ``state_dict`` into it (strictly) and export one in the official key order
-  (``official.build`` / ``official.load_state_dict`` / ``official.state_dict``).
-* :mod:`convert.torch_swin`: a pure-PyTorch twin of microsoft/SimMIM's Swin and SimMIM models
-  with the official ``state_dict`` layout (used to test the converter without the original repo).
+* :mod:`convert.official`: the generic machinery. Build a jaxmim model configured like an
+  official constructor call, load an official ``state_dict`` into it (strictly) and export one in
+  the official key order (``official.build`` / ``official.load_state_dict`` /
+  ``official.state_dict``), for any registered *source* (``official.list_sources()``).
+* One module per model family, each holding a pure-PyTorch twin of the official model (official
+  ``state_dict`` layout, used to test the converter without the original repository) and the key
+  tables of its sources: :mod:`convert.swin` (microsoft/SimMIM Swin and SimMIM:
+  ``simmim_swin``, ``simmim_swin_pretrain``), :mod:`convert.vit` (facebookresearch/mae ViT and
+  MAE: ``mae_vit_cls``, ``mae_vit``). Family modules are found automatically (``pkgutil``) the
+  first time a source is looked up, so a new family is one new file.
+* Command-line tools: ``python -m convert.export`` (jaxmim run -> ``.pth`` / ``.safetensors``) and
+  ``python -m convert.import`` (official checkpoint -> jaxmim run).
 
-Importing :mod:`convert` imports neither submodule (``torch_swin`` needs PyTorch, ``official`` does
-not); import the one you need, e.g. ``from convert import official``.
+Importing :mod:`convert` imports no submodule (the family modules need PyTorch, ``official``
+does not); import the one you need, e.g. ``from convert import official``.
 """

@@ -25,6 +25,8 @@ _WORKDIR = flags.DEFINE_string('workdir', 'work/demo', 'Output directory of the 
 _PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', None, 'Override the pre-training steps.')
 _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', None, 'Override the fine-tuning steps.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Override the global batch size of every stage.')
+_EVAL_EXAMPLES = flags.DEFINE_integer('eval_examples', 0, 'Evaluate on the first N test images only (0: all 10,000).')
+_SHUFFLE = flags.DEFINE_integer('shuffle_buffer', 0, 'Override the shuffle buffer (and do not cache) (0: config).')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,8 +41,16 @@ def _common(cfg, data_dir: str, steps: int | None):
     if steps:
         cfg.total_steps = steps
         cfg.checkpoint_every = max(1, min(cfg.checkpoint_every, steps))
+        if cfg.optim.warmup_steps > steps:      # a short smoke run: warm up over its first tenth
+            cfg.optim.warmup_steps = max(1, steps // 10)
     if _BATCH.value:
         cfg.batch_size = _BATCH.value
+    if _EVAL_EXAMPLES.value:
+        cfg.data.eval_split = f'{cfg.data.eval_split}[:{_EVAL_EXAMPLES.value}]'
+        if 'eval_batch_size' in cfg:
+            cfg.eval_batch_size = min(cfg.eval_batch_size, _EVAL_EXAMPLES.value)
+    if _SHUFFLE.value:
+        cfg.data.shuffle_buffer, cfg.data.cache = _SHUFFLE.value, False
     return cfg
 
 

@@ -185,7 +185,15 @@ def test_abstract_like_and_validation(tmp_path):
     abs_tree = ck.abstract_like(tree)
     assert abs_tree['a'].shape == (2, 3) and abs_tree['a'].dtype == jnp.bfloat16
     assert abs_tree['a'].sharding == tree['a'].sharding
-    assert abs_tree['b'].sharding is not None and abs_tree['c'].shape == ()
+    # A leaf without a sharding (NumPy array, Python scalar): replicated over every device,
+    # each device holding the whole array.
+    for key, shape in (('b', (4,)), ('c', ())):
+        sh = abs_tree[key].sharding
+        assert abs_tree[key].shape == shape
+        assert isinstance(sh, NamedSharding) and sh.spec == P(), (key, sh)
+        assert sh.device_set == set(jax.devices()) and len(sh.device_set) == 8
+        assert sh.is_fully_replicated and sh.shard_shape(shape) == shape
+    assert abs_tree['b'].dtype == np.int32
     with pytest.raises(ValueError):
         ck.Checkpointer(tmp_path, save_interval_steps=0)
     with pytest.raises(ValueError):

@@ -1,13 +1,20 @@
-"""Tests for convert/official.py: official PyTorch state_dicts <-> jaxmim NNX models.
+"""Tests for convert/official.py (generic machinery) and the Swin family of convert/swin.py.
 
-The reference is the pure-PyTorch twin ``convert.torch_swin`` (official state_dict layout, tested
-against the official code in test_torch_swin.py). Its weights are perturbed before every
-comparison so that no LayerNorm weight is 1 and no bias 0 (a missed or swapped tensor shows up).
-CPU only, tiny configurations; the Swin-B size check runs under ``nnx.eval_shape``.
+The Swin reference is the pure-PyTorch twin in ``convert.swin`` (official state_dict layout, tested
+against independent expectations in test_torch_swin.py); the generic machinery (variable
+collections, BatchNorm statistics, bookkeeping constants, coverage checks, family discovery) is
+tested with a tiny family defined here (Conv + BatchNorm + Linear) and its PyTorch twin. Twin
+weights are perturbed before every comparison so that no LayerNorm weight is 1 and no bias 0 (a
+missed or swapped tensor shows up). CPU only, tiny configurations; the Swin-B size check runs
+under ``nnx.eval_shape``.
 """
 
+import ast
 import functools
 import math
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +28,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert import official  # noqa: E402
-from convert import torch_swin as T  # noqa: E402
+from convert import swin as T  # noqa: E402
 
 # img 32 / patch 2: stages 16, 8, 4 with window 4 -> every stage windowed, odd blocks shifted.
 TINY = dict(img_size=32, patch_size=2, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4,
@@ -291,7 +298,7 @@ def test_swin_b_224_parameter_count_and_layout():
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     layout = []
     for e in entries:
-        if isinstance(e, official.ParamEntry):
+        if isinstance(e, official.VariableEntry):
             leaf = functools.reduce(lambda t, p: t[p], e.path, pure)
             layout.append((e.key, e.layout.official_shape(leaf.shape)))
         else:
@@ -315,3 +322,252 @@ def test_build_argument_handling():
     m = official.build('simmim_swin_pretrain', **PRETRAIN, mask_patch_size=16, mask_ratio=0.5)
     assert m.mask_generator.mask_patch_size == 16 and m.mask_generator.mask_ratio == 0.5
     assert m.encoder.absolute_pos_embed is not None and m.encoder_stride == 8
+
+
+# ================================================================================================
+# Generic machinery on a tiny family defined here: Conv + BatchNorm + Buffer + Linear
+# ================================================================================================
+
+from jaxmim.layers import Buffer  # noqa: E402
+
+
+class TinyNet(nnx.Module):
+    """conv 3x3 (pad 1) -> BatchNorm -> + offset (a fixed Buffer, per channel) -> ReLU -> mean over
+    H, W -> fc. Images (B, 8, 8, 3) NHWC -> logits (B, 5)."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), padding=1, rngs=rngs)
+        self.bn = nnx.BatchNorm(4, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        self.offset = Buffer(jnp.zeros((4,), jnp.float32))
+        self.fc = nnx.Linear(4, 5, rngs=rngs)
+
+    def __call__(self, x, train=False):
+        x = self.bn(self.conv(x), use_running_average=not train) + self.offset[...]
+        return self.fc(jax.nn.relu(x).mean(axis=(1, 2)))
+
+
+class TorchTinyNet(torch.nn.Module):
+    """The PyTorch twin: keys conv.{weight,bias}, bn.{weight,bias,running_mean,running_var,
+    num_batches_tracked}, offset (persistent buffer, registered after bn), fc.{weight,bias}."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4, momentum=0.1, eps=1e-5)
+        self.register_buffer('offset', torch.zeros(4))
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)) + self.offset[:, None, None]
+        return self.fc(torch.relu(x).mean(dim=(2, 3)))
+
+
+def _tiny_entries(model):
+    if not isinstance(model, TinyNet):
+        raise TypeError(f'expected TinyNet, got {type(model).__name__}')
+    # torch order: own buffers (offset) before children
+    return ([official.VariableEntry('offset', ('offset',))]
+            + official.conv_entries('conv', ('conv',), model.conv)
+            + official.batch_norm_entries('bn', ('bn',), model.bn)
+            + official.linear_entries('fc', ('fc',), model.fc))
+
+
+TINY_SOURCE = official.Source(name='test_tiny_bn', reference='tests/test_convert.py TorchTinyNet',
+                              build_fn=lambda rngs: TinyNet(rngs), entries_fn=_tiny_entries)
+
+
+@pytest.fixture(scope='module')
+def tiny_source():
+    official.list_sources()   # discovery first, so the test source sits beside the real ones
+    if 'test_tiny_bn' not in official.SOURCES:
+        official.register_source(TINY_SOURCE)
+    yield official.get_source('test_tiny_bn')
+    official.SOURCES.pop('test_tiny_bn', None)
+
+
+def perturbed_tiny_twin(seed=0):
+    """Twin with noisy weights, running stats far from 0/1, a non-zero offset and a step count."""
+    torch.manual_seed(seed)
+    tm = TorchTinyNet().eval()
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        tm.bn.running_mean.copy_(0.3 * torch.randn(4))
+        tm.bn.running_var.copy_(0.5 + torch.rand(4))
+        tm.bn.num_batches_tracked.fill_(123)
+        tm.offset.copy_(torch.randn(4))
+    return tm
+
+
+def all_variables(model):
+    """{path: (collection name, np.ndarray)} of every variable."""
+    return {tuple(p): (type(v).__name__, np.asarray(v[...])) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def test_tiny_family_key_order_and_collections(tiny_source):
+    jm = official.build(tiny_source)
+    assert {p: c for p, (c, _) in all_variables(jm).items()} == {
+        ('conv', 'kernel'): 'Param', ('conv', 'bias'): 'Param', ('bn', 'scale'): 'Param', ('bn', 'bias'): 'Param',
+        ('bn', 'mean'): 'BatchStat', ('bn', 'var'): 'BatchStat', ('offset',): 'Buffer',
+        ('fc', 'kernel'): 'Param', ('fc', 'bias'): 'Param'}
+    sd = official.state_dict(jm, tiny_source)
+    ref = TorchTinyNet().state_dict()
+    assert list(sd) == list(ref)
+    assert [sd[k].shape for k in sd] == [tuple(v.shape) for v in ref.values()]
+    assert sd['bn.num_batches_tracked'].dtype == np.int64 and sd['bn.num_batches_tracked'].shape == ()
+    assert sd['bn.num_batches_tracked'] == 0
+    np.testing.assert_array_equal(sd['bn.running_var'], np.ones(4, np.float32))   # Flax init = torch init
+
+
+def test_tiny_family_forward_parity_uses_running_stats(tiny_source):
+    tm = perturbed_tiny_twin()
+    jm = official.load_state_dict(official.build(tiny_source), tiny_source, tm.state_dict())
+    x = np.random.RandomState(0).randn(3, 3, 8, 8).astype(np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    out = jm(jnp.asarray(x.transpose(0, 2, 3, 1)))
+    assert_close(out, ref)
+    # the running statistics matter: with them reset the outputs differ
+    with torch.no_grad():
+        tm.bn.reset_running_stats()
+        other = tm(torch.from_numpy(x)).numpy()
+    assert np.abs(other - ref).max() > 1e-3
+
+
+def test_tiny_family_round_trip_bit_exact_with_running_stats(tiny_source):
+    tm = perturbed_tiny_twin(seed=1)
+    jm = official.load_state_dict(official.build(tiny_source, rngs=nnx.Rngs(7)), tiny_source, tm.state_dict())
+    got = all_variables(jm)
+    np.testing.assert_array_equal(got[('bn', 'mean')][1], tm.bn.running_mean.numpy())
+    np.testing.assert_array_equal(got[('bn', 'var')][1], tm.bn.running_var.numpy())
+    np.testing.assert_array_equal(got[('offset',)][1], tm.offset.numpy())
+    sd = official.state_dict(jm, tiny_source)
+    for k, v in tm.state_dict().items():
+        if k != 'bn.num_batches_tracked':
+            assert sd[k].tobytes() == v.numpy().tobytes(), k
+    # JAX -> torch -> JAX: bit-exact for every collection
+    tb = TorchTinyNet()
+    tb.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    jb = official.load_state_dict(official.build(tiny_source, rngs=nnx.Rngs(8)), tiny_source, tb.state_dict())
+    again = all_variables(jb)
+    assert again.keys() == got.keys()
+    for p in got:
+        assert again[p][0] == got[p][0] and again[p][1].dtype == np.float32
+        assert again[p][1].tobytes() == got[p][1].tobytes(), p
+
+
+def test_tiny_family_train_step_updates_batch_stats_like_torch(tiny_source):
+    """One training-mode forward updates the running statistics as torch does (momentum 0.1 =
+    Flax 0.9); torch stores the unbiased batch variance, Flax the biased one, so only the mean is
+    compared exactly and the variance through the n/(n-1) factor."""
+    tm = perturbed_tiny_twin(seed=2)
+    jm = official.load_state_dict(official.build(tiny_source), tiny_source, tm.state_dict())
+    x = np.random.RandomState(3).randn(4, 3, 8, 8).astype(np.float32)
+    old_var = tm.bn.running_var.clone()
+    tm.train()
+    with torch.no_grad():
+        tm(torch.from_numpy(x))
+    jm(jnp.asarray(x.transpose(0, 2, 3, 1)), train=True)
+    sd = official.state_dict(jm, tiny_source)
+    np.testing.assert_allclose(sd['bn.running_mean'], tm.bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    n = 4 * 8 * 8
+    torch_batch_var = (tm.bn.running_var - 0.9 * old_var) / 0.1
+    flax_batch_var = (sd['bn.running_var'] - 0.9 * old_var.numpy()) / 0.1
+    np.testing.assert_allclose(flax_batch_var * n / (n - 1), torch_batch_var.numpy(), rtol=1e-4)
+
+
+def test_constant_entries_are_ignored_on_load(tiny_source):
+    tm = perturbed_tiny_twin(seed=4)
+    sd = {k: v for k, v in tm.state_dict().items() if k != 'bn.num_batches_tracked'}
+    jm = official.load_state_dict(official.build(tiny_source), tiny_source, sd)   # absent: fine
+    official.load_state_dict(jm, tiny_source, {**sd, 'bn.num_batches_tracked': torch.tensor([5, 6])})   # any value
+    np.testing.assert_array_equal(official.state_dict(jm, tiny_source)['bn.running_mean'],
+                                  tm.bn.running_mean.numpy())
+
+
+def test_strict_errors_name_batch_stats_and_buffers(tiny_source):
+    jm = official.build(tiny_source)
+    before = all_variables(jm)
+    sd = dict(perturbed_tiny_twin().state_dict())
+    del sd['bn.running_var']
+    sd['offset'] = torch.zeros(5)
+    sd['bn.running_mean'] = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError) as err:
+        official.load_state_dict(jm, tiny_source, sd)
+    msg = str(err.value)
+    assert 'missing keys (1)' in msg and 'bn.running_var' in msg
+    assert 'offset: checkpoint (5,) vs expected (4,)' in msg
+    assert 'bn.running_mean' in msg and 'int64' in msg
+    after = all_variables(jm)
+    assert all(np.array_equal(before[p][1], after[p][1]) for p in before)
+
+
+def test_coverage_check_covers_every_collection(tiny_source):
+    jm = official.build(tiny_source)
+
+    def drop(kind):
+        def entries(model):
+            return [e for e in _tiny_entries(model) if not (isinstance(e, official.VariableEntry) and e.path == kind)]
+        return official.Source(name='broken', reference='', build_fn=None, entries_fn=entries)
+
+    for path, name in ((('bn', 'var'), 'bn.var (BatchStat)'), (('offset',), 'offset (Buffer)'),
+                       (('fc', 'bias'), 'fc.bias (Param)')):
+        with pytest.raises(RuntimeError, match=re.escape(name)):
+            drop(path).entries(jm)
+    twice = official.Source(name='twice', reference='', build_fn=None,
+                            entries_fn=lambda m: _tiny_entries(m) + [official.VariableEntry('x', ('offset',))])
+    with pytest.raises(RuntimeError, match='mapped twice'):
+        twice.entries(jm)
+    ghost = official.Source(name='ghost', reference='', build_fn=None,
+                            entries_fn=lambda m: _tiny_entries(m) + [official.VariableEntry('x', ('nope',))])
+    with pytest.raises(RuntimeError, match='nope'):
+        ghost.entries(jm)
+
+
+# ------------------------------------------------------------------------------------------------
+# Family discovery
+# ------------------------------------------------------------------------------------------------
+
+def test_core_imports_no_family_until_a_source_is_looked_up():
+    code = ('import sys; from convert import official; '
+            'assert not any(m.startswith("convert.") and m != "convert.official" for m in sys.modules), sys.modules; '
+            'names = official.list_sources(); '
+            'assert {"simmim_swin", "simmim_swin_pretrain", "mae_vit", "mae_vit_cls"} <= set(names), names; '
+            'assert "convert.swin" in sys.modules and "convert.vit" in sys.modules; '
+            'assert "convert.export" not in sys.modules and "convert._cli" not in sys.modules; print("ok")')
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
+
+
+def test_core_code_names_no_model():
+    """The core's code (docstrings, which cite examples, and comments removed) names no model family."""
+    tree = ast.parse(Path(official.__file__).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, 'body', None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            body[0] = ast.Pass()
+    code = ast.unparse(tree).lower()
+    # attribute docstrings (a string expression after an assignment) are documentation too
+    code = re.sub(r"^\s*(['\"]).*\1\s*$", '', code, flags=re.M)
+    for word in ('swin', 'simmim', 'vit', 'mae', 'groupmix', 'hivit', 'beit', 'twins', 'pvt'):
+        assert word not in code, word
+
+
+def test_a_new_family_file_is_discovered(tmp_path, monkeypatch):
+    import convert
+    (tmp_path / 'fam_tmp_test.py').write_text(
+        'from convert import official\n'
+        'official.register_source(official.Source("tmp_family_source", "tmp", lambda rngs: None, lambda m: []))\n')
+    (tmp_path / '_private_tmp.py').write_text('raise RuntimeError("private modules must not be imported")\n')
+    (tmp_path / 'export.py').write_text('raise RuntimeError("core modules must not be imported")\n')
+    monkeypatch.setattr(convert, '__path__', list(convert.__path__) + [str(tmp_path)])
+    monkeypatch.setattr(official, '_discovered', False)
+    try:
+        assert 'tmp_family_source' in official.list_sources()
+        assert 'simmim_swin' in official.list_sources()
+    finally:
+        official.SOURCES.pop('tmp_family_source', None)
+        sys.modules.pop('convert.fam_tmp_test', None)

@@ -61,33 +61,59 @@ def test_patchify_order():
     np.testing.assert_array_equal(unpatchify(jnp.asarray(p), 4, 2, 3), x)
 
 
-def test_loss_uses_masked_pixels_only():
+def _brute_force_loss(target, x_rec, mask, p):
+    """Official SimMIM loss (microsoft/SimMIM@d3e29bc models/simmim.py:114-121), one pixel at a
+    time: M = mask repeated p times along H and W (one value per pixel, shared by the C
+    channels); loss = sum(|t - x| * M) / (sum(M) + 1e-5) / C."""
+    b_, h, w, c = target.shape
+    num, den = 0.0, 0.0
+    for b in range(b_):
+        for i in range(h):
+            for j in range(w):
+                m = float(mask[b, i // p, j // p])
+                den += m
+                for k in range(c):
+                    num += abs(float(target[b, i, j, k]) - float(x_rec[b, i, j, k])) * m
+    return num / (den + 1e-5) / c
+
+
+def test_loss_matches_brute_force_and_uses_masked_pixels_only():
     rng = np.random.default_rng(0)
-    target = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
-    x_rec = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
-    mask = (rng.random((2, 4, 4)) < 0.5).astype(np.int32)
-    pix = np.repeat(np.repeat(mask, 2, 1), 2, 2).astype(bool)
-    # independent: mean abs error over masked pixels and channels (+ the official 1e-5 epsilon)
-    expected = np.abs(target - x_rec)[pix].sum() / (pix.sum() + 1e-5) / 3
+    target = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
+    x_rec = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
+    mask = (rng.random((3, 4, 6)) < 0.4).astype(np.int32)
+    expected = _brute_force_loss(target, x_rec, mask, 2)
     loss = float(masked_l1_loss(jnp.asarray(target), jnp.asarray(x_rec), jnp.asarray(mask), 2))
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    pix = np.repeat(np.repeat(mask, 2, 1), 2, 2).astype(bool)
     changed = target.copy()
     changed[~pix] += 10.0                                   # visible pixels of the target
     assert float(masked_l1_loss(jnp.asarray(changed), jnp.asarray(x_rec), jnp.asarray(mask), 2)) == loss
-    changed = target.copy()
-    changed[pix] += 1.0                                     # masked pixels
-    assert float(masked_l1_loss(jnp.asarray(changed), jnp.asarray(x_rec), jnp.asarray(mask), 2)) != loss
+    # Nothing masked: 0 / (0 + 1e-5) = 0, not NaN.
+    assert float(masked_l1_loss(jnp.asarray(target), jnp.asarray(x_rec), jnp.zeros_like(mask), 2)) == 0.0
 
 
 def test_simmim_model_outputs_and_mask_token():
-    model = create_mim_model('simmim', 'simmim_swin_demo_patch4_window4_32', encoder_overrides=ENC,
-                             encoder_stride=8, mask_patch_size=8)
+    model = create_mim_model({'name': 'simmim', 'encoder_stride': 8, 'mask_patch_size': 8},
+                             'simmim_swin_demo_patch4_window4_32', overrides=ENC)
     x1 = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     x2 = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    mask = model.sample_mask(jax.random.key(2), 2)
+    # A random mask at model-patch resolution (32 / 2 = 16 per side), not tied to mask units.
+    mask = jnp.asarray(np.random.default_rng(2).random((2, 16, 16)) < 0.6, jnp.int32)
     out = model(x1, mask=mask)
-    assert out['x_rec'].shape == (2, 32, 32, 3) and out['pred'].shape == (2, 16, 8 * 8 * 3)
-    np.testing.assert_allclose(out['loss'], masked_l1_loss(x1, out['x_rec'], mask, 2), rtol=1e-6)
+    assert out['pred'].shape == (2, 16, 8 * 8 * 3)
+    # x_rec from pred: unit (r, c) of the 4x4 grid of 8x8 units, pixel (i, j), colour k is at
+    # pred[:, r * 4 + c, (i * 8 + j) * 3 + k].
+    pred = np.asarray(out['pred'])
+    x_rec = np.zeros((2, 32, 32, 3), np.float32)
+    for r in range(4):
+        for c in range(4):
+            x_rec[:, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = pred[:, r * 4 + c].reshape(2, 8, 8, 3)
+    if 'x_rec' in out:
+        np.testing.assert_array_equal(out['x_rec'], x_rec)
+    assert out['loss'].shape == () and out['loss'].dtype == jnp.float32
+    np.testing.assert_allclose(float(out['loss']), _brute_force_loss(np.asarray(x1), x_rec, np.asarray(mask), 2),
+                               rtol=1e-5)
     # Every patch masked: the encoder sees only the mask token, so the output ignores the image.
     full = jnp.ones((2, 16, 16), jnp.int32)
     np.testing.assert_allclose(model.encoder(x1, full), model.encoder(x2, full), atol=1e-5)

@@ -1,6 +1,7 @@
 """Swin Transformer (Flax NNX): stage shapes, window constants, patch merging, registry."""
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxmim
+from jaxmim import layers
 from jaxmim.models import swin
 
 TINY = dict(img_size=32, patch_size=2, in_chans=3, num_classes=7, embed_dim=16, depths=(2, 2, 2),
@@ -101,16 +103,44 @@ def test_window_partition_roundtrip_and_order():
     np.testing.assert_array_equal(swin.window_reverse(win, 4, 8, 8), x)
 
 
+def _erf_gelu(x):
+    """Exact GELU written out: 0.5 x (1 + erf(x / sqrt(2)))."""
+    return np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in np.asarray(x, np.float64).ravel()]
+                    ).reshape(np.shape(x))
+
+
+def _tanh_gelu(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
 def test_layer_norm_eps_and_exact_gelu():
     model = swin.SwinTransformer(**TINY, rngs=nnx.Rngs(0))
     assert model.norm.epsilon == 1e-5
-    blk = model.layers[0].blocks[0]
-    x = jnp.linspace(-3, 3, 16).reshape(1, 16)
-    fc1 = blk.mlp.fc1(x)
-    from scipy.special import erf
-    expected = 0.5 * np.asarray(fc1) * (1 + erf(np.asarray(fc1) / np.sqrt(2)))
-    got = jax.nn.gelu(fc1, approximate=False)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert all(isinstance(b.mlp, layers.Mlp) for layer in model.layers for b in layer.blocks)
+
+    # An Mlp with hand-set weights: fc1 = identity + bias b, fc2 = 2 * identity + bias c,
+    # so Mlp(x) = 2 * GELU(x + b) + c element-wise.
+    n = 9
+    mlp = layers.Mlp(n, n, rngs=nnx.Rngs(0))
+    bias1 = np.linspace(-0.5, 0.5, n).astype(np.float32)
+    bias2 = np.full(n, 0.25, np.float32)
+    mlp.fc1.kernel[...] = jnp.eye(n, dtype=jnp.float32)
+    mlp.fc1.bias[...] = jnp.asarray(bias1)
+    mlp.fc2.kernel[...] = 2.0 * jnp.eye(n, dtype=jnp.float32)
+    mlp.fc2.bias[...] = jnp.asarray(bias2)
+    # Rows of inputs; -2.698 - b[0] puts fc1's first unit where erf and tanh GELU differ most.
+    x = np.stack([np.linspace(-4.0, 4.0, n), np.full(n, -2.698) - bias1, np.linspace(-1.0, 1.0, n)])
+    x = x.astype(np.float32)
+    got = np.asarray(mlp(jnp.asarray(x)), np.float64)
+    h = x.astype(np.float64) + bias1
+    expected = 2.0 * _erf_gelu(h) + bias2
+    tol = 2e-6
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+    # The tanh approximation misses the exact values by far more than the tolerance
+    # (up to 4.7e-4 at |x| ~ 2.7), so an approximate GELU in Mlp would fail the check above.
+    approx = 2.0 * _tanh_gelu(h) + bias2
+    assert np.abs(approx - expected).max() > 100 * tol
 
 
 def test_drop_path_is_stochastic_only_in_training():
@@ -150,30 +180,65 @@ def test_registry():
     assert n == 196_794_556
 
 
-def test_resize_rel_pos_table_geometric_scheme():
-    # spec simmim_swin.md 5: 11x11 -> 13x13 uses q ~ 1.091281, outer source offset ~ 6.000008.
-    rng = np.random.default_rng(0)
-    # a smooth function of the offsets is reproduced at the integer target offsets
-    # (up to the stretch of the source grid), and the centre is kept exactly.
-    table = rng.normal(size=(121, 3)).astype(np.float32)
-    out = swin.resize_rel_pos_table(table, 169)
-    assert out.shape == (169, 3)
-    np.testing.assert_allclose(out.reshape(13, 13, 3)[6, 6], table.reshape(11, 11, 3)[5, 5], atol=1e-5)
-    # corners: target offset +-6 vs source offset +-6.000008: nearly the source corner values
-    np.testing.assert_allclose(out.reshape(13, 13, 3)[0, 0], table.reshape(11, 11, 3)[0, 0], atol=1e-3)
-    # A function linear in the stretched source coordinate is reproduced exactly by a cubic
-    # spline, so the output must be the integer target offsets. The source grid uses the ratio
-    # the spec quotes, q = 1.091281 (offsets 1, 1+q, 1+q+q^2, ...; outermost ~6.000008).
-    q = 1.091281
-    d = np.cumsum([q ** i for i in range(5)])
-    coords = np.concatenate([-d[::-1], [0.0], d])
-    rows = np.repeat(coords, 11)          # row offset of entry (r, c), row-major
-    cols = np.tile(coords, 11)
-    table = np.stack([rows, cols, 2 * rows - cols], axis=1).astype(np.float32)
-    out = swin.resize_rel_pos_table(table, 169)
-    t = np.arange(-6, 7, dtype=np.float64)
-    expect = np.stack([np.repeat(t, 13), np.tile(t, 13), 2 * np.repeat(t, 13) - np.tile(t, 13)], axis=1)
-    np.testing.assert_allclose(out, expect, atol=5e-4)
+def _spec_source_axis(src: int, dst: int) -> np.ndarray:
+    """Source offsets of spec simmim_swin.md §5 (utils.py:148-169): q by bisection on [1.01, 1.5]
+    until the bracket is <= 1e-6 wide (the last midpoint), d_k = sum_{j<=k} q^j, axis
+    (-d_{n-1}, ..., -d_0, 0, d_0, ..., d_{n-1})."""
+    n, m = src // 2, dst // 2
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        total = sum(q ** j for j in range(n))
+        if total > m:
+            right = q
+        else:
+            left = q
+    d = [sum(q ** j for j in range(k + 1)) for k in range(n)]
+    return np.array([-v for v in reversed(d)] + [0.0] + d), q
+
+
+def test_resize_rel_pos_table_identity_and_bad_lengths():
+    table = np.random.default_rng(0).normal(size=(121, 4)).astype(np.float32)
     np.testing.assert_array_equal(swin.resize_rel_pos_table(table, 121), table)
-    with pytest.raises(ValueError, match='must be'):
-        swin.resize_rel_pos_table(table, 150)
+    for bad_src, bad_dst in ((121, 150), (120, 169), (144, 169), (121, 196)):   # 144, 196: even sides
+        with pytest.raises(ValueError) as e:
+            swin.resize_rel_pos_table(np.zeros((bad_src, 2), np.float32), bad_dst)
+        assert str(bad_src) in str(e.value) and str(bad_dst) in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('src,dst,q_spec,outer_spec', [(11, 13, 1.091281, 6.000008), (23, 27, 1.032893, 12.99994)])
+def test_resize_rel_pos_table_linear_function_goes_to_target_offsets(src, dst, q_spec, outer_spec):
+    # Window 6 -> 7 (11x11 -> 13x13; Swin-B 192 -> 224) and 12 -> 14 (23x23 -> 27x27; Swin-L).
+    axis, q = _spec_source_axis(src, dst)
+    assert abs(q - q_spec) < 1e-6 and abs(axis[-1] - outer_spec) < 1e-5      # the numbers the spec quotes
+    # Head h holds a_h * dy + b_h * dx + c_h at the source's geometric offsets (rows = dy,
+    # columns = dx, row-major). A bicubic interpolating spline reproduces a linear function
+    # exactly, so the result is the same function at the target's integer offsets (FITPACK
+    # clamps the Swin-L target +-13 to the outermost source offset 12.99994).
+    coef = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [2.0, -1.0, 0.5], [-0.3, 0.7, 3.0]])
+    dy, dx = np.meshgrid(axis, axis, indexing='ij')
+    table = np.stack([a * dy.ravel() + b * dx.ravel() + c for a, b, c in coef], axis=1).astype(np.float32)
+    out = swin.resize_rel_pos_table(table, dst * dst)
+    assert out.shape == (dst * dst, 4) and out.dtype == np.float32
+    t = np.clip(np.arange(-(dst // 2), dst // 2 + 1, dtype=np.float64), axis[0], axis[-1])
+    ty, tx = np.meshgrid(t, t, indexing='ij')
+    expected = np.stack([a * ty.ravel() + b * tx.ravel() + c for a, b, c in coef], axis=1)
+    np.testing.assert_allclose(out, expected, atol=5e-5)
+
+
+def test_resize_rel_pos_table_random_matches_tensor_product_spline():
+    # Independent twin of the FITPACK fit: the interpolating cubic spline with s=0 is the
+    # not-a-knot spline, and the bivariate one is its tensor product (rows, then columns).
+    from scipy.interpolate import CubicSpline
+
+    axis, _ = _spec_source_axis(11, 13)
+    table = np.random.default_rng(1).normal(size=(121, 3)).astype(np.float32)
+    out = swin.resize_rel_pos_table(table, 169)
+    t = np.arange(-6.0, 7.0)
+    for h in range(3):
+        z = table[:, h].reshape(11, 11).astype(np.float64)
+        rows = CubicSpline(axis, z, axis=0, bc_type='not-a-knot')(t)              # (13, 11)
+        full = CubicSpline(axis, rows, axis=1, bc_type='not-a-knot')(t)          # (13, 13)
+        np.testing.assert_allclose(out[:, h], full.ravel(), atol=1e-5)
+    # Offset 0 is a knot of the source and of the target: the centre entry is kept.
+    np.testing.assert_allclose(out.reshape(13, 13, 3)[6, 6], table.reshape(11, 11, 3)[5, 5], atol=1e-6)

@@ -1,4 +1,4 @@
-"""Tests for convert/torch_swin.py (pure-PyTorch microsoft/SimMIM Swin + SimMIM).
+"""Tests for the PyTorch twin in convert/swin.py (pure-PyTorch microsoft/SimMIM Swin + SimMIM).
 
 Every expectation here is computed independently of the code under test: key lists and shapes
 from the spec tables (shared/spec/simmim_swin.md §1.10, §2), masks / indices / channel orders by
@@ -17,14 +17,14 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.torch_swin import (  # noqa: E402
+from convert.swin import (  # noqa: E402
     DropPath,
     PatchMerging,
     SimMIM,
     SwinTransformer,
     SwinTransformerBlock,
     SwinTransformerForSimMIM,
-    build_simmim_swin,
+    build_torch_simmim_swin,
     make_relative_position_index,
     make_shift_attn_mask,
 )
@@ -94,7 +94,7 @@ def test_swin_b_224_w7_state_dict_matches_spec():
 
 def test_simmim_swin_b_192_w6_state_dict_matches_spec():
     with torch.device("meta"):
-        model = build_simmim_swin(dict(img_size=192, window_size=6, drop_path_rate=0.0, **SWIN_B), 32)
+        model = build_torch_simmim_swin(dict(img_size=192, window_size=6, drop_path_rate=0.0, **SWIN_B), 32)
     exp = ([("encoder.mask_token", (1, 1, 128))]
            + expected_swin_layout(128, (2, 2, 18, 2), (4, 8, 16, 32), tables=[121] * 4, index_n=[36] * 4,
                                   masks=[(64, 36, 36), (16, 36, 36), (4, 36, 36), None], num_classes=0,
@@ -292,7 +292,7 @@ def test_patch_merging_channel_order():
 
 def _tiny_simmim(seed=0):
     torch.manual_seed(seed)
-    return build_simmim_swin(dict(TINY, drop_path_rate=0.0), encoder_stride=8).eval()
+    return build_torch_simmim_swin(dict(TINY, drop_path_rate=0.0), encoder_stride=8).eval()
 
 
 def _mask(B, n, seed=0):

@@ -1,53 +1,63 @@
-"""Pure-PyTorch Swin Transformer and SimMIM, state_dict-compatible with microsoft/SimMIM.
+"""microsoft/SimMIM Swin Transformer family: PyTorch twin, key tables and conversion sources.
 
-This module re-implements, with ``torch`` as its only dependency (no timm, no torchvision):
+Two halves, one file:
 
-* ``SwinTransformer``: the classifier of ``microsoft/SimMIM@d3e29bc models/swin_transformer.py``;
-* ``SwinTransformerForSimMIM`` and ``SimMIM``: the pre-training model of ``models/simmim.py``.
+* **PyTorch twin** (``torch`` only, no timm): ``SwinTransformer`` (the classifier of
+  ``microsoft/SimMIM@d3e29bc models/swin_transformer.py``), ``SwinTransformerForSimMIM`` and
+  ``SimMIM`` (the pre-training model of ``models/simmim.py``), built from the official
+  constructor arguments. Module names, registration order and persistent buffers follow the
+  official code, so ``state_dict()`` keys, shapes, dtypes and order are identical to the official
+  models and official checkpoints load with ``load_state_dict(strict=True)``. Registration order
+  also mirrors the official code, so with the same ``torch.manual_seed`` the random
+  initialisation consumes the RNG in the same order as the official model (timm's
+  ``trunc_normal_`` is the same algorithm as ``torch.nn.init.trunc_normal_``).
+* **Conversion sources** registered with :mod:`convert.official`:
 
-Module names, registration order and persistent buffers follow the official code, so
-``state_dict()`` keys, shapes, dtypes and order are identical to the official models and official
-checkpoints load with ``load_state_dict(strict=True)``.  Registration order also mirrors the official
-code, so with the same ``torch.manual_seed`` the random initialisation consumes the RNG in the same
-order as the official model (timm's ``trunc_normal_`` is the same algorithm as
-``torch.nn.init.trunc_normal_``).
+  ``'simmim_swin'``
+      ``SwinTransformer(...)`` of ``models/swin_transformer.py``, built as
+      :class:`jaxmim.models.swin.SwinTransformer` (:func:`build_simmim_swin`).
+  ``'simmim_swin_pretrain'``
+      ``SimMIM(encoder=SwinTransformerForSimMIM(...), encoder_stride=...)`` of
+      ``models/simmim.py``, built as :class:`jaxmim.methods.simmim.SimMIM` around
+      :class:`jaxmim.models.swin.SwinTransformerForSimMIM` (:func:`build_simmim_swin_pretrain`).
 
-Layouts: images are NCHW float tensors; tokens are (B, L, C) with L row-major over the patch grid;
-SimMIM masks are (B, H / patch, W / patch), 1 = masked.  Everything is device-agnostic: the buffers
-``relative_position_index`` (int64) and ``attn_mask`` (float32) move with ``.to(device)``.
+  The key tables are :func:`swin_entries` and :func:`simmim_swin_pretrain_entries`; the derived
+  buffers ``relative_position_index`` (int64) and ``attn_mask`` (float32) are
+  :class:`convert.official.BufferEntry` (exported, checked on load, never loaded).
 
-Differences from the official code (all on inputs the official code cannot run or only asserts on):
-invalid configurations raise ``ValueError`` at construction (window not dividing a stage resolution,
-odd resolution before a patch merge, heads not dividing the width, ...) and invalid inputs raise
-``ValueError`` in ``forward`` where the official code uses ``assert``; the SimMIM encoder output is
-reshaped to the real final-stage resolution instead of ``sqrt(L)`` (identical for square images).
+Twin layouts: images are NCHW float tensors; tokens are (B, L, C) with L row-major over the patch
+grid; SimMIM masks are (B, H / patch, W / patch), 1 = masked. Everything is device-agnostic: the
+buffers ``relative_position_index`` (int64) and ``attn_mask`` (float32) move with ``.to(device)``.
+
+Differences of the twin from the official code (all on inputs the official code cannot run or
+only asserts on): invalid configurations raise ``ValueError`` at construction (window not dividing
+a stage resolution, odd resolution before a patch merge, heads not dividing the width, ...) and
+invalid inputs raise ``ValueError`` in ``forward`` where the official code uses ``assert``; the
+SimMIM encoder output is reshaped to the real final-stage resolution instead of ``sqrt(L)``
+(identical for square images).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
+from flax import nnx
+
+from convert import official as O
 
 __all__ = [
-    "DropPath",
-    "Mlp",
-    "window_partition",
-    "window_reverse",
-    "make_relative_position_index",
-    "make_shift_attn_mask",
-    "WindowAttention",
-    "SwinTransformerBlock",
-    "PatchMerging",
-    "BasicLayer",
-    "PatchEmbed",
-    "SwinTransformer",
-    "SwinTransformerForSimMIM",
-    "SimMIM",
-    "build_simmim_swin",
+    # PyTorch twin
+    "DropPath", "Mlp", "window_partition", "window_reverse", "make_relative_position_index",
+    "make_shift_attn_mask", "WindowAttention", "SwinTransformerBlock", "PatchMerging", "BasicLayer",
+    "PatchEmbed", "SwinTransformer", "SwinTransformerForSimMIM", "SimMIM", "build_torch_simmim_swin",
+    # conversion sources
+    "build_simmim_swin", "build_simmim_swin_pretrain", "swin_entries", "simmim_swin_pretrain_entries",
 ]
 
 IntOr2 = Union[int, Sequence[int]]
@@ -825,7 +835,7 @@ class SimMIM(nn.Module):
         return set()
 
 
-def build_simmim_swin(encoder: Dict[str, Any], encoder_stride: int = 32) -> SimMIM:
+def build_torch_simmim_swin(encoder: Dict[str, Any], encoder_stride: int = 32) -> SimMIM:
     """Build ``SimMIM(SwinTransformerForSimMIM(**encoder, num_classes=0), encoder_stride)``.
 
     Mirrors ``build_simmim`` for ``MODEL.TYPE == 'swin'`` (``models/simmim.py``).  ``encoder`` holds
@@ -842,3 +852,199 @@ def build_simmim_swin(encoder: Dict[str, Any], encoder_stride: int = 32) -> SimM
         raise ValueError(f"the SimMIM encoder needs num_classes == 0, got {kwargs['num_classes']}")
     kwargs["num_classes"] = 0
     return SimMIM(encoder=SwinTransformerForSimMIM(**kwargs), encoder_stride=encoder_stride)
+
+
+# ================================================================================================
+# Conversion sources: jaxmim Swin / SimMIM <-> official state_dict
+# ================================================================================================
+
+def _square(value: Any, name: str) -> int:
+    """An official int-or-pair size argument as one int (jaxmim Swin is square)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or int(value[0]) != int(value[1]):
+            raise ValueError(f'{name} must be an int or a square pair, got {value!r} '
+                             '(jaxmim Swin supports square images and patches only)')
+        value = value[0]
+    return int(value)
+
+
+_SWIN_ARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'embed_dim', 'depths', 'num_heads',
+              'window_size', 'mlp_ratio', 'qkv_bias', 'qk_scale', 'drop_rate', 'attn_drop_rate',
+              'drop_path_rate', 'norm_layer', 'ape', 'patch_norm', 'use_checkpoint')
+
+
+def _swin_kwargs(img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=96,
+                 depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,
+                 qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1,
+                 norm_layer=None, ape=False, patch_norm=True, use_checkpoint=False,
+                 **ignored) -> dict[str, Any]:
+    """Official ``SwinTransformer.__init__`` arguments (same defaults; ``norm_layer=None`` stands
+    for the default ``nn.LayerNorm``) -> jaxmim ``SwinTransformer`` arguments."""
+    del use_checkpoint  # activation checkpointing only: no numerical effect
+    if ignored:
+        warnings.warn(f'official SwinTransformer ignores the arguments {sorted(ignored)}; so does jaxmim '
+                      f'(accepted: {list(_SWIN_ARGS)})', stacklevel=5)
+    return dict(img_size=_square(img_size, 'img_size'), patch_size=_square(patch_size, 'patch_size'),
+                in_chans=int(in_chans), num_classes=int(num_classes), embed_dim=int(embed_dim),
+                depths=tuple(int(d) for d in depths), num_heads=tuple(int(h) for h in num_heads),
+                window_size=int(window_size), mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias),
+                qk_scale=qk_scale, drop_rate=float(drop_rate), attn_drop_rate=float(attn_drop_rate),
+                drop_path_rate=float(drop_path_rate), ape=bool(ape), patch_norm=bool(patch_norm),
+                norm_eps=O.layer_norm_eps(norm_layer))
+
+
+def build_simmim_swin(*, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+    """Source ``'simmim_swin'``: ``SwinTransformer(**kwargs)`` of
+    ``microsoft/SimMIM@d3e29bc models/swin_transformer.py:485-490``, as
+    :class:`jaxmim.models.swin.SwinTransformer`.
+
+    Accepted arguments and defaults are the official ones: img_size 224, patch_size 4 (int or a
+    square pair), in_chans 3, num_classes 1000 (0: no head), embed_dim 96, depths (2, 2, 6, 2),
+    num_heads (3, 6, 12, 24), window_size 7, mlp_ratio 4., qkv_bias True, qk_scale None,
+    drop_rate 0., attn_drop_rate 0., drop_path_rate 0.1, norm_layer ``torch.nn.LayerNorm``
+    (or ``functools.partial(torch.nn.LayerNorm, eps=...)``: only the eps is used), ape False,
+    patch_norm True, use_checkpoint False (ignored: no numerical effect). Other keyword arguments
+    are ignored with a warning, as the official ``**kwargs``.
+
+    Raises:
+      ValueError: another norm layer, non-square sizes, or sizes the model rejects (a window not
+        dividing a stage resolution, ...).
+    """
+    from jaxmim.models.swin import SwinTransformer
+    return SwinTransformer(**_swin_kwargs(**kwargs), rngs=rngs)
+
+
+def build_simmim_swin_pretrain(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], encoder_stride: int,
+                               mask_patch_size: int = 32, mask_ratio: float = 0.6) -> nnx.Module:
+    """Source ``'simmim_swin_pretrain'``: ``SimMIM(encoder=SwinTransformerForSimMIM(**encoder),
+    encoder_stride=encoder_stride)`` of ``microsoft/SimMIM@d3e29bc models/simmim.py``, as
+    :class:`jaxmim.methods.simmim.SimMIM` around :class:`jaxmim.models.swin.SwinTransformerForSimMIM`.
+
+    Args:
+      rngs: initialisation streams (encoder first, then the decoder).
+      encoder: dict of the encoder's constructor arguments (those of :func:`build_simmim_swin`);
+        ``num_classes`` must be 0 or absent (the official class asserts 0).
+      encoder_stride: total encoder stride (32 for 4 stages of patch 4).
+      mask_patch_size, mask_ratio: the mask generator's settings (data-side in the official code,
+        ``DATA.MASK_PATCH_SIZE`` / ``MODEL.SIMMIM.MASK_RATIO``); no effect on the state_dict.
+
+    Raises:
+      TypeError: ``encoder`` is not a dict. ValueError: ``num_classes != 0``, ``in_chans != 3``
+      (the official decoder hard-codes 3 colours), ``encoder_stride`` x final resolution !=
+      img_size, or the errors of :func:`build_simmim_swin`.
+    """
+    from jaxmim.methods.simmim import SimMIM
+    from jaxmim.models.swin import SwinTransformerForSimMIM
+    if not isinstance(encoder, Mapping):
+        raise TypeError('encoder must be a dict of SwinTransformerForSimMIM constructor arguments, '
+                        f'got {type(encoder).__name__}')
+    enc_args = dict(encoder)
+    if enc_args.get('num_classes', 0) != 0:
+        raise ValueError(f'SwinTransformerForSimMIM needs num_classes == 0, got {enc_args["num_classes"]}')
+    enc_args['num_classes'] = 0
+    kw = _swin_kwargs(**enc_args)
+    if kw['in_chans'] != 3:
+        raise ValueError(f'the official SimMIM decoder reconstructs 3 channels; got in_chans={kw["in_chans"]}')
+    stride = int(encoder_stride)
+    final = kw['img_size'] // kw['patch_size'] // 2 ** (len(kw['depths']) - 1)
+    if final * stride != kw['img_size']:
+        raise ValueError(f'encoder_stride {stride} x final resolution {final} != img_size {kw["img_size"]}')
+    del kw['num_classes']
+    enc = SwinTransformerForSimMIM(**kw, rngs=rngs)
+    return SimMIM(enc, stride, mask_patch_size=int(mask_patch_size), mask_ratio=float(mask_ratio), rngs=rngs)
+
+
+def swin_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[Any, ...] = ()) -> list[O.Entry]:
+    """Official state_dict entries of a jaxmim Swin (classifier or SimMIM encoder), official order.
+
+    Order follows ``torch.nn.Module.state_dict`` on ``models/swin_transformer.py``: own parameters
+    (``absolute_pos_embed`` if ape, then ``mask_token`` for the SimMIM encoder), ``patch_embed``,
+    per block ``attn_mask`` (shifted blocks only: a buffer of the block precedes its children),
+    ``norm1``, ``attn.relative_position_bias_table``, ``attn.relative_position_index``, ``attn.qkv``,
+    ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``; per stage but the last
+    ``downsample.reduction`` (registered before) ``downsample.norm``; then ``norm`` and ``head``.
+    Buffers are recomputed from the block's (clamped) window, shift and resolution with
+    :func:`jaxmim.models.swin.relative_position_index` (int64 here, as the official buffer) and
+    :func:`jaxmim.models.swin.shifted_window_mask` (float32).
+
+    Raises:
+      TypeError: ``enc`` is not a :class:`jaxmim.models.swin.SwinTransformer`.
+    """
+    from jaxmim.models import swin as S
+    if not isinstance(enc, S.SwinTransformer):
+        raise TypeError(f'expected a jaxmim SwinTransformer, got {type(enc).__name__}')
+
+    out: list[O.Entry] = []
+    if enc.absolute_pos_embed is not None:
+        out.append(O.VariableEntry('absolute_pos_embed', ('absolute_pos_embed',)))
+    if isinstance(enc, S.SwinTransformerForSimMIM):
+        out.append(O.VariableEntry('mask_token', ('mask_token',)))
+    out.append(O.VariableEntry('patch_embed.proj.weight', ('patch_embed', 'proj', 'kernel'), O.CONV2D))
+    out.append(O.VariableEntry('patch_embed.proj.bias', ('patch_embed', 'proj', 'bias')))
+    if enc.patch_embed.norm is not None:
+        out += O.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
+    for li, layer in enumerate(enc.layers):
+        for bi, blk in enumerate(layer.blocks):
+            k, p = f'layers.{li}.blocks.{bi}.', ('layers', li, 'blocks', bi)
+            ws, s = blk.window_size, blk.shift_size
+            h, w = blk.input_resolution
+            where = f'window {ws}, shift {s}, stage resolution {h}x{w}'
+            if s > 0:
+                out.append(O.BufferEntry(k + 'attn_mask', S.shifted_window_mask(h, w, ws, s), where))
+            out += O.layer_norm_entries(k + 'norm1', p + ('norm1',))
+            out.append(O.VariableEntry(k + 'attn.relative_position_bias_table',
+                                       p + ('attn', 'relative_position_bias_table')))
+            out.append(O.BufferEntry(k + 'attn.relative_position_index',
+                                     S.relative_position_index(ws).astype(np.int64), where))
+            out += O.linear_entries(k + 'attn.qkv', p + ('attn', 'qkv'), blk.attn.qkv)
+            out += O.linear_entries(k + 'attn.proj', p + ('attn', 'proj'), blk.attn.proj)
+            out += O.layer_norm_entries(k + 'norm2', p + ('norm2',))
+            out += O.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
+            out += O.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
+        if layer.downsample is not None:
+            k, p = f'layers.{li}.downsample.', ('layers', li, 'downsample')
+            out += O.linear_entries(k + 'reduction', p + ('reduction',), layer.downsample.reduction)
+            out += O.layer_norm_entries(k + 'norm', p + ('norm',))
+    out += O.layer_norm_entries('norm', ('norm',))
+    if enc.head is not None:
+        out += O.linear_entries('head', ('head',), enc.head)
+    return O.prefixed(out, key_prefix, path_prefix)
+
+
+def simmim_swin_pretrain_entries(model: nnx.Module) -> list[O.Entry]:
+    """Official state_dict entries of a jaxmim SimMIM with a Swin encoder: ``encoder.*`` (see
+    :func:`swin_entries`) then ``decoder.0.weight`` (Conv2d (stride²·3, C, 1, 1)) and
+    ``decoder.0.bias``.
+
+    Raises:
+      TypeError: ``model`` is not a jaxmim SimMIM around a SwinTransformerForSimMIM.
+    """
+    from jaxmim.methods.simmim import SimMIM
+    from jaxmim.models.swin import SwinTransformerForSimMIM
+    if not isinstance(model, SimMIM) or not isinstance(model.encoder, SwinTransformerForSimMIM):
+        raise TypeError(f'expected a jaxmim SimMIM with a SwinTransformerForSimMIM encoder, got '
+                        f'{type(model).__name__}')
+    return (swin_entries(model.encoder, 'encoder.', ('encoder',))
+            + [O.VariableEntry('decoder.0.weight', ('decoder', 'kernel'), O.CONV2D),
+               O.VariableEntry('decoder.0.bias', ('decoder', 'bias'))])
+
+
+def _simmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
+    from jaxmim.models.swin import SwinTransformer, SwinTransformerForSimMIM
+    if not isinstance(model, SwinTransformer) or isinstance(model, SwinTransformerForSimMIM):
+        raise TypeError(f'source simmim_swin expects a jaxmim SwinTransformer classifier, got {type(model).__name__}')
+    return swin_entries(model)
+
+
+O.register_source(O.Source(
+    name='simmim_swin',
+    reference='microsoft/SimMIM@d3e29bc models/swin_transformer.py SwinTransformer',
+    build_fn=build_simmim_swin,
+    entries_fn=_simmim_swin_entries))
+
+O.register_source(O.Source(
+    name='simmim_swin_pretrain',
+    reference='microsoft/SimMIM@d3e29bc models/simmim.py SimMIM(SwinTransformerForSimMIM)',
+    build_fn=build_simmim_swin_pretrain,
+    entries_fn=simmim_swin_pretrain_entries,
+    method='simmim'))

@@ -1,0 +1,99 @@
+"""Shared pieces of the conversion command-line tools (``convert.export``, ``convert.import``).
+
+Reading and writing official checkpoint files (``.pth`` / ``.pt`` / ``.bin`` through ``torch``,
+``.safetensors`` through ``safetensors``) and printing the key mapping. Private to the
+:mod:`convert` package (not a model family: :mod:`convert.official` skips ``_`` modules).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+PTH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt')
+"""File suffixes read and written with ``torch.load`` / ``torch.save``."""
+SAFETENSORS_SUFFIX = '.safetensors'
+
+
+def file_format(path: str) -> str:
+    """``'pth'`` or ``'safetensors'`` from the file suffix.
+
+    Raises:
+      ValueError: another suffix.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in PTH_SUFFIXES:
+        return 'pth'
+    if suffix == SAFETENSORS_SUFFIX:
+        return 'safetensors'
+    raise ValueError(f'{path}: unknown checkpoint format {suffix!r}; use one of '
+                     f'{list(PTH_SUFFIXES) + [SAFETENSORS_SUFFIX]}')
+
+
+def read_checkpoint(path: str, *, allow_pickle: bool = False) -> Mapping[str, Any]:
+    """Reads an official checkpoint file into a mapping of tensors (possibly a container such as
+    ``{'model': state_dict, 'optimizer': ...}``; :func:`convert.official.unwrap_state_dict`
+    unwraps it).
+
+    ``.pth``: ``torch.load(map_location='cpu', weights_only=True)``; checkpoints that pickle other
+    objects (MAE's ``args`` Namespace) need ``allow_pickle=True`` (``weights_only=False``: runs
+    code from the file, so only for trusted files). ``.safetensors``: ``safetensors.torch.load_file``.
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: unknown suffix, or a pickled object refused
+        without ``allow_pickle`` (the message says how to allow it).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    fmt = file_format(path)
+    if fmt == 'safetensors':
+        from safetensors.torch import load_file
+        return load_file(path, device='cpu')
+    import torch
+    try:
+        return torch.load(path, map_location='cpu', weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f'{path}: torch.load(weights_only=True) refused an object in the file ({err}). '
+                         'If you trust the file, pass --allow_pickle.') from err
+
+
+def write_checkpoint(state_dict: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str] | None = None) -> str:
+    """Writes ``{key: np.ndarray}`` (official order kept) and returns the format written.
+
+    ``.pth`` (or ``.pt`` / ``.bin`` / ``.ckpt``): ``torch.save`` of a flat ``{key: torch.Tensor}``
+    dict, loadable with ``torch.load(path, weights_only=True)``. ``.safetensors``:
+    ``safetensors.numpy.save_file`` with ``metadata`` (string values; ``format='pt'`` is added).
+
+    Raises:
+      ValueError: unknown suffix.
+    """
+    fmt = file_format(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if fmt == 'safetensors':
+        from safetensors.numpy import save_file
+        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path,
+                  metadata={'format': 'pt', **{str(k): str(v) for k, v in (metadata or {}).items()}})
+    else:
+        import torch
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, path)
+    return fmt
+
+
+def mapping_lines(rows: Sequence[tuple[str, str, tuple[int, ...], str]], arrow: str) -> list[str]:
+    """One aligned line per :func:`convert.official.describe` row:
+    ``<official key> <arrow> <jaxmim side>  <shape> <dtype>``."""
+    width = max((len(r[0]) for r in rows), default=0)
+    side_width = max((len(r[1]) for r in rows), default=0)
+    return [f'{key:<{width}} {arrow} {side:<{side_width}}  {tuple(shape)} {dtype}'
+            for key, side, shape, dtype in rows]
+
+
+def fail(err: BaseException) -> None:
+    """Prints ``error: <message>`` (a KeyError's message unquoted) to stderr and exits with status 1."""
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    print(f'error: {msg}', file=sys.stderr)
+    sys.exit(1)
