@@ -40,7 +40,10 @@ def _is_hits_percentage(value, count):
 def test_demo_writes_results_and_reconstructions(tmp_path):
     import matplotlib.image as mpimg
 
-X
+    workdir = tmp_path / 'demo'
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+    env['JAX_PLATFORMS'] = 'cpu'
     # One CPU device: the 8 fake devices of conftest.py only slow the demo down on 2 cores.
     env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
                                 if not f.startswith('--xla_force_host_platform_device_count'))
