@@ -63,3 +63,37 @@ def test_swin_adapts_relative_tables_and_rejects_other_shapes():
     np.testing.assert_allclose(out[24], table[12], rtol=1e-5)       # offset (0, 0) keeps its value
     with pytest.raises(ValueError, match=r'head.kernel.*\(64, 5\).*\(256, 10\)'):
         model.adapt_pretrained('head.kernel', np.zeros((64, 5)), (256, 10))
+
+
+def test_official_finetuning_path_resizes_windows_and_names_what_cannot_load(tmp_path):
+    """SimMIM pre-trains at window 6 and fine-tunes at window 7; here the same path at demo size:
+    a SimMIM checkpoint at 48 px, window 3 loads into a window-6 classifier (stages 12x12, 6x6,
+    3x3), tables resized on load."""
+    import ml_collections
+
+    from jaxmim import train
+    from jaxmim.models.swin import resize_rel_pos_table
+
+    pre_cfg = ml_collections.ConfigDict(dict(
+        mode='pretrain', seed=0, model=dict(name='simmim_swin_demo_patch4_window4_32', overrides=dict(img_size=48, window_size=3)),
+        method=dict(name='simmim', inputs_from='step', encoder_stride=16, mask_patch_size=8, mask_ratio=0.6)))
+    pre = train.build_model(pre_cfg)
+    train.save_model_checkpoint(pre, str(tmp_path / 'pre'), pre_cfg)
+    clf = create_model('swin_demo_patch4_window4_32', img_size=48, window_size=6)
+    report = train.load_pretrained(clf, str(tmp_path / 'pre'))
+    src = np.asarray(pre.encoder.layers[0].blocks[1].attn.relative_position_bias_table[...])
+    got = np.asarray(clf.layers[0].blocks[1].attn.relative_position_bias_table[...])
+    assert src.shape == (25, 2) and got.shape == (121, 2)
+    np.testing.assert_allclose(got, resize_rel_pos_table(src, 121), rtol=1e-6)
+    np.testing.assert_allclose(got[60], src[12], rtol=1e-5)         # offset (0, 0) keeps its value
+    # Stage 3 (3x3 tokens) clamps both windows to 3: nothing to resize there.
+    assert sorted(report['resized']) == sorted(f'layers.{i}.blocks.{j}.attn.relative_position_bias_table'
+                                               for i in range(2) for j in range(2))
+    assert report['fresh'] == ['head.bias', 'head.kernel'] and report['unused'] == ['mask_token']
+    np.testing.assert_array_equal(np.asarray(clf.patch_embed.proj.kernel[...]),
+                                  np.asarray(pre.encoder.patch_embed.proj.kernel[...]))
+    # A classifier of another width cannot take the checkpoint: every misfit is named at once.
+    wide = create_model('swin_demo_patch4_window4_32', img_size=48, window_size=6, embed_dim=32,
+                        num_heads=(1, 2, 4))
+    with pytest.raises(ValueError, match=r'patch_embed.proj.kernel.*\(4, 4, 3, 64\).*\(4, 4, 3, 32\)'):
+        train.load_pretrained(wide, str(tmp_path / 'pre'))

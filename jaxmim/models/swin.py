@@ -493,7 +493,8 @@ def resize_rel_pos_table(table: np.ndarray, new_length: int) -> np.ndarray:
       ``(L2, nH)`` float32 table (the input itself when ``L1 == L2``).
 
     Raises:
-      ValueError: lengths that are not squares of odd numbers.
+      ValueError: lengths that are not squares of odd numbers, or a source window below 3
+        (a bicubic spline needs at least 4 offsets per axis).
     """
     from scipy.interpolate import RectBivariateSpline
 
@@ -504,6 +505,9 @@ def resize_rel_pos_table(table: np.ndarray, new_length: int) -> np.ndarray:
                          f'-> {new_length}')
     if src == dst:
         return table
+    if src < 5:
+        raise ValueError(f'relative_position_bias_table of {table.shape[0]} offsets (window {(src + 1) // 2}) is '
+                         'too small for the bicubic resize: it needs a source window of at least 3')
     n, m = src // 2, dst // 2
     left, right = 1.01, 1.5
     while right - left > 1e-6:
