@@ -92,6 +92,23 @@ def drop_path(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> 
     return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """Cuts images ``(B, H, W, C)`` into ``p x p`` units ``(B, (H/p)*(W/p), p*p*C)``: units in
+    raster order, pixels in ``(p, q, c)`` order (MAE ``models_mae.py`` ``patchify``, whose
+    ``einsum('nchpwq->nhwpqc')`` on NCHW gives the same order). ``p`` must divide H and W."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: jax.Array, p: int, h: int, w: int) -> jax.Array:
+    """Inverse of :func:`patchify`: ``(B, h*w, p*p*C)`` -> ``(B, h*p, w*p, C)`` for an ``h x w``
+    grid of units."""
+    b, _, d = x.shape
+    c = d // (p * p)
+    return x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
+
+
 def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
     """Splits ``key`` in ``n`` keys, or returns ``n`` Nones when ``key`` is None."""
     if key is None:

@@ -66,7 +66,7 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
     from jaxmim import train
     from jaxmim.config import resolve_data_config
     from jaxmim.data import pipeline
-    from jaxmim.methods.simmim import unpatchify
+    from jaxmim.layers import patchify, unpatchify
 
     model = train.build_model(cfg)
     train.restore_model(model, pretrain_dir)
@@ -82,7 +82,6 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
     p = int(round((pred.shape[-1] // c) ** 0.5))
     g = x.shape[1] // p
     if getattr(model, 'norm_pix_loss', False):   # predictions are per-patch normalised pixels
-        from jaxmim.methods.simmim import patchify
         t = np.asarray(patchify(x, p))
         pred = pred * np.sqrt(t.var(-1, ddof=1, keepdims=True) + 1e-6) + t.mean(-1, keepdims=True)
     rec = np.asarray(unpatchify(jnp.asarray(pred), p, g, g))

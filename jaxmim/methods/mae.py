@@ -20,27 +20,13 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: MAE's pixel layout)
 from jaxmim.methods import register_method
-from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, xavier_uniform
+from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
 from jaxmim.registry import Backbone, create_model, register_model
 
 __all__ = ['patchify', 'unpatchify', 'random_masking', 'norm_pix_target', 'mae_loss', 'MaskedAutoencoderViT',
            'MAEMethod']
-
-
-def patchify(imgs: jax.Array, p: int) -> jax.Array:
-    """MAE ``patchify`` in NHWC: ``(B, H, W, C)`` -> ``(B, (H/p)*(W/p), p*p*C)``, patches in raster
-    order, pixels in ``(p, q, c)`` order (the official ``einsum('nchpwq->nhwpqc')``)."""
-    b, h, w, c = imgs.shape
-    x = imgs.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(x: jax.Array, p: int, h: int, w: int) -> jax.Array:
-    """Inverse of :func:`patchify`: ``(B, h*w, p*p*C)`` -> ``(B, h*p, w*p, C)``."""
-    b, _, d = x.shape
-    c = d // (p * p)
-    return x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
 
 
 def random_masking(x: jax.Array, noise: jax.Array, mask_ratio: float
@@ -252,13 +238,9 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         return ()
 
     def layer_id(self, name: str) -> int:
-        """ViT ids over the encoder (``get_layer_id_for_vit``); every decoder variable and
-        ``mask_token`` -> depth + 1 (official pre-training uses no layer decay)."""
-        if name in ('cls_token', 'pos_embed') or name.startswith('patch_embed'):
-            return 0
-        if name.startswith('blocks.'):
-            return int(name.split('.')[1]) + 1
-        return self.depth + 1
+        """ViT ids over the encoder (:func:`jaxmim.models.vit.vit_layer_id`); every decoder
+        variable and ``mask_token`` -> depth + 1 (official pre-training uses no layer decay)."""
+        return vit_layer_id(name, self.depth)
 
     @property
     def num_layer_ids(self) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: the pred layout)
 from jaxmim.masking import SimMIMMaskGenerator
 from jaxmim.methods import register_method
 from jaxmim.registry import Backbone, create_model
@@ -30,21 +31,6 @@ def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
     c = crr // (r * r)
     x = x.reshape(b, h, w, c, r, r).transpose(0, 1, 4, 2, 5, 3)
     return x.reshape(b, h * r, w * r, c)
-
-
-def patchify(x: jax.Array, p: int) -> jax.Array:
-    """Cuts ``(B, H, W, C)`` into units ``(B, (H/p)*(W/p), p*p*C)``: units in raster order,
-    pixels in ``(p, q, c)`` order (MAE ``patchify``)."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(x: jax.Array, p: int, h: int, w: int) -> jax.Array:
-    """Inverse of :func:`patchify`: ``(B, L, p*p*C)`` -> ``(B, h*p, w*p, C)`` for an ``h x w`` unit grid."""
-    b, _, d = x.shape
-    c = d // (p * p)
-    return x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c)
 
 
 def masked_l1_loss(target: jax.Array, x_rec: jax.Array, mask: jax.Array, patch_size: int) -> jax.Array:

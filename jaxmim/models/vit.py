@@ -364,6 +364,18 @@ _IMAGENET_DATA = dict(image_size=224, eval_crop_ratio=224 / 256)
 
 # Registered variants: MAE FINETUNE.md recipes (drop path 0.1 / 0.2 / 0.3, global pooling); the demo
 # variant fits 32x32 Fashion-MNIST.
+def vit_layer_id(name: str, depth: int) -> int:
+    """MAE ``util/lr_decay.py`` ``get_layer_id_for_vit`` for a ViT of ``depth`` blocks:
+    ``cls_token`` / ``pos_embed`` / ``patch_embed.*`` -> 0, ``blocks.i.*`` -> i + 1, anything else
+    (``fc_norm``, ``norm``, ``head``; MAE's decoder and ``mask_token``) -> depth + 1. Ids run over
+    ``0 .. depth + 1`` (``depth + 2`` ids; MAE's ``num_layers + 1`` with ``num_layers = depth + 1``)."""
+    if name in ('cls_token', 'pos_embed') or name.startswith('patch_embed.'):
+        return 0
+    if name.startswith('blocks.'):
+        return int(name.split('.')[1]) + 1
+    return depth + 1
+
+
 @register_model('vit_base_patch16_224', data_defaults=_IMAGENET_DATA, patch_size=16, embed_dim=768,
                 depth=12, num_heads=12, global_pool=True, num_classes=1000, drop_path_rate=0.1)
 @register_model('vit_large_patch16_224', data_defaults=_IMAGENET_DATA, patch_size=16, embed_dim=1024,
@@ -474,15 +486,8 @@ class VisionTransformer(nnx.Module, Backbone):
         return ('pos_embed', 'cls_token', 'dist_token')
 
     def layer_id(self, name: str) -> int:
-        """MAE ``util/lr_decay.py`` ``get_layer_id_for_vit``: ``cls_token``/``pos_embed``/``patch_embed*``
-        -> 0, ``blocks.i.*`` -> i + 1, anything else (``fc_norm``, ``norm``, ``head``) -> depth + 1."""
-        if name in ('cls_token', 'pos_embed'):
-            return 0
-        if name.startswith('patch_embed'):
-            return 0
-        if name.startswith('blocks'):
-            return int(name.split('.')[1]) + 1
-        return self.depth + 1
+        """See :func:`vit_layer_id`."""
+        return vit_layer_id(name, self.depth)
 
     @property
     def num_layer_ids(self) -> int:
