@@ -321,7 +321,9 @@ def test_build_argument_handling():
         official.build('simmim_swin_pretrain', encoder=PRETRAIN['encoder'], encoder_stride=16)
     m = official.build('simmim_swin_pretrain', **PRETRAIN, mask_patch_size=16, mask_ratio=0.5)
     assert m.mask_generator.mask_patch_size == 16 and m.mask_generator.mask_ratio == 0.5
-    assert m.encoder.absolute_pos_embed is not None and m.encoder_stride == 8
+    # ape=True: a learned (1, L, C) table over the 16x16 patch grid; eps from the partial LayerNorm.
+    assert m.encoder.absolute_pos_embed[...].shape == (1, 16 * 16, 16) and m.encoder_stride == 8
+    assert m.encoder.norm.epsilon == 1e-6
 
 
 # ================================================================================================

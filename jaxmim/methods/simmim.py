@@ -123,10 +123,6 @@ class SimMIM(nnx.Module, Backbone):
         the data loader)."""
         return {'mask': self.mask_generator.numpy(rng, batch_size)}
 
-    def sample_mask(self, key: jax.Array, batch_size: int) -> jax.Array:
-        """Draws a batch of masks ``(B, H/patch, W/patch)`` int32 (see :class:`SimMIMMaskGenerator`)."""
-        return self.mask_generator(key, batch_size)
-
     # -- hooks: the encoder's, under ``encoder.`` -------------------------------------------
 
     def no_weight_decay(self) -> tuple[str, ...]:
