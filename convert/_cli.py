@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -97,3 +97,28 @@ def fail(err: BaseException) -> None:
     msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     print(f'error: {msg}', file=sys.stderr)
     sys.exit(1)
+
+
+def define_source_flag() -> None:
+    """Defines the required ``--source`` flag (a registered :mod:`convert.official` source)."""
+    from absl import flags
+    flags.DEFINE_string('source', None, 'official source, e.g. mae_vit, mae_vit_cls, simmim_swin, '
+                        'simmim_swin_pretrain.', required=True)
+
+
+def run_main(argv: list[str], body: Callable[[Any], None]) -> None:
+    """The absl ``main`` of a tool: rejects positional arguments (``app.UsageError``), lowers absl
+    logging to WARNING unless ``--verbosity`` was given (orbax logs every step at INFO), then runs
+    ``body(flags.FLAGS)``; a ``FileNotFoundError``, ``KeyError``, ``TypeError`` or ``ValueError``
+    from it goes to :func:`fail` (``error: ...`` on stderr, exit status 1), anything else (e.g. an
+    ``app.UsageError``) propagates."""
+    from absl import app, flags, logging
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    f = flags.FLAGS
+    if not f['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)   # orbax logs every step at INFO
+    try:
+        body(f)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
+        fail(err)

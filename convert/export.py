@@ -59,25 +59,16 @@ def export_run(workdir: str, source: str, output: str, step: int | None = None, 
 
 def main(argv: list[str]) -> None:
     """absl main (flags: --workdir, --source, --output, --step)."""
-    from absl import app, flags, logging
-
     from convert import _cli
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
-    f = flags.FLAGS
-    if not f['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)   # orbax logs every step at INFO
-    try:
-        export_run(f.workdir, f.source, f.output, None if f.step < 0 else f.step)
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
-        _cli.fail(err)
+    _cli.run_main(argv, lambda f: export_run(f.workdir, f.source, f.output, None if f.step < 0 else f.step))
 
 
 def _define_flags() -> None:
     from absl import flags
+
+    from convert import _cli
     flags.DEFINE_string('workdir', None, 'jaxmim run directory (config.json + checkpoints/).', required=True)
-    flags.DEFINE_string('source', None, 'official source, e.g. mae_vit, mae_vit_cls, simmim_swin, '
-                        'simmim_swin_pretrain.', required=True)
+    _cli.define_source_flag()
     flags.DEFINE_string('output', None, 'output file, .pth (torch.save) or .safetensors.', required=True)
     flags.DEFINE_integer('step', -1, 'checkpoint step; -1: the latest.')
 

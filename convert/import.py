@@ -109,14 +109,17 @@ def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
 def main(argv: list[str]) -> None:
     """absl main (flags: --checkpoint, --source, --workdir, --model, --model_overrides,
     --method_overrides, --allow_pickle, --require_buffers)."""
-    from absl import app, flags, logging
-
     from convert import _cli
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
-    f = flags.FLAGS
-    if not f['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)   # orbax logs every step at INFO
+    _cli.run_main(argv, _run)
+
+
+def _run(f: Any) -> None:
+    """:func:`import_checkpoint` from the parsed flags ``f``.
+
+    Raises:
+      app.UsageError: ``--model_overrides`` / ``--method_overrides`` not JSON objects.
+    """
+    from absl import app
     try:
         model_overrides = json.loads(f.model_overrides)
         method_overrides = json.loads(f.method_overrides)
@@ -124,18 +127,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'--model_overrides / --method_overrides must be JSON objects: {err}') from err
     if not isinstance(model_overrides, dict) or not isinstance(method_overrides, dict):
         raise app.UsageError('--model_overrides / --method_overrides must be JSON objects')
-    try:
-        import_checkpoint(f.checkpoint, f.source, f.workdir, f.model, model_overrides, method_overrides,
-                          allow_pickle=f.allow_pickle, require_buffers=f.require_buffers)
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as err:
-        _cli.fail(err)
+    import_checkpoint(f.checkpoint, f.source, f.workdir, f.model, model_overrides, method_overrides,
+                      allow_pickle=f.allow_pickle, require_buffers=f.require_buffers)
 
 
 def _define_flags() -> None:
     from absl import flags
+
+    from convert import _cli
     flags.DEFINE_string('checkpoint', None, 'official checkpoint, .pth or .safetensors.', required=True)
-    flags.DEFINE_string('source', None, 'official source, e.g. mae_vit, mae_vit_cls, simmim_swin, '
-                        'simmim_swin_pretrain.', required=True)
+    _cli.define_source_flag()
     flags.DEFINE_string('workdir', None, 'run directory to write (orbax checkpoint + config.json).', required=True)
     flags.DEFINE_string('model', None, 'registered jaxmim model, e.g. mae_vit_base_patch16_dec512d8b.',
                         required=True)

@@ -50,6 +50,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from flax import nnx
 
 from convert import official as O
+from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
 
 __all__ = [
     # PyTorch twin
@@ -60,89 +61,9 @@ __all__ = [
     "build_simmim_swin", "build_simmim_swin_pretrain", "swin_entries", "simmim_swin_pretrain_entries",
 ]
 
-IntOr2 = Union[int, Sequence[int]]
-
-
-def _pair(v: IntOr2, name: str) -> Tuple[int, int]:
-    """Return ``v`` as an (h, w) tuple of positive ints; raise ValueError otherwise."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        out = (int(v[0]), int(v[1]))
-    else:
-        out = (int(v), int(v))
-    if out[0] <= 0 or out[1] <= 0:
-        raise ValueError(f"{name} must be positive, got {v!r}")
-    return out
-
-
-def _trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    """timm-era ``trunc_normal_(t, std)``: N(0, std^2) truncated at the ABSOLUTE bounds [-2, 2]."""
-    return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2.0, b=2.0)
-
-
 # ---------------------------------------------------------------------------------------------
-# Small building blocks
+# Small building blocks (DropPath, Mlp: convert._common)
 # ---------------------------------------------------------------------------------------------
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (timm ``DropPath`` semantics, as used by ``models/swin_transformer.py``).
-
-    In training mode each sample of the batch (dim 0) is kept with probability
-    ``keep = 1 - drop_prob`` and kept samples are divided by ``keep``; in eval mode, or when
-    ``drop_prob == 0``, it is the identity.  Any shape (B, ...) and floating dtype; the Bernoulli
-    draw is made on the input's device in the input's dtype.
-
-    Raises:
-        ValueError: if ``drop_prob`` is not in [0, 1).
-    """
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= float(drop_prob) < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply per-sample stochastic depth to ``x`` (B, ...); returns the same shape/dtype."""
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        random_tensor = keep + torch.rand(shape, dtype=x.dtype, device=x.device)
-        random_tensor.floor_()
-        return x.div(keep) * random_tensor
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
-class Mlp(nn.Module):
-    """Transformer MLP: ``fc1 -> GELU (exact erf) -> Dropout -> fc2 -> Dropout``.
-
-    Follows ``models/swin_transformer.py`` ``Mlp``.  Input/output (..., in_features) float.
-    Submodules (state_dict order): ``fc1``, ``act``, ``fc2``, ``drop``.
-    """
-
-    def __init__(self, in_features: int, hidden_features: Optional[int] = None,
-                 out_features: Optional[int] = None, act_layer=nn.GELU, drop: float = 0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in_features) -> (..., out_features)."""
-        x = self.fc1(x)
-        x = self.act(x)
-        x = self.drop(x)
-        x = self.fc2(x)
-        x = self.drop(x)
-        return x
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -191,7 +112,7 @@ def make_relative_position_index(window_size: IntOr2) -> torch.Tensor:
     ((2Wh-1)(2Ww-1), nH) bias table.  Follows ``WindowAttention.__init__`` in
     ``models/swin_transformer.py``.  Created on the current default device.
     """
-    wh, ww = _pair(window_size, "window_size")
+    wh, ww = pair(window_size, "window_size")
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij"))  # 2, Wh, Ww
     coords = coords.flatten(1)  # 2, N
     rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
@@ -255,7 +176,7 @@ class WindowAttention(nn.Module):
         if num_heads <= 0 or dim % num_heads:
             raise ValueError(f"num_heads {num_heads} must divide dim {dim}")
         self.dim = dim
-        self.window_size = _pair(window_size, "window_size")
+        self.window_size = pair(window_size, "window_size")
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.scale = qk_scale or head_dim ** -0.5
@@ -270,7 +191,7 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-        _trunc_normal_(self.relative_position_bias_table, std=0.02)
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.softmax = nn.Softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -512,8 +433,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: IntOr2 = 224, patch_size: IntOr2 = 4, in_chans: int = 3, embed_dim: int = 96,
                  norm_layer=None):
         super().__init__()
-        img_size = _pair(img_size, "img_size")
-        patch_size = _pair(patch_size, "patch_size")
+        img_size = pair(img_size, "img_size")
+        patch_size = pair(patch_size, "patch_size")
         self.img_size = img_size
         self.patch_size = patch_size
         self.patches_resolution = [img_size[0] // patch_size[0], img_size[1] // patch_size[1]]
@@ -611,7 +532,7 @@ class SwinTransformer(nn.Module):
 
         if self.ape:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim))
-            _trunc_normal_(self.absolute_pos_embed, std=0.02)
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         dpr = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
@@ -629,23 +550,13 @@ class SwinTransformer(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool1d(1)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-        self.apply(self._init_weights)
+        self.apply(init_linear_layernorm)   # _init_weights: Linear trunc_normal(.02) / 0, LayerNorm 1 / 0
 
     @property
     def final_resolution(self) -> Tuple[int, int]:
         """(h, w) token grid of the last stage: patch grid // 2**(num_layers - 1)."""
         k = 2 ** (self.num_layers - 1)
         return (self.patches_resolution[0] // k, self.patches_resolution[1] // k)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            _trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -704,7 +615,7 @@ class SwinTransformerForSimMIM(SwinTransformer):
             raise ValueError(f"SwinTransformerForSimMIM needs num_classes == 0, got {kwargs['num_classes']}")
         super().__init__(**kwargs)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
-        _trunc_normal_(self.mask_token, std=0.02)
+        trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encode masked images.
@@ -764,7 +675,7 @@ class SimMIM(nn.Module):
         if encoder.in_chans != 3:
             raise ValueError(f"SimMIM's decoder reconstructs 3 channels; the encoder has in_chans={encoder.in_chans}")
         if hasattr(encoder, "final_resolution"):
-            img = _pair(encoder.img_size, "img_size")
+            img = pair(encoder.img_size, "img_size")
             fr = encoder.final_resolution
             if (fr[0] * encoder_stride, fr[1] * encoder_stride) != img:
                 raise ValueError(f"encoder_stride {encoder_stride} x final resolution {fr} != img_size {img}")
@@ -778,7 +689,7 @@ class SimMIM(nn.Module):
         self.patch_size = self.encoder.patch_size
 
     def _loss(self, x: torch.Tensor, x_rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ph, pw = _pair(self.patch_size, "patch_size")
+        ph, pw = pair(self.patch_size, "patch_size")
         m = mask.repeat_interleave(ph, 1).repeat_interleave(pw, 2).unsqueeze(1).contiguous().to(x_rec.dtype)
         loss_recon = F.l1_loss(x, x_rec, reduction="none")
         return (loss_recon * m).sum() / (m.sum() + 1e-5) / self.in_chans
@@ -858,16 +769,6 @@ def build_torch_simmim_swin(encoder: Dict[str, Any], encoder_stride: int = 32) -
 # Conversion sources: jaxmim Swin / SimMIM <-> official state_dict
 # ================================================================================================
 
-def _square(value: Any, name: str) -> int:
-    """An official int-or-pair size argument as one int (jaxmim Swin is square)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2 or int(value[0]) != int(value[1]):
-            raise ValueError(f'{name} must be an int or a square pair, got {value!r} '
-                             '(jaxmim Swin supports square images and patches only)')
-        value = value[0]
-    return int(value)
-
-
 _SWIN_ARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'embed_dim', 'depths', 'num_heads',
               'window_size', 'mlp_ratio', 'qkv_bias', 'qk_scale', 'drop_rate', 'attn_drop_rate',
               'drop_path_rate', 'norm_layer', 'ape', 'patch_norm', 'use_checkpoint')
@@ -884,7 +785,7 @@ def _swin_kwargs(img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed
     if ignored:
         warnings.warn(f'official SwinTransformer ignores the arguments {sorted(ignored)}; so does jaxmim '
                       f'(accepted: {list(_SWIN_ARGS)})', stacklevel=5)
-    return dict(img_size=_square(img_size, 'img_size'), patch_size=_square(patch_size, 'patch_size'),
+    return dict(img_size=square(img_size, 'img_size', 'Swin'), patch_size=square(patch_size, 'patch_size', 'Swin'),
                 in_chans=int(in_chans), num_classes=int(num_classes), embed_dim=int(embed_dim),
                 depths=tuple(int(d) for d in depths), num_heads=tuple(int(h) for h in num_heads),
                 window_size=int(window_size), mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias),

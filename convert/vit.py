@@ -39,7 +39,8 @@ softmax, LayerNorm eps from ``norm_layer``.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+import functools
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ import torch.nn as nn
 from flax import nnx
 
 from convert import official as O
+from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
 
 __all__ = [
     # PyTorch twins
@@ -55,27 +57,6 @@ __all__ = [
     # conversion sources
     'build_mae_vit', 'build_mae_vit_cls', 'vit_block_entries', 'mae_vit_entries', 'mae_vit_cls_entries',
 ]
-
-IntOr2 = Union[int, Sequence[int]]
-
-
-def _pair(v: IntOr2, name: str) -> Tuple[int, int]:
-    """timm ``to_2tuple``: an int or a pair as an (h, w) tuple of positive ints."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f'{name} must be an int or a pair of ints, got {v!r}')
-        out = (int(v[0]), int(v[1]))
-    else:
-        out = (int(v), int(v))
-    if out[0] <= 0 or out[1] <= 0:
-        raise ValueError(f'{name} must be positive, got {v!r}')
-    return out
-
-
-def _trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    """timm-era ``trunc_normal_(t, std)``: N(0, std^2) truncated at the ABSOLUTE bounds [-2, 2]."""
-    return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-2.0, b=2.0)
-
 
 # ---------------------------------------------------------------------------------------------
 # 2-D sin-cos tables (MAE util/pos_embed.py)
@@ -119,47 +100,6 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = Fa
 # ---------------------------------------------------------------------------------------------
 # timm 0.3.2 building blocks
 # ---------------------------------------------------------------------------------------------
-
-
-class DropPath(nn.Module):
-    """timm ``DropPath``: in training, each sample of dim 0 is kept with probability
-    ``1 - drop_prob`` and divided by it; identity in eval mode or for ``drop_prob == 0``.
-
-    Raises:
-        ValueError: ``drop_prob`` not in [0, 1).
-    """
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= float(drop_prob) < 1.0:
-            raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}')
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, ...) -> same shape and dtype."""
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)).floor_()
-        return x.div(keep) * mask
-
-
-class Mlp(nn.Module):
-    """timm 0.3.2 ``Mlp``: ``fc1 -> GELU (exact erf) -> Dropout -> fc2 -> Dropout``;
-    (..., in_features) -> (..., out_features). Children (state_dict order): fc1, act, fc2, drop."""
-
-    def __init__(self, in_features: int, hidden_features: Optional[int] = None,
-                 out_features: Optional[int] = None, act_layer=nn.GELU, drop: float = 0.0):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Attention(nn.Module):
@@ -223,8 +163,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: IntOr2 = 224, patch_size: IntOr2 = 16, in_chans: int = 3, embed_dim: int = 768):
         super().__init__()
-        self.img_size = _pair(img_size, 'img_size')
-        self.patch_size = _pair(patch_size, 'patch_size')
+        self.img_size = pair(img_size, 'img_size')
+        self.patch_size = pair(patch_size, 'patch_size')
         self.num_patches = (self.img_size[1] // self.patch_size[1]) * (self.img_size[0] // self.patch_size[0])
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
@@ -286,24 +226,14 @@ class VisionTransformer(nn.Module):
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        _trunc_normal_(self.pos_embed, std=0.02)
-        _trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_linear_layernorm)   # timm _init_weights: Linear trunc_normal(.02) / 0, LayerNorm 1 / 0
 
         self.global_pool = global_pool
         if global_pool:
             self.fc_norm = norm_layer(embed_dim)
             del self.norm
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            _trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> pooled features (B, D) (``models_vit.py:32-52``)."""
@@ -392,17 +322,7 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
+        self.apply(functools.partial(init_linear_layernorm, linear_weight_init=nn.init.xavier_uniform_))
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C), raster patches, (p, q, c) pixel order."""
@@ -487,16 +407,6 @@ class MaskedAutoencoderViT(nn.Module):
 # ================================================================================================
 
 
-def _square(value: Any, name: str) -> int:
-    """An official int-or-pair size argument as one int (jaxmim ViT / MAE are square)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2 or int(value[0]) != int(value[1]):
-            raise ValueError(f'{name} must be an int or a square pair, got {value!r} '
-                             '(jaxmim ViT supports square images and patches only)')
-        value = value[0]
-    return int(value)
-
-
 def build_mae_vit(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr2 = 16, in_chans: int = 3,
                   embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                   decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
@@ -520,7 +430,7 @@ def build_mae_vit(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr2 
     for name, dim in (('embed_dim', embed_dim), ('decoder_embed_dim', decoder_embed_dim)):
         if int(dim) % 4:
             raise ValueError(f'{name} must be a multiple of 4 (2-D sin-cos table), got {dim}')
-    return JaxMAE(img_size=_square(img_size, 'img_size'), patch_size=_square(patch_size, 'patch_size'),
+    return JaxMAE(img_size=square(img_size, 'img_size', 'ViT'), patch_size=square(patch_size, 'patch_size', 'ViT'),
                   in_chans=int(in_chans), embed_dim=int(embed_dim), depth=int(depth), num_heads=int(num_heads),
                   decoder_embed_dim=int(decoder_embed_dim), decoder_depth=int(decoder_depth),
                   decoder_num_heads=int(decoder_num_heads), mlp_ratio=float(mlp_ratio),
@@ -551,7 +461,7 @@ def build_mae_vit_cls(*, rngs: nnx.Rngs, global_pool: bool = False, img_size: In
     from jaxmim.models.vit import VisionTransformer as JaxViT
     if hybrid_backbone is not None:
         raise ValueError('hybrid_backbone is not supported by jaxmim (MAE never uses it)')
-    return JaxViT(img_size=_square(img_size, 'img_size'), patch_size=_square(patch_size, 'patch_size'),
+    return JaxViT(img_size=square(img_size, 'img_size', 'ViT'), patch_size=square(patch_size, 'patch_size', 'ViT'),
                   in_chans=int(in_chans), num_classes=int(num_classes), embed_dim=int(embed_dim), depth=int(depth),
                   num_heads=int(num_heads), mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias), qk_scale=qk_scale,
                   drop_rate=float(drop_rate), attn_drop_rate=float(attn_drop_rate),
