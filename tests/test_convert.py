@@ -28,6 +28,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert import official  # noqa: E402
+from helpers import assert_close, check_round_trip, perturb  # noqa: E402
 from convert import swin as T  # noqa: E402
 
 # img 32 / patch 2: stages 16, 8, 4 with window 4 -> every stage windowed, odd blocks shifted.
@@ -54,12 +55,7 @@ def torch_twin(source, cfg):
 
 def perturbed_twin(source, cfg, seed=0):
     """Torch twin in eval mode with N(0, 0.05²) noise added to every parameter."""
-    torch.manual_seed(seed)
-    model = torch_twin(source, cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturb(torch_twin(source, cfg), seed)
 
 
 def params_of(model):
@@ -84,14 +80,6 @@ def case(request):
 # ------------------------------------------------------------------------------------------------
 # Numerical parity with the PyTorch twin
 # ------------------------------------------------------------------------------------------------
-
-def assert_close(out, ref, rel=1e-5):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    assert out.shape == ref.shape
-    scale = np.abs(ref).max()
-    assert scale > 0
-    np.testing.assert_allclose(out, ref, rtol=rel, atol=rel * scale)
-
 
 def test_perturbation_leaves_no_trivial_norms_or_biases():
     tm = perturbed_twin(*CASES['tiny'])
@@ -168,18 +156,7 @@ def test_clamped_config_has_no_masks_in_clamped_stages():
 
 def test_round_trip_jax_torch_jax_is_bit_exact(case):
     _, source, cfg, _, _ = case
-    ja = official.build(source, rngs=nnx.Rngs(3), **cfg)
-    tm = torch_twin(source, cfg)
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in official.state_dict(ja, source).items()}, strict=True)
-    jb = official.build(source, rngs=nnx.Rngs(4), **cfg)
-    pa, pb = params_of(ja), params_of(jb)
-    assert any(not np.array_equal(pa[k], pb[k]) for k in pa)   # different init before loading
-    official.load_state_dict(jb, source, tm.state_dict())
-    pb = params_of(jb)
-    assert pa.keys() == pb.keys()
-    for k in pa:
-        assert pb[k].dtype == np.float32
-        assert pa[k].tobytes() == pb[k].tobytes(), k
+    check_round_trip(source, cfg, torch_twin(source, cfg))
 
 
 def test_accepts_numpy_container_and_module_prefix():

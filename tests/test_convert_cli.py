@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from convert import _cli, official  # noqa: E402
+from helpers import assert_close, variables_of  # noqa: E402
 from convert import swin as S  # noqa: E402
 from convert import vit as V  # noqa: E402
 from jaxmim import config as config_lib  # noqa: E402
@@ -47,10 +48,6 @@ SWIN_TWIN = dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_hea
                  num_classes=10)
 
 
-def variables_of(model):
-    return {tuple(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model))}
-
-
 def perturb(model, seed):
     """Adds N(0, 0.05²) to every variable (Params and Buffers) in place."""
     state = nnx.state(model)
@@ -67,14 +64,6 @@ def make_run(workdir, config, seed):
     model = perturb(train.build_model(config), seed)
     train.save_model_checkpoint(model, str(workdir), config, step=3)
     return model
-
-
-def assert_close(out, ref, rel=1e-5):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    assert out.shape == ref.shape
-    scale = np.abs(ref).max()
-    assert scale > 0
-    np.testing.assert_allclose(out, ref, rtol=rel, atol=rel * scale)
 
 
 def run_cli(module, *args):
