@@ -45,3 +45,27 @@ def check_round_trip(source, cfg, twin):
     assert va.keys() == vb.keys()
     for k in va:
         assert vb[k].dtype == va[k].dtype and va[k].tobytes() == vb[k].tobytes(), k
+
+
+def run_interrupted(monkeypatch, train_module, run, stop_at: int):
+    """Runs ``run()`` with the loop's data stream cut after ``stop_at`` batches (the iterator
+    raises KeyboardInterrupt, as a preemption would) and checks that it stops; the real stream is
+    restored afterwards so the next run resumes normally."""
+    import pytest
+
+    real = train_module._data_fn
+
+    def interrupted(config, model=None, *, train):
+        make = real(config, model, train=train)
+
+        def gen(start):
+            it = make(start)
+            for _ in range(stop_at - start):
+                yield next(it)
+            raise KeyboardInterrupt('simulated preemption')
+        return gen
+
+    monkeypatch.setattr(train_module, '_data_fn', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(train_module, '_data_fn', real)

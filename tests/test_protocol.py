@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
+from helpers import run_interrupted
 from jaxmim import train
 from jaxmim.config import finetune_defaults, pretrain_defaults, fashion_mnist_data
 from jaxmim.methods import register_method
@@ -194,22 +195,8 @@ def test_batch_norm_model_trains_resumes_and_agrees_across_devices(data_dir, tmp
 
     # Interrupted after step 2 (its data iterator raises), then resumed: identical to the full run.
     monkeypatch.undo()
-    real = train._data_fn
-
-    def interrupted(config, model=None, *, train):
-        make = real(config, model, train=train)
-
-        def gen(start):
-            it = make(start)
-            for _ in range(2 - start):
-                yield next(it)
-            raise KeyboardInterrupt('simulated preemption')
-        return gen
-
-    monkeypatch.setattr(train, '_data_fn', interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train.finetune(finetune_cfg(data_dir), str(tmp_path / 'resumed'))
-    monkeypatch.setattr(train, '_data_fn', real)
+    run_interrupted(monkeypatch, train,
+                    lambda: train.finetune(finetune_cfg(data_dir), str(tmp_path / 'resumed')), 2)
     state, summary = train.finetune(finetune_cfg(data_dir), str(tmp_path / 'resumed'))
     assert summary['start_step'] == 2
     state = jax.device_get(state)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import run_interrupted
 from jaxmim import train
 from jaxmim.config import check_config
 
@@ -77,22 +78,8 @@ def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     full = train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'full'))[1]
 
     # Interrupt the second run at step 4 (its data iterator raises), then resume.
-    real = train._data_fn
-
-    def interrupted(config, model=None, *, train):
-        make = real(config, model, train=train)
-
-        def gen(start):
-            it = make(start)
-            for i in range(4 - start):
-                yield next(it)
-            raise KeyboardInterrupt('simulated preemption')
-        return gen
-
-    monkeypatch.setattr(train, '_data_fn', interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed'))
-    monkeypatch.setattr(train, '_data_fn', real)
+    run_interrupted(monkeypatch, train,
+                    lambda: train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed')), 4)
     assert sorted(int(s) for s in os.listdir(tmp_path / 'resumed' / 'checkpoints')) == [3]
     resumed = train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed'))[1]
     assert resumed['start_step'] == 3
