@@ -16,8 +16,8 @@ own functions. For a pre-training config (``mode='pretrain'``) two steps are mea
 * ``pretrain``: the model built exactly as :func:`jaxmim.train.pretrain` builds it (the MIM
   method's model, with the config's overrides) and its loss;
 * ``finetune``: the classifier the pre-training model registered (``classifier=`` of
-  :func:`jaxmim.registry.register_model`, e.g. ``mae_vit_base_patch16_dec512d8b`` ->
-  ``vit_base_patch16_224``) with ``--num_classes`` classes, the config's optimizer and batch
+  :func:`jaxmim.registry.register_model`; each backbone file names its own pair) with
+  ``--num_classes`` classes, the config's optimizer and batch
   size, and layer-wise lr decay ``--finetune_layer_decay`` (as a real fine-tuning run).
 
 A fine-tuning config (``mode='finetune'``) measures the ``finetune`` step only (built as
