@@ -103,10 +103,6 @@ def merge_variables(graphdef, params: PyTree, model_state: PyTree) -> nnx.Module
     return nnx.merge(graphdef, params, model_state)
 
 
-def _non_params(model: nnx.Module) -> dict:
-    return nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-
-
 def _nonempty(state: dict) -> dict:
     """Orbax items of a state: empty collections (a model without BatchNorm or buffers) are not saved."""
     return {k: v for k, v in state.items() if not (isinstance(v, dict) and not v)}
@@ -165,7 +161,10 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
     ocfg = optim.scaled_optim_config(config.optim.to_dict(), config.batch_size)
     layer_kw = {}
     if float(ocfg.get('layer_decay', 1.0)) != 1.0:
-        layer_kw = dict(layer_id_fn=model.layer_id, num_layer_ids=model.num_layer_ids)
+        try:
+            layer_kw = dict(layer_id_fn=model.layer_id, num_layer_ids=model.num_layer_ids)
+        except NotImplementedError as e:   # the Backbone default: no layer ids
+            raise ValueError(f'config.optim.layer_decay={ocfg["layer_decay"]}: {e}') from e
     tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps,
                                       no_weight_decay=model.no_weight_decay(), **layer_kw)
     ema_decay = float(config.get('ema_decay', 0.0))
@@ -185,7 +184,7 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         def objective(p):
             m = merge_variables(graphdef, p, state['model_state'])
             loss, metrics = loss_fn(m, batch, rng)
-            return loss, (metrics, _non_params(m))
+            return loss, (metrics, split_variables(m)[2])
 
         (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
         updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -584,28 +583,19 @@ def restore_model(model: nnx.Module, workdir: str, step: int | None = None) -> i
       FileNotFoundError: no checkpoint (or not that step). ValueError: the checkpoint does not
       match the model's structure.
     """
-    _, params, model_state = split_variables(model)
-    target = _nonempty({'params': params, 'model_state': model_state})
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    states = {'params': params, 'model_state': model_state}
+    target = _nonempty({k: nnx.to_pure_dict(v) for k, v in states.items()})
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False, read_only=True)
     try:
         step = ckpt._resolve_step(step)
         restored = ckpt.restore(step, target=ckpt_lib.abstract_like(target))
     finally:
         ckpt.close()
-    state = nnx.state(model)
-    merged = {**nnx.to_pure_dict(state)}
-    merged = _deep_merge(merged, restored.get('params', {}))
-    merged = _deep_merge(merged, restored.get('model_state', {}))
-    nnx.replace_by_pure_dict(state, merged)
-    nnx.update(model, state)
+    for key, values in restored.items():
+        nnx.replace_by_pure_dict(states[key], values)
+    nnx.update(model, params, model_state)
     return step
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def save_model_checkpoint(model: nnx.Module, workdir: str, config: ml_collections.ConfigDict,

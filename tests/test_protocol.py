@@ -369,3 +369,14 @@ def test_tiny_mae_pretraining_then_finetuning_through_the_cli(data_dir, tmp_path
     train.restore_model(model, str(ft))
     table = get_2d_sincos_pos_embed(32, 8, cls_token=True)[None]
     assert np.abs(np.asarray(model.pos_embed[...]) - table).max() < 0.05
+
+
+def test_layer_decay_on_a_backbone_without_layer_ids_is_a_config_error():
+    class NoIds(nnx.Module, Backbone):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones((2, 2)))
+
+    cfg = finetune_defaults()
+    cfg.optim.layer_decay = 0.75
+    with pytest.raises(ValueError, match=r'config.optim.layer_decay=0.75: NoIds defines no layer ids'):
+        train.make_trainer(NoIds(), lambda m, b, r: (0.0, {}), cfg, train.make_mesh())
