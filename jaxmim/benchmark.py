@@ -127,7 +127,7 @@ def _build_step(kind: str, config, mesh):
     model = train.build_model(config)
     if kind == 'pretrain':
         trainer, state = train.make_trainer(model, train.mim_loss, config, mesh)
-        return config.model.name, trainer, state, 1, getattr(getattr(model, 'encoder', model), 'in_chans', 3)
+        return config.model.name, trainer, state, 1, getattr(model, 'in_chans', 3)
     loss_fn = functools.partial(train.classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
     trainer, state = train.make_trainer(model, loss_fn, config, mesh)

@@ -410,7 +410,7 @@ def _check_batch_sizes(config, mesh) -> None:
 
 def _check_image_size(model, config) -> None:
     size = config_lib.resolve_data_config(config).image_size
-    expected = getattr(getattr(model, 'encoder', model), 'img_size', None)
+    expected = getattr(model, 'img_size', None)
     if expected is not None and int(size) != int(expected):
         raise ValueError(f'config.data.image_size={size} but model {config.model.name!r} takes '
                          f'{expected} px images; set config.data.image_size={expected} or override the '

@@ -17,6 +17,7 @@ The model it builds provides the masking protocol the pre-training loop relies o
 * ``host_inputs(rng, batch_size) -> dict`` the same arrays as NumPy, made by the input pipeline
   when ``inputs_from == 'pipeline'`` (e.g. UM-MAE's official masks);
 * ``__call__(images, *, train, rng, **inputs) -> dict`` with a scalar float32 ``loss``;
+* ``img_size`` and ``in_chans``: the input it takes (checked against the data config);
 * the backbone hooks of :class:`jaxmim.registry.Backbone` over its whole parameter tree.
 """
 

@@ -87,7 +87,7 @@ class SimMIM(nnx.Module, Backbone):
                  mask_ratio: float = 0.6, *, rngs: nnx.Rngs):
         self.encoder = encoder
         self.encoder_stride = encoder_stride
-        self.in_chans, self.patch_size = encoder.in_chans, encoder.patch_size
+        self.img_size, self.in_chans, self.patch_size = encoder.img_size, encoder.in_chans, encoder.patch_size
         out = encoder_stride ** 2 * self.in_chans
         self.decoder = nnx.Conv(encoder.num_features, out, (1, 1), kernel_init=L.torch_default_kernel_init,
                                 bias_init=L.torch_default_bias_init(encoder.num_features), rngs=rngs)
