@@ -63,7 +63,7 @@ from flax import nnx
 __all__ = [
     'Layout', 'COPY', 'LINEAR', 'CONV2D', 'VariableEntry', 'BufferEntry', 'ConstantEntry', 'Entry',
     'Source', 'SOURCES', 'CORE_MODULES', 'register_source', 'get_source', 'list_sources', 'build',
-    'state_dict', 'load_state_dict', 'unwrap_state_dict', 'describe', 'linear_entries',
+    'state_dict', 'load_state_dict', 'unwrap_state_dict', 'describe', 'sources_for', 'torch_twin', 'linear_entries',
     'layer_norm_entries', 'conv_entries', 'batch_norm_entries', 'prefixed', 'layer_norm_eps',
 ]
 
@@ -168,6 +168,12 @@ class Source:
         ``TypeError`` for another model type.
       method: the jaxmim MIM method (``jaxmim.methods``) whose pre-training model this source
         describes, or ``None`` for a classifier; tells the import CLI which kind of run to write.
+      twin_fn: optional ``twin_fn(model) -> torch.nn.Module``: the family's pure-PyTorch twin
+        with the same configuration as the jaxmim ``model`` (weights arbitrary; :func:`torch_twin`
+        loads them). The twin follows the jaxmim call convention: a classifier maps NCHW images
+        to logits; a pre-training model is called ``twin(images, **inputs)`` with the jaxmim
+        model's masking inputs (``input_keys``) as tensors and returns the loss or a dict with
+        ``'loss'``. Used by ``jaxmim.benchmark --compare_torch``.
     """
 
     name: str
@@ -175,6 +181,7 @@ class Source:
     build_fn: Callable[..., nnx.Module]
     entries_fn: Callable[[nnx.Module], list[Entry]]
     method: str | None = None
+    twin_fn: Callable[[nnx.Module], Any] | None = None
 
     def build(self, *, rngs: nnx.Rngs | None = None, **kwargs: Any) -> nnx.Module:
         """Builds the jaxmim model (see :func:`build`)."""
@@ -417,6 +424,53 @@ def load_state_dict(model: nnx.Module, source: str | Source, state_dict: Mapping
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)
     return model
+
+
+def sources_for(model: nnx.Module, *, with_twin: bool = False) -> list[str]:
+    """Names of the sources whose layout describes ``model`` (their ``entries_fn`` accepts it),
+    in registration order; with ``with_twin`` only those that can build a PyTorch twin."""
+    out = []
+    for name in list_sources():
+        src = SOURCES[name]
+        if with_twin and src.twin_fn is None:
+            continue
+        try:
+            src.entries(model)
+        except TypeError:
+            continue
+        out.append(name)
+    return out
+
+
+def torch_twin(model: nnx.Module, source: str | Source | None = None):
+    """The pure-PyTorch twin of ``model`` holding ``model``'s weights (strict ``load_state_dict``).
+
+    Args:
+      model: a jaxmim model.
+      source: the source to use; ``None``: the first of :func:`sources_for` ``(model,
+        with_twin=True)``.
+
+    Returns:
+      ``(twin, source_name)``; the twin is in train mode, float32, on the CPU.
+
+    Raises:
+      LookupError: no registered source describes ``model`` with a twin.
+      ValueError: ``source`` has no ``twin_fn``.
+    """
+    import torch
+    if source is None:
+        names = sources_for(model, with_twin=True)
+        if not names:
+            raise LookupError(f'no conversion source with a PyTorch twin describes a {type(model).__name__}; '
+                              f'sources with twins: {[n for n in list_sources() if SOURCES[n].twin_fn]}')
+        source = names[0]
+    src = get_source(source)
+    if src.twin_fn is None:
+        raise ValueError(f'source {src.name!r} has no PyTorch twin (twin_fn)')
+    twin = src.twin_fn(model)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in state_dict(model, src).items()}
+    twin.load_state_dict(sd, strict=True)
+    return twin.train(), src.name
 
 
 def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -937,15 +937,46 @@ def _simmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
     return swin_entries(model)
 
 
+def swin_twin_kwargs(enc: nnx.Module) -> dict[str, Any]:
+    """The official ``SwinTransformer`` constructor arguments of a jaxmim Swin ``enc``
+    (classifier or SimMIM encoder), read from its attributes and variable shapes; the inverse
+    of :func:`build_simmim_swin`. Used to build the twin of an existing model."""
+    import functools
+    blk = enc.layers[0].blocks[0]
+    head_dim = enc.embed_dim // enc.num_heads[0]
+    last = enc.layers[-1].blocks[-1]
+    return dict(img_size=enc.img_size, patch_size=enc.patch_size, in_chans=enc.in_chans,
+                num_classes=enc.num_classes, embed_dim=enc.embed_dim, depths=list(enc.depths),
+                num_heads=list(enc.num_heads), window_size=enc.window_size,
+                mlp_ratio=blk.mlp.fc1.kernel.shape[1] / enc.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
+                qk_scale=None if blk.attn.scale == head_dim ** -0.5 else blk.attn.scale,
+                drop_rate=enc.drop_rate, attn_drop_rate=blk.attn.attn_drop,
+                drop_path_rate=float(last.drop_path), ape=enc.absolute_pos_embed is not None,
+                patch_norm=enc.patch_embed.norm is not None,
+                norm_layer=functools.partial(nn.LayerNorm, eps=enc.norm.epsilon))
+
+
+def _simmim_swin_twin(model: nnx.Module) -> nn.Module:
+    return SwinTransformer(**swin_twin_kwargs(model))
+
+
+def _simmim_swin_pretrain_twin(model: nnx.Module) -> nn.Module:
+    kw = swin_twin_kwargs(model.encoder)
+    kw.pop('num_classes')
+    return SimMIM(SwinTransformerForSimMIM(num_classes=0, **kw), model.encoder_stride)
+
+
 O.register_source(O.Source(
     name='simmim_swin',
     reference='microsoft/SimMIM@d3e29bc models/swin_transformer.py SwinTransformer',
     build_fn=build_simmim_swin,
-    entries_fn=_simmim_swin_entries))
+    entries_fn=_simmim_swin_entries,
+    twin_fn=_simmim_swin_twin))
 
 O.register_source(O.Source(
     name='simmim_swin_pretrain',
     reference='microsoft/SimMIM@d3e29bc models/simmim.py SimMIM(SwinTransformerForSimMIM)',
     build_fn=build_simmim_swin_pretrain,
     entries_fn=simmim_swin_pretrain_entries,
-    method='simmim'))
+    method='simmim',
+    twin_fn=_simmim_swin_pretrain_twin))

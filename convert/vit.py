@@ -536,15 +536,65 @@ def mae_vit_cls_entries(model: nnx.Module) -> list[O.Entry]:
     return out
 
 
+def _mae_vit_twin(model: nnx.Module) -> nn.Module:
+    """The twin of a jaxmim MAE model, configured from its attributes and variable shapes."""
+    import functools
+    blk, dblk = model.blocks[0], model.decoder_blocks[0]
+    return MaskedAutoencoderViT(
+        img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans,
+        embed_dim=model.embed_dim, depth=model.depth, num_heads=blk.attn.num_heads,
+        decoder_embed_dim=model.decoder_embed_dim, decoder_depth=len(model.decoder_blocks),
+        decoder_num_heads=dblk.attn.num_heads, mlp_ratio=blk.mlp.fc1.kernel.shape[1] / model.embed_dim,
+        norm_layer=functools.partial(nn.LayerNorm, eps=model.norm.epsilon), norm_pix_loss=model.norm_pix_loss)
+
+
+class _MAETwinCall(nn.Module):
+    """Adapts the MAE twin to the jaxmim call convention ``twin(images, noise=...)`` with the
+    jaxmim model's ``mask_ratio``."""
+
+    def __init__(self, mae: nn.Module, mask_ratio: float):
+        super().__init__()
+        self.mae, self.mask_ratio = mae, mask_ratio
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict:
+        return self.mae(images, self.mask_ratio, noise=noise)
+
+    def state_dict(self, *args, **kwargs):  # the official keys, without the adapter's prefix
+        return self.mae.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        return self.mae.load_state_dict(state_dict, strict=strict, **kwargs)
+
+
+def _mae_vit_call_twin(model: nnx.Module) -> nn.Module:
+    return _MAETwinCall(_mae_vit_twin(model), model.mask_ratio)
+
+
+def _mae_vit_cls_twin(model: nnx.Module) -> nn.Module:
+    import functools
+    blk = model.blocks[0]
+    head_dim = model.embed_dim // model.num_heads
+    return VisionTransformer(
+        global_pool=model.global_pool, img_size=model.img_size, patch_size=model.patch_size,
+        in_chans=model.in_chans, num_classes=model.num_classes, embed_dim=model.embed_dim, depth=model.depth,
+        num_heads=model.num_heads, mlp_ratio=blk.mlp.fc1.kernel.shape[1] / model.embed_dim,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        qk_scale=None if blk.attn.scale == head_dim ** -0.5 else blk.attn.scale, drop_rate=model.drop_rate,
+        attn_drop_rate=blk.attn.attn_drop, drop_path_rate=float(model.blocks[-1].drop_path),
+        norm_layer=functools.partial(nn.LayerNorm, eps=(model.fc_norm or model.norm).epsilon))
+
+
 O.register_source(O.Source(
     name='mae_vit',
     reference='facebookresearch/mae@efb2a80 models_mae.py MaskedAutoencoderViT',
     build_fn=build_mae_vit,
     entries_fn=mae_vit_entries,
-    method='mae'))
+    method='mae',
+    twin_fn=_mae_vit_call_twin))
 
 O.register_source(O.Source(
     name='mae_vit_cls',
     reference='facebookresearch/mae@efb2a80 models_vit.py VisionTransformer (timm 0.3.2)',
     build_fn=build_mae_vit_cls,
-    entries_fn=mae_vit_cls_entries))
+    entries_fn=mae_vit_cls_entries,
+    twin_fn=_mae_vit_cls_twin))

@@ -46,6 +46,15 @@ Measured per step kind:
   (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
   989, A100 312, TPU v4 275, v5p 459).
 
+``--compare_torch`` also times the PyTorch twin of each step's model (the conversion family in
+``convert/`` that describes it, holding the same weights): eager and, unless
+``--notorch_compile``, ``torch.compile``-d, each train step (AdamW, ``clip_grad_norm_``) timed
+in the same loop as the JAX step, one of each per round; the table adds their images/s and the
+JAX / PyTorch ratios. Run it from the repository root (``convert`` is imported from there)::
+
+    python -m jaxmim.benchmark --config=configs/demo/simmim_swin_fmnist.py --kinds=pretrain \
+        --config.batch_size=128 --steps=10 --compare_torch
+
 ``--json_out=path`` writes ``{'device_kind', 'num_devices', ..., 'rows': [...]}``.
 """
 
@@ -80,6 +89,9 @@ _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices o
 _JSON = flags.DEFINE_string('json_out', None, 'Write the rows (and device info) as JSON to this path.')
 _ALSO = flags.DEFINE_multi_string('also', [], 'Further configs path[:variant] measured in the same run.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host).')
+_COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False,
+                                   'Also time the PyTorch twin of each model (convert/), interleaved with JAX.')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'With --compare_torch: also time torch.compile(twin).')
 
 KINDS = ('pretrain', 'finetune')
 
@@ -119,19 +131,75 @@ def _finetune_config_from_pretrain(config, num_classes: int, layer_decay: float)
     return ft
 
 
-def _build_step(kind: str, config, mesh):
-    """``(model_name, trainer, state, num_classes, in_chans)`` of one step kind, built as the
-    training loops of :mod:`jaxmim.train` build them (the model's hooks included)."""
+def _build_step(kind: str, config, mesh, *, with_twin: bool = False):
+    """``(model_name, trainer, state, num_classes, in_chans, twin)`` of one step kind, built as
+    the training loops of :mod:`jaxmim.train` build them (the model's hooks included); ``twin``
+    is ``(torch module holding the same weights, source name)`` when ``with_twin`` (else None)."""
     from jaxmim import train
 
     model = train.build_model(config)
+    twin = _torch_twin(model) if with_twin else None
     if kind == 'pretrain':
         trainer, state = train.make_trainer(model, train.mim_loss, config, mesh)
-        return config.model.name, trainer, state, 1, getattr(model, 'in_chans', 3)
+        return config.model.name, trainer, state, 1, getattr(model, 'in_chans', 3), twin
     loss_fn = functools.partial(train.classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
     trainer, state = train.make_trainer(model, loss_fn, config, mesh)
-    return config.model.name, trainer, state, model.num_classes, getattr(model, 'in_chans', 3)
+    return config.model.name, trainer, state, model.num_classes, getattr(model, 'in_chans', 3), twin
+
+
+def _torch_twin(model):
+    """``(twin, source)`` from the conversion families of ``convert/`` (None when no family has a
+    twin of this model: the comparison is then reported as unavailable)."""
+    try:
+        from convert import official
+    except ImportError as e:  # run from outside the repository root
+        logging.warning('benchmark: cannot import convert/ (%s); no PyTorch comparison', e)
+        return None
+    try:
+        return official.torch_twin(model)
+    except LookupError as e:
+        logging.warning('benchmark: %s', e)
+        return None
+
+
+class TorchStep:
+    """One PyTorch train step of a twin, as the official trainers run it: forward, loss,
+    ``backward``, ``clip_grad_norm_`` (the config's ``optim.clip_grad``, when set), ``AdamW.step``.
+
+    The batch is the JAX benchmark's synthetic batch moved to the host (NCHW float32 images,
+    int64 labels) with the JAX model's masking inputs drawn once by its ``host_inputs``; a
+    classifier's loss is cross entropy with the config's label smoothing, a pre-training twin
+    returns its own loss. ``compile=True`` wraps the twin in ``torch.compile`` (default inductor).
+    """
+
+    def __init__(self, twin, config, images, labels, inputs: dict, *, compile: bool = False):
+        import torch
+
+        self.torch = torch
+        self.module = twin.train()
+        self.fn = torch.compile(self.module) if compile else self.module
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4, weight_decay=float(config.optim.weight_decay))
+        self.clip = config.optim.get('clip_grad')
+        self.smoothing = float(config.get('label_smoothing', 0.0) or 0.0)
+        self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+        self.labels = torch.from_numpy(labels.astype('int64'))
+        self.inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        self.classifier = not inputs
+
+    def __call__(self) -> float:
+        torch = self.torch
+        self.opt.zero_grad(set_to_none=True)
+        out = self.fn(self.images, **self.inputs)
+        if self.classifier:
+            loss = torch.nn.functional.cross_entropy(out, self.labels, label_smoothing=self.smoothing)
+        else:
+            loss = out['loss'] if isinstance(out, dict) else out
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), float(self.clip))
+        self.opt.step()
+        return float(loss.detach())
 
 
 def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_classes: int,
@@ -198,14 +266,19 @@ def _wait(out) -> None:
 # ----------------------------------------------------------------------------------------
 
 def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tflops: float | None = None,
+                   compare_torch: bool = False, torch_compile: bool = True,
                    log: Callable[[str], None] = lambda s: None) -> dict:
-    """Compiles and times one step kind; returns its row (see :func:`run_benchmark`)."""
+    """Compiles and times one step kind; returns its row (see :func:`run_benchmark`).
+
+    With ``compare_torch`` the PyTorch twin of the same model and weights (eager, and
+    ``torch.compile`` when ``torch_compile``) is timed in the same loop: each timed round runs
+    one JAX step, one eager step, one compiled step, so a busy host slows all of them alike."""
     import jax
     import numpy as np
 
     from jaxmim import config as config_lib
 
-    name, trainer, state, num_classes, in_chans = _build_step(kind, config, mesh)
+    name, trainer, state, num_classes, in_chans, twin = _build_step(kind, config, mesh, with_twin=compare_torch)
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state['params'])))
     n_dev = mesh.devices.size
     batch_size = int(config.batch_size)
@@ -223,11 +296,33 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     per_device_batch = batch_size // n_dev
     flops_per_image = step_flops_device / per_device_batch if step_flops_device else None
 
+    torch_steps = {}
+    if twin is not None:
+        host = jax.device_get(batch)
+        inputs = {}
+        if kind == 'pretrain':
+            model = _build_model_shape(config)
+            inputs = model.host_inputs(np.random.default_rng(config.seed), batch_size)
+        variants = ['eager'] + (['compile'] if torch_compile else [])
+        for v in variants:
+            try:
+                step = TorchStep(twin[0], config, np.asarray(host['image']), np.asarray(host['label']), inputs,
+                                 compile=v == 'compile')
+                t = time.perf_counter()
+                step()   # first call: torch.compile compiles here
+                log(f'[{kind}] torch {v} ({twin[1]}): first step {time.perf_counter() - t:.1f}s')
+                torch_steps[v] = step
+            except Exception as e:  # noqa: BLE001  (torch.compile is optional: report, go on)
+                log(f'[{kind}] torch {v}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})')
+    torch_times = {v: [] for v in torch_steps}
+
     log(f'[{kind}] compiled in {t2 - t0:.1f}s; {warmup} warm-up + {steps} timed steps ...')
     for _ in range(warmup):
         out = compiled(state, batch)
         _wait(out)
         state = out[0]
+        for step in torch_steps.values():
+            step()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -235,6 +330,10 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         _wait(out)
         times.append(time.perf_counter() - t)
         state = out[0]
+        for v, step in torch_steps.items():
+            t = time.perf_counter()
+            step()
+            torch_times[v].append(time.perf_counter() - t)
     loss = float(out[1]['loss'])
     del state, out
 
@@ -260,15 +359,30 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         'device_memory_gib': _memory_gib(compiled),
         'final_loss': loss,
     }
-    log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms)')
+    if compare_torch:
+        row['torch_source'] = twin[1] if twin else None
+        for v in ('eager', 'compile'):
+            ts = torch_times.get(v)
+            row[f'torch_{v}_img_s'] = batch_size / statistics.median(ts) if ts else None
+            row[f'jax_over_torch_{v}'] = img_s / row[f'torch_{v}_img_s'] if ts else None
+    log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms)'
+        + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s' for v, ts in torch_times.items()))
     return row
+
+
+def _build_model_shape(config):
+    """The config's model with abstract weights (for its ``host_inputs``; nothing allocated)."""
+    from flax import nnx
+
+    from jaxmim import train
+    return nnx.eval_shape(lambda: train.build_model(config))
 
 
 def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
                   num_classes: int = 1000, finetune_layer_decay: float = 0.9,
                   peak_tflops: float | None = None, kinds: Sequence[str] | None = None,
-                  devices: Sequence[Any] | None = None,
-                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
+                  devices: Sequence[Any] | None = None, compare_torch: bool = False,
+                  torch_compile: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Benchmarks the train step(s) of ``config`` on synthetic device-resident batches.
 
     Args:
@@ -281,6 +395,10 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       peak_tflops: peak TFLOP/s of one device, for MFU.
       kinds: subset of ``('pretrain', 'finetune')``; default all the config's mode allows.
       devices: the devices of the ``data`` mesh; default all.
+      compare_torch: also time the PyTorch twin (``convert/``) of each step's model, eager and
+        (``torch_compile``) compiled, interleaved with the JAX steps; adds ``torch_eager_img_s``,
+        ``torch_compile_img_s``, ``jax_over_torch_eager``, ``jax_over_torch_compile`` (None where
+        unavailable) and ``torch_source``.
       log: progress callback (one line per call).
 
     Returns:
@@ -321,7 +439,7 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
         else:
             cfg = config
         rows.append(benchmark_step(kind, cfg, mesh, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
-                                   log=log))
+                                   compare_torch=compare_torch, torch_compile=torch_compile, log=log))
     return rows
 
 
@@ -335,8 +453,10 @@ def format_table(rows: Sequence[dict]) -> str:
         return 'n/a' if v is None else format(v, fmt)
 
     has_mfu = any(r.get('mfu') is not None for r in rows)
+    has_torch = any('torch_eager_img_s' in r for r in rows)
     head = ['step', 'model', 'image', 'batch', 'devices', 'compile s', 'img/s', 'img/s overall',
-            'GFLOPs/img', 'TFLOP/s', 'memory GiB'] + (['MFU %'] if has_mfu else [])
+            'GFLOPs/img', 'TFLOP/s', 'memory GiB'] + (['MFU %'] if has_mfu else []) + (
+            ['torch eager img/s', 'JAX/eager', 'torch.compile img/s', 'JAX/compile'] if has_torch else [])
     body = []
     for r in rows:
         fpi = r.get('flops_per_image')
@@ -347,6 +467,9 @@ def format_table(rows: Sequence[dict]) -> str:
         if has_mfu:
             mfu = r.get('mfu')
             line.append(num(100 * mfu if mfu is not None else None, '.1f'))
+        if has_torch:
+            line += [num(r.get('torch_eager_img_s'), ',.1f'), num(r.get('jax_over_torch_eager'), '.2f') + 'x',
+                     num(r.get('torch_compile_img_s'), ',.1f'), num(r.get('jax_over_torch_compile'), '.2f') + 'x']
         body.append(line)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     fmt = lambda cells: '  '.join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -398,7 +521,8 @@ def main(argv: list[str]) -> None:
         for config in configs:
             rows += run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
                                   num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
-                                  peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices, log=log)
+                                  peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices,
+                                  compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value, log=log)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
