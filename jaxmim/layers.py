@@ -116,6 +116,31 @@ def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, n))
 
 
+REMAT_POLICIES = ('none', 'block')
+"""Accepted ``remat`` values of the backbones: ``'none'`` keeps every activation for the
+backward pass; ``'block'`` rematerialises each transformer block (``nnx.remat``, i.e.
+``jax.checkpoint``): only block inputs are kept, the block is recomputed in the backward pass."""
+
+
+def check_remat(remat: str) -> bool:
+    """Whether ``remat`` asks for per-block rematerialisation.
+
+    Raises:
+      ValueError: ``remat`` is not one of :data:`REMAT_POLICIES`.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f'remat must be one of {list(REMAT_POLICIES)}, got {remat!r}')
+    return remat == 'block'
+
+
+def call_block(block: nnx.Module, x: jax.Array, *, train: bool, rng: jax.Array | None, remat: bool) -> jax.Array:
+    """``block(x, train=train, rng=rng)``, under ``nnx.remat`` when ``remat``: the same numbers,
+    less activation memory, one more forward of the block in the backward pass."""
+    if not remat:
+        return block(x, train=train, rng=rng)
+    return nnx.remat(lambda b, y, k: b(y, train=train, rng=k))(block, x, rng)
+
+
 class Mlp(nnx.Module):
     """Transformer MLP: fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout.
 

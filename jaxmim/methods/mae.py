@@ -119,6 +119,8 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         PRETRAIN.md recipe passes ``--norm_pix_loss``).
       mask_ratio: fraction of patches removed (0.75).
       attn_implementation: see :class:`jaxmim.models.vit.Attention`.
+      remat: ``'none'`` or ``'block'`` (recompute each encoder / decoder block in the backward
+        pass; same numbers, less memory), see :data:`jaxmim.layers.REMAT_POLICIES`.
       rngs: NNX RNG streams for initialisation.
 
     Variables (official keys): ``patch_embed.proj``, ``cls_token`` (1,1,D), ``pos_embed``
@@ -149,7 +151,8 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
                  depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                  decoder_num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, mask_ratio: float = 0.75,
-                 attn_implementation: str | None = None, *, rngs: nnx.Rngs):
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
+        self.remat = L.check_remat(remat)
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
@@ -202,7 +205,7 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         cls = (self.cls_token[...] + self.pos_embed[...][:, :1, :]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
         for blk in self.blocks:
-            x = blk(x)
+            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
@@ -216,7 +219,7 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         x_ = jnp.take_along_axis(x_, ids_restore[:, :, None], axis=1)
         x = jnp.concatenate([x[:, :1, :], x_], axis=1) + self.decoder_pos_embed[...].astype(x.dtype)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
     def __call__(self, images: jax.Array, *, noise: jax.Array, train: bool = False,

@@ -227,7 +227,8 @@ class BasicLayer(nnx.Module):
     def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int,
                  window_size: int, mlp_ratio: float, qkv_bias: bool, qk_scale: float | None,
                  drop: float, attn_drop: float, drop_path: Sequence[float], norm_eps: float,
-                 downsample: bool, *, rngs: nnx.Rngs):
+                 downsample: bool, remat: bool = False, *, rngs: nnx.Rngs):
+        self.remat = remat
         blocks = []
         for i in range(depth):
             ws, shift = stage_window(input_resolution, window_size, 0 if i % 2 == 0 else window_size // 2)
@@ -239,7 +240,7 @@ class BasicLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         for blk, key in zip(self.blocks, L.split_key(rng, len(self.blocks))):
-            x = blk(x, train=train, rng=key)
+            x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
@@ -306,6 +307,8 @@ class SwinTransformer(nnx.Module, Backbone):
       ape: learned absolute position embedding (off in every official config).
       patch_norm: LayerNorm after the patch embedding.
       norm_eps: LayerNorm epsilon (PyTorch default 1e-5).
+      remat: ``'none'`` or ``'block'`` (recompute each block in the backward pass to save
+        activation memory; same numbers), see :data:`jaxmim.layers.REMAT_POLICIES`.
       rngs: NNX RNG streams for initialisation.
 
     Call: ``model(images, train=False, rng=None)`` with images ``(B, img_size, img_size,
@@ -323,8 +326,9 @@ class SwinTransformer(nnx.Module, Backbone):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  ape: bool = False, patch_norm: bool = True, norm_eps: float = 1e-5,
-                 *, rngs: nnx.Rngs):
+                 remat: str = 'none', *, rngs: nnx.Rngs):
         depths, num_heads = tuple(depths), tuple(num_heads)
+        use_remat = L.check_remat(remat)
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} must have the same length')
         if img_size % patch_size:
@@ -352,7 +356,7 @@ class SwinTransformer(nnx.Module, Backbone):
             stages.append(BasicLayer(
                 embed_dim * 2 ** i, res, depth, heads, window_size, mlp_ratio, qkv_bias, qk_scale,
                 drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_eps,
-                downsample=i < self.num_layers - 1, rngs=rngs))
+                downsample=i < self.num_layers - 1, remat=use_remat, rngs=rngs))
         self.layers = nnx.List(stages)
         self.norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = L.linear(self.num_features, num_classes, rngs) if num_classes > 0 else None

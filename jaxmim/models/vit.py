@@ -412,6 +412,8 @@ class VisionTransformer(nnx.Module, Backbone):
         MAE fine-tuning sets after loading the checkpoint (``main_finetune.py:257``
         ``trunc_normal_(model.head.weight, std=2e-5)``); timm's from-scratch init is 0.02.
       attn_implementation: see :class:`Attention`.
+      remat: ``'none'`` or ``'block'`` (recompute each block in the backward pass; same
+        numbers, less activation memory), see :data:`jaxmim.layers.REMAT_POLICIES`.
       rngs: NNX RNG streams for initialisation.
 
     Init (timm 0.3.2 ``VisionTransformer.__init__`` / ``_init_weights``): Dense kernels
@@ -432,7 +434,8 @@ class VisionTransformer(nnx.Module, Backbone):
                  qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
                  global_pool: bool = False, fixed_pos_embed: bool = False, head_init_std: float = 2e-5,
-                 attn_implementation: str | None = None, *, rngs: nnx.Rngs):
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
+        self.remat = L.check_remat(remat)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
         self.depth, self.num_heads = depth, num_heads
@@ -468,7 +471,7 @@ class VisionTransformer(nnx.Module, Backbone):
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
         x = L.dropout(x, self.drop_rate, train, k_pos)
         for blk, key in zip(self.blocks, L.split_key(k_blocks, len(self.blocks))):
-            x = blk(x, train=train, rng=key)
+            x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
         if self.global_pool:
             return self.fc_norm(x[:, 1:, :].mean(axis=1))
         return self.norm(x)[:, 0]
