@@ -1,0 +1,39 @@
+r"""GreenMIM pre-training of a small visible-token Swin on Fashion-MNIST training images (labels unused).
+
+    python -m jaxmim.main --config=configs/demo/greenmim_swin_fmnist.py --workdir=work/demo_greenmim/pretrain
+
+Images: 28x28 grey, resized to 32x32 and repeated to 3 channels. Model
+``green_mim_swin_demo_patch2_32_dec64b1``: patch 2 (16x16 tokens), window 4, embed 32, depths
+(2, 2, 2), heads (2, 4, 8); mask units of 8x8 pixels (4x4 of them, 4 visible at ratio 0.75,
+one mask per batch), decoder 1 block of 64, norm-pixel targets. Stage 1 (64 visible tokens)
+runs grouped window attention, stages 2-3 the masked single-group mode. Optimizer as the
+official GreenMIM/MAE pre-training (betas 0.9/0.95, per-iteration warm-up then half-cycle cosine).
+There is no registered patch-2 Swin classifier yet, so this demo has no fine-tuning config.
+"""
+
+from jaxmim.config import fashion_mnist_data, pretrain_defaults
+
+
+def get_config(arg=None):
+    del arg
+    c = pretrain_defaults('greenmim')
+    c.model.name = 'green_mim_swin_demo_patch2_32_dec64b1'
+    c.method.mask_ratio = 0.75
+    c.method.norm_pix_loss = True
+    c.method.mask_mode = 'batch'
+    fashion_mnist_data(c.data, crop_scale=(0.2, 1.0))
+    c.batch_size = 128
+    c.total_steps = 800
+    c.optim.schedule = 'mae_cosine'
+    c.optim.base_lr = 1.5e-3        # per 256 images
+    c.optim.lr_scale_batch = 256
+    c.optim.lr_scale_fields = ('base_lr',)
+    c.optim.warmup_lr = 0.0
+    c.optim.min_lr = 0.0
+    c.optim.warmup_steps = 50
+    c.optim.betas = (0.9, 0.95)
+    c.optim.weight_decay = 0.05
+    c.optim.clip_grad = 0.0
+    c.log_every = 50
+    c.checkpoint_every = 500
+    return c
