@@ -1,0 +1,43 @@
+r"""Fine-tuning the small PVT on labelled Fashion-MNIST (UM-MAE's fine-tuning optimizer).
+
+    # from a UM-MAE (or SimMIM-baseline) pre-training run of configs/demo/ummae_pvt_fmnist.py:
+    python -m jaxmim.main --config=configs/demo/finetune_pvt_fmnist.py:pretrained \
+        --config.pretrained.workdir=work/demo_ummae/pretrain --workdir=work/demo_ummae/finetune
+    # the same architecture and budget from random initialisation:
+    python -m jaxmim.main --config=configs/demo/finetune_pvt_fmnist.py:scratch --workdir=work/demo_ummae/scratch
+
+``pvt_demo_32``: the encoder of ``mae_pvt_demo_32`` with the fine-tuning sr 4/2/1 (the
+full-resolution image: the same key/value grid as pre-training's sr 2/1/1 on the compact image),
+mean pool, ``fc_norm`` and a 10-class ``head`` (both fresh when loading), drop path 0.1.
+"""
+
+from jaxmim.config import fashion_mnist_data, finetune_defaults
+
+
+def get_config(arg='scratch'):
+    if arg not in ('pretrained', 'scratch', None):
+        raise ValueError(f"variant must be 'pretrained' or 'scratch', got {arg!r}")
+    c = finetune_defaults()
+    c.model.name = 'pvt_demo_32'
+    c.model.overrides.drop_path_rate = 0.1
+    fashion_mnist_data(c.data, crop_scale=(0.85, 1.0))
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.total_steps = 1000
+    c.optim.schedule = 'mae_cosine'
+    c.optim.base_lr = 2e-3          # per 256 images: 1e-3 at batch 128
+    c.optim.lr_scale_batch = 256
+    c.optim.lr_scale_fields = ('base_lr',)
+    c.optim.warmup_lr = 0.0
+    c.optim.min_lr = 1e-6
+    c.optim.warmup_steps = 50
+    c.optim.betas = (0.9, 0.999)
+    c.optim.weight_decay = 0.05
+    c.optim.clip_grad = 0.0
+    c.optim.layer_decay = 0.75 if arg == 'pretrained' else 1.0
+    c.pretrained.required = arg == 'pretrained'
+    c.label_smoothing = 0.1
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    return c

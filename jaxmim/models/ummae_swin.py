@@ -1,0 +1,418 @@
+"""The Swin variant of UM-MAE: fine-tuning classifier, UM-MAE pre-training model, SimMIM baseline.
+
+Follows ``implus/UM-MAE@cb7776b`` ``models_swin.py`` (``Swin``, ``swin_tiny_256``, ``swin_large_256``),
+``models_mae_swin.py`` (``MaskedAutoencoderSwin``, ``mae_swin_tiny_256``, ``mae_swin_large_256``) and
+``models_simmim_swin.py`` (``SimMIMSwin``, ``simmim_swin_tiny_256``). Spec: ``ummae.md`` §4, §5.2,
+§8, §9, §12.2.
+
+Differences from Swin v1 (``jaxmim.models.swin``): the relative position bias is a continuous MLP
+of log-spaced coordinate differences (``posmlp``: Conv1x1(2 -> P) -> ReLU -> Conv1x1(P -> heads)
+on ``sign(d) * ln(1 + |d|)`` with ``d = pos[key] - pos[query]``), fed by absolute token
+coordinates ``pos_hw`` that travel with the tokens (compacted with them in pre-training, halved at
+each merge); merging is LayerNorm(C) then a 2x2 stride-2 conv (C -> 2C); the block list is flat
+(block 0 of stages 2-4 owns ``downsample``); LayerNorm eps 1e-6; q pre-scaled; shift masks of -100.
+
+Attribute names are the official state-dict keys (``patch_embed.{proj, norm}``, ``blocks.{i}.{norm1,
+attn.posmlp.0, attn.posmlp.2, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2, downsample.norm,
+downsample.proj}``, ``norm`` / ``fc_norm``, ``head``, decoder keys). ``pos_hw`` and the shift masks
+are constants, never variables. Layout: images ``(B, H, W, C)``, tokens as maps ``(B, h, w, C)``,
+``pos_hw`` as ``(Bp, h, w, 2)`` (channel 0 = row, 1 = column; Bp = 1 when shared by the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmim import layers as L
+from jaxmim import masking_ummae as U
+from jaxmim.models.swin import shifted_window_mask, window_partition, window_reverse
+from jaxmim.models.ummae_common import (MaskingInputs, PyramidMAEDecoder, SimMIMHead, UMMAEHooks,
+                                        check_pyramid_strides, conv, conv_fan_out_init)
+from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
+from jaxmim.registry import Backbone, register_model
+
+__all__ = ['ReLU', 'WindowAttention', 'PatchMerge', 'SwinBlock', 'PatchEmbed', 'pos_grid', 'Swin',
+           'MaskedAutoencoderSwin', 'SimMIMSwin']
+
+
+class ReLU(nnx.Module):
+    """Parameterless ``nn.ReLU`` (index 1 of the official ``posmlp`` Sequential, so the convs keep the
+    keys ``posmlp.0`` / ``posmlp.2``)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(x)
+
+
+def pos_grid(size: int) -> np.ndarray:
+    """Absolute token coordinates ``(1, size, size, 2)`` float32, ``[..., 0]`` = row h, ``[..., 1]`` =
+    column w (``models_swin.py`` ``pos_hw``)."""
+    h, w = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing='ij')
+    return np.stack([h, w], axis=-1)[None]
+
+
+class WindowAttention(nnx.Module):
+    """Window attention with the log-spaced MLP position bias (``models_mae_swin.py:60-116``).
+
+    Call ``attn(x, pos, num_windows, mask)``: ``x`` ``(B*nW, N, C)`` window tokens; ``pos``
+    ``(Bp*nW, N, 2)`` their coordinates (Bp = B per sample, or 1 shared); ``mask`` ``(nW, N, N)``
+    additive or None. Logits ``(q * scale) @ kᵀ + bias (+ mask)``, softmax in float32, ``proj``.
+    ``qkv`` output channel ``s*C + h*head_dim + d``.
+
+    Raises:
+      ValueError: ``dim`` not divisible by ``num_heads``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, posmlp_dim: int = 32, qkv_bias: bool = True,
+                 qk_scale: float | None = None, *, rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.posmlp = nnx.List([conv(2, posmlp_dim, 1, rngs), ReLU(), conv(posmlp_dim, num_heads, 1, rngs)])
+        self.qkv = dense(dim, 3 * dim, rngs, xavier_uniform, use_bias=qkv_bias)
+        self.proj = dense(dim, dim, rngs, xavier_uniform)
+
+    def position_bias(self, pos: jax.Array) -> jax.Array:
+        """``(Bp*nW, N, 2)`` coordinates -> bias ``(Bp*nW, nH, N, N)``: ``d[i, j] = pos[j] - pos[i]``,
+        ``sign(d) * log(1 + |d|)``, then the two 1x1 convs."""
+        d = pos[:, None, :, :] - pos[:, :, None, :]                    # (Bp*nW, N_q, N_k, 2)
+        d = jnp.sign(d) * jnp.log(1.0 + jnp.abs(d))
+        for layer in self.posmlp:
+            d = layer(d)
+        return d.transpose(0, 3, 1, 2)
+
+    def __call__(self, x: jax.Array, pos: jax.Array, num_windows: int, mask: np.ndarray | None = None) -> jax.Array:
+        bw, n, c = x.shape
+        nh = self.num_heads
+        qkv = self.qkv(x).reshape(bw, n, 3, nh, c // nh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(self.scale, q.dtype), k)
+        bias = self.position_bias(pos.astype(logits.dtype))
+        logits = logits.reshape(-1, num_windows, nh, n, n) + bias.reshape(-1, num_windows, nh, n, n)
+        if mask is not None:
+            logits = logits + jnp.asarray(mask, logits.dtype)[None, :, None]
+        attn = jax.nn.softmax(logits.reshape(bw, nh, n, n).astype(jnp.float32), axis=-1).astype(v.dtype)
+        return self.proj(jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(bw, n, c))
+
+
+class PatchMerge(nnx.Module):
+    """``norm`` LN(C_in) -> ``proj`` Conv(C_in -> C_out, k2, s2); ``pos_hw[:, ::2, ::2] / 2``.
+    ``(B, H, W, C_in), (Bp, H, W, 2)`` -> ``(B, H/2, W/2, C_out), (Bp, H/2, W/2, 2)``.
+    Source: ``models_mae_swin.py:119-146``."""
+
+    def __init__(self, in_chans: int, embed_dim: int, norm_eps: float = 1e-6, *, rngs: nnx.Rngs):
+        self.norm = L.layer_norm(in_chans, norm_eps, rngs)
+        self.proj = conv(in_chans, embed_dim, 2, rngs)
+
+    def __call__(self, x: jax.Array, pos: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.proj(self.norm(x)), pos[:, 0::2, 0::2] / 2.0
+
+
+class SwinBlock(nnx.Module):
+    """``[downsample ->]`` (shifted) window attention with the MLP bias, MLP; residuals, drop path.
+
+    ``input_resolution`` is the stage's (after ``downsample``); a window no smaller than the map is
+    clamped to it without shift. Shifted blocks roll both the tokens and ``pos_hw`` by ``-shift``
+    and use the -100 region mask. Source: ``models_mae_swin.py:149-255``.
+
+    Raises:
+      ValueError: a window that does not divide the resolution.
+    """
+
+    def __init__(self, dim: int, input_resolution: int, num_heads: int, window_size: int = 8, shift_size: int = 0,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, posmlp_dim: int = 32, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, downsample_from: int | None = None, *, rngs: nnx.Rngs):
+        if input_resolution <= window_size:
+            window_size, shift_size = input_resolution, 0
+        if input_resolution % window_size:
+            raise ValueError(f'window_size {window_size} must divide the stage resolution {input_resolution}')
+        self.input_resolution, self.window_size, self.shift_size = input_resolution, window_size, shift_size
+        self.norm1 = L.layer_norm(dim, norm_eps, rngs)
+        self.attn = WindowAttention(dim, num_heads, posmlp_dim, qkv_bias, rngs=rngs)
+        self.drop_path = drop_path
+        self.norm2 = L.layer_norm(dim, norm_eps, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), kernel_init=xavier_uniform, rngs=rngs)
+        self.downsample = PatchMerge(downsample_from, dim, norm_eps, rngs=rngs) if downsample_from else None
+
+    def __call__(self, x: jax.Array, pos: jax.Array, *, train: bool = False,
+                 rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        k1, k2 = L.split_key(rng, 2)
+        if self.downsample is not None:
+            x, pos = self.downsample(x, pos)
+        b, h, w, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        if (h, w) != (self.input_resolution,) * 2 or pos.shape[1:3] != (h, w):
+            raise ValueError(f'SwinBlock built for {self.input_resolution}^2 tokens got x {x.shape}, pos {pos.shape}')
+        y, p, mask = self.norm1(x), pos, None
+        if s > 0:
+            y = jnp.roll(y, (-s, -s), axis=(1, 2))
+            p = jnp.roll(p, (-s, -s), axis=(1, 2))
+            mask = shifted_window_mask(h, w, ws, s)
+        nw = (h // ws) * (w // ws)
+        y = window_partition(y, ws).reshape(-1, ws * ws, c)
+        p = window_partition(p, ws).reshape(-1, ws * ws, 2)
+        y = self.attn(y, p, nw, mask)
+        y = window_reverse(y.reshape(-1, ws, ws, c), ws, h, w)
+        if s > 0:
+            y = jnp.roll(y, (s, s), axis=(1, 2))
+        x = x + L.drop_path(y, self.drop_path, train, k1)
+        x = x + L.drop_path(self.mlp(self.norm2(x)), self.drop_path, train, k2)
+        return x, pos
+
+
+class PatchEmbed(nnx.Module):
+    """``proj`` Conv(k = s = patch) then ``norm`` LN; ``(B, H, W, C)`` -> ``(B, H/p, W/p, D)``. ``init``
+    'mae': xavier on the flattened kernel (pre-training models), 'conv': N(0, sqrt(2/fan_out))
+    (classifier); bias 0. Source: ``models_mae_swin.py:258-280``."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, norm_eps: float = 1e-6,
+                 init: str = 'conv', *, rngs: nnx.Rngs):
+        if img_size % patch_size:
+            raise ValueError(f'patch_size {patch_size} must divide img_size {img_size}')
+        self.img_size, self.in_chans = img_size, in_chans
+        self.proj = conv(in_chans, embed_dim, patch_size, rngs,
+                         xavier_uniform_flat if init == 'mae' else conv_fan_out_init)
+        self.norm = L.layer_norm(embed_dim, norm_eps, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
+            raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) NHWC, '
+                             f'got {x.shape}')
+        return self.norm(self.proj(x))
+
+
+def _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, norm_eps, resolution,
+                 rngs) -> nnx.List:
+    """Flat block list (``models_mae_swin.py:318-344``); stage i at ``resolution / 2^i``."""
+    if len(depths) != len(num_heads):
+        raise ValueError(f'depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length')
+    blocks = []
+    for i, depth in enumerate(depths):
+        if resolution % 2 ** i or resolution // 2 ** i < 1:
+            raise ValueError(f'stage {i + 1}: resolution {resolution} cannot be halved {i} times')
+        for j in range(depth):
+            blocks.append(SwinBlock(
+                embed_dim * 2 ** i, resolution // 2 ** i, num_heads[i], window_size,
+                0 if j % 2 == 0 else window_size // 2, mlp_ratio, True, posmlp_dim, dpr[len(blocks)], norm_eps,
+                embed_dim * 2 ** (i - 1) if i > 0 and j == 0 else None, rngs=rngs))
+    return nnx.List(blocks)
+
+
+def _run_blocks(blocks, x, pos, train, rng):
+    for blk, key in zip(blocks, L.split_key(rng, len(blocks))):
+        x, pos = blk(x, pos, train=train, rng=key)
+    return x
+
+
+_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+_DATA_256 = dict(image_size=256, eval_crop_ratio=1.0)
+
+
+@register_model('swin_tiny_256', **_T, img_size=256, window_size=16, num_classes=1000, drop_path_rate=0.1,
+                data_defaults=_DATA_256)
+@register_model('swin_large_256', **_L, img_size=256, window_size=16, posmlp_dim=64, num_classes=1000,
+                drop_path_rate=0.2, data_defaults=_DATA_256)
+class Swin(nnx.Module, UMMAEHooks, Backbone):
+    """UM-MAE's Swin fine-tuning classifier (``models_swin.py:23-135``).
+
+    Args (official names and defaults): img_size, num_classes, patch_size, in_chans, embed_dim,
+    depths, num_heads, mlp_ratio, window_size (16 at 256 px: the pre-training window 8 on the
+    half-resolution image spans the same extent), posmlp_dim (32; 64 for Swin-L), drop_path_rate
+    (linear over the flat blocks; FINETUNE.md: 0.1 T, 0.2 L), norm_eps (1e-6), head_init_std
+    (``head.kernel`` std; bias 0), rngs.
+
+    Call: ``model(images, train=False, rng=None)`` -> logits ``(B, num_classes)``: patch embed (+ norm),
+    blocks with the integer coordinate grid ``pos_hw`` shared by the batch, mean over tokens,
+    ``fc_norm``, ``head``.
+
+    Raises:
+      ValueError: sizes that do not fit the windows.
+    """
+
+    def __init__(self, img_size: int = 256, num_classes: int = 1000, patch_size: int = 4, in_chans: int = 3,
+                 embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 mlp_ratio: float = 4.0, window_size: int = 16, posmlp_dim: int = 32, drop_path_rate: float = 0.1,
+                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, *, rngs: nnx.Rngs):
+        self.img_size, self.patch_size, self.in_chans, self.num_classes = img_size, patch_size, in_chans, num_classes
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'conv', rngs=rngs)
+        self.grid_size = img_size // patch_size
+        dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
+        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, norm_eps,
+                                   self.grid_size, rngs)
+        self.fc_norm = L.layer_norm(self.num_features, norm_eps, rngs)
+        self.head = (dense(self.num_features, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
+                     if num_classes > 0 else None)
+
+    def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """Images -> pooled, normalised features ``(B, num_features)``."""
+        x = self.patch_embed(x)
+        x = _run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), train, rng)
+        return self.fc_norm(x.mean(axis=(1, 2)))
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        x = self.forward_features(x, train=train, rng=rng)
+        return self.head(x) if self.head is not None else x
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """``()``: the official ``{'pos_embed'}`` names no parameter of this model (1-D tensors and
+        biases escape decay by the universal rule; posmlp conv kernels are decayed)."""
+        return ()
+
+    def pretrained_fresh(self) -> tuple[str, ...]:
+        """``head`` and ``fc_norm`` (``main_finetune.py`` asserts exactly these are missing)."""
+        return ('head.*', 'fc_norm.*')
+
+
+@register_model('mae_swin_tiny_256', **_T, img_size=256, stride=16, window_size=8, classifier='swin_tiny_256',
+                data_defaults=_DATA_256)
+@register_model('mae_swin_large_256', **_L, img_size=256, stride=16, window_size=8, posmlp_dim=64, decoder_depth=8,
+                classifier='swin_large_256', data_defaults=_DATA_256)
+@register_model('mae_swin_large_256_dec512d2b', **_L, img_size=256, stride=16, window_size=8, posmlp_dim=32,
+                decoder_depth=2, data_defaults=_DATA_256)
+class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHooks, Backbone):
+    """UM-MAE pre-training of the Swin variant (``models_mae_swin.py:283-583``).
+
+    Args (official names and defaults, plus masking settings): img_size, patch_size, in_chans,
+    stride (mask unit, 16 px), embed_dim, depths, num_heads, mlp_ratio (encoder and decoder),
+    window_size (8: the encoder runs on the half-resolution compact map), posmlp_dim,
+    decoder_embed_dim, decoder_depth, decoder_num_heads, norm_eps, norm_pix_loss, vis_mask_ratio
+    (``vis_mask_token`` exists only when > 0), mask_ratio (0.75), sampling ('uniform' |
+    'uniform_block'), official_decoder_pos (spec §17 #1), rngs.
+
+    Forward (``forward_encoder``, ``models_mae_swin.py:437-497``): patch embed + norm; Secondary
+    Masking, the secondary-masked units becoming ``patch_embed.norm(vis_mask_token)``; compaction of
+    the tokens and of the absolute coordinates ``pos_hw`` (per sample); blocks on the
+    half-resolution map (stage i at ``(img/patch) / 2^(i+1)``); ``norm``; decoder and loss of
+    :class:`jaxmim.models.ummae_common.PyramidMAEDecoder`.
+
+    Call: ``model(images, *, mask, noise, train=False, rng=None)``.
+
+    Raises:
+      ValueError: bad sizes, a sampling that is not uniform, bad input shapes.
+    """
+
+    def __init__(self, img_size: int = 256, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
+                 embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 2, decoder_num_heads: int = 16, norm_eps: float = 1e-6,
+                 norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
+                 sampling: str = 'uniform', official_decoder_pos: bool = False, *, rngs: nnx.Rngs):
+        if sampling == 'random':
+            raise ValueError("MaskedAutoencoderSwin needs one visible unit per 2x2 block: sampling must be "
+                             "'uniform' or 'uniform_block', not 'random'")
+        U.check_sampling(mask_ratio, sampling)
+        if not 0.0 <= vis_mask_ratio < 1.0:
+            raise ValueError(f'vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}')
+        self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
+        if self.grid % 2:
+            raise ValueError(f'the unit grid {self.grid} must be even for Uniform Sampling')
+        self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
+        self.embed_dim = embed_dim
+        self.mask_ratio, self.sampling, self.vis_mask_ratio = mask_ratio, sampling, vis_mask_ratio
+        self.norm_pix_loss, self.official_decoder_pos = norm_pix_loss, official_decoder_pos
+        self.noise_len = self.grid * self.grid
+        self.n_visible = U.num_visible(self.noise_len, mask_ratio)
+        if vis_mask_ratio > 0:
+            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
+        self.grid_size = img_size // patch_size
+        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
+                                   [0.0] * sum(depths), norm_eps, self.grid_size // 2, rngs)
+        enc_dim = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
+        self.build_decoder(enc_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
+
+    def forward_encoder(self, images: jax.Array, mask: jax.Array, noise: jax.Array
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Returns the encoder map ``(B, M/4, M/4, 8E)``, block choices ``(B, M/2, M/2)`` and the
+        secondary mask ``(B, L)`` bool."""
+        x = self.patch_embed(images)
+        b, g = x.shape[0], x.shape[1]
+        choice = U.block_choice(mask, self.grid)
+        x = U.compact(x, choice, self.k)
+        if self.vis_mask_ratio > 0:
+            still = U.secondary_visible_pyramid(mask, noise, self.n_visible, self.vis_mask_ratio)
+            secondary = jnp.logical_and(~mask, ~still)
+            sec_c = U.compact(U.upsample_units(secondary.reshape(b, self.grid, self.grid), self.k)[..., None],
+                              choice, self.k)
+            token = self.patch_embed.norm(self.vis_mask_token[...]).astype(x.dtype)
+            x = jnp.where(sec_c, token, x)
+        else:
+            secondary = jnp.zeros_like(mask)
+        pos = jnp.broadcast_to(jnp.asarray(pos_grid(g), x.dtype), (b, g, g, 2))
+        pos = U.compact(pos, choice, self.k)
+        x = _run_blocks(self.blocks, x, pos, False, None)
+        return self.norm(x), choice, secondary
+
+    def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
+                 rng: jax.Array | None = None) -> dict[str, Any]:
+        del train, rng
+        mask = self._check_mask(images, mask, noise)
+        latent, choice, secondary = self.forward_encoder(images, mask, noise)
+        pred_seq, order = self.forward_decoder(latent, mask, choice)
+        return self.mae_outputs(images, pred_seq, order, mask, secondary)
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """``()``: mask tokens and posmlp conv kernels are decayed (timm 0.3.2 ``add_weight_decay``,
+        spec §17 #5)."""
+        return ()
+
+
+@register_model('simmim_swin_tiny_256', **_T, img_size=256, stride=16, window_size=16, classifier='swin_tiny_256',
+                data_defaults=_DATA_256)
+class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
+    """UM-MAE's SimMIM baseline on the Swin variant (``models_simmim_swin.py:27-218``).
+
+    Full resolution (window 16): the normalised patch embedding of masked tokens is replaced by
+    ``mask_token`` (``x * (1 - w) + mask_token * w``), blocks with the integer grid ``pos_hw`` shared
+    by the batch, ``norm``, ``decoder_pred`` Linear -> PixelShuffle(2), L1 on masked units.
+
+    Args: as :class:`MaskedAutoencoderSwin` without decoder / Secondary Masking arguments;
+    ``sampling`` defaults to ``'random'`` (Makefile line 54: no ``--mask_regular``).
+
+    Call: ``model(images, *, mask, train=False, rng=None)``.
+
+    Raises:
+      ValueError: bad sizes or input shapes.
+    """
+
+    def __init__(self, img_size: int = 256, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
+                 embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, norm_eps: float = 1e-6,
+                 norm_pix_loss: bool = False, mask_ratio: float = 0.75, sampling: str = 'random', *,
+                 rngs: nnx.Rngs):
+        U.check_sampling(mask_ratio, sampling)
+        self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
+        self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
+        self.mask_ratio, self.sampling, self.norm_pix_loss = mask_ratio, sampling, norm_pix_loss
+        self.noise_len = 0
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
+        self.grid_size = img_size // patch_size
+        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
+                                   [0.0] * sum(depths), norm_eps, self.grid_size, rngs)
+        enc_dim = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
+        self.decoder_pred = dense(enc_dim, 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
+
+    def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
+                 rng: jax.Array | None = None) -> dict[str, Any]:
+        del train, rng
+        mask = self._check_mask(images, mask)
+        x = self.patch_embed(images)
+        b = x.shape[0]
+        w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
+        x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
+        x = _run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), False, None)
+        return self.simmim_outputs(images, self.norm(x), mask)
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """``()`` (``mask_token`` and posmlp kernels decayed)."""
+        return ()
