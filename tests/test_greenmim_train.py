@@ -46,3 +46,25 @@ def test_greenmim_pretrain_lowers_loss_and_compiles_once(data_dir, tmp_path):
     losses = [h['loss'] for h in summary['history']]
     assert len(losses) == 25 and summary['compilations'] == 1
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
+
+
+def test_greenmim_encoder_fine_tunes_as_its_registered_swin_classifier(data_dir, tmp_path):
+    """The demo pre-training model names its classifier (``swin_demo_patch2_window4_32``);
+    loading the run fills every classifier variable but the head with the checkpoint's values."""
+    from jaxmim import tree_util
+    from jaxmim.registry import classifier_for, create_model
+    from flax import nnx
+
+    cfg = _cfg(data_dir, 2, 'step')
+    train.pretrain(cfg, str(tmp_path / 'pre'))
+    name = classifier_for(cfg.model.name)
+    assert name == 'swin_demo_patch2_window4_32'
+    clf = create_model(name, embed_dim=16, num_heads=(1, 2, 4))
+    report = train.load_pretrained(clf, str(tmp_path / 'pre'))
+    assert sorted(report['fresh']) == ['head.bias', 'head.kernel'] and not report['resized']
+    saved = train._read_checkpoint_variables(str(tmp_path / 'pre'), None)
+    got = tree_util.flatten_names(nnx.to_pure_dict(nnx.state(clf)))
+    assert len(got) > 40
+    for key, value in got.items():
+        if not key.startswith('head.'):
+            np.testing.assert_array_equal(np.asarray(value), saved[key], err_msg=key)

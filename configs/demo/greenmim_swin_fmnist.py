@@ -8,7 +8,8 @@ Images: 28x28 grey, resized to 32x32 and repeated to 3 channels. Model
 one mask per batch), decoder 1 block of 64, norm-pixel targets. Stage 1 (64 visible tokens)
 runs grouped window attention, stages 2-3 the masked single-group mode. Optimizer as the
 official GreenMIM/MAE pre-training (betas 0.9/0.95, per-iteration warm-up then half-cycle cosine).
-There is no registered patch-2 Swin classifier yet, so this demo has no fine-tuning config.
+Fine-tune the encoder with ``configs/demo/finetune_greenmim_fmnist.py:pretrained`` (classifier
+``swin_demo_patch2_window4_32``, the same Swin with a head).
 """
 
 from jaxmim.config import fashion_mnist_data, pretrain_defaults

@@ -243,7 +243,7 @@ _DEMO = dict(img_size=32, patch_size=2, mask_unit=8, embed_dim=32, depths=(2, 2,
 @register_model('green_mim_swin_large_patch4_win14_dec512b1', **_SWIN_L, window_size=14,
                 classifier='swin_large_patch4_window14_224')
 @register_model('green_mim_swin_demo_patch2_32_dec64b1', **_DEMO,
-                data_defaults=dict(image_size=32, eval_crop_ratio=1.0))
+                data_defaults=dict(image_size=32, eval_crop_ratio=1.0), classifier='swin_demo_patch2_window4_32')
 class GreenMIMSwin(nnx.Module, Backbone):
     """GreenMIM pre-training model with a visible-token Swin encoder (official
     ``MaskedAutoencoder`` around ``SwinTransformer``, ``model_factory.py:25-140``).

@@ -274,6 +274,8 @@ _B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
 _L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
 _DEMO = dict(img_size=32, patch_size=4, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
              window_size=4, drop_path_rate=0.1)
+_DEMO_P2 = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
+                window_size=4, drop_path_rate=0.1)   # the classifier of the GreenMIM demo encoder
 _DATA_192 = dict(image_size=192)
 _DATA_DEMO = dict(image_size=32, eval_crop_ratio=1.0)
 
@@ -286,6 +288,7 @@ _DATA_DEMO = dict(image_size=32, eval_crop_ratio=1.0)
 @register_model('swin_base_patch4_window6_192', **_B, img_size=192, window_size=6, drop_path_rate=0.1,
                 data_defaults=_DATA_192)
 @register_model('swin_demo_patch4_window4_32', **_DEMO, num_classes=10, data_defaults=_DATA_DEMO)
+@register_model('swin_demo_patch2_window4_32', **_DEMO_P2, num_classes=10, data_defaults=_DATA_DEMO)
 class SwinTransformer(nnx.Module, Backbone):
     """Swin Transformer classifier (official v1 definition as fine-tuned by SimMIM).
 
