@@ -83,6 +83,31 @@ def write_checkpoint(state_dict: Mapping[str, np.ndarray], path: str, metadata: 
     return fmt
 
 
+def check_finite(tensors: Mapping[str, Any], what: str, allow: bool) -> list[str]:
+    """The keys of ``tensors`` (``{key: np.ndarray | torch.Tensor}``; other values ignored) that
+    hold NaN or infinite values; an error unless ``allow``.
+
+    Raises:
+      ValueError: non-finite floating-point tensors and ``allow`` is False; names up to 8 keys,
+        the count, and ``--allow_nonfinite``.
+    """
+    bad = []
+    for key, value in tensors.items():
+        if hasattr(value, 'detach'):          # torch.Tensor
+            value = value.detach().cpu().float().numpy() if value.is_floating_point() else None
+        if value is None or not hasattr(value, 'dtype'):
+            continue
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == 'bfloat16':
+            if not np.all(np.isfinite(arr.astype(np.float32))):
+                bad.append(key)
+    if bad and not allow:
+        raise ValueError(f'{what} holds non-finite (NaN / inf) values in {len(bad)} tensors: {bad[:8]}'
+                         f'{" ..." if len(bad) > 8 else ""}; a diverged or damaged checkpoint? Pass '
+                         '--allow_nonfinite to convert it anyway')
+    return bad
+
+
 def mapping_lines(rows: Sequence[tuple[str, str, tuple[int, ...], str]], arrow: str) -> list[str]:
     """One aligned line per :func:`convert.official.describe` row:
     ``<official key> <arrow> <jaxmim side>  <shape> <dtype>``."""

@@ -22,7 +22,7 @@ __all__ = ['export_run', 'main']
 
 
 def export_run(workdir: str, source: str, output: str, step: int | None = None, *,
-               verbose: bool = True) -> dict[str, Any]:
+               allow_nonfinite: bool = False, verbose: bool = True) -> dict[str, Any]:
     """Exports checkpoint ``step`` (None: latest) of run ``workdir`` as ``source``'s official
     state_dict to ``output``.
 
@@ -31,7 +31,8 @@ def export_run(workdir: str, source: str, output: str, step: int | None = None, 
 
     Raises:
       FileNotFoundError: no run config or checkpoint. KeyError: unknown source. TypeError: the
-      run's model is not a model of ``source``. ValueError: unknown output suffix.
+      run's model is not a model of ``source``. ValueError: unknown output suffix, or NaN / inf
+      values without ``allow_nonfinite`` (nothing is written).
     """
     from jaxmim import train
 
@@ -44,6 +45,7 @@ def export_run(workdir: str, source: str, output: str, step: int | None = None, 
     restored = train.restore_model(model, workdir, step)
     rows = official.describe(model, src)
     sd = official.state_dict(model, src)
+    _cli.check_finite(sd, f'run {workdir} step {restored}', allow_nonfinite)
     fmt = _cli.write_checkpoint(sd, output, metadata={'source': src.name, 'reference': src.reference,
                                                       'jaxmim_model': config.model.name,
                                                       'jaxmim_step': restored})
@@ -58,9 +60,10 @@ def export_run(workdir: str, source: str, output: str, step: int | None = None, 
 
 
 def main(argv: list[str]) -> None:
-    """absl main (flags: --workdir, --source, --output, --step)."""
+    """absl main (flags: --workdir, --source, --output, --step, --allow_nonfinite)."""
     from convert import _cli
-    _cli.run_main(argv, lambda f: export_run(f.workdir, f.source, f.output, None if f.step < 0 else f.step))
+    _cli.run_main(argv, lambda f: export_run(f.workdir, f.source, f.output, None if f.step < 0 else f.step,
+                                             allow_nonfinite=f.allow_nonfinite))
 
 
 def _define_flags() -> None:
@@ -71,6 +74,8 @@ def _define_flags() -> None:
     _cli.define_source_flag()
     flags.DEFINE_string('output', None, 'output file, .pth (torch.save) or .safetensors.', required=True)
     flags.DEFINE_integer('step', -1, 'checkpoint step; -1: the latest.')
+    flags.DEFINE_bool('allow_nonfinite', False, 'export a checkpoint holding NaN / inf values (refused '
+                      'by default).')
 
 
 if __name__ == '__main__':

@@ -67,7 +67,8 @@ def run_config(source: str, model: str, model_overrides: Mapping[str, Any] | Non
 def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
                       model_overrides: Mapping[str, Any] | None = None,
                       method_overrides: Mapping[str, Any] | None = None, *, allow_pickle: bool = False,
-                      require_buffers: bool = True, verbose: bool = True) -> dict[str, Any]:
+                      require_buffers: bool = True, allow_nonfinite: bool = False,
+                      verbose: bool = True) -> dict[str, Any]:
     """Strict-loads official ``checkpoint`` into registry model ``model`` and saves it as run ``workdir``.
 
     Returns:
@@ -78,7 +79,8 @@ def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
     Raises:
       FileNotFoundError: no checkpoint file. KeyError: unknown source / model / method.
       TypeError: the registry model is not a model of ``source``. ValueError: the checkpoint does
-      not match the model (one message naming every missing, unexpected and mis-shaped key).
+      not match the model (one message naming every missing, unexpected and mis-shaped key), or
+      it holds NaN / inf values and not ``allow_nonfinite`` (the keys named).
     """
     from jaxmim import train
 
@@ -88,6 +90,7 @@ def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
     config = run_config(src.name, model, model_overrides, method_overrides)
     raw = _cli.read_checkpoint(checkpoint, allow_pickle=allow_pickle)
     sd = official.unwrap_state_dict(raw)
+    _cli.check_finite(sd, checkpoint, allow_nonfinite)
     jm = train.build_model(config)
     official.load_state_dict(jm, src, sd, require_buffers=require_buffers)
     train.save_model_checkpoint(jm, workdir, config, step=0)
@@ -108,7 +111,7 @@ def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
 
 def main(argv: list[str]) -> None:
     """absl main (flags: --checkpoint, --source, --workdir, --model, --model_overrides,
-    --method_overrides, --allow_pickle, --require_buffers)."""
+    --method_overrides, --allow_pickle, --require_buffers, --allow_nonfinite)."""
     from convert import _cli
     _cli.run_main(argv, _run)
 
@@ -128,7 +131,8 @@ def _run(f: Any) -> None:
     if not isinstance(model_overrides, dict) or not isinstance(method_overrides, dict):
         raise app.UsageError('--model_overrides / --method_overrides must be JSON objects')
     import_checkpoint(f.checkpoint, f.source, f.workdir, f.model, model_overrides, method_overrides,
-                      allow_pickle=f.allow_pickle, require_buffers=f.require_buffers)
+                      allow_pickle=f.allow_pickle, require_buffers=f.require_buffers,
+                      allow_nonfinite=f.allow_nonfinite)
 
 
 def _define_flags() -> None:
@@ -146,6 +150,8 @@ def _define_flags() -> None:
                       'pickle Python objects.')
     flags.DEFINE_bool('require_buffers', True, 'require derived buffers (relative_position_index, attn_mask) '
                       'in the checkpoint; present ones are always checked.')
+    flags.DEFINE_bool('allow_nonfinite', False, 'convert a checkpoint holding NaN / inf values (refused '
+                      'by default: a diverged or damaged checkpoint).')
 
 
 if __name__ == '__main__':

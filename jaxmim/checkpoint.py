@@ -20,16 +20,24 @@ Restoring always takes an abstract target of ``jax.ShapeDtypeStruct`` with shard
 (spec ``jax_practices.md`` section 1.6; orbax#648).
 
 All processes of a multi-host job must call ``save`` / ``restore`` (orbax requirement).
+
+A damaged step (a file deleted or truncated, a disk error) is not a dead end:
+:meth:`Checkpointer.restore_newest_readable` tries the newest step, and when it cannot be read
+(or fails the caller's check, e.g. non-finite values) says so, sets it aside as
+``<step>.damaged`` (kept for inspection, never deleted; orbax ignores it) and falls back to the
+next newest step that reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
@@ -98,8 +106,11 @@ def _restore_args(abstract: PyTree, partial: bool) -> ocp.args.PyTreeRestore:
 class Checkpointer:
     """Periodic, asynchronous, keep-latest-N checkpointing of a training state.
 
-    A step is saved when ``step % save_interval_steps == 0`` (or ``force=True``, or when orbax
-    detects a preemption); after each save only the ``max_to_keep`` most recent steps remain.
+    A step is saved when ``step % save_interval_steps == 0`` (or ``force=True``, or, in a
+    multi-process job running JAX's preemption service, at the step all processes agreed on
+    after a preemption notice); after each save only the ``max_to_keep`` most recent steps
+    remain. Stopping cleanly on SIGTERM / SIGINT is the loop's job
+    (:class:`jaxmim.resilience.StopSignals`: it saves with ``force=True`` and exits).
 
     Args:
         directory: checkpoint root (local path or any ``etils.epath`` URI such as ``gs://``);
@@ -272,6 +283,80 @@ class Checkpointer:
         restored = self._manager.restore(step, args=args)
         return {k: restored[k] for k in target}
 
+    def restore_newest_readable(
+        self,
+        target: Mapping[str, PyTree],
+        *,
+        verify: Callable[[int, dict[str, PyTree]], None] | None = None,
+        optional_items: Sequence[str] = (),
+    ) -> tuple[int | None, dict[str, PyTree] | None, list[tuple[int, str, str]]]:
+        """Restore the newest step that can be read, setting damaged newer ones aside.
+
+        Steps are tried newest first. A step whose restore raises (truncated or missing file,
+        corrupt metadata) or whose restored values ``verify`` rejects (by raising) is damaged;
+        once an older step restores, every damaged newer step is renamed
+        ``<step>.damaged[.N]`` (kept, never deleted; not a step for orbax) and reported. When
+        no step restores, nothing is renamed and the newest step's error is raised (a target
+        that matches no checkpoint is a caller error, not damage).
+
+        Args:
+            target: as :meth:`restore`.
+            verify: ``(step, restored) -> None``, raising to reject a step.
+            optional_items: items of ``target`` that a step may lack (they are then left out of
+                the result; e.g. an item added by a newer version of the loop).
+
+        Returns:
+            ``(step, restored, damaged)``: ``(None, None, [])`` when the directory holds no
+            complete checkpoint; ``damaged`` lists ``(step, error, set-aside path)``.
+
+        Raises:
+            Whatever restoring the newest step raised, when no step can be restored.
+        """
+        self._manager.wait_until_finished()
+        failures: list[tuple[int, BaseException]] = []
+        for step in reversed(self.all_steps()):
+            step_dir = self.directory / str(step)
+            tgt = {k: v for k, v in target.items()
+                   if k not in optional_items or (step_dir / k).exists()}
+            error = None
+            try:
+                restored = self.restore(step, target=tgt)
+                if verify is not None:
+                    verify(step, restored)
+            except Exception as e:  # pylint: disable=broad-except  (any read error is damage)
+                error = e
+            if jax.process_count() > 1:   # every process takes the same decision
+                from jax.experimental import multihost_utils
+                bad = multihost_utils.process_allgather(np.int32(error is not None))
+                if np.any(bad) and error is None:
+                    error = RuntimeError('another process could not read it')
+            if error is not None:
+                logging.warning('checkpoint step %d in %s cannot be read: %s', step, self.directory, error)
+                failures.append((step, error))
+                continue
+            damaged = [(s, _one_line(e), self._set_aside(s)) for s, e in failures]
+            return step, restored, damaged
+        if failures:
+            raise failures[0][1]
+        return None, None, []
+
+    def _set_aside(self, step: int) -> str:
+        """Renames step directory ``step`` to ``<step>.damaged[.N]`` (process 0) and reloads."""
+        src = self.directory / str(step)
+        dst = self.directory / f'{step}.damaged'
+        n = 1
+        while dst.exists():
+            dst, n = self.directory / f'{step}.damaged.{n}', n + 1
+        if jax.process_index() == 0 and not self.read_only:
+            src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f'jaxmim_set_aside_{step}')
+        if not self.read_only:
+            self._manager.reload()
+            return os.fspath(dst)
+        return os.fspath(src)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def wait_until_finished(self) -> None:
@@ -288,6 +373,11 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _one_line(err: BaseException) -> str:
+    text = ' '.join(str(err).split())
+    return f'{type(err).__name__}: {text[:300]}'
 
 
 def restore_subtree(

@@ -40,6 +40,16 @@ def _data_defaults() -> ml_collections.ConfigDict:
         shuffle_buffer=16_384,
         cache=False,
         prefetch=2,
+        # timm / DeiT augmentation (jaxmim.data.augment); every op is off by default.
+        crop_impl='tf',                # crop window sampler: 'tf' (tf.image) | 'timm' (timm get_params exactly)
+        auto_augment='',               # '' | timm RandAugment string, e.g. 'rand-m9-mstd0.5-inc1'
+        color_jitter=(0.0, 0.0, 0.0),  # (brightness, contrast, saturation[, hue]); only without auto_augment
+        reprob=0.0,                    # random-erasing probability (after normalisation)
+        remode='pixel',                # 'pixel' | 'rand' | 'const'
+        recount=1,                     # erased boxes per image
+        re_scale=(0.02, 1.0 / 3.0),    # erased area fraction range
+        re_ratio=(0.3, 1.0 / 0.3),     # erased aspect range (log-uniform)
+        on_decode_error='raise',       # image_folder: corrupt image -> 'raise' (stop) | 'skip' (count, log)
     ))
 
 
@@ -75,6 +85,10 @@ def _common_defaults() -> ml_collections.ConfigDict:
         async_checkpointing=True,
         progress_bar=True,
         ema_decay=0.0,                 # > 0 keeps an EMA of the weights, evaluated beside them
+        # Gradient accumulation: batch_size stays the images per optimizer update; the jitted step
+        # scans over accum_steps micro-batches of batch_size / accum_steps and applies one update.
+        accum_steps=1,
+        nonfinite='stop',              # non-finite loss/grad norm: 'stop' (exit 3, nothing saved) | 'skip' (count)
         data=_data_defaults(),
         optim=_optim_defaults(),
         model=ml_collections.ConfigDict(dict(name='', overrides=ml_collections.ConfigDict())),
@@ -98,21 +112,77 @@ def pretrain_defaults(method: str = 'simmim') -> ml_collections.ConfigDict:
     c.mode = 'pretrain'
     c.method = ml_collections.ConfigDict(method_config_defaults(method))
     c.data.crop_scale = (0.67, 1.0)
+    c.visualize_every = 0              # > 0: reconstruction grid to TensorBoard every N steps (jaxmim.visualize)
     return _lock(c)
 
 
 def finetune_defaults() -> ml_collections.ConfigDict:
-    """Defaults of a supervised fine-tuning run (``mode='finetune'``)."""
+    """Defaults of a supervised fine-tuning run (``mode='finetune'``).
+
+    Recipe fields (all off by default, so a config that does not set them trains as before;
+    :func:`timm_recipe` sets the papers' values):
+
+    * host side, ``config.data``: ``crop_impl`` ('tf' | 'timm' random-resized-crop window),
+      ``auto_augment`` ('' | timm RandAugment string 'rand-m9-mstd0.5-inc1'), ``color_jitter``
+      ((b, c, s[, hue]), used only without auto_augment), ``reprob`` / ``remode`` / ``recount`` /
+      ``re_scale`` / ``re_ratio`` (random erasing after normalisation), ``on_decode_error``
+      ('raise' | 'skip', image-folder datasets); see :mod:`jaxmim.data.augment`.
+    * on device, ``config.mixup``: ``mixup_alpha``, ``cutmix_alpha``, ``prob``, ``switch_prob``,
+      ``mode`` ('batch'), ``correct_lam`` (:mod:`jaxmim.mixup`); ``label_smoothing`` goes into
+      the soft targets; the loss is the soft-target cross entropy.
+    * ``accum_steps`` (both modes): micro-batches per optimizer update; ``batch_size`` is the
+      images per update. ``ema_decay``: weight EMA evaluated beside the raw weights.
+    """
     c = _common_defaults()
     c.mode = 'finetune'
     c.label_smoothing = 0.1
+    # timm Mixup / CutMix, on device in the train step (jaxmim.mixup); off while both alphas are 0.
+    c.mixup = ml_collections.ConfigDict(dict(
+        mixup_alpha=0.0,               # Beta(a, a) mixup; recipes 0.8
+        cutmix_alpha=0.0,              # Beta(a, a) cutmix; recipes 1.0
+        prob=1.0,                      # probability a batch is mixed
+        switch_prob=0.5,               # cutmix instead of mixup when both are on
+        mode='batch',                  # one lam / box per batch (the only mode)
+        correct_lam=True,              # cutmix lam from the clipped box area
+    ))
     c.eval_every = 500
     c.eval_batch_size = 256
     c.pretrained = ml_collections.ConfigDict(dict(
         workdir='',                    # a pre-training workdir; '' trains from scratch
         step=-1,                       # -1: latest checkpoint
+        required=False,                # True (':pretrained' variants): an empty workdir is an error
     ))
     return _lock(c)
+
+
+def timm_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Turns on the timm / DeiT fine-tuning recipe of SimMIM, MAE, HiViT and GroupMixFormer on a
+    fine-tuning config ``c`` (in place; returns it): timm random-resized crop (scale (0.08, 1),
+    ratio (3/4, 4/3), bicubic), flip, RandAugment ``'rand-m9-mstd0.5-inc1'`` (colour jitter 0.4
+    configured but, as in timm, unused beside RandAugment), random erasing 0.25 / 'pixel' / 1
+    box, mixup 0.8, cutmix 1.0, switch probability 0.5, label smoothing 0.1, evaluation crop
+    224/256. Source: timm ``create_transform`` / ``Mixup`` as called by
+    ``microsoft/SimMIM@d3e29bc data/data_finetune.py:51-114`` and ``facebookresearch/mae
+    util/datasets.py``; spec ``simmim_swin.md`` §4.8, ``groupmixformer.md`` §10.1.
+
+    Raises:
+      ValueError: ``c`` is not a fine-tuning config.
+    """
+    if c.get('mode') != 'finetune':
+        raise ValueError(f"timm_recipe needs a fine-tuning config (mode='finetune'), got mode={c.get('mode')!r}")
+    c.data.crop_impl = 'timm'
+    c.data.crop_scale = (0.08, 1.0)
+    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
+    c.data.interpolation = 'bicubic'
+    c.data.hflip = True
+    c.data.auto_augment = 'rand-m9-mstd0.5-inc1'
+    c.data.color_jitter = (0.4, 0.4, 0.4)
+    c.data.reprob, c.data.remode, c.data.recount = 0.25, 'pixel', 1
+    c.data.eval_crop_ratio = 224 / 256
+    c.mixup.mixup_alpha, c.mixup.cutmix_alpha = 0.8, 1.0
+    c.mixup.prob, c.mixup.switch_prob, c.mixup.mode = 1.0, 0.5, 'batch'
+    c.label_smoothing = 0.1
+    return c
 
 
 def _lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -154,8 +224,38 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     else:
         ref = finetune_defaults()
     _check_keys(config, ref, 'config')
+    accum = config.get('accum_steps', 1)
+    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+        raise ValueError(f'config.accum_steps must be an int >= 1 (micro-batches per optimizer update), got {accum!r}')
+    if config.batch_size % accum:
+        raise ValueError(f'config.batch_size={config.batch_size} (images per optimizer update) must be a multiple '
+                         f'of config.accum_steps={accum}')
+    if mode == 'finetune':
+        from jaxmim.mixup import MixupConfig
+        MixupConfig(**config.mixup.to_dict(), label_smoothing=float(config.label_smoothing)).check()
+    from jaxmim.data import augment    # the host-side augmentation fields, named on error
+    augment.augment_config_from_fields(config.data.to_dict(), config.data.mean or IMAGENET_MEAN,
+                                       config.data.interpolation)
     if not 0.0 <= float(config.ema_decay) < 1.0:
         raise ValueError(f'config.ema_decay must be in [0, 1) (0 disables the EMA), got {config.ema_decay}')
+    _check_values(config)
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+    """The loop's own fields: positive step counts, keep-N, the non-finite policy."""
+    positive = ['batch_size', 'total_steps', 'log_every', 'checkpoint_every']
+    if config.mode == 'finetune':
+        positive += ['eval_every', 'eval_batch_size']
+    for field in positive:
+        value = config.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'config.{field}={value!r}: must be an integer >= 1')
+    keep = config.get('keep_checkpoints')
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f'config.keep_checkpoints={keep!r}: must be an integer >= 1, or None to keep all')
+    if config.get('nonfinite', 'stop') not in ('stop', 'skip'):
+        raise ValueError(f"config.nonfinite={config.nonfinite!r}: accepted 'stop' (stop the run, exit 3) "
+                         "or 'skip' (skip non-finite updates and count them)")
 
 
 def resolve_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

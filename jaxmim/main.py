@@ -11,6 +11,11 @@ close valid names. ``config.mode`` chooses the loop (``pretrain`` or ``finetune`
 Multi-host runs call ``jax.distributed.initialize`` first (``--distributed``; arguments are
 auto-detected on Cloud TPU and SLURM, or given with ``--coordinator_address``,
 ``--num_processes``, ``--process_id``).
+
+Exit statuses (:mod:`jaxmim.resilience`): 0 done; 2 a bad input, reported as one ``error:``
+line before anything is compiled (the config field and what it accepts); 3 the run diverged
+(non-finite loss or gradient norm, ``config.nonfinite='stop'``); 75 (``EX_TEMPFAIL``) stopped
+by SIGTERM / SIGINT after saving the current step: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -57,12 +62,35 @@ def _explain_override(argv: list[str], error: Exception) -> str:
     return str(error)
 
 
+def _explain_config_file(argv: list[str], error: Exception) -> str:
+    """One line for a ``--config=path[:variant]`` that cannot be loaded (missing file, a variant
+    the file's ``get_config`` refuses), else the flag error on one line."""
+    spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    if spec is not None:
+        from jaxmim.config import load_config_file
+        try:
+            load_config_file(spec)
+        except FileNotFoundError as e:
+            return f'--config={spec}: {e}'
+        except Exception as e:  # pylint: disable=broad-except  (the file's get_config refused the variant)
+            path, _, variant = spec.partition(':')
+            what = f'variant {variant!r} of {path}' if variant else path
+            return f'--config={spec}: {what} cannot be loaded: {type(e).__name__}: {e}'
+    return ' '.join(str(error).split())
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing that turns a bad ``--config...`` flag into one clear line and exit 2."""
     try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError) as e:
-        msg = _explain_override(argv, e) if isinstance(e, (AttributeError, KeyError)) else str(e)
+        rest = flags.FLAGS(argv)
+        if _CONFIG.value is not None:
+            _CONFIG.value.keys()   # a config file that failed to load raises here (OSError)
+        return rest
+    except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+        if isinstance(e, (AttributeError, KeyError)):
+            msg = _explain_override(argv, e)
+        else:
+            msg = _explain_config_file(argv, e)
         print(f'error: {msg}', file=sys.stderr)
         sys.exit(2)
 
@@ -70,7 +98,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     """absl main: initialises multi-process JAX if asked, then runs the loop ``config.mode`` names.
 
-    Exits with status 2 and one ``error:`` line on a config error (``ValueError``).
+    Exits with status 2 and one ``error:`` line on a bad input (``ValueError``,
+    ``FileNotFoundError``), 3 and one line when the run diverges
+    (:class:`jaxmim.resilience.Diverged`), 75 after a stop signal
+    (:class:`jaxmim.resilience.Preempted`, which prints its own line).
     """
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:
@@ -83,11 +114,15 @@ def main(argv: list[str]) -> None:
                                    process_id=_PID.value)
     from jaxmim import train
     logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(), jax.process_count())
+    from jaxmim import resilience
     try:
         _, summary = train.run(_CONFIG.value, _WORKDIR.value)
-    except ValueError as e:   # config errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as e:   # bad input: one clear line, no traceback
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(resilience.EXIT_BAD_INPUT)
+    except resilience.Diverged as e:
         print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+        sys.exit(resilience.EXIT_DIVERGED)
     if summary.get('final_eval'):
         print(f"final eval: {summary['final_eval']}")
 

@@ -11,7 +11,8 @@ The loops know no backbone and no method: they call the model's hooks
 and the method protocol of :mod:`jaxmim.methods` (masking inputs, loss).
 
 State is a plain pytree ``{'params', 'model_state', 'ema' (when ``ema_decay > 0``),
-'opt_state', 'step'}``: ``params`` holds the trained ``nnx.Param`` variables, ``model_state``
+'opt_state', 'step', 'guard'}`` (``guard``: the on-device non-finite step counter of
+:mod:`jaxmim.resilience`): ``params`` holds the trained ``nnx.Param`` variables, ``model_state``
 every other variable of the model (BatchNorm statistics updated by the forward in training,
 fixed buffers such as MAE's sin-cos tables), ``ema`` an exponential moving average of both. The
 model structure (NNX graphdef) stays outside it, so the step is a pure function
@@ -40,6 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxmim import checkpoint as ckpt_lib
 from jaxmim import config as config_lib
 from jaxmim import optim
+from jaxmim import resilience
 from jaxmim import tree_util
 from jaxmim.methods import create_mim_model
 from jaxmim.registry import create_model, match_any
@@ -136,7 +138,7 @@ class Trainer:
 
 
 def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.ConfigDict,
-                 mesh) -> tuple[Trainer, PyTree]:
+                 mesh, batch_transform: Callable | None = None) -> tuple[Trainer, PyTree]:
     """Builds the optimizer, the initial state and the jitted train step.
 
     The optimizer takes the model's hooks: ``no_weight_decay()`` patterns, and, when
@@ -148,8 +150,11 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         merged from the state, and any non-parameter variable the forward updates (BatchNorm
         statistics) is carried to the next state.
       config: the run config (uses ``optim``, ``batch_size``, ``total_steps``, ``seed``,
-        ``ema_decay``).
+        ``ema_decay``, ``accum_steps``: see :func:`accumulate_gradients`).
       mesh: the device mesh.
+      batch_transform: optional ``(batch, key) -> batch`` run on device in the step over the
+        whole global batch before it is split into micro-batches (fine-tuning: mixup / cutmix
+        into soft targets, :mod:`jaxmim.mixup`); its key is ``fold_in(step key, 0x6d6978)``.
 
     Returns:
       ``(trainer, state)`` with the state placed on the mesh.
@@ -168,8 +173,10 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
     tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps,
                                       no_weight_decay=model.no_weight_decay(), **layer_kw)
     ema_decay = float(config.get('ema_decay', 0.0))
+    accum_steps = int(config.get('accum_steps', 1))
+    nonfinite_mode = config.get('nonfinite', 'stop')
     state = {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
-             'step': jnp.zeros((), jnp.int32)}
+             'step': jnp.zeros((), jnp.int32), 'guard': resilience.guard_init()}
     if ema_decay > 0:
         state['ema'] = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                     {'params': params, 'model_state': model_state})
@@ -181,12 +188,10 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
     def step_fn(state, batch):
         rng = jax.random.fold_in(base_key, state['step'])
 
-        def objective(p):
-            m = merge_variables(graphdef, p, state['model_state'])
-            loss, metrics = loss_fn(m, batch, rng)
-            return loss, (metrics, split_variables(m)[2])
-
-        (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
+        if batch_transform is not None:   # mixup / cutmix over the whole batch, before any split
+            batch = batch_transform(batch, jax.random.fold_in(rng, 0x6d6978))
+        (loss, (metrics, model_state)), grads = accumulate_gradients(
+            graphdef, loss_fn, state['params'], state['model_state'], batch, rng, accum_steps)
         updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
         params = optax.apply_updates(state['params'], updates)
         new = {'params': params, 'model_state': model_state, 'opt_state': opt_state, 'step': state['step'] + 1}
@@ -195,11 +200,69 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
             new['ema'] = optax.incremental_update({'params': params, 'model_state': model_state},
                                                   state['ema'], step_size=1.0 - ema_decay)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(state['step']))
-        return new, metrics
+        # Non-finite loss / gradient norm: counted on device; skipped with config.nonfinite='skip'.
+        return resilience.guard_step(new, state, metrics, nonfinite_mode)
 
     train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
                          out_shardings=(state_sharding, rep), donate_argnums=(0,))
     return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay), state
+
+
+def accumulate_gradients(graphdef, loss_fn: Callable, params: PyTree, model_state: PyTree, batch: dict,
+                         rng: jax.Array, accum_steps: int = 1):
+    """``((loss, (metrics, model_state)), grads)`` of ``loss_fn`` on ``batch``, over
+    ``accum_steps`` micro-batches.
+
+    ``accum_steps == 1``: one ``jax.value_and_grad`` with key ``rng`` (no change of behaviour).
+    Otherwise every batch array ``(B, ...)`` is split into ``accum_steps`` micro-batches of
+    ``B / accum_steps`` (micro-batch ``k`` holds examples ``k, k + a, k + 2a, ...``, so each stays
+    spread evenly over the devices of the ``data`` axis), a ``lax.scan`` runs them in turn
+    with key ``fold_in(rng, k)`` (carrying BatchNorm statistics from one to the next) and the
+    losses, metrics and gradients are averaged. For a mean-reduced loss the gradient is the big
+    batch's up to float rounding (dropout / drop-path keys and BatchNorm batch statistics differ
+    per micro-batch), and the optimizer, with its global-norm clipping, runs ONCE on it; the
+    step counter, lr schedule and checkpoints count optimizer updates.
+
+    Why not ``optax.MultiSteps``: it would make every micro-batch a step of the loop (the step
+    counter, the data position, the EMA and the logged lr would count micro-batches, and the EMA
+    would need a guard), and a second jitted branch for the update; the scan keeps one step =
+    one update and memory of one micro-batch's activations.
+
+    Raises:
+      ValueError: ``B`` not a multiple of ``accum_steps``.
+    """
+    def objective(p, ms, b, key):
+        m = merge_variables(graphdef, p, ms)
+        loss, metrics = loss_fn(m, b, key)
+        return loss, (metrics, split_variables(m)[2])
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    if accum_steps == 1:
+        return grad_fn(params, model_state, batch, rng)
+    sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
+    if any(b % accum_steps for b in sizes):
+        raise ValueError(f'batch of {sorted(sizes)} examples is not divisible into accum_steps={accum_steps} '
+                         'micro-batches')
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+                         .swapaxes(0, 1), batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(grad_fn, params, model_state, first, rng)
+    (_, (metric_shapes, _)), grad_shapes = shapes
+    zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), t)  # noqa: E731
+
+    def body(carry, inp):
+        ms, loss_sum, metric_sum, grad_sum = carry
+        k, b = inp
+        (loss, (metrics, ms)), grads = grad_fn(params, ms, b, jax.random.fold_in(rng, k))
+        add = lambda acc, x: jax.tree.map(lambda u, v: u + v.astype(jnp.float32), acc, x)  # noqa: E731
+        return (ms, loss_sum + loss.astype(jnp.float32), add(metric_sum, metrics), add(grad_sum, grads)), None
+
+    init = (model_state, jnp.zeros((), jnp.float32), zeros(metric_shapes), zeros(grad_shapes))
+    (model_state, loss_sum, metric_sum, grad_sum), _ = jax.lax.scan(
+        body, init, (jnp.arange(accum_steps), micro))
+    mean = lambda t: jax.tree.map(lambda x: x / accum_steps, t)  # noqa: E731
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), mean(grad_sum), params)
+    return (loss_sum / accum_steps, (mean(metric_sum), model_state)), grads
 
 
 def masking_inputs(model, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
@@ -228,12 +291,42 @@ def mim_loss(model, batch, rng):
 
 
 def classification_loss(model, batch, rng, label_smoothing: float, num_classes: int):
-    """Cross-entropy with label smoothing on ``(B, num_classes)`` logits; also top-1 accuracy."""
+    """Cross-entropy on ``(B, num_classes)`` logits against soft targets: ``batch['target']``
+    (float32 ``(B, K)``, mixup / cutmix with smoothing, :func:`make_mixup_transform`) when the
+    batch carries it, else the labels smoothed by ``label_smoothing`` (timm
+    ``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEntropy``); also top-1 accuracy against
+    ``batch['label']``."""
     logits = model(batch['image'], train=True, rng=rng).astype(jnp.float32)
-    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes), label_smoothing)
+    if 'target' in batch:
+        targets = batch['target']
+    else:
+        targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     acc = (logits.argmax(-1) == batch['label']).mean()
     return loss, {'train_top1': acc}
+
+
+def make_mixup_transform(config, num_classes: int, mesh) -> Callable | None:
+    """The fine-tuning batch transform of ``config.mixup`` (None when mixup and cutmix are off):
+    ``(batch, key) -> batch`` with mixed ``'image'`` and soft ``'target'`` (B, K) float32,
+    partners paired within each device's shard (:func:`jaxmim.mixup.mix_batch`).
+
+    Raises:
+      ValueError: a bad ``config.mixup`` field (named).
+    """
+    from jaxmim import mixup
+
+    cfg = mixup.MixupConfig(**config.mixup.to_dict(), label_smoothing=float(config.label_smoothing),
+                            num_classes=int(num_classes)).check()
+    if not cfg.enabled:
+        return None
+    groups = int(mesh.devices.size)
+
+    def transform(batch, key):
+        images, targets, _ = mixup.mix_batch(key, batch['image'], batch['label'], cfg, groups=groups)
+        return {**batch, 'image': images, 'target': targets}
+
+    return transform
 
 
 def make_eval_step(graphdef, mesh):
@@ -272,101 +365,195 @@ def evaluate(eval_step, variables, batches: Iterator[dict], sharding) -> dict[st
 
 def _train_loop(config, workdir: str, trainer: Trainer, state: PyTree, data_fn: Callable[[int], Iterator],
                 eval_fn: Callable[[PyTree, int], dict] | None = None,
-                extra_summary: dict | None = None) -> tuple[PyTree, dict]:
-    """Runs steps ``state.step .. total_steps`` with logging, checkpoints and evaluation.
+                extra_summary: dict | None = None,
+                step_hook: Callable[[PyTree, int], None] | None = None) -> tuple[PyTree, dict]:
+    """Runs steps ``state.step .. total_steps`` with logging, checkpoints and evaluation
+    (``step_hook(state, step)``, if given, runs after every step, e.g. reconstruction pictures).
 
     ``data_fn(start_step)`` returns the iterator of per-process batches positioned at
     ``start_step``; ``eval_fn(state, step)`` returns a dict of scalars. Writes
-    ``<workdir>/config.json`` (read back by :func:`load_run_config`). Returns the final state
-    and a summary dict.
+    ``<workdir>/config.json`` (read back by :func:`load_run_config`) and
+    ``<workdir>/<mode>_summary.json`` (at every checkpoint and at the end; a resumed run keeps
+    the earlier segments' history). Returns the final state and a summary dict.
+
+    Reliability (:mod:`jaxmim.resilience`): resumes from the newest *readable* checkpoint
+    (damaged newer ones are set aside with a message); reads the on-device non-finite counter
+    only at log / checkpoint / eval boundaries and never saves a state that went through a
+    non-finite step; SIGTERM / SIGINT finish the current step, save it and stop. Releases the
+    workdir lock taken by :func:`jaxmim.resilience.preflight` on exit.
 
     Raises:
-      FloatingPointError: the loss is not finite at a logging step (the NaN guard); the
-        checkpoints written so far are kept.
+      jaxmim.resilience.Diverged: (a ``FloatingPointError``) a non-finite loss or gradient norm
+        with ``config.nonfinite='stop'``; names the step and the last good checkpoint, which is
+        kept.
+      jaxmim.resilience.Preempted: (a ``SystemExit`` with status 75) after SIGTERM / SIGINT,
+        once the current step is saved and committed.
+      ValueError: ``config.total_steps`` below the checkpoint's step; a corrupt tfrecord (named).
     """
     from flax.metrics import tensorboard  # TF-backed writer; TF never takes an accelerator.
+    import sys
     import tqdm
 
     is_main = jax.process_index() == 0
-    writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard')) if is_main else None
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                 save_interval_steps=config.checkpoint_every,
-                                 max_to_keep=config.keep_checkpoints,
-                                 async_save=config.async_checkpointing)
-    start = ckpt.latest_step()
-    if start is not None:
-        logging.info('Resuming from %s at step %d', ckpt.directory, start)
-        restored = ckpt.restore(start, target=ckpt_lib.abstract_like(_nonempty(state),
-                                                                     _nonempty(trainer.state_sharding)))
-        state = {**state, **restored}
-    start = int(start or 0)
-    if is_main:
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=1))
-    sharding = batch_sharding(trainer.mesh)
-    data = data_fn(start)
-    # disable=None: no bar when stdout is not a terminal (CI logs keep the metric lines only).
-    bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=None if is_main and config.progress_bar else True,
-                    dynamic_ncols=True, mininterval=0.5, desc=config.mode)
-    def report(kind: str, step: int, scalars: dict[str, float]) -> None:
-        """Writes scalars to TensorBoard (``kind/name``), the log and the console."""
-        if writer:
-            for k, v in scalars.items():
-                writer.scalar(f'{kind}/{k}', v, step)
-        line = f'[{config.mode}] {kind} step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in scalars.items())
-        logging.info(line)
-        if is_main:
-            bar.write(line)
-
-    history, evals = [], []
-    t0, n0, paused = time.perf_counter(), start, 0.0
-    train_time = 0.0
+    mode = config.get('nonfinite', 'stop')
+    summary_path = os.path.join(workdir, f'{config.mode}_summary.json')
+    ckpt = writer = None
     try:
-        for step in range(start + 1, config.total_steps + 1):
-            t_step = time.perf_counter()
-            state, metrics = trainer.train_step(state, global_batch(next(data), sharding))
-            if step % config.log_every == 0 or step == config.total_steps:
-                metrics = jax.device_get(metrics)
-                dt = time.perf_counter() - t0 - paused
-                ips = (step - n0) * config.batch_size / max(dt, 1e-9)
-                t0, n0, paused = time.perf_counter(), step, 0.0
-                scalars = {k: float(v) for k, v in metrics.items()} | {'images_per_sec': ips}
-                history.append({'step': step, **scalars})
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f'{ips:.0f}')
-                report('train', step, scalars)
-                if not np.isfinite(scalars['loss']):
-                    raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}; lower optim.base_lr '
-                                             'or check the data')
-            bar.update(1)
-            ckpt.save(step, _nonempty(state), force=step == config.total_steps)
-            if eval_fn is not None and (step % config.eval_every == 0 or step == config.total_steps):
-                t_eval = time.perf_counter()
-                res = eval_fn(state, step)
-                paused += time.perf_counter() - t_eval       # throughput excludes evaluation
-                evals.append({'step': step, **res})
-                report('eval', step, res)
-            train_time += time.perf_counter() - t_step
-        if eval_fn is not None and not evals:      # resumed from a finished run: evaluate it
-            res = eval_fn(state, config.total_steps)
-            evals.append({'step': config.total_steps, **res})
-            report('eval', config.total_steps, res)
+        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                     save_interval_steps=config.checkpoint_every,
+                                     max_to_keep=config.keep_checkpoints,
+                                     async_save=config.async_checkpointing)
+
+        def verify(step, restored):
+            if not resilience.all_finite({k: v for k, v in restored.items() if k != 'guard'}):
+                raise ValueError('it holds non-finite values')
+
+        target = ckpt_lib.abstract_like(_nonempty(state), _nonempty(trainer.state_sharding))
+        start, restored, damaged = ckpt.restore_newest_readable(target, verify=verify,
+                                                                optional_items=('guard',))
+        for bad_step, why, moved in damaged:
+            if is_main:
+                print(f'warning: checkpoint step {bad_step} in {ckpt.directory} cannot be read ({why}); '
+                      f'set aside as {moved}; resuming from step {start}', file=sys.stderr, flush=True)
+        if start is not None:
+            logging.info('Resuming from %s at step %d', ckpt.directory, start)
+            state = {**state, **restored}
+        start = int(start or 0)
+        if start > config.total_steps:
+            raise ValueError(f'config.total_steps={config.total_steps} is below the step of the checkpoint '
+                             f'in {workdir!r} ({start}); set config.total_steps >= {start}')
+        if is_main:
+            with open(os.path.join(workdir, 'config.json'), 'w') as f:
+                f.write(config.to_json_best_effort(indent=1))
+        writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard')) if is_main else None
+        sharding = batch_sharding(trainer.mesh)
+        data = data_fn(start)
+        # disable=None: no bar when stdout is not a terminal (CI logs keep the metric lines only).
+        bar = tqdm.tqdm(total=config.total_steps, initial=start,
+                        disable=None if is_main and config.progress_bar else True,
+                        dynamic_ncols=True, mininterval=0.5, desc=config.mode)
+
+        def report(kind: str, step: int, scalars: dict[str, float]) -> None:
+            """Writes scalars to TensorBoard (``kind/name``), the log and the console."""
+            if writer:
+                for k, v in scalars.items():
+                    writer.scalar(f'{kind}/{k}', v, step)
+            line = f'[{config.mode}] {kind} step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in scalars.items())
+            logging.info(line)
+            if is_main:
+                bar.write(line)
+
+        # The history of earlier segments (up to the checkpoint resumed from) is kept.
+        history, evals = resilience.previous_history(summary_path, start) if start else ([], [])
+
+        def summary(final: bool) -> dict:
+            out = {'mode': config.mode, 'start_step': start, 'total_steps': config.total_steps,
+                   'history': history, 'evals': evals, 'loop_seconds': train_time,
+                   'compilations': trainer.train_step._cache_size(), 'nonfinite': mode,
+                   'finished': final, **(extra_summary or {})}
+            out['final_eval'] = evals[-1] if evals and final else None
+            return out
+
+        def write_summary(final: bool = False) -> dict:
+            out = summary(final)
+            if is_main:
+                tmp = summary_path + '.tmp'
+                with open(tmp, 'w') as f:
+                    json.dump(out, f, indent=1)
+                os.replace(tmp, summary_path)
+            return out
+
+        def next_batch():
+            try:
+                return next(data)
+            except (StopIteration, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:   # a corrupt tfrecord: name the file
+                err = resilience.data_error(e, config)
+                if err is e:
+                    raise
+                raise err from e
+
+        guard0 = jax.device_get(state['guard'])
+        base_bad = int(guard0['nonfinite'])    # non-finite steps skipped in earlier segments
+        t0, n0, paused = time.perf_counter(), start, 0.0
+        train_time = 0.0
+        with resilience.StopSignals() as signals:
+            for step in range(start + 1, config.total_steps + 1):
+                t_step = time.perf_counter()
+                state, metrics = trainer.train_step(state, global_batch(next_batch(), sharding))
+                log_now = step % config.log_every == 0 or step == config.total_steps
+                eval_now = eval_fn is not None and (step % config.eval_every == 0 or step == config.total_steps)
+                save_now = ckpt.should_save(step) or step == config.total_steps
+                stop_now = signals.should_stop(step, boundary=log_now or save_now)
+                save_now = save_now or stop_now
+                if log_now or save_now or eval_now:
+                    # The only host reads of the divergence guard: at boundaries, before any save.
+                    guard = jax.device_get(state['guard'])
+                    if mode == 'stop' and int(guard['nonfinite']) > base_bad:
+                        ckpt.wait_until_finished()
+                        last = ckpt.latest_step()
+                        bad = int(guard['first_nonfinite'])
+                        bad_metrics = jax.device_get(metrics) if log_now else {}
+                        where = (f'the last good checkpoint is step {last} in {ckpt.directory} (kept; a '
+                                 'restart resumes from it)') if last is not None else 'no checkpoint was saved yet'
+                        write_summary()
+                        raise resilience.Diverged(
+                            f'non-finite loss or gradient norm at step {bad}'
+                            + (f' (loss={float(bad_metrics["loss"]):.4g} at step {step})' if bad_metrics else '')
+                            + f'; stopped at step {step} without saving it; {where}. Lower optim.base_lr, '
+                            "check the data, or set config.nonfinite='skip' to skip such steps", bad, last)
+                if log_now:
+                    metrics = jax.device_get(metrics)
+                    dt = time.perf_counter() - t0 - paused
+                    ips = (step - n0) * config.batch_size / max(dt, 1e-9)
+                    t0, n0, paused = time.perf_counter(), step, 0.0
+                    scalars = {k: float(v) for k, v in metrics.items()} | {'images_per_sec': ips}
+                    history.append({'step': step, **scalars})
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f'{ips:.0f}')
+                    report('train', step, scalars)
+                bar.update(1)
+                if step_hook is not None:
+                    step_hook(state, step)
+                if save_now:
+                    ckpt.save(step, _nonempty(state), force=True)
+                    write_summary()
+                if stop_now:
+                    ckpt.wait_until_finished()
+                    train_time += time.perf_counter() - t_step
+                    write_summary()
+                    msg = (f'[{config.mode}] stopped by {signals.signal_name} after step {step}: checkpoint '
+                           f'{step} saved in {ckpt.directory}; run the same command again to resume '
+                           f'(exit status {resilience.EXIT_PREEMPTED})')
+                    if is_main:
+                        print(msg, file=sys.stderr, flush=True)
+                    raise resilience.Preempted(msg, step)
+                if eval_now:
+                    t_eval = time.perf_counter()
+                    res = eval_fn(state, step)
+                    paused += time.perf_counter() - t_eval       # throughput excludes evaluation
+                    evals.append({'step': step, **res})
+                    report('eval', step, res)
+                train_time += time.perf_counter() - t_step
+            if eval_fn is not None and not any(e['step'] == config.total_steps for e in evals):
+                res = eval_fn(state, config.total_steps)      # resumed from a finished run: evaluate it
+                evals.append({'step': config.total_steps, **res})
+                report('eval', config.total_steps, res)
+        bar.close()
+        if writer:
+            writer.flush()
+        summary_out = write_summary(final=True)
     finally:
         # An interruption (preemption, Ctrl-C, an error) still commits every pending save:
         # orbax writes to a temporary directory and renames it when complete, so no
         # checkpoint is ever left half-written.
-        ckpt.wait_until_finished()
-        ckpt.close()
-    bar.close()
-    if writer:
-        writer.flush()
-    summary = {'mode': config.mode, 'start_step': start, 'total_steps': config.total_steps,
-               'history': history, 'evals': evals, 'loop_seconds': train_time,
-               'compilations': trainer.train_step._cache_size(), **(extra_summary or {})}
-    summary['final_eval'] = evals[-1] if evals else None
-    if is_main:
-        with open(os.path.join(workdir, f'{config.mode}_summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
-    return state, summary
+        if ckpt is not None:
+            ckpt.wait_until_finished()
+            ckpt.close()
+        if writer:
+            writer.close()
+        resilience.release_workdir(workdir)
+    return state, summary_out
 
 
 def _data_fn(config, model=None, *, train: bool):
@@ -406,6 +593,10 @@ def _check_batch_sizes(config, mesh) -> None:
         if value < 1 or value % n or value % jax.process_count():
             raise ValueError(f'config.{field}={value} must be a positive multiple of the device count {n} '
                              f'(batches are split evenly over the data axis)')
+    accum = int(config.get('accum_steps', 1))
+    if config.batch_size % (accum * n):
+        raise ValueError(f'config.batch_size={config.batch_size} must be a multiple of config.accum_steps={accum} '
+                         f'times the device count {n} (each micro-batch is split evenly over the data axis)')
 
 
 def _check_image_size(model, config) -> None:
@@ -430,14 +621,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     Raises:
       ValueError: config errors (unknown keys, sizes that do not fit).
     """
-    config_lib.check_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    mesh = make_mesh()
-    _check_batch_sizes(config, mesh)
+    mesh = resilience.preflight(config, workdir)   # every input checked, workdir locked
     model = build_model(config)
     _check_image_size(model, config)
     trainer, state = make_trainer(model, mim_loss, config, mesh)
-    return _train_loop(config, workdir, trainer, state, _data_fn(config, model, train=True))
+    from jaxmim import visualize   # reconstruction grid to TensorBoard every config.visualize_every steps
+    hook = visualize.tensorboard_hook(config, workdir, trainer.graphdef)
+    return _train_loop(config, workdir, trainer, state, _data_fn(config, model, train=True), step_hook=hook)
 
 
 def _read_checkpoint_variables(workdir: str, step: int | None) -> dict[str, np.ndarray]:
@@ -519,10 +709,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     """
     from jaxmim.data import pipeline
 
-    config_lib.check_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    mesh = make_mesh()
-    _check_batch_sizes(config, mesh)
+    mesh = resilience.preflight(config, workdir)   # every input checked, workdir locked
     model = build_model(config)
     _check_image_size(model, config)
     report = None
@@ -532,7 +719,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
                      len(report['resized']), report['fresh'])
     loss_fn = functools.partial(classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
-    trainer, state = make_trainer(model, loss_fn, config, mesh)
+    trainer, state = make_trainer(model, loss_fn, config, mesh,
+                                  batch_transform=make_mixup_transform(config, model.num_classes, mesh))
     eval_step = make_eval_step(trainer.graphdef, mesh)
     sharding = batch_sharding(mesh)
     data_cfg = config_lib.resolve_data_config(config)

@@ -324,9 +324,12 @@ def test_nan_guard_stops_the_run_and_keeps_checkpoints(data_dir, tmp_path, monke
 
     monkeypatch.setattr(train, 'classification_loss', poisoned)
     cfg.log_every = 3
-    with pytest.raises(FloatingPointError, match='step 3'):
+    # the first bad step is named; the guard is read at the step-2 checkpoint boundary, before
+    # the save, so no non-finite state reaches the disk
+    with pytest.raises(FloatingPointError, match='at step 1;'):
         train.finetune(cfg, str(tmp_path))
-    assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')) == [2]
+    ckpt = tmp_path / 'checkpoints'
+    assert not ckpt.exists() or not [s for s in os.listdir(ckpt) if s.isdigit()]
 
 
 def test_tiny_mae_pretraining_then_finetuning_through_the_cli(data_dir, tmp_path):

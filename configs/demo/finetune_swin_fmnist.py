@@ -6,7 +6,8 @@ r"""Fine-tuning the small Swin on labelled Fashion-MNIST; evaluation on the test
     # the same architecture and budget from random initialisation:
     python -m jaxmim.main --config=configs/demo/finetune_swin_fmnist.py:scratch --workdir=work/demo/scratch
 
-The variant only documents intent: ``:pretrained`` requires ``config.pretrained.workdir``.
+``:pretrained`` requires ``config.pretrained.workdir`` (``config.pretrained.required``): without it the
+run stops with one line instead of training from scratch.
 """
 
 from jaxmim.config import fashion_mnist_data, finetune_defaults
@@ -28,6 +29,7 @@ def get_config(arg='scratch'):
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 0.05
     c.optim.layer_decay = 0.9 if arg == 'pretrained' else 1.0
+    c.pretrained.required = arg == 'pretrained'   # ':pretrained' without pretrained.workdir is an error
     c.label_smoothing = 0.1
     c.log_every = 50
     c.eval_every = 500

@@ -34,6 +34,7 @@ def get_config(arg='scratch'):
     c.optim.weight_decay = 0.05
     c.optim.clip_grad = 0.0
     c.optim.layer_decay = 0.75 if arg == 'pretrained' else 1.0
+    c.pretrained.required = arg == 'pretrained'   # ':pretrained' without pretrained.workdir is an error
     c.label_smoothing = 0.1
     c.log_every = 50
     c.eval_every = 500

@@ -15,8 +15,9 @@ Transforms follow SimMIM (github.com/microsoft/SimMIM): pre-training uses
 (3/4, 4/3), random horizontal flip, ImageNet mean/std normalisation);
 fine-tuning uses ``data/build.py`` (timm ``create_transform``: random resized
 crop with scale (0.08, 1); evaluation resizes the shorter side to
-``image_size / crop_pct`` and centre-crops). Only the geometric/flip parts are
-implemented here; colour jitter, RandAugment, random erasing and mixup are not.
+``image_size / crop_pct`` and centre-crops). The timm colour stage (RandAugment or colour
+jitter) and random erasing come from :mod:`jaxmim.data.augment` when the config turns them on;
+mixup / cutmix run on device in the train step (:mod:`jaxmim.mixup`).
 
 TensorFlow is only used on the host CPU: importing this module hides every GPU
 and TPU from TensorFlow (:func:`hide_accelerators_from_tf`) so it does not
@@ -38,7 +39,9 @@ import tensorflow_datasets as tfds
 
 from jaxmim import config as config_lib
 from jaxmim.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by jaxmim.data)
+from jaxmim.data import augment
 from jaxmim.data import fashion_mnist
+from jaxmim.data import image_folder
 
 INTERPOLATIONS = {
     'bicubic': tf.image.ResizeMethod.BICUBIC,
@@ -102,6 +105,16 @@ class _DataConfig:
     shuffle_buffer: int
     cache: bool
     prefetch: int
+    aug: augment.AugmentConfig = augment.AugmentConfig()   # the checked fields below, parsed
+    on_decode_error: str = 'raise'
+    crop_impl: str = 'tf'
+    auto_augment: str = ''
+    color_jitter: tuple = (0.0, 0.0, 0.0)
+    reprob: float = 0.0
+    remode: str = 'pixel'
+    recount: int = 1
+    re_scale: tuple = (0.02, 1.0 / 3.0)
+    re_ratio: tuple = (0.3, 1.0 / 0.3)
 
 
 def _is_int(x) -> bool:
@@ -231,7 +244,16 @@ def _validate_config(config: Any) -> _DataConfig:
     if not _is_int(prefetch) or prefetch < -1:
         raise _bad('prefetch', prefetch, 'an int >= 0 (batches; 0 disables) or -1 (tf.data.AUTOTUNE)')
 
+    aug = augment.augment_config_from_fields(values, mean, interpolation)
+    on_decode_error = values['on_decode_error']
+    if on_decode_error not in ('raise', 'skip'):
+        raise _bad('on_decode_error', on_decode_error, "'raise' (stop at a corrupt image) or 'skip'")
+
     return _DataConfig(
+        aug=aug,
+        on_decode_error=on_decode_error,
+        **{k: values[k] for k in ('crop_impl', 'auto_augment', 'color_jitter', 'reprob', 'remode', 'recount',
+                                  're_scale', 're_ratio')},
         dataset=dataset,
         image_size=int(image_size),
         data_dir=os.fspath(data_dir) if data_dir is not None else None,
@@ -278,7 +300,8 @@ def _how_to_prepare(name: str, builder, data_dir_root: str) -> str:
     return text
 
 
-def get_dataset_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+def get_dataset_builder(name: str, data_dir: Optional[str] = None,
+                        on_decode_error: str = 'raise') -> tfds.core.DatasetBuilder:
     """Returns a prepared TFDS builder for dataset ``name``.
 
     Follows the TFDS builder API (https://www.tensorflow.org/datasets/api_docs/
@@ -290,6 +313,9 @@ def get_dataset_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.
       name: TFDS name, optionally with config/version (``'imagenet2012:5.1.0'``).
       data_dir: TFDS data dir; ``None`` means the TFDS default
         (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+        For ``name='image_folder'``: the folder of ``<split>/<class>/<image>``
+        (:mod:`jaxmim.data.image_folder`).
+      on_decode_error: image folders: 'raise' (a corrupt image stops, named) or 'skip'.
 
     Returns:
       A ``tfds.core.DatasetBuilder`` whose ``info.splits`` hold the split sizes.
@@ -308,6 +334,8 @@ def get_dataset_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.
     data_dir = os.fspath(data_dir) if data_dir is not None else None
     if name.split(':')[0] == fashion_mnist.FashionMnistLocal.name:
         return fashion_mnist.prepare_fashion_mnist(data_dir=data_dir)
+    if name == image_folder.NAME:   # data_dir/<split>/<class>/<image>; corrupt files: on_decode_error
+        return image_folder.ImageFolderBuilder(data_dir, on_decode_error)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -324,6 +352,11 @@ def get_dataset_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.
             + _how_to_prepare(name, builder, root)
         )
     return builder
+
+
+def _builder_kwargs(cfg: _DataConfig) -> dict[str, Any]:
+    """Extra :func:`get_dataset_builder` arguments of a config (image folders only)."""
+    return {'on_decode_error': cfg.on_decode_error} if cfg.dataset == image_folder.NAME else {}
 
 
 def _split_size(builder, split, field: Optional[str] = None) -> int:
@@ -355,7 +388,7 @@ def num_examples(config: Any, split: str) -> int:
       DatasetNotFoundError: as :func:`get_dataset_builder`.
     """
     cfg = _validate_config(config)
-    builder = get_dataset_builder(cfg.dataset, cfg.data_dir)
+    builder = get_dataset_builder(cfg.dataset, cfg.data_dir, **_builder_kwargs(cfg))
     return _split_size(builder, split)
 
 
@@ -382,12 +415,17 @@ def _make_decoder(feature: tfds.features.Image):
 def _sample_crop_window(height, width, rng, cfg: _DataConfig):
     """Random-resized-crop window (y, x, h, w) for an image of (height, width).
 
+    With ``crop_impl='timm'``: :func:`jaxmim.data.augment.sample_crop_window_timm` (timm's
+    ``RandomResizedCropAndInterpolation.get_params`` exactly). With ``'tf'`` (the default):
+
     Like torchvision ``RandomResizedCrop`` (used by SimMIM data_simmim.py): area
     fraction in ``crop_scale``, aspect ratio (w/h) in ``crop_ratio`` sampled by
     ``tf.image.stateless_sample_distorted_bounding_box`` (10 attempts); when no
     window fits it falls back to a centre crop with the aspect ratio clamped
     into ``crop_ratio``.
     """
+    if cfg.aug.crop_impl == 'timm':
+        return augment.sample_crop_window_timm(height, width, rng, cfg.crop_scale, cfg.crop_ratio)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_size=tf.stack([height, width, 1]),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]], tf.float32),
@@ -451,6 +489,8 @@ def _make_train_fn(cfg: _DataConfig, feature: tfds.features.Image):
         if cfg.hflip:
             flip = tf.random.stateless_uniform([], seed=flip_rng) < 0.5
             image = tf.where(flip, tf.reverse(image, axis=[1]), image)
+        if cfg.aug.any_color:   # RandAugment, else colour jitter (timm); own key: crop/flip keys unchanged
+            image = augment.color_ops(image, tf.random.experimental.stateless_fold_in(rng, 1001), cfg.aug)
         return image
 
     return train_fn
@@ -537,6 +577,13 @@ def create_split(
       shuffle_buffer: shuffle buffer, examples; 0/1 disable.
       cache: cache the encoded examples in memory.
       prefetch: batches to prefetch; 0 disables, -1 autotunes.
+      crop_impl: ``'tf'`` (default sampler) or ``'timm'`` (timm's RandomResizedCrop window).
+      auto_augment: ``''`` or a timm RandAugment string (``'rand-m9-mstd0.5-inc1'``).
+      color_jitter: (brightness, contrast, saturation[, hue]); applied only without
+        auto_augment (timm).
+      reprob / remode / recount / re_scale / re_ratio: timm random erasing, after
+        normalisation (:func:`jaxmim.data.augment.random_erasing`).
+      on_decode_error: ``'raise'`` or ``'skip'`` (image-folder datasets).
 
     Args:
       config: the data config described above.
@@ -593,7 +640,7 @@ def create_split(
         raise ValueError(f'seed must be an int, got {seed!r}.')
     local_batch = batch_size // process_count
 
-    builder = get_dataset_builder(cfg.dataset, cfg.data_dir)
+    builder = get_dataset_builder(cfg.dataset, cfg.data_dir, **_builder_kwargs(cfg))
     features = builder.info.features
     image_feature = features[IMAGE_FEATURE] if IMAGE_FEATURE in features else None
     if not isinstance(image_feature, tfds.features.Image) or LABEL_FEATURE not in features:
@@ -657,6 +704,8 @@ def create_split(
         def preprocess_train(index, example):
             rng = tf.random.experimental.stateless_fold_in(base, index)
             image = (train_fn(example, rng) - mean) / std
+            if cfg.aug.reprob > 0:   # random erasing works on the normalised image (timm)
+                image = augment.erase(image, tf.random.experimental.stateless_fold_in(rng, 1002), cfg.aug)
             return {'image': image, 'label': example['label']}
 
         ds = ds.enumerate()
