@@ -1,0 +1,50 @@
+r"""SimMIM-style masked pre-training of GroupMixFormer-S on ImageNet-1K at 224 px (jaxmim's own).
+
+    python -m jaxmim.main --config=configs/pretrain/simmim_groupmixformer_small_img224.py \
+        --workdir=<out> --config.data.data_dir=/path/to/tensorflow_datasets
+    # then fine-tune with configs/supervised/groupmixformer_small.py plus
+    #   --config.pretrained.workdir=<out> --config.optim.layer_decay=0.9 (the SimMIM fine-tuning habit)
+
+No published code pre-trains GroupMixFormer with masking. This config applies SimMIM's 100-epoch
+Swin-B recipe (microsoft/SimMIM@d3e29bc, spec simmim_swin.md §4.2) to ``simmim_groupmixformer_small``
+(``jaxmim.models.groupmixformer.GroupMixFormerForSimMIM``): masked pixels zeroed before the stem,
+stem outputs at masked positions (the stride-4 token grid) replaced by a learnable mask token,
+encoder stride 32 (7x7 final map), one-layer 1x1-conv + pixel-shuffle decoder, L1 loss on masked
+pixels; 32-px mask units at ratio 0.6 (30 of 49 masked). 100 epochs, 10 warm-up, cosine, base lr
+2e-4 / warm-up 1e-6 / min 1e-5 per 512 images (x4 at batch 2048), AdamW (0.9, 0.999), weight
+decay 0.05, clip 5.0, drop path 0, RandomResizedCrop (0.67, 1) bilinear + flip. BatchNorm
+statistics are computed over the global batch in training (masked tokens included). Untested at
+this scale: no result is claimed.
+"""
+
+from jaxmim.config import pretrain_defaults
+
+ITERS_PER_EPOCH = 1_281_167 // 2048   # 625
+
+
+def get_config(arg=None):
+    del arg
+    c = pretrain_defaults('simmim')
+    c.model.name = 'simmim_groupmixformer_small'
+    c.method.encoder_stride = 32
+    c.method.mask_patch_size = 32
+    c.method.mask_ratio = 0.6
+    c.data.dataset = 'imagenet2012'
+    c.data.train_split = 'train'
+    c.data.eval_split = 'validation'
+    c.data.image_size = 224
+    c.data.crop_scale = (0.67, 1.0)
+    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
+    c.data.interpolation = 'bilinear'
+    c.data.hflip = True
+    c.batch_size = 2048
+    c.total_steps = 100 * ITERS_PER_EPOCH
+    c.optim.schedule = 'cosine'
+    c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = 2e-4, 1e-6, 1e-5
+    c.optim.warmup_steps = 10 * ITERS_PER_EPOCH
+    c.optim.weight_decay = 0.05
+    c.optim.clip_grad = 5.0
+    c.log_every = 100
+    c.checkpoint_every = 5 * ITERS_PER_EPOCH
+    c.keep_checkpoints = 3
+    return c
