@@ -1,0 +1,531 @@
+"""HiViT (Zhang et al., "HiViT: A Simpler and More Efficient Design of Hierarchical Vision
+Transformer", ICLR 2023) in Flax NNX.
+
+Follows ``zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit.py`` (``HiViT``,
+``BlockWithRPE``, ``PatchEmbed``, ``PatchMerge``) and its supervised copy
+``supervised/models/hivit.py``; the mmpretrain variants follow
+``open-mmlab/mmpretrain mmpretrain/models/backbones/hivit.py``. Spec: ``hivit.md``.
+
+Data flow (spec §2; ``C`` = ``embed_dim``, the main-stage width, ``S = len(depths)`` stages):
+
+1. ``patch_embed``: conv ``k = s = patch_size / inner_patches`` (4x4 px for the official
+   16 / 4) to ``C / 2^(S-1)`` channels over the whole image, then the map is regrouped per
+   ``patch_size`` x ``patch_size``-px **unit** (:func:`units_from_map`): ``(B, Hp*Wp, i, i, c)``
+   with ``i = inner_patches``, units in raster order, inner tokens in (row, col) order; then
+   LayerNorm (``patch_norm``).
+2. Stages ``0 .. S-2``: ``2 * depths[s]`` MLP-only blocks (no ``norm1`` / ``attn``, MLP ratio
+   ``stem_mlp_ratio``) acting on every 4x4-px token separately, then :class:`PatchMerge` inside
+   each unit (Swin channel order), halving the inner grid and doubling the channels.
+3. Squeeze the 1x1 inner grid: ``(B, N, C)``; add the absolute position embedding
+   ``absolute_pos_embed`` (1, N, C) (``ape``); dropout.
+4. Main stage: ``depths[-1]`` pre-norm transformer blocks with **global** attention over the N
+   units, optionally with a relative position bias over the unit grid (``rpe``; Swin's index
+   formula with the window = the whole ``Hp x Wp`` grid).
+5. Classifier: mean over units -> ``fc_norm`` -> ``head``.
+
+Nothing before the main stage mixes units, so MAE masking is a gather of units right after the
+patch embedding (``forward_features(..., ids_keep=...)``; spec §1, §10).
+
+All blocks live in ONE flat ``blocks`` list with the official indices (MLP blocks, merges and
+main blocks interleaved, e.g. base: 0-3 MLP, 4 merge, 5-8 MLP, 9 merge, 10-29 attention), so
+official state_dict keys map 1:1 (spec §16.1).
+
+Numerics (spec §17): LayerNorm eps 1e-6 (official; mmpretrain classification 1e-5), biased
+variance; exact erf GELU; ``q`` scaled before ``q @ kᵀ``; logits + bias cast to float32 and
+clamped to the float32 range before the softmax (the self-supervised copy; identical to the
+other copies for finite float32 logits).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmim import layers as L
+from jaxmim.models.swin import relative_position_index
+from jaxmim.models.vit import Mlp, dense, torch_bicubic_resize
+from jaxmim.registry import Backbone, register_model
+
+__all__ = ['units_from_map', 'map_from_units', 'merge_inner', 'masked_relative_position_index',
+           'HiViTAttention', 'BlockWithRPE', 'PatchMerge', 'PatchEmbed', 'HiViT', 'hivit_layer_id',
+           'RPE_INITS']
+
+RPE_INITS = ('trunc_normal', 'zeros')
+"""Accepted ``rpe_init`` values: ``'trunc_normal'`` (std .02; supervised copy and mmpretrain) and
+``'zeros'`` (self-supervised copy: MAE fine-tuning starts its tables at exactly 0, spec §6)."""
+
+
+# ----------------------------------------------------------------------------------------
+# Unit regrouping and in-unit merging (pure functions).
+# ----------------------------------------------------------------------------------------
+
+def units_from_map(x: jax.Array, inner: int) -> jax.Array:
+    """Regroups a dense token map into units of ``inner x inner`` tokens.
+
+    ``(B, Hp*inner, Wp*inner, C)`` -> ``(B, Hp*Wp, inner, inner, C)``: unit ``n = r * Wp + c``
+    (raster order) holds the tokens ``x[:, r*inner + i, c*inner + j]`` at inner position ``(i, j)``.
+    The NHWC form of the official ``view(B, C, Hp, i, Wp, i).permute(0, 2, 4, 3, 5, 1)``
+    (``models_hivit.py:111-115``; spec §16.4).
+
+    Raises:
+      ValueError: ``inner`` does not divide the map's height and width.
+    """
+    b, h, w, c = x.shape
+    if h % inner or w % inner:
+        raise ValueError(f'inner_patches {inner} must divide the token map {h}x{w}')
+    hp, wp = h // inner, w // inner
+    x = x.reshape(b, hp, inner, wp, inner, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, hp * wp, inner, inner, c)
+
+
+def map_from_units(x: jax.Array, hp: int, wp: int) -> jax.Array:
+    """Inverse of :func:`units_from_map`: ``(B, hp*wp, i, i, C)`` -> ``(B, hp*i, wp*i, C)``.
+
+    Raises:
+      ValueError: ``hp * wp`` is not the number of units.
+    """
+    b, n, i, j, c = x.shape
+    if n != hp * wp:
+        raise ValueError(f'{n} units do not form a {hp}x{wp} grid')
+    return x.reshape(b, hp, wp, i, j, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp * i, wp * j, c)
+
+
+def merge_inner(x: jax.Array) -> jax.Array:
+    """Swin's 2x2 neighbourhood concatenation on the two axes before the channels.
+
+    ``(..., h, w, C)`` -> ``(..., h/2, w/2, 4C)`` with channel blocks
+    ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` in (row, col) offsets: x1 is the odd **row** (Swin
+    ``PatchMerging`` order; ``models_hivit.py:129-134``, spec §4).
+    """
+    return jnp.concatenate([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :],
+                            x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], axis=-1)
+
+
+def masked_relative_position_index(index: np.ndarray, ids_keep: jax.Array) -> jax.Array:
+    """Relative-position index among the kept units of every sample.
+
+    ``out[b, p, q] = index[ids_keep[b, p], ids_keep[b, q]]``: the official gather of rows then
+    columns (``models_hivit.py:258-264``).
+
+    Args:
+      index: ``(N, N)`` integer index over all units.
+      ids_keep: ``(B, L)`` int kept unit ids.
+
+    Returns:
+      ``(B, L, L)`` int32.
+    """
+    idx = jnp.asarray(index, jnp.int32)
+    return idx[ids_keep[:, :, None], ids_keep[:, None, :]]
+
+
+# ----------------------------------------------------------------------------------------
+# Modules (official names).
+# ----------------------------------------------------------------------------------------
+
+class HiViTAttention(nnx.Module):
+    """Global multi-head self-attention with an optional relative position bias
+    (``models_hivit.py:10-53`` ``Attention``).
+
+    ``qkv`` Dense(C, 3C) (output channel ``s*C + h*hd + d`` = q/k/v s of head h), ``q *= scale``,
+    logits ``q @ kᵀ`` ``(B, nH, N, N)`` plus ``bias[b?, h, p, q] = table[rpe_index[b?, p, q], h]``,
+    cast to float32, clamped to the float32 range, softmax over keys, dropout, ``@ v``, ``proj``.
+
+    Args:
+      dim: channels C.
+      num_heads: heads (C divisible).
+      qkv_bias: bias in ``qkv``.
+      qk_scale: overrides ``head_dim ** -0.5``.
+      attn_drop, proj_drop: dropout rates.
+      rpe_grid: side G of the unit grid; when given the block owns
+        ``relative_position_bias_table`` ((2G-1)^2, num_heads).
+      rpe_init: ``'trunc_normal'`` (N(0, .02)) or ``'zeros'`` (:data:`RPE_INITS`).
+      rngs: NNX RNG streams.
+
+    Call: ``attn(x, rpe_index=None, *, train, rng)``: ``x`` (B, N, C); ``rpe_index`` None, an
+    ``(N, N)`` or a per-sample ``(B, N, N)`` integer index into the table.
+
+    Raises:
+      ValueError: C not divisible by ``num_heads``, unknown ``rpe_init``, or (call) an index
+        without a table.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, *, rpe_grid: int | None = None,
+                 rpe_init: str = 'trunc_normal', rngs: nnx.Rngs):
+        if num_heads <= 0 or dim % num_heads:
+            raise ValueError(f'num_heads {num_heads} must be positive and divide dim {dim}')
+        if rpe_init not in RPE_INITS:
+            raise ValueError(f'rpe_init must be one of {RPE_INITS}, got {rpe_init!r}')
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = dense(dim, 3 * dim, rngs, use_bias=qkv_bias)
+        self.proj = dense(dim, dim, rngs)
+        self.attn_drop, self.proj_drop = attn_drop, proj_drop
+        if rpe_grid:
+            shape = ((2 * rpe_grid - 1) ** 2, num_heads)
+            init = jnp.zeros(shape, jnp.float32) if rpe_init == 'zeros' else L.trunc_normal_02(rngs.params(), shape)
+            self.relative_position_bias_table = nnx.Param(init)
+        else:
+            self.relative_position_bias_table = None
+
+    def __call__(self, x: jax.Array, rpe_index: jax.Array | np.ndarray | None = None, *, train: bool = False,
+                 rng: jax.Array | None = None) -> jax.Array:
+        b, n, c = x.shape
+        nh = self.num_heads
+        k_attn, k_proj = L.split_key(rng, 2)
+        qkv = self.qkv(x).reshape(b, n, 3, nh, c // nh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]               # (B, N, nH, hd)
+        q = q * jnp.asarray(self.scale, q.dtype)
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+        if rpe_index is not None:
+            if self.relative_position_bias_table is None:
+                raise ValueError('a relative position index was given to an attention without a bias table')
+            bias = self.relative_position_bias_table[...][rpe_index]       # (..., N, N, nH)
+            logits = logits + jnp.moveaxis(bias, -1, -3).astype(logits.dtype)
+        f32 = jnp.finfo(jnp.float32)
+        logits = jnp.clip(logits.astype(jnp.float32), f32.min, f32.max)
+        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        attn = L.dropout(attn, self.attn_drop, train, k_attn)
+        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, n, c)
+        return L.dropout(self.proj(out), self.proj_drop, train, k_proj)
+
+
+class BlockWithRPE(nnx.Module):
+    """HiViT block (``models_hivit.py:56-82``).
+
+    ``num_heads > 0``: ``x + dp(attn(norm1(x)))`` then ``x + dp(mlp(norm2(x)))`` on ``(B, N, C)``.
+    ``num_heads == 0`` (early stages): no ``norm1`` / ``attn``; only ``x + dp(mlp(norm2(x)))``,
+    per token on any ``(..., C)`` array (``(B, N, h, w, C)``). One drop-path rate for both
+    branches. MLP hidden ``int(dim * mlp_ratio)``, exact GELU.
+
+    Args:
+      dim, num_heads, mlp_ratio, qkv_bias, qk_scale: as the official block.
+      drop, attn_drop, drop_path: dropout / attention dropout / stochastic depth rates.
+      norm_eps: LayerNorm epsilon.
+      rpe_grid, rpe_init: see :class:`HiViTAttention` (attention blocks only).
+      rngs: NNX RNG streams.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 0, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, norm_eps: float = 1e-6, *, rpe_grid: int | None = None,
+                 rpe_init: str = 'trunc_normal', rngs: nnx.Rngs):
+        with_attn = num_heads > 0
+        self.norm1 = L.layer_norm(dim, norm_eps, rngs) if with_attn else None
+        self.attn = (HiViTAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, rpe_grid=rpe_grid,
+                                    rpe_init=rpe_init, rngs=rngs) if with_attn else None)
+        self.drop_path = drop_path
+        self.norm2 = L.layer_norm(dim, norm_eps, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array, rpe_index=None, *, train: bool = False,
+                 rng: jax.Array | None = None) -> jax.Array:
+        k_attn, k_dp1, k_mlp, k_dp2 = L.split_key(rng, 4)
+        if self.attn is not None:
+            x = x + L.drop_path(self.attn(self.norm1(x), rpe_index, train=train, rng=k_attn),
+                                self.drop_path, train, k_dp1)
+        return x + L.drop_path(self.mlp(self.norm2(x), train=train, rng=k_mlp), self.drop_path, train, k_dp2)
+
+
+class PatchMerge(nnx.Module):
+    """Patch merging inside each unit (``models_hivit.py:121-136``): ``(B, N, h, w, C)`` ->
+    :func:`merge_inner` ``(B, N, h/2, w/2, 4C)`` -> LayerNorm(4C) -> ``reduction`` Dense(4C -> 2C,
+    no bias)."""
+
+    def __init__(self, dim: int, norm_eps: float = 1e-6, *, rngs: nnx.Rngs):
+        self.norm = L.layer_norm(4 * dim, norm_eps, rngs)
+        self.reduction = dense(4 * dim, 2 * dim, rngs, use_bias=False)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.reduction(self.norm(merge_inner(x)))
+
+
+class PatchEmbed(nnx.Module):
+    """Conv stem regrouped per unit (``models_hivit.py:85-118``).
+
+    ``(B, H, W, C_in)`` -> conv k = s = ``patch_size // inner_patches`` (PyTorch default init) ->
+    ``(B, H/k, W/k, D)`` -> :func:`units_from_map` ``(B, (H/p)*(W/p), i, i, D)`` -> LayerNorm
+    (when ``patch_norm``).
+
+    Raises:
+      ValueError: sizes that do not divide, or (call) images not ``(B, img_size, img_size, in_chans)``.
+    """
+
+    def __init__(self, img_size: int, patch_size: int, inner_patches: int, in_chans: int, embed_dim: int,
+                 patch_norm: bool = True, norm_eps: float = 1e-6, *, rngs: nnx.Rngs):
+        if patch_size % inner_patches:
+            raise ValueError(f'inner_patches {inner_patches} must divide patch_size {patch_size}')
+        if img_size % patch_size:
+            raise ValueError(f'patch_size {patch_size} must divide img_size {img_size}')
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.inner_patches = inner_patches
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size ** 2
+        k = patch_size // inner_patches
+        self.proj = nnx.Conv(in_chans, embed_dim, (k, k), strides=k, padding='VALID',
+                             kernel_init=L.torch_default_kernel_init,
+                             bias_init=L.torch_default_bias_init(in_chans * k * k), rngs=rngs)
+        self.norm = L.layer_norm(embed_dim, norm_eps, rngs) if patch_norm else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
+            raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) in NHWC '
+                             f'layout, got shape {x.shape}')
+        x = units_from_map(self.proj(x), self.inner_patches)
+        return self.norm(x) if self.norm is not None else x
+
+
+def hivit_layer_id(name: str, main_block: Sequence[int]) -> int:
+    """Layer id of parameter ``name`` for layer-wise lr decay, HiViT's MAE fine-tuning rule
+    (``self_supervised/util/lr_decay.py:69-84`` ``get_layer_id``).
+
+    ``main_block`` lists the indices of the non-PatchMerge blocks; ``max_layer = len + 1``.
+    ``absolute_pos_embed`` / ``patch_embed.*`` -> 0; ``blocks.i.*`` -> (position of i in
+    ``main_block``) + 1, a PatchMerge taking the id of the block before it; anything else
+    (``fc_norm``, ``head``, MAE's ``norm`` / decoder) -> ``max_layer``.
+    """
+    max_layer = len(main_block) + 1
+    if name in ('cls_token', 'pos_embed', 'absolute_pos_embed') or name.startswith('patch_embed.'):
+        return 0
+    if name.startswith('blocks.'):
+        i = int(name.split('.')[1])
+        while i >= 0:
+            if i in main_block:
+                return list(main_block).index(i) + 1
+            i -= 1
+        return 0
+    return max_layer
+
+
+_IMAGENET_DATA = dict(image_size=224, eval_crop_ratio=224 / 256)
+_DEMO_DATA = dict(image_size=32, eval_crop_ratio=1.0)
+_MMP = dict(norm_eps=1e-5, fc_norm=False, head_init_std=0.01, rpe=True)
+
+
+# Registered variants. Official (zhangxiaosong18/hivit supervised/configs/hivit_*_224.yaml):
+# APE + RPE on, LN eps 1e-6, tables trunc_normal .02, drop path of the supervised recipe.
+# mmpretrain (configs/_base_/models/hivit/*.py, arch_zoo): LN eps 1e-5, no fc_norm (GAP neck +
+# LinearClsHead), rpe True; its 'base' is [2, 2, 24] and 'large' [2, 2, 40] (spec §7, §13).
+@register_model('hivit_tiny', data_defaults=_IMAGENET_DATA, embed_dim=384, depths=(1, 1, 10), num_heads=6,
+                drop_path_rate=0.05)
+@register_model('hivit_small', data_defaults=_IMAGENET_DATA, embed_dim=384, depths=(2, 2, 20), num_heads=6,
+                drop_path_rate=0.3)
+@register_model('hivit_base', data_defaults=_IMAGENET_DATA, embed_dim=512, depths=(2, 2, 20), num_heads=8,
+                drop_path_rate=0.5)
+@register_model('hivit_tiny_mmpretrain', data_defaults=_IMAGENET_DATA, embed_dim=384, depths=(1, 1, 10),
+                num_heads=6, drop_path_rate=0.05, **_MMP)
+@register_model('hivit_small_mmpretrain', data_defaults=_IMAGENET_DATA, embed_dim=384, depths=(2, 2, 20),
+                num_heads=6, drop_path_rate=0.3, **_MMP)
+@register_model('hivit_base_mmpretrain', data_defaults=_IMAGENET_DATA, embed_dim=512, depths=(2, 2, 24),
+                num_heads=8, drop_path_rate=0.5, **_MMP)
+@register_model('hivit_large_mmpretrain', data_defaults=_IMAGENET_DATA, embed_dim=768, depths=(2, 2, 40),
+                num_heads=12, drop_path_rate=0.5, **_MMP)
+@register_model('hivit_demo_patch4_32', data_defaults=_DEMO_DATA, img_size=32, patch_size=4, embed_dim=128,
+                depths=(1, 1, 6), num_heads=4, num_classes=10, drop_path_rate=0.1, rpe_init='zeros',
+                head_init_std=2e-5)
+class HiViT(nnx.Module, Backbone):
+    """HiViT classifier (official ``HiViT``; spec §2-§9).
+
+    Args (official names and defaults of ``HiViT.__init__`` unless noted):
+      img_size: square input side in pixels (224).
+      patch_size: unit side in pixels (16): the main-stage token.
+      inner_patches: inner tokens per unit side (4); must equal ``2 ** (len(depths) - 1)``.
+      in_chans: input channels.
+      num_classes: classes of ``head``; 0 gives no head (pooled features).
+      embed_dim: main-stage width C; stage s has ``C / 2^(S-1-s)`` channels.
+      depths: per stage; early stage s builds ``2 * depths[s]`` MLP blocks, the last stage
+        ``depths[-1]`` attention blocks.
+      num_heads: heads of the main stage.
+      stem_mlp_ratio, mlp_ratio: MLP ratios of the early / main blocks (3, 4).
+      qkv_bias, qk_scale: attention options.
+      drop_rate, attn_drop_rate: dropout rates (0 in every recipe).
+      drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths) + sum(depths[:-1]))``
+        over all blocks in order, merges excluded (spec §8).
+      norm_eps: LayerNorm epsilon (1e-6 official; 1e-5 mmpretrain). Official default
+        ``nn.LayerNorm`` is 1e-5 but every factory / builder passes 1e-6.
+      ape: absolute position embedding ``absolute_pos_embed`` (1, N, C).
+      rpe: relative position bias tables in the main blocks.
+      rpe_init: table init, :data:`RPE_INITS` (jaxmim argument; default the supervised copy's).
+      patch_norm: LayerNorm after the patch embedding.
+      fc_norm: LayerNorm after pooling (jaxmim argument: False for mmpretrain's classifier,
+        which has none).
+      ape_init: ``'trunc_normal'`` (N(0, .02), the classifiers) or ``'sincos'`` (MAE's 2-D
+        sin-cos table, column half first; still a trainable ``nnx.Param``).
+      head_init_std: std of the normal init of ``head.kernel`` (0.02 timm; MAE fine-tuning
+        re-initialises it with 2e-5, ``main_finetune.py:249``).
+      rngs: NNX RNG streams.
+
+    Init (``_init_weights``, spec §9): Dense kernels N(0, .02) and biases 0, LayerNorm 1/0, conv
+    PyTorch default, APE N(0, .02).
+
+    Call: ``model(images, *, train=False, rng=None)`` with images ``(B, img_size, img_size,
+    in_chans)`` float NHWC; returns logits ``(B, num_classes)`` (features ``(B, C)`` without a head).
+
+    Raises:
+      ValueError: inconsistent sizes, bad ``rpe_init`` / ``ape_init``, or a wrong image shape.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, inner_patches: int = 4, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 512, depths: Sequence[int] = (2, 2, 20),
+                 num_heads: int = 8, stem_mlp_ratio: float = 3.0, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, norm_eps: float = 1e-6, ape: bool = True, rpe: bool = True,
+                 rpe_init: str = 'trunc_normal', patch_norm: bool = True, fc_norm: bool = True,
+                 ape_init: str = 'trunc_normal', head_init_std: float = 0.02, *, rngs: nnx.Rngs):
+        depths = tuple(int(d) for d in depths)
+        num_stages = len(depths)
+        if num_stages < 1 or any(d < 0 for d in depths):
+            raise ValueError(f'depths must be a non-empty sequence of non-negative ints, got {depths}')
+        if inner_patches != 2 ** (num_stages - 1):
+            raise ValueError(f'inner_patches must be 2 ** (len(depths) - 1) = {2 ** (num_stages - 1)} so that '
+                             f'the early stages merge each unit to one token, got {inner_patches}')
+        if embed_dim % 2 ** (num_stages - 1):
+            raise ValueError(f'embed_dim {embed_dim} must be divisible by 2 ** (len(depths) - 1)')
+        if ape_init not in ('trunc_normal', 'sincos'):
+            raise ValueError(f"ape_init must be 'trunc_normal' or 'sincos', got {ape_init!r}")
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.inner_patches = inner_patches
+        self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
+        self.depths, self.num_heads, self.drop_rate = depths, num_heads, drop_rate
+        self.ape, self.rpe = ape, rpe
+        self.num_main_blocks = depths[-1]
+
+        dim = embed_dim // 2 ** (num_stages - 1)
+        self.patch_embed = PatchEmbed(img_size, patch_size, inner_patches, in_chans, dim, patch_norm, norm_eps,
+                                      rngs=rngs)
+        self.grid_size, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
+        if ape:
+            if ape_init == 'sincos':
+                from jaxmim.models.vit import get_2d_sincos_pos_embed
+                table = jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid_size))[None]
+            else:
+                table = L.trunc_normal_02(rngs.params(), (1, self.num_patches, embed_dim))
+            self.absolute_pos_embed = nnx.Param(table)
+        else:
+            self.absolute_pos_embed = None
+
+        dpr = iter(float(r) for r in np.linspace(0, drop_path_rate, sum(depths) + sum(depths[:-1]),
+                                                  dtype=np.float32))
+        blocks: list[nnx.Module] = []
+        for s, stage_depth in enumerate(depths):
+            main = s == num_stages - 1
+            for _ in range(stage_depth if main else 2 * stage_depth):
+                blocks.append(BlockWithRPE(dim, num_heads if main else 0, mlp_ratio if main else stem_mlp_ratio,
+                                           qkv_bias, qk_scale, drop_rate, attn_drop_rate, next(dpr), norm_eps,
+                                           rpe_grid=self.grid_size if (rpe and main) else None,
+                                           rpe_init=rpe_init, rngs=rngs))
+            if not main:
+                blocks.append(PatchMerge(dim, norm_eps, rngs=rngs))
+                dim *= 2
+        self.blocks = nnx.List(blocks)
+        self.main_block = tuple(i for i, b in enumerate(blocks) if not isinstance(b, PatchMerge))
+        self.fc_norm = L.layer_norm(embed_dim, norm_eps, rngs) if fc_norm else None
+        self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
+                     if num_classes > 0 else None)
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def relative_position_index(self) -> np.ndarray:
+        """The static ``(N, N)`` int32 index over the unit grid (spec §6):
+        ``(h_p - h_q + G - 1) * (2G - 1) + (w_p - w_q + G - 1)``, units row-major."""
+        return relative_position_index(self.grid_size)
+
+    def forward_features(self, x: jax.Array, ids_keep: jax.Array | None = None, *, return_hifeat: bool = False,
+                         train: bool = False, rng: jax.Array | None = None):
+        """Patch embedding, early stages, APE, main stage (``models_hivit.py:233-272``).
+
+        Args:
+          x: images ``(B, img_size, img_size, in_chans)``.
+          ids_keep: optional ``(B, L)`` int unit ids to keep (MAE): the units are gathered right
+            after the patch embedding, and the APE / RPE index with them.
+          return_hifeat: also return the inputs of the PatchMerge layers.
+          train, rng: dropout / stochastic depth switch and key.
+
+        Returns:
+          Main-stage tokens ``(B, L, C)`` (L = N without ``ids_keep``); with ``return_hifeat`` a
+          list ``[merge-0 input (B, L, i, i, c0), merge-1 input ..., tokens]``.
+        """
+        keys = L.split_key(rng, len(self.blocks) + 1)
+        x = self.patch_embed(x)
+        if ids_keep is not None:
+            x = jnp.take_along_axis(x, ids_keep[:, :, None, None, None], axis=1)
+        n_early = len(self.blocks) - self.num_main_blocks
+        hifeat = []
+        for blk, key in zip(list(self.blocks)[:n_early], keys):
+            if isinstance(blk, PatchMerge):
+                hifeat.append(x)
+                x = blk(x)
+            else:
+                x = blk(x, train=train, rng=key)
+        x = x[:, :, 0, 0, :]
+        if self.absolute_pos_embed is not None:
+            pos = self.absolute_pos_embed[...].astype(x.dtype)
+            x = x + (pos if ids_keep is None else jnp.take(pos[0], ids_keep, axis=0))
+        x = L.dropout(x, self.drop_rate, train, keys[-1])
+        rpe_index = None
+        if self.rpe:
+            index = self.relative_position_index()
+            rpe_index = index if ids_keep is None else masked_relative_position_index(index, ids_keep)
+        for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
+            x = blk(x, rpe_index, train=train, rng=key)
+        return hifeat + [x] if return_hifeat else x
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        x = self.forward_features(x, train=train, rng=rng).mean(axis=1)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
+        return self.head(x) if self.head is not None else x
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """``absolute_pos_embed`` and every ``relative_position_bias_table`` (official
+        ``no_weight_decay`` / ``no_weight_decay_keywords``, ``models_hivit.py:225-231``; the MAE
+        fine-tuning ``param_groups_lrd`` excludes the tables by suffix; mmpretrain's recipe
+        excludes ``pos_embed`` and the tables too)."""
+        return ('absolute_pos_embed', '*relative_position_bias_table')
+
+    def layer_id(self, name: str) -> int:
+        """See :func:`hivit_layer_id` (ids ``0 .. len(main_block) + 1``; 29 is the head for HiViT-B)."""
+        return hivit_layer_id(name, self.main_block)
+
+    @property
+    def num_layer_ids(self) -> int:
+        """``len(main_block) + 2`` (30 for HiViT-B: scale ``decay ** (29 - id)``)."""
+        return len(self.main_block) + 2
+
+    def pretrained_fresh(self) -> tuple[str, ...]:
+        """What MAE fine-tuning may start fresh: ``head``, ``fc_norm`` and the relative-position
+        tables (pre-training runs without RPE; the tables start at their init, zero in the
+        official fine-tuning, spec §11)."""
+        return ('head.*', 'fc_norm.*', '*relative_position_bias_table')
+
+    def adapt_pretrained(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Resizes an ``absolute_pos_embed`` of another unit grid, or a
+        ``relative_position_bias_table`` of another grid (same heads), bicubically per channel
+        (torch ``interpolate(mode='bicubic', align_corners=False)``), as HV's ``load_finetune``
+        does (``supervised/utils.py:22-59``; it passes a scale factor, the size-based form here
+        equals it up to float rounding of the source coordinates).
+
+        Raises:
+          ValueError: naming the tensor and both shapes otherwise.
+        """
+        value = np.asarray(value)
+        shape = tuple(shape)
+        if name == 'absolute_pos_embed' and value.ndim == 3 and len(shape) == 3 and value.shape[2] == shape[2]:
+            s1, s2 = math.isqrt(value.shape[1]), math.isqrt(shape[1])
+            if s1 * s1 == value.shape[1] and s2 * s2 == shape[1]:
+                grid = value.reshape(value.shape[0], s1, s1, value.shape[2])
+                return torch_bicubic_resize(grid, (s2, s2)).reshape(shape).astype(value.dtype)
+        if (name.endswith('relative_position_bias_table') and value.ndim == 2 and len(shape) == 2
+                and value.shape[1] == shape[1]):
+            s1, s2 = math.isqrt(value.shape[0]), math.isqrt(shape[0])
+            if s1 * s1 == value.shape[0] and s2 * s2 == shape[0]:
+                grid = value.reshape(s1, s1, value.shape[1])
+                return torch_bicubic_resize(grid, (s2, s2)).reshape(shape).astype(value.dtype)
+        return Backbone.adapt_pretrained(self, name, value, shape)
