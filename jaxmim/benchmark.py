@@ -46,6 +46,10 @@ Measured per step kind:
   (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
   989, A100 312, TPU v4 275, v5p 459).
 
+``--kinds=inference`` adds the classifier's evaluation forward timed the official way
+(50 warm-up then 30 timed passes of one batch, as GroupMixFormer's and Swin's ``throughput``),
+next to the training steps.
+
 ``--compare_torch`` also times the PyTorch twin of each step's model (the conversion family in
 ``convert/`` that describes it, holding the same weights): eager and, unless
 ``--notorch_compile``, ``torch.compile``-d, each train step (AdamW, ``clip_grad_norm_``) timed
@@ -84,7 +88,8 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000,
 _FT_LAYER_DECAY = flags.DEFINE_float('finetune_layer_decay', 0.9,
                                      'Layer decay of the fine-tuning step built for a pre-training config.')
 _PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of ONE device, for MFU (e.g. 989 for H100 bf16).')
-_KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune); default: all the config has.')
+_KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune, inference); default: the '
+                          'training steps the config has (inference: 50 + 30 forward passes, opt-in).')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices only (0: all).')
 _JSON = flags.DEFINE_string('json_out', None, 'Write the rows (and device info) as JSON to this path.')
 _ALSO = flags.DEFINE_multi_string('also', [], 'Further configs path[:variant] measured in the same run.')
@@ -94,6 +99,12 @@ _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False,
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'With --compare_torch: also time torch.compile(twin).')
 
 KINDS = ('pretrain', 'finetune')
+INFERENCE = 'inference'
+"""Opt-in kind (``--kinds=inference``): the classifier's evaluation forward timed the way the
+GroupMixFormer / Swin repositories measure throughput (``throughput()`` in their ``main.py`` /
+``train.py``): ``INFERENCE_WARMUP`` untimed then ``INFERENCE_STEPS`` timed forward passes of one
+fixed batch, images/s = passes x batch / total time."""
+INFERENCE_WARMUP, INFERENCE_STEPS = 50, 30
 
 
 # ----------------------------------------------------------------------------------------
@@ -370,6 +381,66 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     return row
 
 
+def benchmark_inference(config, mesh, *, warmup: int = INFERENCE_WARMUP, steps: int = INFERENCE_STEPS,
+                        peak_tflops: float | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Throughput of the classifier's evaluation forward (``train=False``: BatchNorm on its
+    running statistics), measured as the official repositories do: ``warmup`` untimed passes,
+    then ``steps`` passes of the same batch dispatched back to back and waited for once at the
+    end; ``img/s = steps * batch / elapsed``. The row has the keys of :func:`benchmark_step`
+    (``kind='inference'``; the per-step statistics are the mean over the timed passes)."""
+    import jax
+    import numpy as np
+
+    from jaxmim import config as config_lib
+    from jaxmim import train
+
+    model = train.build_model(config)
+    graphdef, params, model_state = train.split_variables(model)
+    num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+    rep = train.replicated(mesh)
+    variables = jax.device_put({'params': params, 'model_state': model_state}, rep)
+    batch_size, n_dev = int(config.batch_size), mesh.devices.size
+    image_size = int(config_lib.resolve_data_config(config).image_size)
+    images = synthetic_batch(mesh, batch_size, image_size, getattr(model, 'in_chans', 3), 1, seed=config.seed)['image']
+
+    def forward(v, x):
+        return train.merge_variables(graphdef, v['params'], v['model_state'])(x, train=False)
+
+    log(f'[inference] {config.model.name}: {num_params / 1e6:.2f}M params; compiling the forward ...')
+    t0 = time.perf_counter()
+    lowered = jax.jit(forward, in_shardings=(rep, train.batch_sharding(mesh))).lower(variables, images)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    for _ in range(warmup):
+        out = compiled(variables, images)
+    jax.block_until_ready(out)
+    t = time.perf_counter()
+    for _ in range(steps):
+        out = compiled(variables, images)
+    jax.block_until_ready(out)
+    elapsed = time.perf_counter() - t
+    flops = _total_flops(_safe(compiled.cost_analysis))
+    fpi = flops / (batch_size // n_dev) if flops else None
+    img_s = steps * batch_size / elapsed
+    achieved = fpi * img_s if fpi else None
+    log(f'[inference] {img_s:.1f} img/s ({warmup} warm-up + {steps} timed forward passes)')
+    return {
+        'kind': INFERENCE, 'model': config.model.name, 'image_size': image_size, 'batch_size': batch_size,
+        'per_device_batch': batch_size // n_dev, 'devices': n_dev, 'device_kind': mesh.devices.flat[0].device_kind,
+        'num_params': num_params, 'lower_s': t1 - t0, 'compile_s': t2 - t0, 'steps': steps, 'warmup': warmup,
+        'step_time_median_s': elapsed / steps, 'step_time_mean_s': elapsed / steps,
+        'step_time_min_s': None, 'step_time_max_s': None, 'img_s': img_s, 'img_s_overall': img_s,
+        'step_flops_per_device': flops, 'flops_per_image': fpi,
+        'flops_per_image_unpartitioned': None,
+        'achieved_tflops': achieved / 1e12 if achieved else None,
+        'achieved_tflops_per_device': achieved / 1e12 / n_dev if achieved else None,
+        'peak_tflops_per_device': peak_tflops,
+        'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
+        'device_memory_gib': _memory_gib(compiled), 'final_loss': None,
+    }
+
+
 def _build_model_shape(config):
     """The config's model with abstract weights (for its ``host_inputs``; nothing allocated)."""
     from flax import nnx
@@ -393,7 +464,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       num_classes: classes of the fine-tuning classifier built for a pre-training config.
       finetune_layer_decay: layer decay of that fine-tuning step.
       peak_tflops: peak TFLOP/s of one device, for MFU.
-      kinds: subset of ``('pretrain', 'finetune')``; default all the config's mode allows.
+      kinds: subset of ``('pretrain', 'finetune', 'inference')``; default the training steps the
+        config's mode allows (``'inference'``, :func:`benchmark_inference`, is opt-in).
       devices: the devices of the ``data`` mesh; default all.
       compare_torch: also time the PyTorch twin (``convert/``) of each step's model, eager and
         (``torch_compile``) compiled, interleaved with the JAX steps; adds ``torch_eager_img_s``,
@@ -426,18 +498,22 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
     if config.batch_size < 1 or config.batch_size % n_dev:
         raise ValueError(f'batch_size {config.batch_size} must be a positive multiple of the device count '
                          f'{n_dev} (the batch is split evenly over the data axis)')
-    allowed = KINDS if config.mode == 'pretrain' else ('finetune',)
-    kinds = tuple(kinds) if kinds else allowed
+    default = KINDS if config.mode == 'pretrain' else ('finetune',)
+    allowed = default + (INFERENCE,)
+    kinds = tuple(kinds) if kinds else default
     bad = [k for k in kinds if k not in allowed]
     if bad:
         raise ValueError(f'step kinds {bad} not available for a {config.mode!r} config; choose from {list(allowed)}')
     mesh = train.make_mesh(devices)
     rows = []
     for kind in kinds:
-        if kind == 'finetune' and config.mode == 'pretrain':
+        if kind in ('finetune', INFERENCE) and config.mode == 'pretrain':
             cfg = _finetune_config_from_pretrain(config, num_classes, finetune_layer_decay)
         else:
             cfg = config
+        if kind == INFERENCE:
+            rows.append(benchmark_inference(cfg, mesh, peak_tflops=peak_tflops, log=log))
+            continue
         rows.append(benchmark_step(kind, cfg, mesh, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
                                    compare_torch=compare_torch, torch_compile=torch_compile, log=log))
     return rows

@@ -116,3 +116,23 @@ def test_cli_rejects_indivisible_batch(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert 'multiple of the device count 2' in proc.stderr
+
+
+def test_inference_throughput_the_official_way():
+    """``--kinds=inference``: 50 warm-up then 30 timed evaluation forwards of the classifier; its
+    XLA FLOPs per image cover at least the forward's multiply-adds (2 FLOPs each, counted from the
+    jaxpr by ``jaxmim.summary``) and not much more (element-wise work)."""
+    from flax import nnx
+
+    from jaxmim.registry import create_model
+    from jaxmim.summary import summarize
+
+    config = _load_config('configs/demo/finetune_swin_fmnist.py', 'scratch')
+    (row,) = benchmark.run_benchmark(config, batch_size=8, kinds=['inference'])
+    assert row['kind'] == 'inference' and row['warmup'] == 50 and row['steps'] == 30
+    assert row['img_s'] > 0 and row['batch_size'] == 8
+    model = nnx.eval_shape(lambda: create_model(config.model.name, drop_path_rate=0.0))
+    macs = summarize(model, 32, batch_size=1)['macs']
+    assert 2 * macs <= row['flops_per_image'] <= 1.5 * 2 * macs
+    with pytest.raises(ValueError, match="step kinds \\['bogus'\\]"):
+        benchmark.run_benchmark(config, kinds=['bogus'])
