@@ -18,7 +18,7 @@ from flax import nnx
 from jaxmim import masking_ummae as U
 from jaxmim.config import check_config, load_config_file
 from jaxmim.models import ummae_swin
-from jaxmim.registry import create_model
+from jaxmim.registry import create_model, model_class
 
 # 64 px, 8-px units: an 8x8 unit grid (64 units, 16 visible, 4 secondary-masked), tokens 16x16 (k=2).
 TINY_PVT = dict(img_size=64, patch_size=4, stride=8, embed_dims=(16, 32, 32), depths=(1, 1, 1),
@@ -318,6 +318,38 @@ def test_parameter_counts_equal_the_official_ones():
     assert _count('pvt_small_256') == 21_546_728
     assert _count('swin_tiny_256') == 28_268_050
     assert _count('mae_pvt_small_256', vis_mask_ratio=0.25) == 28_915_776      # incl. the fixed sin-cos tables
+
+
+@pytest.mark.parametrize('name', ['pvt_small_256', 'pvt_demo_32', 'mae_pvt_small_256', 'mae_pvt_demo_32',
+                                  'simmim_pvt_small_256', 'simmim_pvt_demo_32', 'swin_tiny_256', 'swin_large_256',
+                                  'mae_swin_tiny_256', 'mae_swin_large_256', 'mae_swin_large_256_dec512d2b',
+                                  'simmim_swin_tiny_256'])
+def test_registered_layer_norm_eps_follow_the_official_constructors(name):
+    """The official pyramid constructors never pass ``norm_layer`` to ``PVTBlock`` / ``SwinBlock``
+    (``models_mae_pvt.py:185-196``, ``models_pvt.py:53-64``, ``models_simmim_pvt.py:59-70``,
+    ``models_mae_swin.py:326-343``, ``models_swin.py:57-75``, ``models_simmim_swin.py:60-77``), so
+    ``blocks.{i}.norm1`` / ``norm2`` (and PVT ``attn.norm``) are ``nn.LayerNorm(dim)``, eps 1e-5; the
+    factories' ``partial(nn.LayerNorm, eps=1e-6)`` reaches every other LayerNorm (Swin
+    ``patch_embed.norm`` / ``downsample.norm``, ``norm`` / ``fc_norm``, ``decoder_blocks``,
+    ``decoder_norm``). Registered defaults, sizes shrunk (eps does not depend on them)."""
+    import inspect
+    cls = model_class(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    tiny = {**(TINY_PVT if 'pvt' in name else TINY_SWIN), **TINY_DEC}
+    tiny = {k: v for k, v in tiny.items() if k in accepted and not (k == 'stride' and 'num_classes' in accepted)}
+    model = nnx.eval_shape(lambda: create_model(name, **tiny))
+    eps = {'.'.join(map(str, p)): m.epsilon for p, m in nnx.iter_modules(model) if isinstance(m, nnx.LayerNorm)}
+    want = {}
+    for path in eps:
+        parts = path.split('.')
+        in_block = parts[0] == 'blocks' and parts[2:] in (['norm1'], ['norm2'], ['attn', 'norm'])
+        want[path] = 1e-5 if in_block else 1e-6
+    assert eps == want
+    kinds = {p.split('.')[0] if p.split('.')[0] != 'blocks' else '.'.join(p.split('.')[2:]) for p in eps}
+    expected = {'norm1', 'norm2'} | ({'attn.norm'} if 'pvt' in name else {'patch_embed', 'downsample.norm'})
+    expected |= {'fc_norm'} if 'num_classes' in accepted else {'norm'}
+    expected |= {'decoder_blocks', 'decoder_norm'} if name.startswith('mae_') else set()
+    assert kinds == expected
 
 
 def test_layer_ids_follow_lr_decay_py():

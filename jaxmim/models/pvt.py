@@ -10,6 +10,12 @@ per-stage position embedding, no class token and no per-stage norm. Spatial redu
 keys/values: ``avg_pool(sr)`` -> 1x1 conv ``sr`` -> LayerNorm (eps **1e-5**, hard-coded in the
 official ``Attention``); the conv and norm exist even for ``sr_ratio = 1``.
 
+LayerNorm eps: the official constructors never pass ``norm_layer`` to ``PVTBlock``
+(``models_mae_pvt.py:185-196``, ``models_pvt.py:53-64``, ``models_simmim_pvt.py:59-70``), so every
+block's ``norm1`` / ``norm2`` is ``nn.LayerNorm(dim)`` with eps **1e-5** (``block_norm_eps``); the
+factories' ``partial(nn.LayerNorm, eps=1e-6)`` (``norm_eps``) reaches only ``norm`` / ``fc_norm`` and
+the MAE decoder (``decoder_blocks``, ``decoder_norm``).
+
 Attribute names are the official state-dict keys (``patch_embed.proj``, ``pos_embed``,
 ``blocks.{i}.{norm1, attn.q, attn.kv, attn.sr, attn.norm, attn.proj, norm2, mlp.fc1, mlp.fc2,
 downsample.proj}``, ``norm`` / ``fc_norm``, ``head`` and the decoder keys of
@@ -90,10 +96,11 @@ class PatchMerge(nnx.Module):
 class PVTBlock(nnx.Module):
     """``[downsample ->] x + dp(attn(norm1(x)))`` then ``x + dp(mlp(norm2(x)))`` on ``(B, H, W, C)``.
     ``downsample_from``: input channels of the stage's PatchMerge (first block of stages 2-4).
-    Source: ``models_mae_pvt.py:82-102``."""
+    ``norm_eps``: eps of ``norm1`` / ``norm2`` (default 1e-5 = the official ``norm_layer=nn.LayerNorm``
+    default, which the official models never override). Source: ``models_mae_pvt.py:82-102``."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, norm_eps: float = 1e-6, downsample_from: int | None = None, *,
+                 drop_path: float = 0.0, norm_eps: float = 1e-5, downsample_from: int | None = None, *,
                  rngs: nnx.Rngs):
         self.norm1 = L.layer_norm(dim, norm_eps, rngs)
         self.attn = PVTAttention(dim, num_heads, qkv_bias, None, sr_ratio, rngs=rngs)
@@ -138,10 +145,11 @@ def _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios) -> None:
             raise ValueError(f'{name} {tuple(v)} must have one entry per stage (depths {tuple(depths)})')
 
 
-def _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr, norm_eps, resolution,
+def _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr, block_norm_eps, resolution,
                 rngs) -> nnx.List:
     """The flat block list (``models_mae_pvt.py:181-197``), checking each stage's sr against its
-    resolution (stage 1 at ``resolution``, halved per stage)."""
+    resolution (stage 1 at ``resolution``, halved per stage); ``block_norm_eps`` is the eps of every
+    block's ``norm1`` / ``norm2``."""
     blocks = []
     for i, depth in enumerate(depths):
         res = resolution // 2 ** i
@@ -150,7 +158,8 @@ def _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, 
                              f'it (check img_size, patch_size and sr_ratios)')
         for j in range(depth):
             blocks.append(PVTBlock(embed_dims[i], num_heads[i], sr_ratios[i], mlp_ratios[i], qkv_bias,
-                                   dpr[len(blocks)], norm_eps, embed_dims[i - 1] if i > 0 and j == 0 else None,
+                                   dpr[len(blocks)], block_norm_eps,
+                                   embed_dims[i - 1] if i > 0 and j == 0 else None,
                                    rngs=rngs))
     return nnx.List(blocks)
 
@@ -182,7 +191,9 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         3/4/6/3, 1/2/5/8, 8/8/4/4, sr 8/4/2/1).
       qkv_bias: bias in ``q`` / ``kv``.
       drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths))`` over the flat blocks.
-      norm_eps: LayerNorm epsilon of the blocks and ``fc_norm`` (1e-6; ``attn.norm`` keeps 1e-5).
+      norm_eps: LayerNorm epsilon of ``fc_norm`` (the factory's ``norm_layer``: 1e-6).
+      block_norm_eps: LayerNorm epsilon of every block's ``norm1`` / ``norm2`` (1e-5: ``models_pvt.py:53-64``
+        never passes ``norm_layer`` to ``PVTBlock``; ``attn.norm`` is always 1e-5).
       head_init_std: std of ``head.kernel`` (MAE-style fine-tuning re-initialises it with
         ``trunc_normal_(std=2e-5)``, ``main_finetune.py``); bias 0.
       rngs: NNX RNG streams.
@@ -201,7 +212,8 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
                  embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 4, 6, 3),
                  num_heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), qkv_bias: bool = True, drop_path_rate: float = 0.1,
-                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, *, rngs: nnx.Rngs):
+                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5, *,
+                 rngs: nnx.Rngs):
         _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
         self.img_size, self.patch_size, self.in_chans, self.num_classes = img_size, patch_size, in_chans, num_classes
         self.num_features = embed_dims[-1]
@@ -210,8 +222,8 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         self.grid_size = g
         self.pos_embed = nnx.Param(jnp.zeros((1, g * g, embed_dims[0])))
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
-        self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr, norm_eps,
-                                  g, rngs)
+        self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr,
+                                  block_norm_eps, g, rngs)
         self.fc_norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.head = (dense(embed_dims[-1], num_classes, rngs, jax.nn.initializers.normal(head_init_std))
                      if num_classes > 0 else None)
@@ -260,7 +272,10 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
       embed_dims, depths, num_heads, mlp_ratios, sr_ratios: encoder; pre-training sr (4, 2, 1, 1)
         because the encoder runs on the half-resolution compact image (spec §4).
       decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio: decoder (512, 2, 16, 4).
-      norm_eps: LayerNorm epsilon (1e-6 in the factory; ``attn.norm`` 1e-5).
+      norm_eps: LayerNorm epsilon of ``norm``, ``decoder_blocks`` and ``decoder_norm`` (the factory's
+        ``norm_layer``: 1e-6).
+      block_norm_eps: LayerNorm epsilon of every encoder block's ``norm1`` / ``norm2`` (1e-5:
+        ``models_mae_pvt.py:185-196`` never passes ``norm_layer`` to ``PVTBlock``; ``attn.norm`` 1e-5).
       norm_pix_loss: per-unit normalised targets (``--norm_pix_loss``).
       vis_mask_ratio: Secondary Masking ratio; ``vis_mask_token`` exists only when > 0 (as official).
       mask_ratio: 0.75 (``--mask_ratio``); sampling: ``'uniform'`` or ``'uniform_block'``
@@ -290,7 +305,8 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
                  sr_ratios: Sequence[int] = (4, 2, 1, 1), decoder_embed_dim: int = 512, decoder_depth: int = 2,
                  decoder_num_heads: int = 16, decoder_mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
-                 sampling: str = 'uniform', official_decoder_pos: bool = False, *, rngs: nnx.Rngs):
+                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
+                 rngs: nnx.Rngs):
         _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
         if sampling == 'random':
             raise ValueError("MaskedAutoencoderPVT needs one visible unit per 2x2 block: sampling must be 'uniform' "
@@ -313,7 +329,7 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
         g = img_size // patch_size
         self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None])
         self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, True,
-                                  [0.0] * sum(depths), norm_eps, g // 2, rngs)
+                                  [0.0] * sum(depths), block_norm_eps, g // 2, rngs)
         self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.build_decoder(embed_dims[-1], decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio,
                            norm_eps, rngs)
@@ -366,7 +382,10 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
     unit; L1 on masked units (:class:`jaxmim.models.ummae_common.SimMIMHead`).
 
     Args: as :class:`MaskedAutoencoderPVT` without decoder / Secondary Masking arguments;
-    ``sampling`` defaults to ``'random'`` (the Makefile runs the baseline without ``--mask_regular``).
+    ``sampling`` defaults to ``'random'`` (the Makefile runs the baseline without ``--mask_regular``);
+    ``norm_eps`` (1e-6 in the factory) is the eps of ``norm`` only, ``block_norm_eps`` (1e-5:
+    ``models_simmim_pvt.py:59-70`` never passes ``norm_layer`` to ``PVTBlock``) that of every block's
+    ``norm1`` / ``norm2``.
 
     Call: ``model(images, *, mask, train=False, rng=None)`` -> ``{'loss', 'pred' (B, L, stride^2*C)
     raster, 'mask', 'secondary_mask' (zeros)}``.
@@ -379,7 +398,8 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
                  embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 4, 6, 3),
                  num_heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), norm_eps: float = 1e-6, norm_pix_loss: bool = False,
-                 mask_ratio: float = 0.75, sampling: str = 'random', *, rngs: nnx.Rngs):
+                 mask_ratio: float = 0.75, sampling: str = 'random', block_norm_eps: float = 1e-5, *,
+                 rngs: nnx.Rngs):
         _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
         U.check_sampling(mask_ratio, sampling)
         self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
@@ -391,7 +411,7 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         g = img_size // patch_size
         self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None])
         self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, True,
-                                  [0.0] * sum(depths), norm_eps, g, rngs)
+                                  [0.0] * sum(depths), block_norm_eps, g, rngs)
         self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.decoder_pred = dense(embed_dims[-1], 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
 

@@ -10,7 +10,13 @@ of log-spaced coordinate differences (``posmlp``: Conv1x1(2 -> P) -> ReLU -> Con
 on ``sign(d) * ln(1 + |d|)`` with ``d = pos[key] - pos[query]``), fed by absolute token
 coordinates ``pos_hw`` that travel with the tokens (compacted with them in pre-training, halved at
 each merge); merging is LayerNorm(C) then a 2x2 stride-2 conv (C -> 2C); the block list is flat
-(block 0 of stages 2-4 owns ``downsample``); LayerNorm eps 1e-6; q pre-scaled; shift masks of -100.
+(block 0 of stages 2-4 owns ``downsample``); q pre-scaled; shift masks of -100.
+
+LayerNorm eps: the official constructors never pass ``norm_layer`` to ``SwinBlock``
+(``models_mae_swin.py:326-343``, ``models_swin.py:57-75``, ``models_simmim_swin.py:60-77``; only its
+``PatchMerge`` gets it), so every block's ``norm1`` / ``norm2`` is ``nn.LayerNorm(dim)`` with eps
+**1e-5** (``block_norm_eps``); the factories' ``partial(nn.LayerNorm, eps=1e-6)`` (``norm_eps``)
+reaches ``patch_embed.norm``, ``downsample.norm``, ``norm`` / ``fc_norm`` and the MAE decoder.
 
 Attribute names are the official state-dict keys (``patch_embed.{proj, norm}``, ``blocks.{i}.{norm1,
 attn.posmlp.0, attn.posmlp.2, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2, downsample.norm,
@@ -118,7 +124,10 @@ class SwinBlock(nnx.Module):
 
     ``input_resolution`` is the stage's (after ``downsample``); a window no smaller than the map is
     clamped to it without shift. Shifted blocks roll both the tokens and ``pos_hw`` by ``-shift``
-    and use the -100 region mask. Source: ``models_mae_swin.py:149-255``.
+    and use the -100 region mask. ``norm_eps``: eps of ``norm1`` / ``norm2`` (default 1e-5 = the
+    official ``norm_layer=nn.LayerNorm`` default, never overridden by the official models);
+    ``downsample_norm_eps``: eps of ``downsample.norm`` (the official ``PatchMerge`` receives the
+    model's ``norm_layer``: 1e-6 in the factories). Source: ``models_mae_swin.py:149-255``.
 
     Raises:
       ValueError: a window that does not divide the resolution.
@@ -126,7 +135,8 @@ class SwinBlock(nnx.Module):
 
     def __init__(self, dim: int, input_resolution: int, num_heads: int, window_size: int = 8, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, posmlp_dim: int = 32, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, downsample_from: int | None = None, *, rngs: nnx.Rngs):
+                 norm_eps: float = 1e-5, downsample_from: int | None = None, *, downsample_norm_eps: float = 1e-6,
+                 rngs: nnx.Rngs):
         if input_resolution <= window_size:
             window_size, shift_size = input_resolution, 0
         if input_resolution % window_size:
@@ -137,7 +147,8 @@ class SwinBlock(nnx.Module):
         self.drop_path = drop_path
         self.norm2 = L.layer_norm(dim, norm_eps, rngs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), kernel_init=xavier_uniform, rngs=rngs)
-        self.downsample = PatchMerge(downsample_from, dim, norm_eps, rngs=rngs) if downsample_from else None
+        self.downsample = (PatchMerge(downsample_from, dim, downsample_norm_eps, rngs=rngs) if downsample_from
+                           else None)
 
     def __call__(self, x: jax.Array, pos: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -186,9 +197,10 @@ class PatchEmbed(nnx.Module):
         return self.norm(self.proj(x))
 
 
-def _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, norm_eps, resolution,
-                 rngs) -> nnx.List:
-    """Flat block list (``models_mae_swin.py:318-344``); stage i at ``resolution / 2^i``."""
+def _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, block_norm_eps, norm_eps,
+                 resolution, rngs) -> nnx.List:
+    """Flat block list (``models_mae_swin.py:318-344``); stage i at ``resolution / 2^i``.
+    ``block_norm_eps``: eps of each block's ``norm1`` / ``norm2``; ``norm_eps``: of ``downsample.norm``."""
     if len(depths) != len(num_heads):
         raise ValueError(f'depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length')
     blocks = []
@@ -198,8 +210,9 @@ def _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_di
         for j in range(depth):
             blocks.append(SwinBlock(
                 embed_dim * 2 ** i, resolution // 2 ** i, num_heads[i], window_size,
-                0 if j % 2 == 0 else window_size // 2, mlp_ratio, True, posmlp_dim, dpr[len(blocks)], norm_eps,
-                embed_dim * 2 ** (i - 1) if i > 0 and j == 0 else None, rngs=rngs))
+                0 if j % 2 == 0 else window_size // 2, mlp_ratio, True, posmlp_dim, dpr[len(blocks)],
+                block_norm_eps, embed_dim * 2 ** (i - 1) if i > 0 and j == 0 else None,
+                downsample_norm_eps=norm_eps, rngs=rngs))
     return nnx.List(blocks)
 
 
@@ -224,8 +237,10 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
     Args (official names and defaults): img_size, num_classes, patch_size, in_chans, embed_dim,
     depths, num_heads, mlp_ratio, window_size (16 at 256 px: the pre-training window 8 on the
     half-resolution image spans the same extent), posmlp_dim (32; 64 for Swin-L), drop_path_rate
-    (linear over the flat blocks; FINETUNE.md: 0.1 T, 0.2 L), norm_eps (1e-6), head_init_std
-    (``head.kernel`` std; bias 0), rngs.
+    (linear over the flat blocks; FINETUNE.md: 0.1 T, 0.2 L), norm_eps (eps of ``patch_embed.norm``,
+    ``downsample.norm`` and ``fc_norm``: the factory's ``norm_layer``, 1e-6), head_init_std
+    (``head.kernel`` std; bias 0), block_norm_eps (eps of every block's ``norm1`` / ``norm2``: 1e-5,
+    ``models_swin.py:57-75`` never passes ``norm_layer`` to ``SwinBlock``), rngs.
 
     Call: ``model(images, train=False, rng=None)`` -> logits ``(B, num_classes)``: patch embed (+ norm),
     blocks with the integer coordinate grid ``pos_hw`` shared by the batch, mean over tokens,
@@ -238,14 +253,15 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
     def __init__(self, img_size: int = 256, num_classes: int = 1000, patch_size: int = 4, in_chans: int = 3,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  mlp_ratio: float = 4.0, window_size: int = 16, posmlp_dim: int = 32, drop_path_rate: float = 0.1,
-                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, *, rngs: nnx.Rngs):
+                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5, *,
+                 rngs: nnx.Rngs):
         self.img_size, self.patch_size, self.in_chans, self.num_classes = img_size, patch_size, in_chans, num_classes
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'conv', rngs=rngs)
         self.grid_size = img_size // patch_size
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
-        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, norm_eps,
-                                   self.grid_size, rngs)
+        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr,
+                                   block_norm_eps, norm_eps, self.grid_size, rngs)
         self.fc_norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = (dense(self.num_features, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
                      if num_classes > 0 else None)
@@ -282,9 +298,12 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
     Args (official names and defaults, plus masking settings): img_size, patch_size, in_chans,
     stride (mask unit, 16 px), embed_dim, depths, num_heads, mlp_ratio (encoder and decoder),
     window_size (8: the encoder runs on the half-resolution compact map), posmlp_dim,
-    decoder_embed_dim, decoder_depth, decoder_num_heads, norm_eps, norm_pix_loss, vis_mask_ratio
-    (``vis_mask_token`` exists only when > 0), mask_ratio (0.75), sampling ('uniform' |
-    'uniform_block'), official_decoder_pos (spec §17 #1), rngs.
+    decoder_embed_dim, decoder_depth, decoder_num_heads, norm_eps (eps of ``patch_embed.norm``,
+    ``downsample.norm``, ``norm``, ``decoder_blocks``, ``decoder_norm``: the factory's ``norm_layer``,
+    1e-6), norm_pix_loss, vis_mask_ratio (``vis_mask_token`` exists only when > 0), mask_ratio (0.75),
+    sampling ('uniform' | 'uniform_block'), official_decoder_pos (spec §17 #1), block_norm_eps (eps of
+    every encoder block's ``norm1`` / ``norm2``: 1e-5, ``models_mae_swin.py:326-343`` never passes
+    ``norm_layer`` to ``SwinBlock``), rngs.
 
     Forward (``forward_encoder``, ``models_mae_swin.py:437-497``): patch embed + norm; Secondary
     Masking, the secondary-masked units becoming ``patch_embed.norm(vis_mask_token)``; compaction of
@@ -303,7 +322,8 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
                  mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, decoder_embed_dim: int = 512,
                  decoder_depth: int = 2, decoder_num_heads: int = 16, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
-                 sampling: str = 'uniform', official_decoder_pos: bool = False, *, rngs: nnx.Rngs):
+                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
+                 rngs: nnx.Rngs):
         if sampling == 'random':
             raise ValueError("MaskedAutoencoderSwin needs one visible unit per 2x2 block: sampling must be "
                              "'uniform' or 'uniform_block', not 'random'")
@@ -324,7 +344,7 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
         self.grid_size = img_size // patch_size
         self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
-                                   [0.0] * sum(depths), norm_eps, self.grid_size // 2, rngs)
+                                   [0.0] * sum(depths), block_norm_eps, norm_eps, self.grid_size // 2, rngs)
         enc_dim = embed_dim * 2 ** (len(depths) - 1)
         self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
         self.build_decoder(enc_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
@@ -375,7 +395,10 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
     by the batch, ``norm``, ``decoder_pred`` Linear -> PixelShuffle(2), L1 on masked units.
 
     Args: as :class:`MaskedAutoencoderSwin` without decoder / Secondary Masking arguments;
-    ``sampling`` defaults to ``'random'`` (Makefile line 54: no ``--mask_regular``).
+    ``sampling`` defaults to ``'random'`` (Makefile line 54: no ``--mask_regular``); ``norm_eps``
+    (1e-6 in the factory) is the eps of ``patch_embed.norm``, ``downsample.norm`` and ``norm``,
+    ``block_norm_eps`` (1e-5: ``models_simmim_swin.py:60-77`` never passes ``norm_layer`` to
+    ``SwinBlock``) that of every block's ``norm1`` / ``norm2``.
 
     Call: ``model(images, *, mask, train=False, rng=None)``.
 
@@ -386,8 +409,8 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
     def __init__(self, img_size: int = 256, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, norm_eps: float = 1e-6,
-                 norm_pix_loss: bool = False, mask_ratio: float = 0.75, sampling: str = 'random', *,
-                 rngs: nnx.Rngs):
+                 norm_pix_loss: bool = False, mask_ratio: float = 0.75, sampling: str = 'random',
+                 block_norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
         U.check_sampling(mask_ratio, sampling)
         self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
@@ -397,7 +420,7 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
         self.grid_size = img_size // patch_size
         self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
-                                   [0.0] * sum(depths), norm_eps, self.grid_size, rngs)
+                                   [0.0] * sum(depths), block_norm_eps, norm_eps, self.grid_size, rngs)
         enc_dim = embed_dim * 2 ** (len(depths) - 1)
         self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
         self.decoder_pred = dense(enc_dim, 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
