@@ -74,6 +74,10 @@ def _optim_defaults() -> ml_collections.ConfigDict:
     ))
 
 
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+"""Accepted ``config.compute_dtype`` values (see :func:`jaxmim.train.accumulate_gradients`)."""
+
+
 def _common_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         seed=0,
@@ -89,6 +93,9 @@ def _common_defaults() -> ml_collections.ConfigDict:
         # scans over accum_steps micro-batches of batch_size / accum_steps and applies one update.
         accum_steps=1,
         nonfinite='stop',              # non-finite loss/grad norm: 'stop' (exit 3, nothing saved) | 'skip' (count)
+        # 'bfloat16': the forward / backward run on bf16 copies of the float32 master weights and
+        # images; the loss and the gradients reaching the optimizer stay float32.
+        compute_dtype='float32',
         data=_data_defaults(),
         optim=_optim_defaults(),
         model=ml_collections.ConfigDict(dict(name='', overrides=ml_collections.ConfigDict())),
@@ -238,6 +245,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                        config.data.interpolation)
     if not 0.0 <= float(config.ema_decay) < 1.0:
         raise ValueError(f'config.ema_decay must be in [0, 1) (0 disables the EMA), got {config.ema_decay}')
+    if config.get('compute_dtype', 'float32') not in COMPUTE_DTYPES:
+        raise ValueError(f'config.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {config.compute_dtype!r}')
     _check_values(config)
 
 

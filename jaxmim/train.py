@@ -174,6 +174,7 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
                                       no_weight_decay=model.no_weight_decay(), **layer_kw)
     ema_decay = float(config.get('ema_decay', 0.0))
     accum_steps = int(config.get('accum_steps', 1))
+    compute_dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
     nonfinite_mode = config.get('nonfinite', 'stop')
     state = {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
              'step': jnp.zeros((), jnp.int32), 'guard': resilience.guard_init()}
@@ -191,7 +192,8 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         if batch_transform is not None:   # mixup / cutmix over the whole batch, before any split
             batch = batch_transform(batch, jax.random.fold_in(rng, 0x6d6978))
         (loss, (metrics, model_state)), grads = accumulate_gradients(
-            graphdef, loss_fn, state['params'], state['model_state'], batch, rng, accum_steps)
+            graphdef, loss_fn, state['params'], state['model_state'], batch, rng, accum_steps,
+            compute_dtype=compute_dtype)
         updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
         params = optax.apply_updates(state['params'], updates)
         new = {'params': params, 'model_state': model_state, 'opt_state': opt_state, 'step': state['step'] + 1}
@@ -208,8 +210,16 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
     return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay), state
 
 
+def cast_floating(tree: PyTree, dtype) -> PyTree:
+    """``tree`` with every floating-point array cast to ``dtype`` (integers, booleans and keys
+    untouched)."""
+    def cast(x):
+        return x.astype(dtype) if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(cast, tree)
+
+
 def accumulate_gradients(graphdef, loss_fn: Callable, params: PyTree, model_state: PyTree, batch: dict,
-                         rng: jax.Array, accum_steps: int = 1):
+                         rng: jax.Array, accum_steps: int = 1, *, compute_dtype=jnp.float32):
     """``((loss, (metrics, model_state)), grads)`` of ``loss_fn`` on ``batch``, over
     ``accum_steps`` micro-batches.
 
@@ -228,13 +238,27 @@ def accumulate_gradients(graphdef, loss_fn: Callable, params: PyTree, model_stat
     would need a guard), and a second jitted branch for the update; the scan keeps one step =
     one update and memory of one micro-batch's activations.
 
+    Mixed precision (``compute_dtype=bfloat16``, ``config.compute_dtype``): the loss function
+    sees a model holding bf16 copies of the float32 ``params`` and bf16 images (masking inputs and
+    soft targets keep their dtype); the loss is returned in float32, and the gradient flows back through the
+    casts, so the optimizer gets float32 gradients and updates the float32 master weights.
+    Non-parameter state (BatchNorm statistics, fixed tables) stays float32.
+
     Raises:
       ValueError: ``B`` not a multiple of ``accum_steps``.
     """
+    low = jnp.dtype(compute_dtype) != jnp.float32
+
     def objective(p, ms, b, key):
+        if low:
+            p = cast_floating(p, compute_dtype)
+            b = {**b, 'image': b['image'].astype(compute_dtype)}   # masks, noise and targets keep their dtype
         m = merge_variables(graphdef, p, ms)
         loss, metrics = loss_fn(m, b, key)
-        return loss, (metrics, split_variables(m)[2])
+        new_state = split_variables(m)[2]
+        if low:   # statistics updated in bf16 go back to the float32 state they came from
+            new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, ms)
+        return loss.astype(jnp.float32), (metrics, new_state)
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     if accum_steps == 1:
