@@ -26,8 +26,12 @@ $(FMNIST_DIR)/train-images-idx3-ubyte.gz:
 	  echo "Fashion-MNIST not found under $(FMNIST_DIR): installing Debian package dataset-fashion-mnist"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist
 
+# Two worker processes, one test file at a time each (module fixtures stay per file): the
+# suite is bound by single-threaded XLA compilation, so this halves its time on 2 cores.
+PYTEST_WORKERS ?= 2
+
 test: venv data
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 demo: venv data
 	$(VPY) -m launch.demo --workdir=$(WORKDIR)
