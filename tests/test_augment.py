@@ -228,11 +228,10 @@ def test_augment_config_fields_are_checked():
             A.augment_config_from_fields(dict(base, **{field: value}), (0.5,) * 3, 'bicubic')
 
 
-def test_pipeline_recipe_on_and_off(tmp_path_factory):
+def test_pipeline_recipe_on_and_off(data_dir):
     from jaxmim import config as C
-    from jaxmim.data import pipeline, prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
+    from jaxmim.data import pipeline
+    d = data_dir
     c = C.finetune_defaults()
     C.fashion_mnist_data(c.data, (0.08, 1.0))
     c.data.data_dir, c.data.cache, c.data.shuffle_buffer = d, False, 100

@@ -43,13 +43,6 @@ def raw():
     }
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp('tfds'))
-    data.prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _config(data_dir, **overrides):
     cfg = dict(
         dataset='fashion_mnist_local',

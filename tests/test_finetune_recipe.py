@@ -47,14 +47,6 @@ def _cfg(data_dir=None, **kw):
     return c
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _batches(n, b=32, seed=0):
     rng = np.random.default_rng(seed)
     return [{'image': rng.normal(size=(b, 32, 32, 3)).astype(np.float32),

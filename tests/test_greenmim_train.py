@@ -13,14 +13,6 @@ from jaxmim import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _cfg(data_dir, steps, inputs_from):
     from jaxmim.config import load_config_file
     cfg = load_config_file(os.path.join(ROOT, 'configs/demo/greenmim_swin_fmnist.py'))

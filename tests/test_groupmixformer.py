@@ -372,14 +372,6 @@ def test_hooks_and_validation():
 # Through the real loops.
 # ------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _tiny_run(cfg, data_dir, steps):
     cfg.data.data_dir = data_dir
     cfg.data.cache = False

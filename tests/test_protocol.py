@@ -99,14 +99,6 @@ class MaskedDenoise(nnx.Module, Backbone):
         return tuple(f'encoder.{p}' for p in self.encoder.no_weight_decay())
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _data(cfg, data_dir):
     fashion_mnist_data(cfg.data, crop_scale=(0.8, 1.0))
     cfg.data.data_dir = data_dir

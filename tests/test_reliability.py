@@ -48,14 +48,6 @@ def compile_cache(tmp_path_factory):
     cc.reset_cache()
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def make_cfg(data_dir, steps=STEPS, **fields):
     from jaxmim.config import load_config_file
     cfg = load_config_file(os.path.join(ROOT, CONFIG))

@@ -28,14 +28,6 @@ def _load_config(path, arg=None):
     return load_config_file(os.path.join(ROOT, path) + (f':{arg}' if arg is not None else ''))
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _tiny(cfg, data_dir, steps):
     cfg.data.data_dir = data_dir
     cfg.data.cache = False

@@ -58,14 +58,6 @@ def test_tiny_runs_lower_the_loss_and_compile_once(method, name, overrides, size
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 4, losses
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def test_demo_pair_pretrains_with_pipeline_masks_then_finetuning_loads_the_encoder(data_dir, tmp_path):
     """The demo config pair, made tiny: pipeline masks through ``train.pretrain`` (one compilation),
     then the classifier of ``finetune_pvt_fmnist.py:pretrained`` loads every encoder tensor; only

@@ -79,14 +79,6 @@ def test_grid_image_shape():
     assert g[0, 0, 0] == 1.0 and g[2, 2, 0] == 0.0
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    from jaxmim.data import prepare_fashion_mnist
-    d = str(tmp_path_factory.mktemp('tfds'))
-    prepare_fashion_mnist(data_dir=d)
-    return d
-
-
 def _tiny_run(config_file, overrides, data_dir, workdir):
     from jaxmim import train
     from jaxmim.config import load_config_file
