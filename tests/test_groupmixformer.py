@@ -416,3 +416,22 @@ def test_tiny_masked_pretraining_run_lowers_the_loss_and_compiles_once(data_dir,
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('size,drop_path', [('mini', 0.1), ('tiny', 0.1), ('small', 0.2), ('base', 0.5),
+                                            ('large', 0.1)])
+def test_supervised_configs_are_the_official_recipe(size, drop_path):
+    """configs/supervised/groupmixformer.py:<size>: the yaml's drop path, lr 5e-4 x batch / 512,
+    300 epochs with 20 of warm-up at batch 512, clip 5, the timm recipe (spec §10)."""
+    import os
+    from jaxmim.config import check_config, load_config_file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    c = load_config_file(os.path.join(root, 'configs/supervised/groupmixformer.py') + f':{size}')
+    check_config(c)
+    iters = 1_281_167 // 512
+    assert c.model.name == f'groupmixformer_{size}' and c.model.overrides.drop_path_rate == drop_path
+    assert c.batch_size == 512 and c.total_steps == 300 * iters and c.optim.warmup_steps == 20 * iters
+    assert c.batch_size * c.optim.base_lr / c.optim.lr_scale_batch == pytest.approx(5e-4)
+    assert c.optim.clip_grad == 5.0 and c.data.auto_augment == 'rand-m9-mstd0.5-inc1'
+    assert c.mixup.mixup_alpha == 0.8 and c.mixup.cutmix_alpha == 1.0 and c.data.reprob == 0.25
+    assert c.data.eval_crop_ratio == pytest.approx(224 / 256)

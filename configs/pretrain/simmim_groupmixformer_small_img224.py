@@ -2,7 +2,7 @@ r"""SimMIM-style masked pre-training of GroupMixFormer-S on ImageNet-1K at 224 p
 
     python -m jaxmim.main --config=configs/pretrain/simmim_groupmixformer_small_img224.py \
         --workdir=<out> --config.data.data_dir=/path/to/tensorflow_datasets
-    # then fine-tune with configs/supervised/groupmixformer_small.py plus
+    # then fine-tune with configs/supervised/groupmixformer.py:small plus
     #   --config.pretrained.workdir=<out> --config.optim.layer_decay=0.9 (the SimMIM fine-tuning habit)
 
 No published code pre-trains GroupMixFormer with masking. This config applies SimMIM's 100-epoch
