@@ -35,7 +35,7 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim import masking_ummae as U
 from jaxmim.models.ummae_common import (MaskingInputs, PyramidMAEDecoder, SimMIMHead, UMMAEHooks,
-                                        check_pyramid_strides, conv, conv_fan_out_init)
+                                        check_pyramid_strides, check_um_pretrain_args, conv, conv_fan_out_init)
 from jaxmim.models.vit import Mlp, dense, get_2d_sincos_pos_embed, interpolate_pos_embed, xavier_uniform, \
     xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
@@ -308,15 +308,8 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
                  sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
                  rngs: nnx.Rngs):
         _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
-        if sampling == 'random':
-            raise ValueError("MaskedAutoencoderPVT needs one visible unit per 2x2 block: sampling must be 'uniform' "
-                             "or 'uniform_block', not 'random'")
-        U.check_sampling(mask_ratio, sampling)
-        if not 0.0 <= vis_mask_ratio < 1.0:
-            raise ValueError(f'vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}')
-        self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
-        if self.grid % 2:
-            raise ValueError(f'the unit grid {self.grid} must be even for Uniform Sampling')
+        self.grid, self.k = check_um_pretrain_args('MaskedAutoencoderPVT', img_size, patch_size, stride,
+                                                   len(depths), mask_ratio, sampling, vis_mask_ratio)
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
         self.embed_dims = tuple(embed_dims)
         self.mask_ratio, self.sampling, self.vis_mask_ratio = mask_ratio, sampling, vis_mask_ratio

@@ -59,6 +59,28 @@ def check_pyramid_strides(img_size: int, patch_size: int, stride: int, num_stage
     return img_size // stride, k
 
 
+def check_um_pretrain_args(model: str, img_size: int, patch_size: int, stride: int, num_stages: int,
+                           mask_ratio: float, sampling: str, vis_mask_ratio: float) -> tuple[int, int]:
+    """The checks every UM-MAE pyramid pre-training model makes on its arguments; returns
+    ``(M, k)`` of :func:`check_pyramid_strides`.
+
+    Raises:
+      ValueError: ``sampling='random'`` (random masks cannot be compacted), a sampling / ratio
+        pair :func:`jaxmim.masking_ummae.check_sampling` refuses, ``vis_mask_ratio`` outside
+        [0, 1), strides that do not fit, or an odd unit grid; each naming ``model`` and the field.
+    """
+    if sampling == 'random':
+        raise ValueError(f"{model} needs one visible unit per 2x2 block: sampling must be 'uniform' or "
+                         "'uniform_block', not 'random'")
+    U.check_sampling(mask_ratio, sampling)
+    if not 0.0 <= vis_mask_ratio < 1.0:
+        raise ValueError(f'vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}')
+    grid, k = check_pyramid_strides(img_size, patch_size, stride, num_stages)
+    if grid % 2:
+        raise ValueError(f'the unit grid {grid} must be even for Uniform Sampling')
+    return grid, k
+
+
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
     """``torch.nn.PixelShuffle(r)`` in NHWC: ``(B, h, w, C*r*r)`` -> ``(B, h*r, w*r, C)``; input
     channel ``c*r*r + i*r + j`` goes to pixel ``(h*r + i, w*r + j)`` (spec §9: ``4c + 2i + j``)."""

@@ -38,7 +38,7 @@ from jaxmim import layers as L
 from jaxmim import masking_ummae as U
 from jaxmim.models.swin import shifted_window_mask, window_partition, window_reverse
 from jaxmim.models.ummae_common import (MaskingInputs, PyramidMAEDecoder, SimMIMHead, UMMAEHooks,
-                                        check_pyramid_strides, conv, conv_fan_out_init)
+                                        check_pyramid_strides, check_um_pretrain_args, conv, conv_fan_out_init)
 from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
 
@@ -324,15 +324,8 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
                  norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
                  sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
                  rngs: nnx.Rngs):
-        if sampling == 'random':
-            raise ValueError("MaskedAutoencoderSwin needs one visible unit per 2x2 block: sampling must be "
-                             "'uniform' or 'uniform_block', not 'random'")
-        U.check_sampling(mask_ratio, sampling)
-        if not 0.0 <= vis_mask_ratio < 1.0:
-            raise ValueError(f'vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}')
-        self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
-        if self.grid % 2:
-            raise ValueError(f'the unit grid {self.grid} must be even for Uniform Sampling')
+        self.grid, self.k = check_um_pretrain_args('MaskedAutoencoderSwin', img_size, patch_size, stride,
+                                                   len(depths), mask_ratio, sampling, vis_mask_ratio)
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
         self.embed_dim = embed_dim
         self.mask_ratio, self.sampling, self.vis_mask_ratio = mask_ratio, sampling, vis_mask_ratio
