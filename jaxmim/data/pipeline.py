@@ -42,6 +42,7 @@ from jaxmim.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exporte
 from jaxmim.data import augment
 from jaxmim.data import fashion_mnist
 from jaxmim.data import image_folder
+from jaxmim.data import resume
 
 INTERPOLATIONS = {
     'bicubic': tf.image.ResizeMethod.BICUBIC,
@@ -547,7 +548,8 @@ def create_split(
 
     Pipeline: read this process's slice of the split (even, contiguous,
     disjoint across processes, like ``tfds.split_for_jax_process``) -> optional
-    cache of the encoded examples -> [train: repeat forever, seeded shuffle] ->
+    cache of the encoded examples (eval) -> [train: endless block/window
+    shuffled stream of :mod:`jaxmim.data.resume`, reshuffled per epoch] ->
     decode -> grey to RGB (``tf.image.grayscale_to_rgb``) -> float in [0, 1] ->
     train: random resized crop + resize to ``image_size`` + optional random
     horizontal flip / eval: resize + centre crop -> ``(x - mean) / std`` ->
@@ -574,8 +576,10 @@ def create_split(
         ``floor(image_size / eval_crop_ratio)`` then centre-crops ``image_size``;
         1.0 resizes straight to ``image_size x image_size``.
       interpolation: ``'bicubic'`` or ``'bilinear'`` (antialiased).
-      shuffle_buffer: shuffle buffer, examples; 0/1 disable.
-      cache: cache the encoded examples in memory.
+      shuffle_buffer: training shuffle window, examples (blocks of up to 1024
+        records read whole and permuted together); 0/1 disable.
+      cache: cache the encoded examples in memory (evaluation only; training
+        reads blocks by index, :mod:`jaxmim.data.resume`).
       prefetch: batches to prefetch; 0 disables, -1 autotunes.
       crop_impl: ``'tf'`` (default sampler) or ``'timm'`` (timm's RandomResizedCrop window).
       auto_augment: ``''`` or a timm RandAugment string (``'rand-m9-mstd0.5-inc1'``).
@@ -596,8 +600,11 @@ def create_split(
       process_count: number of processes [``jax.process_count()``].
       start_step: training only: start the stream after ``start_step`` batches,
         so a run resumed at step k sees exactly the batches an uninterrupted run
-        sees from step k on (the encoded examples of the skipped batches are
-        read but not decoded) [0].
+        sees from step k on. The order is a pure function of (seed, process,
+        epoch, position) (:mod:`jaxmim.data.resume`): whole epochs and windows
+        are skipped arithmetically and only the one window (~``shuffle_buffer``
+        records) holding the start is read, so resuming costs the same at any
+        step [0].
 
     Returns:
       An iterator of dicts of numpy arrays, with B = batch_size // process_count:
@@ -680,7 +687,7 @@ def create_split(
     mean = tf.constant(cfg.mean, tf.float32)
     std = tf.constant(cfg.std, tf.float32)
 
-    if host_size > 0:
+    if host_size > 0 and not train:   # training reads blocks itself (jaxmim.data.resume)
         ds = builder.as_dataset(
             split=host_split,
             shuffle_files=train,
@@ -692,9 +699,19 @@ def create_split(
             ds = ds.cache()
 
     if train:
-        ds = ds.repeat()
-        if cfg.shuffle_buffer > 1:
-            ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # Endless (position, example) stream, a pure function of (seed, process, position): a resumed
+        # run starts at start_step * local_batch reading at most one window (jaxmim.data.resume).
+        block, per_window = resume.block_size_for(cfg.shuffle_buffer)
+        if isinstance(builder, image_folder.ImageFolderBuilder):
+            chosen = [f for ri in resume.absolute(builder, host_split) for f in builder.files(ri.splitname)[ri.from_:ri.to]]
+            table = resume.folder_blocks(len(chosen), block)
+            read_blocks = resume.folder_reader([p for p, _ in chosen], [l for _, l in chosen], table)
+        else:
+            table = resume.tfrecord_blocks(builder, host_split, block)
+            read_blocks = resume.tfrecord_reader(builder, table, select)
+        ds = resume.train_stream(read_blocks, table, seed=seed, process_index=process_index,
+                                 blocks_per_window=per_window, shuffle=cfg.shuffle_buffer > 1,
+                                 start_position=int(start_step) * local_batch, prefetch_window=cfg.prefetch != 0)
         # Per-example augmentation keys: fold (seed, process) then the position.
         base = tf.random.experimental.stateless_fold_in(
             tf.constant([seed, 0], tf.int64), process_index
@@ -708,9 +725,6 @@ def create_split(
                 image = augment.erase(image, tf.random.experimental.stateless_fold_in(rng, 1002), cfg.aug)
             return {'image': image, 'label': example['label']}
 
-        ds = ds.enumerate()
-        if start_step:
-            ds = ds.skip(int(start_step) * local_batch)
         ds = ds.map(preprocess_train, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(local_batch, drop_remainder=True)
     else:
