@@ -462,7 +462,7 @@ def torch_twin(model: nnx.Module, source: str | Source | None = None):
         names = sources_for(model, with_twin=True)
         if not names:
             raise LookupError(f'no conversion source with a PyTorch twin describes a {type(model).__name__}; '
-                              f'sources with twins: {[n for n in list_sources() if SOURCES[n].twin_fn]}')
+                              f'sources that have one: {[n for n in list_sources() if SOURCES[n].twin_fn]}')
         source = names[0]
     src = get_source(source)
     if src.twin_fn is None:

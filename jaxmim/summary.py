@@ -26,6 +26,7 @@ mask).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -121,6 +122,9 @@ def example_inputs(model: nnx.Module, image_size: int, batch_size: int = 1,
     - a model with a ``summary_inputs(key, batch_size)`` method: what it returns;
     - a pre-training model (``input_keys`` + ``sample_inputs``): ``(images,)`` and its masking
       inputs plus ``train=False, rng=key``;
+    - a masked-input encoder (the SimMIM encoder protocol, ``encoder(images, mask, ...)`` with a
+      required ``mask``): ``(images, zeros (B, H/patch, W/patch))`` -- the cost does not depend
+      on the mask;
     - otherwise a classifier / backbone: ``(images,)`` and ``train=False``.
 
     Images are zeros ``(batch_size, image_size, image_size, in_chans)`` float32 (NHWC);
@@ -133,6 +137,11 @@ def example_inputs(model: nnx.Module, image_size: int, batch_size: int = 1,
         return model.summary_inputs(key, batch_size)
     if hasattr(model, 'input_keys') and hasattr(model, 'sample_inputs'):
         return (images,), dict(model.sample_inputs(key, batch_size), train=False, rng=key)
+    params = inspect.signature(type(model).__call__).parameters
+    mask = params.get('mask')
+    if mask is not None and mask.default is inspect.Parameter.empty and hasattr(model, 'patch_size'):
+        g = image_size // int(model.patch_size)
+        return (images, jnp.zeros((batch_size, g, g), jnp.float32)), dict(train=False)
     return (images,), dict(train=False)
 
 
@@ -282,6 +291,7 @@ def main(argv: Sequence[str]) -> None:
         overrides = json.loads(FLAGS.overrides)
     except json.JSONDecodeError as e:
         raise app.UsageError(f'--overrides must be a JSON object: {e}')
+    failed = []
     for name in names:
         if name not in list_models():
             import difflib
@@ -289,13 +299,22 @@ def main(argv: Sequence[str]) -> None:
             raise app.UsageError(f'unknown model {name!r}; close names: {close or list_models()}')
         model = _build(name, overrides)
         size = FLAGS.img_size or int(model_data_defaults(name)['image_size'])
-        s = summarize(model, size, FLAGS.batch, FLAGS.depth if not FLAGS.all else 0)
+        try:
+            s = summarize(model, size, FLAGS.batch, FLAGS.depth if not FLAGS.all else 0)
+        except Exception as e:  # noqa: BLE001  (--all goes on past a model it cannot trace)
+            if not FLAGS.all:
+                raise
+            failed.append(name)
+            print(f'{name:<45} {size:>4} px  error: {type(e).__name__}: {str(e).splitlines()[0][:120]}')
+            continue
         if FLAGS.all:
             print(f"{name:<45} {size:>4} px  {s['params'] / 1e6:>9.2f} M params  "
                   f"{s['macs'] / FLAGS.batch / 1e9:>8.2f} GMACs")
         else:
             print(format_table(name, s))
             print()
+    if failed:
+        sys.exit(f'{len(failed)} model(s) could not be summarised: {failed}')
 
 
 if __name__ == '__main__':

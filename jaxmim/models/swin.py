@@ -468,13 +468,6 @@ class SwinTransformerForSimMIM(SwinTransformer):
         super().__init__(num_classes=0, rngs=rngs, **kwargs)
         self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, self.embed_dim)))
 
-    def summary_inputs(self, key: jax.Array, batch_size: int) -> tuple[tuple, dict]:
-        """Arguments for ``jaxmim.summary``: zero images ``(B, H, W, in_chans)`` and an all-zero
-        mask ``(B, H/patch, W/patch)`` (the cost does not depend on the mask)."""
-        g = self.img_size // self.patch_size
-        return ((jnp.zeros((batch_size, self.img_size, self.img_size, self.in_chans), jnp.float32),
-                 jnp.zeros((batch_size, g, g), jnp.float32)), dict(train=False))
-
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> jax.Array:
         x = self.embed(x)
