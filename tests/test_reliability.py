@@ -437,19 +437,22 @@ def test_cli_bad_inputs_print_one_line_and_exit_2(data_dir, tmp_path):
 def test_corrupt_tfrecord_record_names_the_file(data_dir, compile_cache, tmp_path):
     broken = str(tmp_path / 'tfds')
     shutil.copytree(data_dir, broken)
-    shard = glob.glob(os.path.join(broken, 'fashion_mnist_local', '*', '*train.tfrecord*'))[0]
-    with open(shard, 'r+b') as f:          # flip payload bytes of the first record (framing intact)
-        length = int.from_bytes(f.read(8), 'little')
-        f.seek(12 + 8)
-        chunk = f.read(length - 16)
-        f.seek(12 + 8)
-        f.write(bytes(b ^ 0xFF for b in chunk))
+    shards = sorted(glob.glob(os.path.join(broken, 'fashion_mnist_local', '*', '*train.tfrecord*')))
+    for shard in shards:   # flip payload bytes of every record (framing intact): any block read hits one
+        data = bytearray(open(shard, 'rb').read())
+        pos = 0
+        while pos < len(data):
+            length = int.from_bytes(data[pos:pos + 8], 'little')
+            start = pos + 12 + 8
+            data[start:pos + 12 + length - 8] = bytes(b ^ 0xFF for b in data[start:pos + 12 + length - 8])
+            pos += 12 + length + 4
+        open(shard, 'wb').write(bytes(data))
     cfg = make_cfg(data_dir, 2)
     cfg.data.data_dir = broken
     with pytest.raises(ValueError) as info:
         train.pretrain(cfg, str(tmp_path / 'run'))
     msg = str(info.value)
-    assert f'corrupt tfrecord {shard}' in msg and 'config.data.data_dir' in msg, msg
+    assert any(f'corrupt tfrecord {shard}' in msg for shard in shards) and 'config.data.data_dir' in msg, msg
 
 
 # ----------------------------------------------------------------------------------------
