@@ -59,6 +59,10 @@ JAX / PyTorch ratios. Run it from the repository root (``convert`` is imported f
     python -m jaxmim.benchmark --config=configs/demo/simmim_swin_fmnist.py --kinds=pretrain \
         --config.batch_size=128 --steps=10 --compare_torch
 
+``--profile=DIR`` then profiles each training step (:mod:`jaxmim.profiling`): a JAX trace
+under ``DIR/<kind>`` (TensorBoard's profile plugin reads it) and the ``--profile_top`` largest
+per-op costs of the JAX step and, with ``--compare_torch``, of the eager PyTorch step.
+
 ``--json_out=path`` writes ``{'device_kind', 'num_devices', ..., 'rows': [...]}``.
 """
 
@@ -97,6 +101,9 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.ini
 _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False,
                                    'Also time the PyTorch twin of each model (convert/), interleaved with JAX.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'With --compare_torch: also time torch.compile(twin).')
+_PROFILE = flags.DEFINE_string('profile', None, 'Profile each training step after timing it: JAX trace into this '
+                               'directory, per-op cost tables of JAX and (with --compare_torch) PyTorch eager.')
+_PROFILE_TOP = flags.DEFINE_integer('profile_top', 10, 'With --profile: rows of each cost table printed.')
 
 KINDS = ('pretrain', 'finetune')
 INFERENCE = 'inference'
@@ -277,9 +284,15 @@ def _wait(out) -> None:
 # ----------------------------------------------------------------------------------------
 
 def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tflops: float | None = None,
-                   compare_torch: bool = False, torch_compile: bool = True,
+                   compare_torch: bool = False, torch_compile: bool = True, profile_dir: str | None = None,
+                   profile_steps: int = 5, profile_top: int = 10,
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """Compiles and times one step kind; returns its row (see :func:`run_benchmark`).
+
+    With ``profile_dir`` the timed loop is followed by ``profile_steps`` profiled JAX steps
+    (trace under ``profile_dir/<kind>``) and as many profiled eager PyTorch steps when a twin is
+    timed (:mod:`jaxmim.profiling`); the row gains ``profile_jax`` / ``profile_torch`` (per-op
+    cost rows, largest first) and the ``profile_top`` largest of each are logged.
 
     With ``compare_torch`` the PyTorch twin of the same model and weights (eager, and
     ``torch.compile`` when ``torch_compile``) is timed in the same loop: each timed round runs
@@ -346,6 +359,19 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             step()
             torch_times[v].append(time.perf_counter() - t)
     loss = float(out[1]['loss'])
+    profile = {}
+    if profile_dir:
+        import os
+
+        from jaxmim import profiling
+        profile['profile_jax'], state = profiling.profile_jax_step(
+            compiled, state, batch, steps=profile_steps, trace_dir=os.path.join(profile_dir, kind))
+        log(profiling.format_costs(f'[{kind}] JAX {name}: the {profile_top} largest costs (thread time per step)',
+                                   profile['profile_jax'], profile_top))
+        if 'eager' in torch_steps:
+            profile['profile_torch'] = profiling.profile_torch_step(torch_steps['eager'], steps=profile_steps)
+            log(profiling.format_costs(f'[{kind}] PyTorch eager {twin[1]}: the {profile_top} largest costs '
+                                       '(self CPU time per step)', profile['profile_torch'], profile_top))
     del state, out
 
     median = statistics.median(times)
@@ -369,6 +395,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
         'device_memory_gib': _memory_gib(compiled),
         'final_loss': loss,
+        **profile,
     }
     if compare_torch:
         row['torch_source'] = twin[1] if twin else None
@@ -453,7 +480,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
                   num_classes: int = 1000, finetune_layer_decay: float = 0.9,
                   peak_tflops: float | None = None, kinds: Sequence[str] | None = None,
                   devices: Sequence[Any] | None = None, compare_torch: bool = False,
-                  torch_compile: bool = True, log: Callable[[str], None] = lambda s: None) -> list[dict]:
+                  torch_compile: bool = True, profile_dir: str | None = None, profile_top: int = 10,
+                  log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Benchmarks the train step(s) of ``config`` on synthetic device-resident batches.
 
     Args:
@@ -471,6 +499,9 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
         (``torch_compile``) compiled, interleaved with the JAX steps; adds ``torch_eager_img_s``,
         ``torch_compile_img_s``, ``jax_over_torch_eager``, ``jax_over_torch_compile`` (None where
         unavailable) and ``torch_source``.
+      profile_dir: profile each training step kind after timing it (JAX trace under
+        ``profile_dir/<kind>``; the eager twin too with ``compare_torch``), see
+        :func:`benchmark_step`; ``profile_top`` rows of each side are logged.
       log: progress callback (one line per call).
 
     Returns:
@@ -515,7 +546,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
             rows.append(benchmark_inference(cfg, mesh, peak_tflops=peak_tflops, log=log))
             continue
         rows.append(benchmark_step(kind, cfg, mesh, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
-                                   compare_torch=compare_torch, torch_compile=torch_compile, log=log))
+                                   compare_torch=compare_torch, torch_compile=torch_compile,
+                                   profile_dir=profile_dir, profile_top=profile_top, log=log))
     return rows
 
 
@@ -598,7 +630,8 @@ def main(argv: list[str]) -> None:
             rows += run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
                                   num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
                                   peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices,
-                                  compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value, log=log)
+                                  compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value,
+                                  profile_dir=_PROFILE.value, profile_top=_PROFILE_TOP.value, log=log)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

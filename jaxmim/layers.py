@@ -8,12 +8,15 @@ jitted step is a pure function of ``(params, batch, key)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
 
 class Buffer(nnx.Variable):
     """A fixed tensor saved with the model but never trained (PyTorch's ``requires_grad=False``
@@ -49,9 +52,63 @@ def torch_default_bias_init(fan_in: int) -> Callable:
     return init
 
 
-def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """``torch.nn.LayerNorm(dim, eps)``: biased variance computed as E[(x-mean)^2], affine 1/0 init."""
-    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_last(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis with a hand-written backward pass.
+
+    ``y = (x - mean) * (rsqrt(var + eps) * scale) + bias`` with ``mean``, ``var`` (biased,
+    ``E[(x - mean)^2]``) over the last axis, computed in float32; ``x`` is ``(..., C)``, ``scale``
+    and ``bias`` ``(C,)``; the result has the promoted dtype of the three. The forward pass is
+    bit-identical to ``flax.nnx.LayerNorm(use_fast_variance=False)`` in float32. The backward
+    pass is the closed form ``dx = rstd * (g' - mean(g') - x_hat * mean(g' * x_hat))`` with
+    ``g' = g * scale`` (two reductions), where XLA's autodiff of the forward emits five; on the
+    2-core CPU it halves the LayerNorm's forward + backward time (docs/performance.md).
+    Source: Ba et al. (2016); the formula as in PyTorch's ``layer_norm_backward``.
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    xc = xf - mean
+    rstd = jax.lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + eps)
+    y = xc * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), scale.dtype), jnp.zeros((0,), bias.dtype))
+    return y.astype(jnp.result_type(x, scale, bias)), (xc * rstd, rstd, scale, dtypes)
+
+
+def _layer_norm_bwd(eps, res, g):
+    del eps
+    x_hat, rstd, scale, (x_dt, scale_dt, bias_dt) = res
+    gf = g.astype(jnp.float32)
+    lead = tuple(range(g.ndim - 1))
+    gs = gf * scale.astype(jnp.float32)
+    dx = rstd * (gs - gs.mean(-1, keepdims=True) - x_hat * (gs * x_hat).mean(-1, keepdims=True))
+    return dx.astype(x_dt.dtype), (gf * x_hat).sum(lead).astype(scale_dt.dtype), gf.sum(lead).astype(bias_dt.dtype)
+
+
+layer_norm_last.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` (same parameters ``scale``, ``bias`` and attributes) whose common case,
+    a normalisation over the last axis with scale and bias and no mask, runs through
+    :func:`layer_norm_last`; any other configuration falls back to ``nnx.LayerNorm``.
+    Input ``(..., C)``, output the same shape."""
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        last = tuple(np.atleast_1d(self.reduction_axes)) in ((-1,), (x.ndim - 1,))
+        if mask is not None or not last or self.scale is None or self.bias is None or self.axis_name is not None:
+            return super().__call__(x, mask=mask)
+        y = layer_norm_last(x, self.scale[...], self.bias[...], self.epsilon)
+        return y.astype(self.dtype) if self.dtype is not None else y
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> LayerNorm:
+    """``torch.nn.LayerNorm(dim, eps)``: biased variance computed as E[(x-mean)^2], affine 1/0 init
+    (:class:`LayerNorm`, an ``nnx.LayerNorm`` with the faster backward pass)."""
+    return LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
 def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
@@ -141,6 +198,21 @@ def call_block(block: nnx.Module, x: jax.Array, *, train: bool, rng: jax.Array |
     return nnx.remat(lambda b, y, k: b(y, train=train, rng=k))(block, x, rng)
 
 
+_INV_SQRT2 = np.float32(1.0 / np.sqrt(2.0))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, ``torch.nn.GELU()``: ``0.5 * x * (1 + erf(x / sqrt(2)))``, any shape and
+    float dtype, computed in ``x.dtype``.
+
+    Written with ``lax.erf`` rather than ``jax.nn.gelu(approximate=False)``, which goes through
+    ``erfc`` and an exponential: on XLA's CPU backend this form is about 2.8x faster forward and
+    1.6x faster forward + backward on a ``(8192, 256)`` float32 array, with the same values to
+    1.2e-6 absolute of PyTorch's (docs/performance.md). Source: Hendrycks & Gimpel (2016).
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * _INV_SQRT2.astype(x.dtype)))
+
+
 class Mlp(nnx.Module):
     """Transformer MLP: fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout.
 
@@ -154,6 +226,6 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         k1, k2 = split_key(rng, 2)
-        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        x = gelu(self.fc1(x))
         x = dropout(x, self.drop, train, k1)
         return dropout(self.fc2(x), self.drop, train, k2)

@@ -366,11 +366,11 @@ def test_layer_ids_follow_lr_decay_py():
 # ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('spec,model,steps', [
-    ('configs/pretrain/ummae_pvt_small_256.py:200ep', 'mae_pvt_small_256', 200 * 312),
-    ('configs/pretrain/ummae_swin_tiny_256.py:800ep', 'mae_swin_tiny_256', 800 * 312),
-    ('configs/pretrain/ummae_swin_large_256.py:800ep', 'mae_swin_large_256', 800 * 312),
-    ('configs/pretrain/ummae_vit_base_224.py:mae_200ep', 'mae_vit_base_patch16_dec512d2b', 200 * 312),
-    ('configs/pretrain/ummae_vit_base_224.py:ummae_200ep', 'mae_vit_base_patch16_dec512d2b', 200 * 312),
+    ('configs/pretrain/ummae.py:pvt_small_200ep', 'mae_pvt_small_256', 200 * 312),
+    ('configs/pretrain/ummae.py:swin_tiny_800ep', 'mae_swin_tiny_256', 800 * 312),
+    ('configs/pretrain/ummae.py:swin_large_800ep', 'mae_swin_large_256', 800 * 312),
+    ('configs/pretrain/ummae.py:vit_base_mae_200ep', 'mae_vit_base_patch16_dec512d2b', 200 * 312),
+    ('configs/pretrain/ummae.py:vit_base_200ep', 'mae_vit_base_patch16_dec512d2b', 200 * 312),
     ('configs/pretrain/ummae_simmim_256.py:pvt_small_200ep', 'simmim_pvt_small_256', 200 * 312),
     ('configs/pretrain/ummae_simmim_256.py:swin_tiny_200ep', 'simmim_swin_tiny_256', 200 * 312),
     ('configs/finetune/ummae_finetune.py:pvt_small_256', 'pvt_small_256', 100 * 1251),
@@ -385,7 +385,7 @@ def test_configs_mirror_the_makefile(spec, model, steps):
     assert c.model.name == model and c.total_steps == steps
     if c.mode == 'pretrain' and c.method.name == 'ummae' and 'demo' not in spec:
         assert c.batch_size == 4096 and c.optim.base_lr == 1.5e-4 and c.method.norm_pix_loss
-        want = ('random', 0.0) if spec.endswith(':mae_200ep') else ('uniform', 0.25)
+        want = ('random', 0.0) if spec.endswith('_mae_200ep') else ('uniform', 0.25)
         assert (c.method.sampling, c.method.vis_mask_ratio) == want
     if c.mode == 'finetune' and 'demo' not in spec:
         assert c.batch_size == 1024 and c.optim.layer_decay == {'pvt': 0.85, 'swi': 0.7, 'vit': 0.8}[model[:3]]

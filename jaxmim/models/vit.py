@@ -296,7 +296,7 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         k1, k2 = L.split_key(rng, 2)
-        x = L.dropout(jax.nn.gelu(self.fc1(x), approximate=False), self.drop, train, k1)
+        x = L.dropout(L.gelu(self.fc1(x)), self.drop, train, k1)
         return L.dropout(self.fc2(x), self.drop, train, k2)
 
 

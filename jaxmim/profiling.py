@@ -1,0 +1,186 @@
+r"""Where a train step's time goes: per-op cost tables of the JAX step and of its PyTorch twin.
+
+Used by ``python -m jaxmim.benchmark --profile=DIR`` (see :mod:`jaxmim.benchmark`)::
+
+    python -m jaxmim.benchmark --config=configs/demo/simmim_swin_fmnist.py --kinds=finetune \
+        --compare_torch --notorch_compile --profile=work/profile --profile_top=12
+
+JAX side: the compiled step runs ``steps`` times under :func:`jax.profiler.trace`; the trace's
+host plane (``/host:CPU``; on an accelerator the device plane) holds one event per executed
+XLA thunk, named after its HLO instruction. Durations are summed per instruction and joined with
+the optimized HLO (``compiled.as_text()``): opcode, fusion kind, the JAX primitive path that
+produced it (``metadata op_name``) and its source line. Costs are *thread time* (on a 2-thread
+CPU two thunks may overlap), reported per step and as a share of the profiled total.
+
+PyTorch side: the same number of eager steps under :mod:`torch.profiler`; costs are each
+operator's *self* CPU time (``key_averages()``), so nested operators are not counted twice.
+
+The tables group costs by what a reader can act on: JAX rows by ``(primitive, source line)``
+(``dot_general @ swin.py:131``), PyTorch rows by ATen operator (``aten::mm``).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import re
+from typing import Any, Callable, Sequence
+
+def _frame_source(index, frame_id: int) -> str:
+    """``file:line`` of the innermost frame of ``frame_id`` outside JAX / Flax / the standard
+    library (the model code that issued the op); '' when none."""
+    seen = 0
+    while frame_id > 0 and seen < 64:
+        frame = index.stack_frames[frame_id - 1]
+        loc = index.file_locations[frame.file_location_id - 1]
+        path = index.file_names[loc.file_name_id - 1]
+        if not re.search(r'(site-packages|dist-packages|/jax/|/flax/|/optax/|python3\.\d+/)', path):
+            return f'{os.path.basename(path)}:{loc.line}'
+        frame_id, seen = frame.parent_frame_id, seen + 1
+    return ''
+
+
+def hlo_instructions(compiled) -> dict[str, dict]:
+    """The instructions of a compiled executable's optimized HLO as ``{name: {'opcode', 'kind',
+    'op_name', 'source'}}``: ``kind`` is the fusion kind ('' for other opcodes), ``op_name`` the JAX
+    primitive path from the metadata, ``source`` the model code's ``file:line`` that issued it
+    ('' when unknown). A fusion without metadata takes those of the first annotated instruction
+    of its fused computation."""
+    from tensorflow.compiler.xla.service import hlo_pb2  # noqa: PLC0415  (TF ships the proto)
+
+    module = hlo_pb2.HloModuleProto()
+    module.ParseFromString(compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto())
+    index = module.stack_frame_index
+    out: dict[str, dict] = {}
+    first: dict[int, tuple[str, str]] = {}
+    calls: dict[str, int] = {}
+    for comp in module.computations:
+        for ins in comp.instructions:
+            md = ins.metadata
+            src = _frame_source(index, md.stack_frame_id) if md.stack_frame_id else (
+                f'{os.path.basename(md.source_file)}:{md.source_line}' if md.source_file else '')
+            out[ins.name] = {'opcode': ins.opcode, 'kind': ins.fusion_kind if ins.opcode == 'fusion' else '',
+                             'op_name': md.op_name, 'source': src}
+            if md.op_name and comp.id not in first:
+                first[comp.id] = (md.op_name, src)
+            if ins.opcode == 'fusion' and ins.called_computation_ids:
+                calls[ins.name] = ins.called_computation_ids[0]
+    for name, cid in calls.items():
+        if not out[name]['op_name'] and cid in first:
+            out[name]['op_name'], out[name]['source'] = first[cid]
+    return out
+
+
+def primitive_of(op_name: str) -> str:
+    """The JAX primitive at the end of an HLO ``op_name`` path, with the autodiff context:
+    ``'jit(f)/transpose(jvp(Model))/blocks/dot_general'`` -> ``'dot_general (backward)'``."""
+    if not op_name:
+        return '?'
+    last = op_name.rstrip('/').split('/')[-1]
+    last = re.sub(r'\[.*$', '', last)
+    backward = 'transpose(' in op_name
+    return f'{last} (backward)' if backward else last
+
+
+def _newest_xplane(trace_dir: str) -> str:
+    paths = sorted(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True), key=os.path.getmtime)
+    if not paths:
+        raise FileNotFoundError(f'no *.xplane.pb under {trace_dir}: the profiler wrote no trace')
+    return paths[-1]
+
+
+def xplane_op_times(path: str) -> dict[str, float]:
+    """Seconds per event name summed over the executor threads of an ``*.xplane.pb`` trace:
+    the XLA thunks of the host plane's ``XLAPjRtCpuClient`` / ``XLAEigen`` lines, or every line
+    of a device plane (``/device:...``). Bookkeeping events (``end: ...``, waits, thread-pool
+    regions) are dropped."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415  (TF ships the proto)
+
+    space = xplane_pb2.XSpace()
+    with open(path, 'rb') as f:
+        space.ParseFromString(f.read())
+    times: dict[str, float] = collections.defaultdict(float)
+    device_planes = [p for p in space.planes if p.name.startswith('/device:')]
+    planes = device_planes or [p for p in space.planes if p.name == '/host:CPU']
+    for plane in planes:
+        md = plane.event_metadata
+        for line in plane.lines:
+            if not device_planes and 'XLA' not in line.name:
+                continue
+            for e in line.events:
+                name = md[e.metadata_id].name
+                if name.startswith('end: ') or '::' in name or name.startswith('$'):
+                    continue
+                times[name] += e.duration_ps * 1e-12
+    return dict(times)
+
+
+def profile_jax_step(compiled, state, batch, *, steps: int, trace_dir: str) -> tuple[list[dict], Any]:
+    """Runs ``compiled(state, batch)`` ``steps`` times under the JAX profiler and returns
+    ``(rows, state)``: one row per ``(primitive, source)`` group with ``name``, ``seconds_per_step``
+    (thread time), ``share`` of the profiled total, ``count`` (HLO instructions in the group)
+    and ``example`` (the costliest instruction and its opcode / fusion kind), largest first.
+
+    Raises:
+      FileNotFoundError: the profiler wrote no trace.
+    """
+    import jax
+
+    hlo = hlo_instructions(compiled)
+    out = compiled(state, batch)
+    jax.block_until_ready(out)
+    state = out[0]
+    with jax.profiler.trace(trace_dir):
+        for _ in range(steps):
+            out = compiled(state, batch)
+            jax.block_until_ready(out)
+            state = out[0]
+    times = xplane_op_times(_newest_xplane(trace_dir))
+    groups: dict[tuple[str, str], dict] = {}
+    for name, secs in times.items():
+        info = hlo.get(name, {'opcode': '?', 'kind': '', 'op_name': '', 'source': ''})
+        key = (primitive_of(info['op_name']), info['source'])
+        g = groups.setdefault(key, {'seconds': 0.0, 'count': 0, 'best': (0.0, '')})
+        g['seconds'] += secs
+        g['count'] += 1
+        if secs > g['best'][0]:
+            g['best'] = (secs, f"{name} ({info['opcode']}{'/' + info['kind'] if info['kind'] else ''})")
+    total = sum(g['seconds'] for g in groups.values()) or 1.0
+    rows = [{'name': f'{prim} @ {src}' if src else prim, 'seconds_per_step': g['seconds'] / steps,
+             'share': g['seconds'] / total, 'count': g['count'], 'example': g['best'][1]}
+            for (prim, src), g in groups.items()]
+    rows.sort(key=lambda r: -r['seconds_per_step'])
+    return rows, state
+
+
+def profile_torch_step(step: Callable[[], Any], *, steps: int) -> list[dict]:
+    """Runs ``step()`` ``steps`` times under :mod:`torch.profiler` (CPU activity) and returns one
+    row per ATen operator: ``name``, ``seconds_per_step`` (self CPU time), ``share``, ``count``
+    (calls per step), largest first."""
+    import torch
+
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    rows = [{'name': e.key, 'seconds_per_step': e.self_cpu_time_total * 1e-6 / steps,
+             'share': e.self_cpu_time_total / total, 'count': e.count / steps, 'example': ''}
+            for e in events if e.self_cpu_time_total > 0]
+    rows.sort(key=lambda r: -r['seconds_per_step'])
+    return rows
+
+
+def format_costs(title: str, rows: Sequence[dict], top: int = 10) -> str:
+    """A text table of the ``top`` largest rows of :func:`profile_jax_step` or
+    :func:`profile_torch_step`, with their cumulated share."""
+    lines = [title, f"{'#':>2}  {'ms/step':>8}  {'share':>6}  {'cum':>6}  {'n':>6}  what"]
+    cum = 0.0
+    for i, r in enumerate(rows[:top], 1):
+        cum += r['share']
+        extra = f"   [{r['example']}]" if r.get('example') else ''
+        lines.append(f"{i:>2}  {1e3 * r['seconds_per_step']:8.2f}  {100 * r['share']:5.1f}%  {100 * cum:5.1f}%  "
+                     f"{r['count']:>6g}  {r['name']}{extra}")
+    return '\n'.join(lines)

@@ -1,0 +1,105 @@
+"""The step's hand-written layers (issue 12): exact GELU through ``lax.erf`` and LayerNorm with a
+closed-form backward pass, against PyTorch's own ops and against the written-out formula; and
+the per-op profiler of ``jaxmim.benchmark --profile``.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from jaxmim import layers as L
+from jaxmim import profiling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RNG = np.random.RandomState(0)
+
+
+def test_gelu_equals_torch_exact_gelu_and_its_gradient():
+    x = (RNG.randn(64, 33) * 3).astype(np.float32)
+    g = RNG.randn(64, 33).astype(np.float32)
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.gelu(tx)             # approximate='none': the erf form
+    ty.backward(torch.from_numpy(g))
+    y, vjp = jax.vjp(L.gelu, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), ty.detach().numpy(), atol=2e-6, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), tx.grad.numpy(), atol=2e-6, rtol=1e-6)
+    # the tanh approximation differs by ~1e-3 at |x| ~ 2: the form is the exact one
+    assert abs(float(L.gelu(jnp.float32(2.0))) - 2.0 * 0.5 * (1 + 0.9544997361036416)) < 1e-6
+
+
+def _naive_layer_norm(x, scale, bias, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * scale + bias
+
+
+@pytest.mark.parametrize('shape', [(4, 7, 48), (3, 2, 5, 16)])
+def test_layer_norm_forward_and_backward_equal_the_formula_and_torch(shape):
+    c = shape[-1]
+    x = (RNG.randn(*shape) * 2 + 0.5).astype(np.float32)
+    scale, bias = RNG.randn(c).astype(np.float32), RNG.randn(c).astype(np.float32)
+    g = RNG.randn(*shape).astype(np.float32)
+    args = tuple(map(jnp.asarray, (x, scale, bias)))
+    y, vjp = jax.vjp(lambda *a: L.layer_norm_last(*a, 1e-5), *args)
+    y_ref, vjp_ref = jax.vjp(lambda *a: _naive_layer_norm(*a, 1e-5), *args)   # autodiff of the formula
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
+    for got, want in zip(vjp(jnp.asarray(g)), vjp_ref(jnp.asarray(g))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+    tx, ts, tb = (torch.from_numpy(a).requires_grad_() for a in (x, scale, bias))
+    torch.nn.functional.layer_norm(tx, (c,), ts, tb, 1e-5).backward(torch.from_numpy(g))
+    for got, want in zip(vjp(jnp.asarray(g)), (tx.grad, ts.grad, tb.grad)):
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=2e-5, rtol=1e-5)
+
+
+def test_layer_norm_module_is_an_nnx_layer_norm_with_the_same_forward():
+    ours = L.layer_norm(24, 1e-6, nnx.Rngs(0))
+    ref = nnx.LayerNorm(24, epsilon=1e-6, use_fast_variance=False, rngs=nnx.Rngs(0))
+    assert isinstance(ours, nnx.LayerNorm) and ours.epsilon == 1e-6
+    for m in (ours, ref):
+        m.scale[...] = jnp.asarray(np.linspace(0.5, 2.0, 24, dtype=np.float32))
+        m.bias[...] = jnp.asarray(np.linspace(-1.0, 1.0, 24, dtype=np.float32))
+    x = jnp.asarray(RNG.randn(5, 3, 24).astype(np.float32) * 4)
+    assert np.array_equal(np.asarray(ours(x)), np.asarray(ref(x)))      # bit-identical forward
+    # bfloat16 inputs and parameters: statistics in float32, a bfloat16 result as nnx.LayerNorm gives
+    xb = x.astype(jnp.bfloat16)
+    for m in (ours, ref):
+        m.scale = nnx.Param(m.scale[...].astype(jnp.bfloat16))
+        m.bias = nnx.Param(m.bias[...].astype(jnp.bfloat16))
+    yo, yr = ours(xb), ref(xb)
+    assert yo.dtype == yr.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(yo, np.float32), np.asarray(yr, np.float32), atol=0.02)
+
+
+def test_hlo_instructions_and_primitive_names():
+    f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum())
+    compiled = f.lower(jnp.ones((16, 8)), jnp.ones((8, 4))).compile()
+    table = profiling.hlo_instructions(compiled)
+    dots = [v for v in table.values() if 'dot_general' in v['op_name']]
+    assert dots, table
+    assert any(v['source'].startswith('test_fast_layers.py:') for v in dots)
+    assert profiling.primitive_of('jit(f)/transpose(jvp(Model))/dot_general') == 'dot_general (backward)'
+    assert profiling.primitive_of('jit(f)/jvp(Model)/erf') == 'erf'
+
+
+def test_benchmark_profile_attributes_the_step_time_to_ops(tmp_path):
+    from jaxmim import benchmark
+    from jaxmim.config import load_config_file
+    config = load_config_file(os.path.join(ROOT, 'configs/demo/finetune_swin_fmnist.py'))
+    (row,) = benchmark.run_benchmark(config, steps=1, warmup=0, batch_size=4, compare_torch=True,
+                                     torch_compile=False, profile_dir=str(tmp_path), profile_top=5,
+                                     devices=jax.devices()[:1])
+    jax_rows, torch_rows = row['profile_jax'], row['profile_torch']
+    assert sum(r['share'] for r in jax_rows) == pytest.approx(1.0)
+    assert sum(r['share'] for r in torch_rows) == pytest.approx(1.0)
+    assert [r['seconds_per_step'] for r in jax_rows] == sorted((r['seconds_per_step'] for r in jax_rows), reverse=True)
+    # the step's matrix products show up on both sides, attributed to the model's source lines
+    assert any(r['name'].startswith('dot_general') and '@ swin.py:' in r['name'] for r in jax_rows)
+    assert any(r['name'] in ('aten::mm', 'aten::addmm', 'aten::bmm') for r in torch_rows)
+    assert list(tmp_path.glob('finetune/**/*.xplane.pb'))
+    text = profiling.format_costs('t', jax_rows, 3)
+    assert len(text.splitlines()) == 5
