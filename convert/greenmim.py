@@ -23,6 +23,11 @@ canvas followed by a gather, and the decoder follows the official code (``decode
 
 Released checkpoints (v1 era) concatenate merged neighbours row-first; build with
 ``merge_order='v1'`` to load them layer-exactly (spec §12 item 2).
+
+Source ``greenmim_twins``: ``MaskedAutoencoder(encoder=ALTGVT(**encoder), ...)`` around
+``modeling/green_twins_models.py:382-408`` as :class:`jaxmim.methods.greenmim_twins.GreenMIMTwins`
+(spec §11.3); twin :class:`GreenTwinsTwin` (sparse convs as dense convs of the zero-filled canvas
+read at the active sites; see the section at the end of this file).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from convert.swin import PatchEmbed, PatchMerging, WindowAttention
 from convert.vit import Block, get_2d_sincos_pos_embed
 
 __all__ = ['build_greenmim_swin', 'greenmim_swin_entries', 'GreenSwinTwin', 'GreenMIMSwinTwin',
+           'build_greenmim_twins', 'greenmim_twins_entries', 'GreenTwinsTwin', 'SPCONV',
            'v1_to_swin_merge_order']
 
 
@@ -300,8 +306,9 @@ def greenmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
     from jaxmim.methods.greenmim import GreenMIMSwin
     from jaxmim.models.swin import relative_position_index
     from convert.vit import vit_block_entries
-    if not isinstance(model, GreenMIMSwin):
-        raise TypeError(f'source greenmim_swin expects a jaxmim GreenMIMSwin, got {type(model).__name__}')
+    from jaxmim.methods.greenmim import GreenSwinTransformer
+    if not isinstance(model, GreenMIMSwin) or not isinstance(model.encoder, GreenSwinTransformer):
+        raise TypeError(f'source greenmim_swin expects a jaxmim GreenMIMSwin (Swin encoder), got {type(model).__name__}')
     enc = model.encoder
     out: list[O.Entry] = [O.VariableEntry('mask_token', ('mask_token',)),
                           O.VariableEntry('decoder_pos_embed', ('decoder_pos_embed',))]
@@ -356,3 +363,321 @@ O.register_source(O.Source(
     entries_fn=greenmim_swin_entries,
     method='greenmim',
     twin_fn=greenmim_swin_twin))
+
+
+# ------------------------------------------------------------------------------------------------
+# Twins-SVT (ALTGVT): source 'greenmim_twins'
+# ------------------------------------------------------------------------------------------------
+#
+# Official ``MaskedAutoencoder(encoder=ALTGVT(**encoder), ...)`` (``model_factory.py:142-175``,
+# ``green_twins_models.py:382-408``) as :class:`jaxmim.methods.greenmim_twins.GreenMIMTwins`.
+# Encoder state-dict order (module registration order of ``PyramidVisionTransformer`` / ``CPVTV2``
+# / ``ALTGVT``, which deletes and re-adds ``blocks``): ``patch_embeds.{s}.{proj, norm}``, ``norm``,
+# ``pos_block.{s}.proj.0``, ``blocks.{s}.{j}``; inside a block (timm ``Block`` whose ``attn`` is
+# deleted and re-added) ``norm1``, ``norm2``, ``mlp.{fc1, fc2}``, ``attn.*`` (LSA ``qkv``, ``proj``;
+# GSA ``q``, ``kv``, ``proj`` [, ``sr``, ``norm``]). Sparse convs (``patch_embeds.{s>=1}.proj``,
+# ``attn.sr``) are spconv 2.x ``SparseConv2d`` weights, layout (C_out, kh, kw, C_in) ("KRSC",
+# spec §6), plus a bias.
+
+SPCONV = O.Layout('spconv2_krsc', (3, 0, 1, 2))
+"""spconv 2.x ``SparseConv2d.weight`` (C_out, kh, kw, C_in) <-> Flax kernel (kh, kw, C_in, C_out)."""
+
+
+def _dense_conv_at_active_sites(x: torch.Tensor, vis: torch.Tensor, weight_krsc: torch.Tensor,
+                                bias: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """spconv's regular ``SparseConv2d`` (kernel = stride = k, no padding) evaluated densely: ``x``
+    (B, N, C_in) active features in raster order of the (H, W) bool map ``vis`` -> the dense conv of
+    the zero-filled canvas at every output site whose receptive field touches an active input
+    (raster order) (B, N_out, C_out), and the new (H/k, W/k) active map."""
+    B, _, C = x.shape
+    H, W = vis.shape
+    canvas = x.new_zeros(B, C, H, W)
+    canvas[:, :, vis] = x.transpose(1, 2)
+    y = torch.nn.functional.conv2d(canvas, weight_krsc.permute(0, 3, 1, 2), bias, stride=k)
+    active = torch.nn.functional.max_pool2d(vis.float()[None, None], k, k)[0, 0] > 0
+    return y[:, :, active].transpose(1, 2), active
+
+
+class _SparseConv(nn.Module):
+    """spconv ``SparseConv2d(cin, cout, k, stride=k)`` state: ``weight`` (cout, k, k, cin), ``bias``."""
+
+    def __init__(self, cin, cout, k):
+        super().__init__()
+        self.k = k
+        self.weight = nn.Parameter(torch.randn(cout, k, k, cin) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(cout))
+
+    def forward(self, x, vis):
+        return _dense_conv_at_active_sites(x, vis, self.weight, self.bias, self.k)
+
+
+class _TwinsPatchEmbed(nn.Module):
+    def __init__(self, patch_size, in_chans, embed_dim, norm_layer):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, images):
+        return self.norm(self.proj(images).flatten(2).transpose(1, 2))
+
+
+class _TwinsSparsePatchEmbed(nn.Module):
+    def __init__(self, cin, cout, norm_layer):
+        super().__init__()
+        self.proj = _SparseConv(cin, cout, 2)
+        self.norm = norm_layer(cout)
+
+    def forward(self, x, vis):
+        y, active = self.proj(x, vis)
+        return self.norm(y), active
+
+
+class _TwinsPosCNN(nn.Module):
+    """``PosCNN``: ``proj.0`` depthwise 3x3 Conv2d; conv of the zero-filled canvas at the active
+    sites, without (official) or with the residual."""
+
+    def __init__(self, dim, residual):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim))
+        self.residual = residual
+
+    def forward(self, x, vis):
+        B, N, C = x.shape
+        canvas = x.new_zeros(B, C, *vis.shape)
+        canvas[:, :, vis] = x.transpose(1, 2)
+        y = self.proj[0](canvas)[:, :, vis].transpose(1, 2)
+        return y + x if self.residual else y
+
+
+class _TwinsAttnLSA(nn.Module):
+    def __init__(self, dim, num_heads, qkv_bias):
+        super().__init__()
+        self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, y, coords, ws):
+        """Attention inside each window of the unshifted ``ws`` partition, a Python loop over
+        the windows that hold visible tokens (no grouping, no padding, no bias)."""
+        B, N, C = y.shape
+        nh = self.num_heads
+        win = (coords[:, 0] // ws) * 100_000 + coords[:, 1] // ws
+        qkv = self.qkv(y).reshape(B, N, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        out = torch.zeros(B, nh, N, C // nh, dtype=y.dtype)
+        for w in torch.unique(win):
+            idx = torch.nonzero(win == w).reshape(-1)
+            attn = (q[:, :, idx] @ k[:, :, idx].transpose(-2, -1)).softmax(-1)
+            out[:, :, idx] = attn @ v[:, :, idx]
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class _TwinsAttnGSA(nn.Module):
+    def __init__(self, dim, num_heads, qkv_bias, sr_ratio, norm_layer):
+        super().__init__()
+        self.num_heads, self.scale, self.sr_ratio = num_heads, (dim // num_heads) ** -0.5, sr_ratio
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = _SparseConv(dim, dim, sr_ratio)
+            self.norm = norm_layer(dim)
+
+    def forward(self, y, vis):
+        B, N, C = y.shape
+        nh = self.num_heads
+        q = self.q(y).reshape(B, N, nh, C // nh).permute(0, 2, 1, 3)
+        src = self.norm(self.sr(y, vis)[0]) if self.sr_ratio > 1 else y
+        kv = self.kv(src).reshape(B, -1, 2, nh, C // nh).permute(2, 0, 3, 1, 4)
+        attn = ((q @ kv[0].transpose(-2, -1)) * self.scale).softmax(-1)
+        return self.proj((attn @ kv[1]).transpose(1, 2).reshape(B, N, C))
+
+
+class _TwinsBlock(nn.Module):
+    """``GroupBlock`` state order: ``norm1``, ``norm2``, ``mlp``, ``attn`` (re-added last)."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, norm_layer, sr_ratio, lsa):
+        super().__init__()
+        self.lsa = lsa
+        self.norm1 = norm_layer(dim)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn = _TwinsAttnLSA(dim, num_heads, qkv_bias) if lsa else _TwinsAttnGSA(dim, num_heads, qkv_bias,
+                                                                                       sr_ratio, norm_layer)
+
+    def forward(self, x, vis, coords, ws):
+        y = self.norm1(x)
+        x = x + (self.attn(y, coords, ws) if self.lsa else self.attn(y, vis))
+        return x + self.mlp(self.norm2(x))
+
+
+class GreenTwinsTwin(nn.Module):
+    """Visible-token Twins-SVT (``ALTGVT``) with the official state (``green_twins_models.py``),
+    pure PyTorch: sparse convs are dense convs of the zero-filled canvas read at the active sites
+    (spconv's regular-conv rule), LSA attends per window with a loop, GSA reduces with the sparse
+    conv, PEG convolves the canvas (``peg_residual`` False = official, no residual).
+
+    ``forward(images (B, C, H, W), keep_units (U*U,) bool)`` -> (B, len_keep, embed_dims[-1]) in
+    raster order of the visible units.
+    """
+
+    def __init__(self, img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dims=(64, 128, 256),
+                 num_heads=(1, 2, 4), mlp_ratios=(4, 4, 4), qkv_bias=False, qk_scale=None, drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.0, norm_layer=nn.LayerNorm, depths=(4, 4, 4),
+                 sr_ratios=(4, 2, 1), wss=(7, 7, 7), peg_residual=False):
+        super().__init__()
+        del num_classes, qk_scale, drop_rate, attn_drop_rate, drop_path_rate
+        self.grid, self.window_size, self.depths = img_size // patch_size, wss[0], tuple(depths)
+        n = len(depths)
+        self.patch_embeds = nn.ModuleList(
+            [_TwinsPatchEmbed(patch_size, in_chans, embed_dims[0], norm_layer)]
+            + [_TwinsSparsePatchEmbed(embed_dims[s - 1], embed_dims[s], norm_layer) for s in range(1, n)])
+        self.norm = norm_layer(embed_dims[-1])
+        self.pos_block = nn.ModuleList([_TwinsPosCNN(d, peg_residual) for d in embed_dims])
+        self.blocks = nn.ModuleList([
+            nn.ModuleList([_TwinsBlock(embed_dims[s], num_heads[s], mlp_ratios[s], qkv_bias, norm_layer, sr_ratios[s],
+                                       j % 2 == 0) for j in range(depths[s])]) for s in range(n)])
+
+    def forward(self, images: torch.Tensor, keep_units: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embeds[0](images)                         # (B, grid^2, C0)
+        units = int(round(keep_units.numel() ** 0.5))
+        rep = self.grid // units
+        vis = keep_units.reshape(units, units).repeat_interleave(rep, 0).repeat_interleave(rep, 1)
+        x = x[:, vis.reshape(-1)]
+        for s, stage in enumerate(self.blocks):
+            if s > 0:
+                x, vis = self.patch_embeds[s](x, vis)
+            pos = torch.nonzero(vis.reshape(-1)).reshape(-1)
+            coords = torch.stack([pos // vis.shape[1], pos % vis.shape[1]], -1)
+            for j, blk in enumerate(stage):
+                x = blk(x, vis, coords, self.window_size)
+                if j == 0:
+                    x = self.pos_block[s](x, vis)
+        return self.norm(x)
+
+
+def build_greenmim_twins(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_dim: int, patch_size: int = 32,
+                         in_chans: int = 3, decoder_num_patches: int = 49, decoder_embed_dim: int = 512,
+                         decoder_depth: int = 1, decoder_num_heads: int = 16, norm_layer: Any = None,
+                         norm_pix_loss: bool = False, mlp_ratio: float = 4.0, mask_ratio: float = 0.75,
+                         decoder_placement: str = 'raster', mask_mode: str = 'batch', peg_residual: bool = False,
+                         **ignored: Any) -> nnx.Module:
+    """Source ``'greenmim_twins'``: official ``MaskedAutoencoder(encoder=ALTGVT(**encoder),
+    embed_dim, patch_size, ...)`` (``model_factory.py:142-175``) as
+    :class:`jaxmim.methods.greenmim_twins.GreenMIMTwins`.
+
+    ``encoder`` holds the official ``ALTGVT`` arguments (``img_size``, ``patch_size``,
+    ``in_chans``, ``embed_dims``, ``num_heads``, ``mlp_ratios``, ``depths``, ``wss``,
+    ``sr_ratios``, ``qkv_bias``, ``qk_scale``, ``drop_path_rate``, ``norm_layer``; ALTGVT defaults
+    otherwise). ``mask_ratio`` is the forward's argument; ``decoder_placement``, ``mask_mode`` and
+    ``peg_residual`` are jaxmim choices. Extra keyword arguments are swallowed.
+
+    Raises:
+      ValueError: ``embed_dim`` differing from ``embed_dims[-1]``, a decoder grid that is not the
+        mask-unit grid, decoder ``mlp_ratio`` other than 4, encoder and decoder LayerNorm eps
+        that differ, or sizes the model rejects.
+    """
+    from jaxmim.methods.greenmim_twins import GreenMIMTwins
+    del ignored
+    enc = dict(encoder)
+    embed_dims = tuple(int(d) for d in enc.get('embed_dims', (64, 128, 256)))
+    if embed_dims[-1] != int(embed_dim):
+        raise ValueError(f'embed_dim {embed_dim} must equal the encoder output width embed_dims[-1] = {embed_dims[-1]}')
+    img_size = square(enc.get('img_size', 224), 'img_size', 'GreenMIM Twins')
+    if (img_size // int(patch_size)) ** 2 != int(decoder_num_patches):
+        raise ValueError(f'decoder_num_patches {decoder_num_patches} must be (img_size / patch_size)^2 = '
+                         f'{(img_size // int(patch_size)) ** 2}')
+    if float(mlp_ratio) != 4.0:
+        raise ValueError(f'decoder mlp_ratio must be 4 (the jaxmim GreenMIM-Twins decoder), got {mlp_ratio}')
+    eps_enc, eps_dec = O.layer_norm_eps(enc.get('norm_layer')), O.layer_norm_eps(norm_layer)
+    if eps_enc != eps_dec:
+        raise ValueError(f'encoder and decoder LayerNorm eps differ ({eps_enc} vs {eps_dec}); jaxmim uses one norm_eps')
+    return GreenMIMTwins(
+        img_size=img_size, patch_size=square(enc.get('patch_size', 4), 'patch_size', 'GreenMIM Twins'),
+        in_chans=int(enc.get('in_chans', in_chans)), embed_dims=embed_dims,
+        num_heads=tuple(int(h) for h in enc.get('num_heads', (1, 2, 4))),
+        mlp_ratios=tuple(float(r) for r in enc.get('mlp_ratios', (4, 4, 4))),
+        depths=tuple(int(d) for d in enc.get('depths', (4, 4, 4))),
+        sr_ratios=tuple(int(r) for r in enc.get('sr_ratios', (4, 2, 1))),
+        wss=tuple(int(w) for w in enc.get('wss', (7, 7, 7))), qkv_bias=bool(enc.get('qkv_bias', False)),
+        qk_scale=enc.get('qk_scale'), drop_path_rate=float(enc.get('drop_path_rate', 0.0)), norm_eps=eps_enc,
+        peg_residual=bool(peg_residual), mask_unit=int(patch_size), decoder_embed_dim=int(decoder_embed_dim),
+        decoder_depth=int(decoder_depth), decoder_num_heads=int(decoder_num_heads), norm_pix_loss=bool(norm_pix_loss),
+        mask_ratio=float(mask_ratio), mask_mode=mask_mode, decoder_placement=decoder_placement, rngs=rngs)
+
+
+def _sparse_conv_entries(key: str, path: tuple[Any, ...]) -> list[O.Entry]:
+    return [O.VariableEntry(key + '.weight', path + ('kernel',), SPCONV), O.VariableEntry(key + '.bias', path + ('bias',))]
+
+
+def greenmim_twins_entries(model: nnx.Module) -> list[O.Entry]:
+    """Official state_dict entries of a jaxmim
+    :class:`~jaxmim.methods.greenmim_twins.GreenMIMTwins`, in official order (see above).
+
+    Raises:
+      TypeError: another model type.
+    """
+    from jaxmim.methods.greenmim_twins import GreenMIMTwins
+    from convert.vit import vit_block_entries
+    if not isinstance(model, GreenMIMTwins):
+        raise TypeError(f'source greenmim_twins expects a jaxmim GreenMIMTwins, got {type(model).__name__}')
+    enc = model.encoder
+    out: list[O.Entry] = [O.VariableEntry('mask_token', ('mask_token',)),
+                          O.VariableEntry('decoder_pos_embed', ('decoder_pos_embed',))]
+    e: list[O.Entry] = O.conv_entries('patch_embeds.0.proj', ('patch_embeds', 0, 'proj'), enc.patch_embeds[0].proj)
+    e += O.layer_norm_entries('patch_embeds.0.norm', ('patch_embeds', 0, 'norm'))
+    for s in range(1, enc.num_layers):
+        e += _sparse_conv_entries(f'patch_embeds.{s}.proj', ('patch_embeds', s, 'proj'))
+        e += O.layer_norm_entries(f'patch_embeds.{s}.norm', ('patch_embeds', s, 'norm'))
+    e += O.layer_norm_entries('norm', ('norm',))
+    for s in range(enc.num_layers):
+        e += O.conv_entries(f'pos_block.{s}.proj.0', ('pos_block', s, 'proj', 0), enc.pos_block[s].proj[0])
+    for s, stage in enumerate(enc.blocks):
+        for j, blk in enumerate(stage):
+            k, p = f'blocks.{s}.{j}.', ('blocks', s, j)
+            e += O.layer_norm_entries(k + 'norm1', p + ('norm1',))
+            e += O.layer_norm_entries(k + 'norm2', p + ('norm2',))
+            e += O.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
+            e += O.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
+            a = blk.attn
+            names = ('qkv', 'proj') if j % 2 == 0 else ('q', 'kv', 'proj')
+            for n in names:
+                e += O.linear_entries(k + 'attn.' + n, p + ('attn', n), getattr(a, n))
+            if j % 2 == 1 and a.sr is not None:
+                e += _sparse_conv_entries(k + 'attn.sr', p + ('attn', 'sr'))
+                e += O.layer_norm_entries(k + 'attn.norm', p + ('attn', 'norm'))
+    out += O.prefixed(e, 'encoder.', ('encoder',))
+    out += O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
+    for i, blk in enumerate(model.decoder_blocks):
+        out += vit_block_entries(blk, f'decoder_blocks.{i}.', ('decoder_blocks', i))
+    out += O.layer_norm_entries('decoder_norm', ('decoder_norm',))
+    out += O.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
+    return out
+
+
+def greenmim_twins_twin(model: nnx.Module) -> nn.Module:
+    """The twin of a jaxmim GreenMIMTwins (:class:`GreenMIMSwinTwin` wrapper around
+    :class:`GreenTwinsTwin`), configured from its attributes and variable shapes."""
+    enc = model.encoder
+    norm_layer = functools.partial(nn.LayerNorm, eps=enc.norm.epsilon)
+    mlp_ratios = [blk.mlp.fc1.kernel.shape[1] / blk.mlp.fc1.kernel.shape[0] for blk in
+                  (stage[0] for stage in enc.blocks)]
+    tenc = GreenTwinsTwin(img_size=enc.img_size, patch_size=enc.patch_size, in_chans=enc.in_chans,
+                          embed_dims=list(enc.embed_dims), num_heads=list(enc.num_heads), mlp_ratios=mlp_ratios,
+                          qkv_bias=enc.blocks[0][0].attn.qkv.bias is not None, norm_layer=norm_layer,
+                          depths=list(enc.depths), sr_ratios=list(enc.sr_ratios), wss=[enc.window_size],
+                          peg_residual=enc.peg_residual)
+    dblk = model.decoder_blocks[0]
+    return GreenMIMSwinTwin(tenc, enc.num_features, model.mask_unit, model.in_chans, model.num_patches,
+                            model.decoder_embed.kernel.shape[1], len(model.decoder_blocks), dblk.attn.num_heads,
+                            norm_layer, model.norm_pix_loss, dblk.mlp.fc1.kernel.shape[1] // dblk.mlp.fc1.kernel.shape[0],
+                            model.mask_ratio, model.decoder_placement)
+
+
+O.register_source(O.Source(
+    name='greenmim_twins',
+    reference='LayneH/GreenMIM@b981012 modeling/base_green_models.py MaskedAutoencoder(green_twins_models.ALTGVT)',
+    build_fn=build_greenmim_twins,
+    entries_fn=greenmim_twins_entries,
+    method='greenmim',
+    twin_fn=greenmim_twins_twin))

@@ -221,7 +221,7 @@ class Source:
 SOURCES: dict[str, Source] = {}
 """Registry of sources by name; a family module adds its sources with :func:`register_source`."""
 
-CORE_MODULES = frozenset({'official', 'export', 'import'})
+CORE_MODULES = frozenset({'official', 'export', 'import', 'extract_backbone'})
 """Modules of the :mod:`convert` package that are machinery, not model families (modules whose
 name starts with ``_`` are skipped too)."""
 

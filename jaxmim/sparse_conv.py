@@ -10,8 +10,9 @@ GreenMIM's Twins-SVT encoder (``LayneH/GreenMIM@b981012 modeling/green_twins_mod
 * the positional depthwise 3x3 convolution (PEG, ``SparseDWConv2d``): densified on a
   zero-filled canvas, convolved, gathered back (:func:`masked_depthwise_conv`).
 
-The Twins encoder itself is not implemented yet (see ``notes/readme_greenmim.md``). Output sites
-are produced in raster order explicitly (the official code assumes spconv's order, §16 #7).
+The Twins encoder (:mod:`jaxmim.methods.greenmim_twins`) uses per-sample-capable versions of
+these (``sparse_conv_visible``, ``depthwise_conv_visible``) with indices from its planner. Output
+sites are produced in raster order explicitly (the official code assumes spconv's order, §16 #7).
 """
 
 from __future__ import annotations

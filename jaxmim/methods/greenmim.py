@@ -289,6 +289,20 @@ class GreenMIMSwin(nnx.Module, Backbone):
                  decoder_num_heads: int = 16, norm_pix_loss: bool = False, mask_ratio: float = 0.75,
                  mask_mode: str = 'batch', decoder_placement: str = 'raster', merge_order: str = 'swin',
                  *, rngs: nnx.Rngs):
+        self._init_masking(img_size, in_chans, mask_unit, mask_ratio, mask_mode, norm_pix_loss, decoder_placement)
+        self.encoder = GreenSwinTransformer(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
+                                            mlp_ratio, qkv_bias, qk_scale, drop_path_rate, norm_eps, mask_unit,
+                                            self.len_keep, merge_order, rngs=rngs)
+        self._init_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
+
+    def _init_masking(self, img_size: int, in_chans: int, mask_unit: int, mask_ratio: float, mask_mode: str,
+                      norm_pix_loss: bool, decoder_placement: str) -> None:
+        """Checks and stores the wrapper's masking settings (shared with the Twins encoder,
+        :mod:`jaxmim.methods.greenmim_twins`); sets ``grid_size``, ``num_patches``, ``len_keep``.
+
+        Raises:
+          ValueError: a bad choice field, ratio or unit size.
+        """
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         _check_choice('mask_mode', mask_mode, MASK_MODES)
@@ -303,9 +317,11 @@ class GreenMIMSwin(nnx.Module, Backbone):
         self.len_keep = int(self.num_patches * (1 - mask_ratio))
         if self.len_keep < 1:
             raise ValueError(f'mask_ratio {mask_ratio} keeps no unit of {self.num_patches}')
-        self.encoder = GreenSwinTransformer(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
-                                            mlp_ratio, qkv_bias, qk_scale, drop_path_rate, norm_eps, mask_unit,
-                                            self.len_keep, merge_order, rngs=rngs)
+
+    def _init_decoder(self, decoder_embed_dim: int, decoder_depth: int, decoder_num_heads: int, mlp_ratio: float,
+                      norm_eps: float, rngs: nnx.Rngs) -> None:
+        """Builds the MAE decoder after ``self.encoder`` (width ``encoder.num_features``) and
+        re-initialises every encoder Linear/Conv xavier-uniform (``base_green_models.py:60-124``)."""
         enc_dim = self.encoder.num_features
         self.decoder_embed = dense(enc_dim, decoder_embed_dim, rngs, xavier_uniform)
         self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)))
@@ -314,7 +330,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps,
                   kernel_init=xavier_uniform, rngs=rngs) for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
-        self.decoder_pred = dense(decoder_embed_dim, mask_unit ** 2 * in_chans, rngs, xavier_uniform)
+        self.decoder_pred = dense(decoder_embed_dim, self.mask_unit ** 2 * self.in_chans, rngs, xavier_uniform)
         _xavier_reinit(self.encoder, rngs.params())
 
     # -- masking inputs --------------------------------------------------------------------
