@@ -1,13 +1,19 @@
-r"""The main job end to end on real images: SimMIM pre-training, fine-tuning, evaluation.
+r"""The main job end to end on real images: masked pre-training, fine-tuning, and training from
+scratch for the same wall-clock time.
 
     python -m launch.demo --workdir=work/demo          # what `make demo` runs
 
 1. prepares Fashion-MNIST (Debian's idx files) into ``<workdir>/tensorflow_datasets``;
-2. pre-trains the demo Swin with SimMIM on the 60k training images (labels unused);
+2. pre-trains the demo Swin with GreenMIM on the 60k training images (labels unused): the
+   encoder sees only the visible quarter of the tokens, so a pre-training step costs about a
+   third of a fine-tuning step (``--pretrain_config``; the SimMIM demo is
+   ``configs/demo/simmim_swin_fmnist.py`` with ``configs/demo/finetune_swin_fmnist.py``);
 3. fine-tunes it on the labelled training split and evaluates top-1/top-5 on the test split;
-4. trains the same architecture from random initialisation with the same fine-tuning budget;
-5. writes ``results.json`` and prints ``method | pre-train steps | fine-tune steps | top-1 |
-   wall time``; saves ``reconstructions.png`` (masked inputs and SimMIM reconstructions).
+4. trains the same classifier from random initialisation for the same wall-clock time as
+   steps 2 + 3: the fine-tuning steps plus as many more as the pre-training time buys at the
+   measured fine-tuning step time (:func:`equal_time_steps`; ``--scratch_steps`` fixes it);
+5. writes ``results.json`` and prints ``method | backbone | pre-train steps | fine-tune steps |
+   top-1 | wall time``; saves ``reconstructions.png`` (masked inputs and reconstructions).
 
 Every stage checkpoints into its own sub-directory, so an interrupted demo resumes where it
 stopped when run again. Step budgets are flags (defaults fit 30 minutes on 2 CPU cores).
@@ -27,6 +33,12 @@ _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', None, 'Override the fin
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Override the global batch size of every stage.')
 _EVAL_EXAMPLES = flags.DEFINE_integer('eval_examples', 0, 'Evaluate on the first N test images only (0: all 10,000).')
 _SHUFFLE = flags.DEFINE_integer('shuffle_buffer', 0, 'Override the shuffle buffer (and do not cache) (0: config).')
+_PRE_CONFIG = flags.DEFINE_string('pretrain_config', 'configs/demo/greenmim_swin_fmnist.py',
+                                  'Pre-training config, relative to the repository root.')
+_FT_CONFIG = flags.DEFINE_string('finetune_config', 'configs/demo/finetune_greenmim_fmnist.py',
+                                 'Fine-tuning config (variants :pretrained and :scratch), relative to the repository root.')
+_SCRATCH_STEPS = flags.DEFINE_integer('scratch_steps', None, 'Steps of the from-scratch run (default: the same '
+                                      'wall-clock time as pre-training + fine-tuning, see equal_time_steps).')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,8 +66,37 @@ def _common(cfg, data_dir: str, steps: int | None):
     return cfg
 
 
+def step_seconds(history: list[dict], batch_size: int) -> float:
+    """Seconds per training step from a run's logged ``images_per_sec`` (evaluation excluded):
+    ``batch_size`` / the median over the log points after the first (which includes compilation),
+    or over all of them when there is one.
+
+    Raises:
+      ValueError: no log point carries ``images_per_sec``.
+    """
+    ips = [h['images_per_sec'] for h in history if h.get('images_per_sec')]
+    if not ips:
+        raise ValueError('the run logged no images_per_sec; cannot time its steps')
+    ips = sorted(ips[1:] if len(ips) > 1 else ips)
+    return batch_size / ips[len(ips) // 2]
+
+
+def equal_time_steps(finetune_steps: int, pretrain_seconds: float, step_s: float) -> int:
+    """Steps of a from-scratch run given the same wall-clock time as pre-training + fine-tuning:
+    the ``finetune_steps`` plus ``round(pretrain_seconds / step_s)`` more, ``step_s`` being the
+    fine-tuning step time in seconds (same classifier, batch and machine as the scratch run).
+
+    Raises:
+      ValueError: a non-positive step time or a negative duration.
+    """
+    if step_s <= 0 or pretrain_seconds < 0:
+        raise ValueError(f'need step_s > 0 and pretrain_seconds >= 0, got {step_s}, {pretrain_seconds}')
+    return int(finetune_steps) + int(round(pretrain_seconds / step_s))
+
+
 def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
-    """Plots n test images: original, masked input, SimMIM reconstruction (masked units pasted in)."""
+    """Plots n test images: original, masked input, reconstruction (masked units pasted in), for
+    any method of the protocol (``pred`` ``(B, L, p*p*C)``, ``mask`` ``(B, L)``)."""
     import jax
     import jax.numpy as jnp
     import matplotlib
@@ -122,46 +163,71 @@ def main(argv) -> None:
     prepare_fashion_mnist(data_dir=data_dir)
     print(f'Fashion-MNIST ready in {data_dir} ({time.perf_counter() - t:.0f} s)', flush=True)
 
+    # Wall-clock seconds per stage, kept across interrupted runs: a resumed stage adds its time to
+    # what was spent before, and the scratch budget, once fixed, stays fixed.
+    times_path = os.path.join(workdir, 'stage_seconds.json')
+    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+
+    def timed(stage: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
+        with open(times_path, 'w') as f:
+            json.dump(times, f, indent=1)
+        return out
+
     rows = []
-    pre_cfg = _common(_config('configs/demo/simmim_swin_fmnist.py'), data_dir, _PRETRAIN_STEPS.value)
+    pre_cfg = _common(_config(_PRE_CONFIG.value), data_dir, _PRETRAIN_STEPS.value)
+    method = pre_cfg.method.name
     pre_dir = os.path.join(workdir, 'pretrain')
-    t = time.perf_counter()
-    _, pre = train.pretrain(pre_cfg, pre_dir)
-    pre_wall = time.perf_counter() - t
+    _, pre = timed('pretrain', lambda: train.pretrain(pre_cfg, pre_dir))
+    pre_wall = times['pretrain']
     last = pre['history'][-1] if pre['history'] else {}
-    print(f'pre-training: {pre_cfg.total_steps} steps, final loss {last.get("loss", float("nan")):.4f}, '
+    print(f'pre-training ({method}): {pre_cfg.total_steps} steps, final loss {last.get("loss", float("nan")):.4f}, '
           f'{pre_wall:.0f} s', flush=True)
     try:
         save_reconstructions(pre_dir, pre_cfg, os.path.join(workdir, 'reconstructions.png'))
     except Exception as e:  # a picture must never sink the run; say why it is missing
         print(f'warning: could not draw reconstructions: {e}')
 
-    for variant, name in (('pretrained', 'SimMIM pre-trained + fine-tuned'), ('scratch', 'from scratch')):
-        cfg = _common(_config('configs/demo/finetune_swin_fmnist.py', variant), data_dir, _FINETUNE_STEPS.value)
+    pretrained_wall = None
+    for variant in ('pretrained', 'scratch'):
+        steps = _FINETUNE_STEPS.value
+        if variant == 'scratch':
+            steps = _SCRATCH_STEPS.value or times.get('scratch_steps') or equal_time_steps(
+                rows[0]['finetune_steps'], pre_wall, rows[0]['step_seconds'])
+            times['scratch_steps'] = steps
+        cfg = _common(_config(_FT_CONFIG.value, variant), data_dir, steps)
         if variant == 'pretrained':
             cfg.pretrained.workdir = pre_dir
-        t = time.perf_counter()
-        _, ft = train.finetune(cfg, os.path.join(workdir, f'finetune_{variant}'))
-        wall = time.perf_counter() - t + (pre_wall if variant == 'pretrained' else 0.0)
+        _, ft = timed(variant, lambda: train.finetune(cfg, os.path.join(workdir, f'finetune_{variant}')))
+        wall = times[variant] + (pre_wall if variant == 'pretrained' else 0.0)
         final = ft['final_eval']
-        rows.append({'method': name, 'pretrain_steps': pre_cfg.total_steps if variant == 'pretrained' else 0,
+        name = f'{method} pre-trained + fine-tuned' if variant == 'pretrained' else 'from scratch'
+        rows.append({'method': name, 'backbone': cfg.model.name,
+                     'pretrain_steps': pre_cfg.total_steps if variant == 'pretrained' else 0,
                      'finetune_steps': cfg.total_steps, 'top1': final['top1'], 'top5': final['top5'],
                      'wall_time_s': round(wall, 1), 'batch_size': cfg.batch_size,
-                     'evals': ft['evals']})
-        print(f'{name}: top-1 {final["top1"]:.2f}%  ({wall:.0f} s incl. pre-training)'
-              if variant == 'pretrained' else f'{name}: top-1 {final["top1"]:.2f}%  ({wall:.0f} s)', flush=True)
+                     'step_seconds': step_seconds(ft['history'], cfg.batch_size), 'evals': ft['evals']})
+        if variant == 'pretrained':
+            pretrained_wall = wall
+            print(f'{name}: top-1 {final["top1"]:.2f}%  ({wall:.0f} s incl. pre-training)', flush=True)
+        else:
+            print(f'{name}: top-1 {final["top1"]:.2f}%  ({wall:.0f} s for {cfg.total_steps} steps; the pre-trained '
+                  f'model took {pretrained_wall:.0f} s in all)', flush=True)
 
     import jax
     results = {'dataset': 'fashion_mnist (Debian dataset-fashion-mnist), test split 10,000 images',
-               'model': pre_cfg.model.name.replace('simmim_', ''), 'devices': str(jax.devices()),
+               'method': method, 'model': rows[0]['backbone'], 'devices': str(jax.devices()),
                'rows': rows, 'pretrain_final_loss': last.get('loss')}
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
-    header = f"{'method':<34}| pre-train steps | fine-tune steps | top-1  | wall time"
+    width = max(len(r['backbone']) for r in rows)
+    header = f"{'method':<34}| {'backbone':<{width}} | pre-train steps | fine-tune steps | top-1  | wall time"
     print('\n' + header + '\n' + '-' * len(header))
     for r in rows:
-        print(f"{r['method']:<34}| {r['pretrain_steps']:>15} | {r['finetune_steps']:>15} | {r['top1']:5.2f}% | "
-              f"{r['wall_time_s'] / 60:6.1f} min")
+        print(f"{r['method']:<34}| {r['backbone']:<{width}} | {r['pretrain_steps']:>15} | {r['finetune_steps']:>15} | "
+              f"{r['top1']:5.2f}% | {r['wall_time_s'] / 60:6.1f} min")
     print(f'\nresults: {os.path.join(workdir, "results.json")}; TensorBoard: tensorboard --logdir {workdir}')
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,22 +50,24 @@ def test_demo_writes_results_and_reconstructions(tmp_path):
                                 if not f.startswith('--xla_force_host_platform_device_count'))
     proc = subprocess.run(
         [sys.executable, '-m', 'launch.demo', f'--workdir={workdir}', f'--pretrain_steps={STEPS}',
-         f'--finetune_steps={STEPS}', f'--batch_size={BATCH}', f'--eval_examples={EVAL_EXAMPLES}',
-         '--shuffle_buffer=256'],
+         f'--finetune_steps={STEPS}', f'--scratch_steps={STEPS}', f'--batch_size={BATCH}',
+         f'--eval_examples={EVAL_EXAMPLES}', '--shuffle_buffer=256'],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert 'warning: could not draw reconstructions' not in proc.stdout, proc.stdout
 
     results = json.loads((workdir / 'results.json').read_text())
-    assert set(results) == {'dataset', 'model', 'devices', 'rows', 'pretrain_final_loss'}
-    assert results['model'] == 'swin_demo_patch4_window4_32'
+    assert set(results) == {'dataset', 'method', 'model', 'devices', 'rows', 'pretrain_final_loss'}
+    assert (results['method'], results['model']) == ('greenmim', 'swin_demo_patch2_window4_32')
     assert results['devices'] == '[CpuDevice(id=0)]'
     rows = results['rows']
-    assert [r['method'] for r in rows] == ['SimMIM pre-trained + fine-tuned', 'from scratch']
+    assert [r['method'] for r in rows] == ['greenmim pre-trained + fine-tuned', 'from scratch']
+    assert [r['backbone'] for r in rows] == ['swin_demo_patch2_window4_32'] * 2
     assert [r['pretrain_steps'] for r in rows] == [STEPS, 0]
     for r in rows:
-        assert set(r) == {'method', 'pretrain_steps', 'finetune_steps', 'top1', 'top5', 'wall_time_s',
-                          'batch_size', 'evals'}
+        assert set(r) == {'method', 'backbone', 'pretrain_steps', 'finetune_steps', 'top1', 'top5', 'wall_time_s',
+                          'batch_size', 'step_seconds', 'evals'}
+        assert r['step_seconds'] > 0
         assert (r['finetune_steps'], r['batch_size']) == (STEPS, BATCH)
         assert [(e['step'], e['count']) for e in r['evals']] == [(STEPS, EVAL_EXAMPLES)]
         assert (r['top1'], r['top5']) == (r['evals'][-1]['top1'], r['evals'][-1]['top5'])
@@ -72,6 +75,11 @@ def test_demo_writes_results_and_reconstructions(tmp_path):
         assert _is_hits_percentage(r['top1'], EVAL_EXAMPLES), r['top1']
         assert _is_hits_percentage(r['top5'], EVAL_EXAMPLES), r['top5']
         assert r['wall_time_s'] > 0
+    # the pre-trained row's wall time counts the pre-training too (stage times kept in the workdir)
+    stages = json.loads((workdir / 'stage_seconds.json').read_text())
+    assert stages['scratch_steps'] == STEPS
+    assert rows[0]['wall_time_s'] == pytest.approx(stages['pretrain'] + stages['pretrained'], abs=0.1)
+    assert rows[1]['wall_time_s'] == pytest.approx(stages['scratch'], abs=0.1)
     # The fine-tuning runs are the ones the rows describe: pre-trained from the demo's own
     # pre-training directory, or from scratch.
     for variant, pretrained in (('pretrained', str(workdir / 'pretrain')), ('scratch', '')):
@@ -95,3 +103,18 @@ def test_demo_writes_results_and_reconstructions(tmp_path):
     assert 0.6 * 1344 <= width <= 1344 + 24 and 0.6 * 552 <= height <= 552 + 24, (width, height)
     assert width > 1.5 * height                    # 8 columns of square panels, 3 rows
     assert image[..., :3].std() > 0.05             # not a blank canvas
+
+
+def test_equal_time_steps_give_scratch_the_pretraining_time():
+    from launch.demo import equal_time_steps, step_seconds
+    # 600 s of pre-training at 0.25 s per fine-tuning step buys 2,400 more steps
+    assert equal_time_steps(1000, 600.0, 0.25) == 3400
+    assert equal_time_steps(1000, 0.0, 0.25) == 1000
+    with pytest.raises(ValueError, match='step_s'):
+        equal_time_steps(10, 5.0, 0.0)
+    # the first log point (compilation inside) is left out; the median of the rest
+    history = [{'step': 50, 'images_per_sec': 10.0}, {'step': 100, 'images_per_sec': 500.0},
+               {'step': 150, 'images_per_sec': 400.0}, {'step': 200, 'images_per_sec': 640.0}]
+    assert step_seconds(history, 128) == pytest.approx(128 / 500.0)
+    with pytest.raises(ValueError, match='images_per_sec'):
+        step_seconds([{'step': 1}], 128)
