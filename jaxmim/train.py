@@ -58,6 +58,26 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                          devices=devices)
 
 
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
+"""XLA options of the jitted steps on a CPU mesh: YNNPACK fuses matrix products only, and XLA's
+own loop fusions compile the element-wise and reduction work. XLA's default in jax 0.10 also
+routes element-wise and reduction fusions through YNNPACK, which on the 2-core reference
+machine makes the demo Swin's SimMIM step 1.3x slower (401 against 523 images/s, batch 128;
+``docs/performance.md``). Numbers are unchanged up to float rounding. An explicit
+``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` takes precedence."""
+
+
+def step_compiler_options(mesh) -> dict[str, str] | None:
+    """The ``compiler_options`` of the jitted train / eval steps on ``mesh``:
+    :data:`CPU_COMPILER_OPTIONS` on CPU (unless ``XLA_FLAGS`` sets the option itself), None on
+    accelerators."""
+    if mesh.devices.flat[0].platform != 'cpu':
+        return None
+    if any(k in os.environ.get('XLA_FLAGS', '') for k in CPU_COMPILER_OPTIONS):
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
+
+
 def batch_sharding(mesh) -> NamedSharding:
     """Batch arrays are split on their leading axis over ``data``."""
     return NamedSharding(mesh, P('data'))
@@ -206,7 +226,8 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         return resilience.guard_step(new, state, metrics, nonfinite_mode)
 
     train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
-                         out_shardings=(state_sharding, rep), donate_argnums=(0,))
+                         out_shardings=(state_sharding, rep), donate_argnums=(0,),
+                         compiler_options=step_compiler_options(mesh))
     return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay), state
 
 
@@ -369,7 +390,7 @@ def make_eval_step(graphdef, mesh):
                 'loss': (ce * w).sum(), 'count': w.sum()}
 
     return jax.jit(eval_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=replicated(mesh))
+                   out_shardings=replicated(mesh), compiler_options=step_compiler_options(mesh))
 
 
 def evaluate(eval_step, variables, batches: Iterator[dict], sharding) -> dict[str, float]:
