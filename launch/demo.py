@@ -11,7 +11,7 @@ scratch for the same wall-clock time.
 3. fine-tunes it on the labelled training split and evaluates top-1/top-5 on the test split;
 4. trains the same classifier from random initialisation for the same wall-clock time as
    steps 2 + 3: the fine-tuning steps plus as many more as the pre-training time buys at the
-   measured fine-tuning step time (:func:`equal_time_steps`; ``--scratch_steps`` fixes it);
+   measured fine-tuning step time (:func:`launch.budget.equal_time_steps`; ``--scratch_steps`` fixes it);
 5. writes ``results.json`` and prints ``method | backbone | pre-train steps | fine-tune steps |
    top-1 | wall time``; saves ``reconstructions.png`` (masked inputs and reconstructions).
 
@@ -26,6 +26,8 @@ import os
 import time
 
 from absl import app, flags, logging
+
+from launch.budget import equal_time_steps, step_seconds
 
 _WORKDIR = flags.DEFINE_string('workdir', 'work/demo', 'Output directory of the demo.')
 _PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', None, 'Override the pre-training steps.')
@@ -64,34 +66,6 @@ def _common(cfg, data_dir: str, steps: int | None):
     if _SHUFFLE.value:
         cfg.data.shuffle_buffer, cfg.data.cache = _SHUFFLE.value, False
     return cfg
-
-
-def step_seconds(history: list[dict], batch_size: int) -> float:
-    """Seconds per training step from a run's logged ``images_per_sec`` (evaluation excluded):
-    ``batch_size`` / the median over the log points after the first (which includes compilation),
-    or over all of them when there is one.
-
-    Raises:
-      ValueError: no log point carries ``images_per_sec``.
-    """
-    ips = [h['images_per_sec'] for h in history if h.get('images_per_sec')]
-    if not ips:
-        raise ValueError('the run logged no images_per_sec; cannot time its steps')
-    ips = sorted(ips[1:] if len(ips) > 1 else ips)
-    return batch_size / ips[len(ips) // 2]
-
-
-def equal_time_steps(finetune_steps: int, pretrain_seconds: float, step_s: float) -> int:
-    """Steps of a from-scratch run given the same wall-clock time as pre-training + fine-tuning:
-    the ``finetune_steps`` plus ``round(pretrain_seconds / step_s)`` more, ``step_s`` being the
-    fine-tuning step time in seconds (same classifier, batch and machine as the scratch run).
-
-    Raises:
-      ValueError: a non-positive step time or a negative duration.
-    """
-    if step_s <= 0 or pretrain_seconds < 0:
-        raise ValueError(f'need step_s > 0 and pretrain_seconds >= 0, got {step_s}, {pretrain_seconds}')
-    return int(finetune_steps) + int(round(pretrain_seconds / step_s))
 
 
 def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:

@@ -106,7 +106,7 @@ def test_demo_writes_results_and_reconstructions(tmp_path):
 
 
 def test_equal_time_steps_give_scratch_the_pretraining_time():
-    from launch.demo import equal_time_steps, step_seconds
+    from launch.budget import equal_time_steps, step_seconds
     # 600 s of pre-training at 0.25 s per fine-tuning step buys 2,400 more steps
     assert equal_time_steps(1000, 600.0, 0.25) == 3400
     assert equal_time_steps(1000, 0.0, 0.25) == 1000
