@@ -349,8 +349,14 @@ def greenmim_swin_twin(model: nnx.Module) -> nn.Module:
                          embed_dim=enc.embed_dim, depths=list(enc.depths), num_heads=list(enc.num_heads),
                          window_size=enc.window_size, mlp_ratio=blk.mlp.fc1.kernel.shape[1] / enc.embed_dim,
                          qkv_bias=blk.attn.qkv.bias is not None, norm_layer=norm_layer, merge_order=enc.merge_order)
+    return _wrap_twin(model, tenc, norm_layer)
+
+
+def _wrap_twin(model, tenc, norm_layer) -> 'GreenMIMSwinTwin':
+    """The MAE wrapper twin (decoder, loss, masking) around an encoder twin ``tenc``, sized from the
+    jaxmim pre-training model's decoder (shared by the Swin and Twins sources)."""
     dblk = model.decoder_blocks[0]
-    return GreenMIMSwinTwin(tenc, enc.num_features, model.mask_unit, model.in_chans, model.num_patches,
+    return GreenMIMSwinTwin(tenc, model.encoder.num_features, model.mask_unit, model.in_chans, model.num_patches,
                             model.decoder_embed.kernel.shape[1], len(model.decoder_blocks), dblk.attn.num_heads,
                             norm_layer, model.norm_pix_loss, dblk.mlp.fc1.kernel.shape[1] // dblk.mlp.fc1.kernel.shape[0],
                             model.mask_ratio, model.decoder_placement)
@@ -667,11 +673,7 @@ def greenmim_twins_twin(model: nnx.Module) -> nn.Module:
                           qkv_bias=enc.blocks[0][0].attn.qkv.bias is not None, norm_layer=norm_layer,
                           depths=list(enc.depths), sr_ratios=list(enc.sr_ratios), wss=[enc.window_size],
                           peg_residual=enc.peg_residual)
-    dblk = model.decoder_blocks[0]
-    return GreenMIMSwinTwin(tenc, enc.num_features, model.mask_unit, model.in_chans, model.num_patches,
-                            model.decoder_embed.kernel.shape[1], len(model.decoder_blocks), dblk.attn.num_heads,
-                            norm_layer, model.norm_pix_loss, dblk.mlp.fc1.kernel.shape[1] // dblk.mlp.fc1.kernel.shape[0],
-                            model.mask_ratio, model.decoder_placement)
+    return _wrap_twin(model, tenc, norm_layer)
 
 
 O.register_source(O.Source(

@@ -39,7 +39,7 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim.group_window_attention import MASK_VALUE, GreenSwinPlanner
-from jaxmim.methods.greenmim import GreenMIMSwin, take_tokens
+from jaxmim.methods.greenmim import GreenMIMSwin, GreenSwinBlock, take_tokens
 from jaxmim.models import swin as swin_lib
 from jaxmim.models.vit import dense
 from jaxmim.registry import register_model
@@ -226,16 +226,9 @@ class LSABlock(nnx.Module):
         self.norm2 = L.layer_norm(dim, norm_eps, rngs)
         self.mlp = L.Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
 
-    def attention(self, x: jax.Array, term: jax.Array) -> jax.Array:
-        """``x`` ``(B, G, n, C)``, additive ``term`` ``(Bm, G, 1, n, n)`` -> ``(B, G, n, C)``."""
-        a = self.attn
-        b, g, n, c = x.shape
-        nh, hd = a.num_heads, c // a.num_heads
-        qkv = a.qkv(x).reshape(b, g, n, 3, nh, hd)
-        q, k, v = qkv[..., 0, :, :] * a.scale, qkv[..., 1, :, :], qkv[..., 2, :, :]
-        logits = jnp.einsum('bgqhd,bgkhd->bghqk', q, k).astype(jnp.float32) + term
-        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return a.proj(jnp.einsum('bghqk,bgkhd->bgqhd', attn, v).reshape(b, g, n, c))
+    # Multi-head attention per group with an additive term (Bm, G, 1, n, n): the Swin block's,
+    # which reads only ``attn.qkv``, ``attn.proj``, ``attn.num_heads`` and ``attn.scale``.
+    attention = GreenSwinBlock.attention
 
     def group_attention(self, y: jax.Array, part, arrays: dict[str, jax.Array]) -> jax.Array:
         """Normalised visible tokens ``y`` ``(B, N, C)`` -> ``(B, N, C)``: grouped (gather, masked
