@@ -305,7 +305,6 @@ def greenmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
     """
     from jaxmim.methods.greenmim import GreenMIMSwin
     from jaxmim.models.swin import relative_position_index
-    from convert.vit import vit_block_entries
     from jaxmim.methods.greenmim import GreenSwinTransformer
     if not isinstance(model, GreenMIMSwin) or not isinstance(model.encoder, GreenSwinTransformer):
         raise TypeError(f'source greenmim_swin expects a jaxmim GreenMIMSwin (Swin encoder), got {type(model).__name__}')
@@ -332,7 +331,15 @@ def greenmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
             e += O.layer_norm_entries(k + 'norm', p + ('norm',))
     e += O.layer_norm_entries('norm', ('norm',))
     out += O.prefixed(e, 'encoder.', ('encoder',))
-    out += O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
+    return out + _decoder_entries(model)
+
+
+def _decoder_entries(model: nnx.Module) -> list:
+    """Key-table entries of the MAE decoder (``decoder_embed``, ``decoder_blocks.*``,
+    ``decoder_norm``, ``decoder_pred``), shared by the Swin and Twins sources."""
+    from convert.vit import vit_block_entries
+
+    out = O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
     for i, blk in enumerate(model.decoder_blocks):
         out += vit_block_entries(blk, f'decoder_blocks.{i}.', ('decoder_blocks', i))
     out += O.layer_norm_entries('decoder_norm', ('decoder_norm',))
@@ -624,7 +631,6 @@ def greenmim_twins_entries(model: nnx.Module) -> list[O.Entry]:
       TypeError: another model type.
     """
     from jaxmim.methods.greenmim_twins import GreenMIMTwins
-    from convert.vit import vit_block_entries
     if not isinstance(model, GreenMIMTwins):
         raise TypeError(f'source greenmim_twins expects a jaxmim GreenMIMTwins, got {type(model).__name__}')
     enc = model.encoder
@@ -653,12 +659,7 @@ def greenmim_twins_entries(model: nnx.Module) -> list[O.Entry]:
                 e += _sparse_conv_entries(k + 'attn.sr', p + ('attn', 'sr'))
                 e += O.layer_norm_entries(k + 'attn.norm', p + ('attn', 'norm'))
     out += O.prefixed(e, 'encoder.', ('encoder',))
-    out += O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
-    for i, blk in enumerate(model.decoder_blocks):
-        out += vit_block_entries(blk, f'decoder_blocks.{i}.', ('decoder_blocks', i))
-    out += O.layer_norm_entries('decoder_norm', ('decoder_norm',))
-    out += O.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
-    return out
+    return out + _decoder_entries(model)
 
 
 def greenmim_twins_twin(model: nnx.Module) -> nn.Module:
