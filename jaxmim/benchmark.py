@@ -556,7 +556,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
 # ----------------------------------------------------------------------------------------
 
 def format_table(rows: Sequence[dict]) -> str:
-    """A fixed-width text table of the rows."""
+    """A fixed-width text table of the rows; a last ``config`` column when rows carry ``config``
+    (the ``path[:variant]`` each row was measured from)."""
     def num(v, fmt):
         return 'n/a' if v is None else format(v, fmt)
 
@@ -564,7 +565,8 @@ def format_table(rows: Sequence[dict]) -> str:
     has_torch = any('torch_eager_img_s' in r for r in rows)
     head = ['step', 'model', 'image', 'batch', 'devices', 'compile s', 'img/s', 'img/s overall',
             'GFLOPs/img', 'TFLOP/s', 'memory GiB'] + (['MFU %'] if has_mfu else []) + (
-            ['torch eager img/s', 'JAX/eager', 'torch.compile img/s', 'JAX/compile'] if has_torch else [])
+            ['torch eager img/s', 'JAX/eager', 'torch.compile img/s', 'JAX/compile'] if has_torch else []) + (
+            ['config'] if any(r.get('config') for r in rows) else [])
     body = []
     for r in rows:
         fpi = r.get('flops_per_image')
@@ -578,9 +580,12 @@ def format_table(rows: Sequence[dict]) -> str:
         if has_torch:
             line += [num(r.get('torch_eager_img_s'), ',.1f'), num(r.get('jax_over_torch_eager'), '.2f') + 'x',
                      num(r.get('torch_compile_img_s'), ',.1f'), num(r.get('jax_over_torch_compile'), '.2f') + 'x']
+        if head[-1] == 'config':
+            line.append(r.get('config') or '')
         body.append(line)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: '  '.join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    left = {0, 1, len(head) - 1} if head[-1] == 'config' else {0, 1}
+    fmt = lambda cells: '  '.join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     rule = '  '.join('-' * w for w in widths)
     return '\n'.join([fmt(head), rule] + [fmt(b) for b in body])
 
@@ -624,14 +629,16 @@ def main(argv: list[str]) -> None:
         f'{jax.process_count()} process(es); jax {jax.__version__}')
     try:
         from jaxmim.config import load_config_file
+        specs = [config_flags.get_config_filename(flags.FLAGS['config'])] + list(_ALSO.value)
         configs = [_CONFIG.value] + [load_config_file(spec) for spec in _ALSO.value]
         rows = []
-        for config in configs:
-            rows += run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
+        for spec, config in zip(specs, configs):
+            new = run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
                                   num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
                                   peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices,
                                   compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value,
                                   profile_dir=_PROFILE.value, profile_top=_PROFILE_TOP.value, log=log)
+            rows += [dict(r, config=spec) for r in new]
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

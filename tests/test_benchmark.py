@@ -136,3 +136,18 @@ def test_inference_throughput_the_official_way():
     assert 2 * macs <= row['flops_per_image'] <= 1.5 * 2 * macs
     with pytest.raises(ValueError, match="step kinds \\['bogus'\\]"):
         benchmark.run_benchmark(config, kinds=['bogus'])
+
+
+def test_table_names_the_config_of_each_row():
+    """Two rows of the same registered model (e.g. SimMIM at mask 0.6 and 0.75) are told apart by
+    the ``config`` column, the last one, left-aligned; without labels the column is absent."""
+    base = {'kind': 'pretrain', 'model': 'simmim_swin_base_patch4_window6_192', 'image_size': 224,
+            'batch_size': 8, 'devices': 1, 'compile_s': 17.0, 'img_s': 0.9, 'img_s_overall': 0.9,
+            'flops_per_image': 94.292e9, 'achieved_tflops': 0.085, 'device_memory_gib': 3.319}
+    rows = [dict(base, config='configs/pretrain/simmim_swin_base_img224_window7.py:100ep'),
+            dict(base, config='configs/pretrain/simmim_swin_base_img224_window7.py:mask75')]
+    lines = benchmark.format_table(rows).splitlines()
+    assert lines[0].split()[-1] == 'config'
+    assert lines[2].endswith(':100ep') and lines[3].endswith(':mask75')
+    assert '94.292' in lines[2] and '3.319' in lines[3]
+    assert 'config' not in benchmark.format_table([base]).splitlines()[0]

@@ -271,6 +271,27 @@ def test_pretrain_configs(variant, model, blr, batch, epochs, save_every):
         load_config_file(os.path.join(root, 'greenmim.py:swin_tiny'))
 
 
+def test_simmim_baseline_config_for_the_greenmim_benchmark():
+    """The SimMIM side of the GreenMIM benchmark is Swin-B at GreenMIM's geometry (224 px, window
+    7, 32-px mask units): ``:100ep`` at SimMIM's own ratio 0.6, ``:mask75`` at GreenMIM's 0.75,
+    otherwise the same recipe; a bad variant names the accepted ones."""
+    import os
+
+    from jaxmim.config import check_config, load_config_file
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs/pretrain')
+    own = load_config_file(os.path.join(root, 'simmim_swin_base_img224_window7.py:100ep'))
+    like = load_config_file(os.path.join(root, 'simmim_swin_base_img224_window7.py:mask75'))
+    for c in (own, like):
+        check_config(c)
+        assert c.model.overrides.img_size == 224 and c.model.overrides.window_size == 7
+        assert c.data.image_size == 224 and c.method.mask_patch_size == 32
+    assert own.method.mask_ratio == 0.6 and like.method.mask_ratio == 0.75
+    like.method.mask_ratio = 0.6
+    assert like.to_dict() == own.to_dict()
+    with pytest.raises(ValueError, match="'mask75'"):
+        load_config_file(os.path.join(root, 'simmim_swin_base_img224_window7.py:mask60'))
+
+
 @pytest.mark.parametrize('variant,model,lrs,layer_decay,drop_path', [
     ('swin_base_win7', 'swin_base_patch4_window7_224', (1.25e-3, 2.5e-7, 2.5e-7), 0.9, 0.1),
     ('swin_large_win14', 'swin_large_patch4_window14_224', (1.0e-3, 2.0e-7, 3.5e-7), 0.8, 0.3),

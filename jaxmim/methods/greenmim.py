@@ -77,37 +77,52 @@ class GreenSwinBlock(nnx.Module):
         self.norm2 = L.layer_norm(dim, norm_eps, rngs)
         self.mlp = L.Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
 
-    def attention(self, x: jax.Array, term: jax.Array) -> jax.Array:
-        """Multi-head attention per group: ``x`` ``(B, G, n, C)``, additive ``term``
-        ``(Bm, G, nH, n, n)`` -> ``(B, G, n, C)``. q scaled by head_dim^-0.5 before ``q k^T``;
-        softmax in float32."""
+    def attend(self, qkv: jax.Array, term: jax.Array) -> jax.Array:
+        """Multi-head attention core per group, projections excluded: ``qkv`` ``(B, G, n, 3C)``
+        (the ``attn.qkv`` output), additive ``term`` ``(Bm, G, nH or 1, n, n)`` -> ``(B, G, n, C)``
+        before ``attn.proj``. q scaled by head_dim^-0.5 before ``q k^T``; softmax in float32."""
         a = self.attn
-        b, g, n, c = x.shape
-        nh, hd = a.num_heads, c // a.num_heads
-        qkv = a.qkv(x).reshape(b, g, n, 3, nh, hd)
+        b, g, n, c3 = qkv.shape
+        nh, hd = a.num_heads, c3 // (3 * a.num_heads)
+        qkv = qkv.reshape(b, g, n, 3, nh, hd)
         q, k, v = qkv[..., 0, :, :] * a.scale, qkv[..., 1, :, :], qkv[..., 2, :, :]
         logits = jnp.einsum('bgqhd,bgkhd->bghqk', q, k).astype(jnp.float32) + term
         attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum('bghqk,bgkhd->bgqhd', attn, v).reshape(b, g, n, c)
-        return a.proj(out)
+        return jnp.einsum('bghqk,bgkhd->bgqhd', attn, v).reshape(b, g, n, nh * hd)
+
+    def grouped_attention(self, y: jax.Array, term: jax.Array, idx: jax.Array | None = None,
+                          inv: jax.Array | None = None, num_groups: int = 1) -> jax.Array:
+        """Attention of visible tokens ``y`` ``(B, N, C)`` in groups -> ``(B, N, C)``.
+
+        ``qkv`` and ``proj`` run on the N real tokens; only the ``q k^T`` / ``attn v`` core runs
+        on the padded group layout: ``idx`` ``(Bm, nG g)`` gathers ``qkv`` into ``num_groups``
+        groups, ``inv`` ``(Bm, N)`` scatters the outputs back, and pad slots (masked out by
+        ``term``) cost only their share of the ``g^2`` terms. Without ``idx``, one group of all N
+        tokens (the masked single-group mode). ``term`` ``(Bm, nG, nH or 1, g, g)`` additive.
+        """
+        a = self.attn
+        qkv = a.qkv(y)
+        if idx is None:
+            return a.proj(self.attend(qkv[:, None], term)[:, 0])
+        b, n, c3 = qkv.shape
+        qkv = take_tokens(qkv, idx).reshape(b, num_groups, -1, c3)
+        out = self.attend(qkv, term).reshape(b, -1, c3 // 3)
+        return a.proj(take_tokens(out, inv))
 
     def window_attention(self, y: jax.Array, part, arrays: dict[str, jax.Array]) -> jax.Array:
         """Group Window Attention of normalised visible tokens ``y`` ``(B, N, C)`` (raster order)
-        -> ``(B, N, C)``: gather into groups (grouping mode) or one group of all tokens (masking
-        mode), attention under the additive window mask and bias, scatter back to raster order."""
-        b, n, c = y.shape
+        -> ``(B, N, C)``: groups of windows (grouping mode) or one group of all tokens (masking
+        mode), attention under the additive window mask and bias (:meth:`grouped_attention`)."""
         gid, coords = arrays['gid'], arrays['coords']
         bm = gid.shape[0]
         table = self.attn.relative_position_bias_table[...]
         if part.mode == 'grouping':
             ng, gs = part.num_groups, part.group_size
-            yg = take_tokens(y, arrays['idx']).reshape(b, ng, gs, c)
             cg = jnp.take_along_axis(coords, arrays['idx'][..., None], axis=1).reshape(bm, ng, gs, 2)
             term = group_attention_logits_bias(table, gid.reshape(bm, ng, gs), cg, part.window_size)
-            out = self.attention(yg, term).reshape(b, ng * gs, c)
-            return take_tokens(out, arrays['inv'])
+            return self.grouped_attention(y, term, arrays['idx'], arrays['inv'], ng)
         term = group_attention_logits_bias(table, gid[:, None], coords[:, None], part.window_size)
-        return self.attention(y[:, None], term)[:, 0]
+        return self.grouped_attention(y, term)
 
     def __call__(self, x: jax.Array, part, arrays: dict[str, jax.Array], *, train: bool = False,
                  rng: jax.Array | None = None) -> jax.Array:

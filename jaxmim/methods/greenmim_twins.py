@@ -226,22 +226,22 @@ class LSABlock(nnx.Module):
         self.norm2 = L.layer_norm(dim, norm_eps, rngs)
         self.mlp = L.Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
 
-    # Multi-head attention per group with an additive term (Bm, G, 1, n, n): the Swin block's,
-    # which reads only ``attn.qkv``, ``attn.proj``, ``attn.num_heads`` and ``attn.scale``.
-    attention = GreenSwinBlock.attention
+    # Multi-head attention per group with an additive term (Bm, G, 1, n, n), projections on the
+    # real tokens only: the Swin block's, which reads only ``attn.qkv``, ``attn.proj``,
+    # ``attn.num_heads`` and ``attn.scale``.
+    attend = GreenSwinBlock.attend
+    grouped_attention = GreenSwinBlock.grouped_attention
 
     def group_attention(self, y: jax.Array, part, arrays: dict[str, jax.Array]) -> jax.Array:
         """Normalised visible tokens ``y`` ``(B, N, C)`` -> ``(B, N, C)``: grouped (gather, masked
         attention per group, scatter back) or, in masking mode, one masked N x N attention."""
-        b, n, c = y.shape
         gid = arrays['gid']
         bm = gid.shape[0]
         if part.mode == 'grouping':
             ng, gs = part.num_groups, part.group_size
-            out = self.attention(take_tokens(y, arrays['idx']).reshape(b, ng, gs, c),
-                                 group_mask(gid.reshape(bm, ng, gs)))
-            return take_tokens(out.reshape(b, ng * gs, c), arrays['inv'])
-        return self.attention(y[:, None], group_mask(gid[:, None]))[:, 0]
+            return self.grouped_attention(y, group_mask(gid.reshape(bm, ng, gs)), arrays['idx'],
+                                          arrays['inv'], ng)
+        return self.grouped_attention(y, group_mask(gid[:, None]))
 
     def __call__(self, x: jax.Array, part, arrays: dict[str, jax.Array], *, train: bool = False,
                  rng: jax.Array | None = None) -> jax.Array:
