@@ -55,7 +55,7 @@ def test_parameter_counts_and_registry():
     assert classifier_for('green_mim_swin_large_patch4_win14_dec512b1') == 'swin_large_patch4_window14_224'
     assert model_data_defaults(DEMO)['image_size'] == 32
     assert method_config_defaults('greenmim') == {'name': 'greenmim', 'inputs_from': 'step', 'mask_ratio': 0.75,
-                                                  'norm_pix_loss': False, 'mask_mode': 'batch'}
+                                                  'norm_pix_loss': False, 'mask_mode': 'batch', 'planner_workers': 0}
 
 
 def test_masking_follows_official_rule_and_is_shared(demo, demo_fwd):

@@ -328,3 +328,31 @@ def test_sample_mask_mode_equals_batch_mode_row_by_row():
         ref = fwd(one, x[i:i + 1], noise[i:i + 1])
         np.testing.assert_allclose(np.asarray(out['pred'][i]), np.asarray(ref['pred'][0]), rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(np.asarray(out['mask'][i]), np.asarray(ref['mask'][0]))
+
+
+def test_planner_pool_plans_equal_the_in_process_plans():
+    """``method.planner_workers = N >= 2`` makes per-sample plans on N spawned processes: the
+    pipeline's ``host_inputs`` are bit-identical to the in-process ones for the Swin and the Twins
+    GreenMIM (same generator state), the pool is made once and reused, and a bad worker count
+    names the field."""
+    from jaxmim import group_window_attention as gwa
+    from jaxmim.methods import create_mim_model
+
+    block = {'name': 'greenmim', 'mask_ratio': 0.75, 'mask_mode': 'sample'}
+    for name, kw in (('green_mim_swin_demo_patch2_32_dec64b1', {}), (DEMO, SMALL)):
+        serial = nnx.eval_shape(lambda: create_mim_model(block, name, overrides=kw))
+        pooled = nnx.eval_shape(lambda: create_mim_model({**block, 'planner_workers': 2}, name, overrides=kw))
+        assert serial.planner_workers == 0 and pooled.planner_workers == 2
+        a = serial.host_inputs(np.random.default_rng(5), 24)
+        b = pooled.host_inputs(np.random.default_rng(5), 24)
+        assert a['plan'].shape == (24, serial.planner.plan_length) and a['plan'].dtype == np.int32
+        np.testing.assert_array_equal(a['noise'], b['noise'])
+        np.testing.assert_array_equal(a['plan'], b['plan'])
+        # Rows differ (per-sample masks), and each row is the planner's plan of that row's noise.
+        assert len({row.tobytes() for row in b['plan']}) > 1
+        np.testing.assert_array_equal(b['plan'][7], serial.planner.plan(serial.planner.keep_from_noise(b['noise'][7])))
+        assert gwa.planner_pool(pooled.planner, 2) is gwa.planner_pool(pooled.planner, 2)
+    with pytest.raises(ValueError, match='planner_workers must be an integer >= 0'):
+        create_mim_model({**block, 'planner_workers': -1}, 'green_mim_swin_demo_patch2_32_dec64b1')
+    with pytest.raises(ValueError, match='planner_workers must be >= 2'):
+        gwa.PlannerPool(serial.planner, 1)

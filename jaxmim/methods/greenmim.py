@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim.group_window_attention import GreenSwinPlanner, group_attention_logits_bias
+from jaxmim.group_window_attention import GreenSwinPlanner, group_attention_logits_bias, planner_pool
 from jaxmim.methods import register_method
 from jaxmim.methods.mae import mae_loss
 from jaxmim.models import swin as swin_lib
@@ -295,6 +295,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
     """
 
     input_keys: tuple[str, ...] = ('noise', 'plan')
+    planner_workers: int = 0     # host processes for per-sample plans (GreenMIMMethod.build sets it)
 
     def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 128,
                  depths: Sequence[int] = (2, 2, 18, 2), num_heads: Sequence[int] = (4, 8, 16, 32),
@@ -372,9 +373,14 @@ class GreenMIMSwin(nnx.Module, Backbone):
 
     def host_inputs(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
         """The input pipeline's ``{'noise': (B, L) float32, 'plan': (B, P) int32}``; in ``'batch'``
-        mode one noise row is drawn and repeated (rows must stay B for batch sharding)."""
+        mode one noise row is drawn and repeated (rows must stay B for batch sharding). In
+        ``'sample'`` mode with ``planner_workers >= 2`` the B plans are made by a process pool
+        (bit-identical to the in-process plans)."""
         noise = rng.random((self._noise_rows(batch_size), self.num_patches), dtype=np.float32)
-        plan = self.planner.plans(noise, per_sample=True)
+        if self.planner_workers > 1 and noise.shape[0] > 1:
+            plan = planner_pool(self.planner, self.planner_workers).plans(noise)
+        else:
+            plan = self.planner.plans(noise, per_sample=True)
         if noise.shape[0] != batch_size:
             noise, plan = (np.repeat(a, batch_size, axis=0) for a in (noise, plan))
         return {'noise': noise, 'plan': plan}
@@ -447,25 +453,34 @@ class GreenMIMSwin(nnx.Module, Backbone):
 @register_method('greenmim')
 class GreenMIMMethod:
     """The GreenMIM method block: ``mask_ratio`` (0.75), ``norm_pix_loss`` (False; the scripts pass
-    ``--norm_pix_loss``), ``mask_mode`` (``'batch'``)."""
+    ``--norm_pix_loss``), ``mask_mode`` (``'batch'``), ``planner_workers`` (0: per-sample plans
+    in the input pipeline's process; N >= 2: on N host processes, :class:`PlannerPool`, for
+    ``mask_mode='sample'`` at accelerator speed; ignored in ``'batch'`` mode, one plan per step)."""
 
     @classmethod
     def config_defaults(cls) -> dict[str, Any]:
-        """``{'mask_ratio': 0.75, 'norm_pix_loss': False, 'mask_mode': 'batch'}``."""
-        return {'mask_ratio': 0.75, 'norm_pix_loss': False, 'mask_mode': 'batch'}
+        """``{'mask_ratio': 0.75, 'norm_pix_loss': False, 'mask_mode': 'batch', 'planner_workers': 0}``."""
+        return {'mask_ratio': 0.75, 'norm_pix_loss': False, 'mask_mode': 'batch', 'planner_workers': 0}
 
     @classmethod
     def build(cls, model_name: str, *, overrides: dict[str, Any], seed: int, mask_ratio: float,
-              norm_pix_loss: bool, mask_mode: str) -> nnx.Module:
-        """``create_model(model_name, seed=seed, mask_ratio=, norm_pix_loss=, mask_mode=, **overrides)``.
+              norm_pix_loss: bool, mask_mode: str, planner_workers: int = 0) -> nnx.Module:
+        """``create_model(model_name, seed=seed, mask_ratio=, norm_pix_loss=, mask_mode=, **overrides)``
+        with ``planner_workers`` set on the model (a host-side setting, not a variable).
 
         Raises:
-          ValueError: an override contradicting the method block.
+          ValueError: an override contradicting the method block; a negative or non-integer
+            ``planner_workers``.
         """
+        if int(planner_workers) != planner_workers or planner_workers < 0:
+            raise ValueError(f'config.method.planner_workers must be an integer >= 0 (0 or 1: in-process; '
+                             f'N >= 2: N planner processes), got {planner_workers!r}')
         kwargs = dict(overrides)
         for key, value in (('mask_ratio', mask_ratio), ('norm_pix_loss', norm_pix_loss), ('mask_mode', mask_mode)):
             if key in kwargs and kwargs[key] != value:
                 raise ValueError(f'model override {key}={kwargs[key]!r} contradicts config.method.{key}={value!r}; '
                                  'set it in config.method')
             kwargs[key] = value
-        return create_model(model_name, seed=seed, **kwargs)
+        model = create_model(model_name, seed=seed, **kwargs)
+        model.planner_workers = int(planner_workers)
+        return model
