@@ -333,8 +333,8 @@ def test_sample_mask_mode_equals_batch_mode_row_by_row():
 def test_planner_pool_plans_equal_the_in_process_plans():
     """``method.planner_workers = N >= 2`` makes per-sample plans on N spawned processes: the
     pipeline's ``host_inputs`` are bit-identical to the in-process ones for the Swin and the Twins
-    GreenMIM (same generator state), the pool is made once and reused, and a bad worker count
-    names the field."""
+    GreenMIM (same generator state), and so are the plans of the step's host callback; the pool is
+    made once and reused, and a bad worker count names the field."""
     from jaxmim import group_window_attention as gwa
     from jaxmim.methods import create_mim_model
 
@@ -352,6 +352,13 @@ def test_planner_pool_plans_equal_the_in_process_plans():
         assert len({row.tobytes() for row in b['plan']}) > 1
         np.testing.assert_array_equal(b['plan'][7], serial.planner.plan(serial.planner.keep_from_noise(b['noise'][7])))
         assert gwa.planner_pool(pooled.planner, 2) is gwa.planner_pool(pooled.planner, 2)
+    # The step's host callback (inputs_from='step') uses the pool too, inside jit.
+    real_serial = create_mim_model(block, 'green_mim_swin_demo_patch2_32_dec64b1')
+    real_pooled = create_mim_model({**block, 'planner_workers': 2}, 'green_mim_swin_demo_patch2_32_dec64b1')
+    key = jax.random.key(3)
+    a = jax.jit(lambda k: real_serial.sample_inputs(k, 6))(key)
+    b = jax.jit(lambda k: real_pooled.sample_inputs(k, 6))(key)
+    np.testing.assert_array_equal(np.asarray(a['plan']), np.asarray(b['plan']))
     with pytest.raises(ValueError, match='planner_workers must be an integer >= 0'):
         create_mim_model({**block, 'planner_workers': -1}, 'green_mim_swin_demo_patch2_32_dec64b1')
     with pytest.raises(ValueError, match='planner_workers must be >= 2'):

@@ -362,8 +362,15 @@ class GreenMIMSwin(nnx.Module, Backbone):
     def _plan_callback(self, noise: jax.Array) -> jax.Array:
         rows = noise.shape[0]
         shape = jax.ShapeDtypeStruct((rows, self.planner.plan_length), jnp.int32)
-        fn = lambda n: self.planner.plans(np.asarray(n), per_sample=True)
-        return jax.pure_callback(fn, shape, noise, vmap_method='sequential')
+        return jax.pure_callback(self._plans, shape, noise, vmap_method='sequential')
+
+    def _plans(self, noise) -> np.ndarray:
+        """``(R, L)`` noise -> ``(R, P)`` int32 plans, on the planner pool when ``planner_workers
+        >= 2`` and R > 1 (bit-identical either way)."""
+        noise = np.asarray(noise)
+        if self.planner_workers > 1 and noise.shape[0] > 1:
+            return planner_pool(self.planner, self.planner_workers).plans(noise)
+        return self.planner.plans(noise, per_sample=True)
 
     def sample_inputs(self, key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
         """``{'noise': U[0, 1) (1 or B, L), 'plan': (1 or B, P) int32}``: noise drawn on device,
@@ -375,12 +382,9 @@ class GreenMIMSwin(nnx.Module, Backbone):
         """The input pipeline's ``{'noise': (B, L) float32, 'plan': (B, P) int32}``; in ``'batch'``
         mode one noise row is drawn and repeated (rows must stay B for batch sharding). In
         ``'sample'`` mode with ``planner_workers >= 2`` the B plans are made by a process pool
-        (bit-identical to the in-process plans)."""
+        (bit-identical to the in-process plans), as in the step's host callback."""
         noise = rng.random((self._noise_rows(batch_size), self.num_patches), dtype=np.float32)
-        if self.planner_workers > 1 and noise.shape[0] > 1:
-            plan = planner_pool(self.planner, self.planner_workers).plans(noise)
-        else:
-            plan = self.planner.plans(noise, per_sample=True)
+        plan = self._plans(noise)
         if noise.shape[0] != batch_size:
             noise, plan = (np.repeat(a, batch_size, axis=0) for a in (noise, plan))
         return {'noise': noise, 'plan': plan}
