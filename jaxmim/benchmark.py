@@ -341,24 +341,32 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     torch_times = {v: [] for v in torch_steps}
 
     log(f'[{kind}] compiled in {t2 - t0:.1f}s; {warmup} warm-up + {steps} timed steps ...')
-    for _ in range(warmup):
-        out = compiled(state, batch)
-        _wait(out)
-        state = out[0]
-        for step in torch_steps.values():
-            step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        out = compiled(state, batch)
-        _wait(out)
-        times.append(time.perf_counter() - t)
-        state = out[0]
-        for v, step in torch_steps.items():
+    times, out, oom = [], None, None
+    try:
+        for _ in range(warmup):
+            out = compiled(state, batch)
+            _wait(out)
+            state = out[0]
+            for step in torch_steps.values():
+                step()
+        for _ in range(steps):
             t = time.perf_counter()
-            step()
-            torch_times[v].append(time.perf_counter() - t)
-    loss = float(out[1]['loss'])
+            out = compiled(state, batch)
+            _wait(out)
+            times.append(time.perf_counter() - t)
+            state = out[0]
+            for v, step in torch_steps.items():
+                t = time.perf_counter()
+                step()
+                torch_times[v].append(time.perf_counter() - t)
+    except jax.errors.JaxRuntimeError as e:
+        if 'RESOURCE_EXHAUSTED' not in str(e):
+            raise
+        oom = str(e).splitlines()[0][:200]
+        times, torch_times, profile_dir = [], {}, None
+        log(f'[{kind}] {name}: out of memory at batch {batch_size} ({oom}); the compiled step needs '
+            f'{_memory_gib(compiled) or float("nan"):.2f} GiB; the row keeps FLOPs and memory, no timings')
+    loss = float(out[1]['loss']) if times else None
     profile = {}
     if profile_dir:
         import os
@@ -374,17 +382,17 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
                                        '(self CPU time per step)', profile['profile_torch'], profile_top))
     del state, out
 
-    median = statistics.median(times)
-    img_s = batch_size / median
-    img_s_overall = steps * batch_size / sum(times)
-    achieved = flops_per_image * img_s if flops_per_image else None
+    median = statistics.median(times) if times else None
+    img_s = batch_size / median if times else None
+    img_s_overall = steps * batch_size / sum(times) if times else None
+    achieved = flops_per_image * img_s if flops_per_image and img_s else None
     row = {
         'kind': kind, 'model': name, 'image_size': image_size, 'batch_size': batch_size,
         'per_device_batch': per_device_batch, 'devices': n_dev,
         'device_kind': mesh.devices.flat[0].device_kind, 'num_params': num_params,
         'lower_s': t1 - t0, 'compile_s': t2 - t0, 'steps': steps, 'warmup': warmup,
-        'step_time_median_s': median, 'step_time_mean_s': statistics.fmean(times),
-        'step_time_min_s': min(times), 'step_time_max_s': max(times),
+        'step_time_median_s': median, 'step_time_mean_s': statistics.fmean(times) if times else None,
+        'step_time_min_s': min(times, default=None), 'step_time_max_s': max(times, default=None),
         'img_s': img_s, 'img_s_overall': img_s_overall,
         'step_flops_per_device': step_flops_device,
         'flops_per_image': flops_per_image,
@@ -394,7 +402,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         'peak_tflops_per_device': peak_tflops,
         'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
         'device_memory_gib': _memory_gib(compiled),
-        'final_loss': loss,
+        'final_loss': loss, 'out_of_memory': oom,
         **profile,
     }
     if compare_torch:
@@ -403,8 +411,9 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             ts = torch_times.get(v)
             row[f'torch_{v}_img_s'] = batch_size / statistics.median(ts) if ts else None
             row[f'jax_over_torch_{v}'] = img_s / row[f'torch_{v}_img_s'] if ts else None
-    log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms)'
-        + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s' for v, ts in torch_times.items()))
+    if times:
+        log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms)'
+            + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s' for v, ts in torch_times.items()))
     return row
 
 
@@ -508,7 +517,9 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       One dict per step kind with, among others, ``kind``, ``model``, ``image_size``,
       ``batch_size``, ``devices``, ``device_kind``, ``compile_s``, ``img_s`` (batch / median
       step time), ``img_s_overall``, ``flops_per_image`` (None when XLA reports no FLOPs),
-      ``achieved_tflops``, ``mfu``.
+      ``achieved_tflops``, ``mfu``, ``device_memory_gib`` and ``out_of_memory`` (None, or the
+      device's message when the compiled step did not fit: that row keeps its FLOPs and the
+      compiled memory, its timings are None, and the run goes on with the next config).
 
     Raises:
       ValueError: a bad config, a batch not divisible by the device count, an unknown kind.
@@ -571,7 +582,8 @@ def format_table(rows: Sequence[dict]) -> str:
     for r in rows:
         fpi = r.get('flops_per_image')
         line = [r['kind'], r['model'], str(r['image_size']), str(r['batch_size']), str(r['devices']),
-                num(r['compile_s'], '.1f'), num(r['img_s'], ',.1f'), num(r['img_s_overall'], ',.1f'),
+                num(r['compile_s'], '.1f'), 'OOM' if r.get('out_of_memory') else num(r['img_s'], ',.1f'),
+                'OOM' if r.get('out_of_memory') else num(r['img_s_overall'], ',.1f'),
                 num(fpi / 1e9 if fpi else None, '.3f'), num(r.get('achieved_tflops'), '.3f'),
                 num(r.get('device_memory_gib'), '.3f')]
         if has_mfu:

@@ -151,3 +151,29 @@ def test_table_names_the_config_of_each_row():
     assert lines[2].endswith(':100ep') and lines[3].endswith(':mask75')
     assert '94.292' in lines[2] and '3.319' in lines[3]
     assert 'config' not in benchmark.format_table([base]).splitlines()[0]
+
+
+def test_a_step_that_does_not_fit_keeps_its_row(monkeypatch):
+    """A step the device cannot hold (RESOURCE_EXHAUSTED when it runs) does not end the run: its
+    row keeps the FLOPs and the compiled memory, has no timings, and the table says OOM; any
+    other runtime error still propagates."""
+    config = _load_config('configs/demo/simmim_swin_fmnist.py')
+    message = 'RESOURCE_EXHAUSTED: Out of memory allocating 36687552576 bytes.'
+
+    def no_room(out):
+        raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(benchmark, '_wait', no_room)
+    (row,) = benchmark.run_benchmark(config, steps=2, warmup=1, batch_size=8, kinds=['pretrain'])
+    assert row['out_of_memory'] == message
+    assert row['img_s'] is None and row['step_time_median_s'] is None and row['final_loss'] is None
+    assert row['flops_per_image'] > 0 and row['device_memory_gib'] > 0
+    line = benchmark.format_table([row]).splitlines()[2]
+    assert line.split()[6:8] == ['OOM', 'OOM']
+
+    def broken(out):
+        raise jax.errors.JaxRuntimeError('INTERNAL: something else')
+
+    monkeypatch.setattr(benchmark, '_wait', broken)
+    with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
+        benchmark.run_benchmark(config, steps=1, warmup=0, batch_size=8, kinds=['pretrain'])
