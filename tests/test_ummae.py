@@ -280,37 +280,6 @@ def test_swin_position_bias_formula():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_swin_position_bias_in_chunks_equals_one_pass():
-    """Past ``POSMLP_CHUNK`` windows (per-sample positions of a whole batch) the bias is computed
-    in chunks under ``jax.checkpoint``: values and gradients equal the written-out formula /
-    the one-pass computation, also when the window count is no multiple of the chunk (200 ->
-    chunks of 50)."""
-    attn = ummae_swin.WindowAttention(8, 2, posmlp_dim=4, rngs=nnx.Rngs(1))
-    pos = np.random.default_rng(1).integers(0, 30, (200, 6, 2)).astype(np.float32)
-    w1, b1 = np.asarray(attn.posmlp[0].kernel[...])[0, 0], np.asarray(attn.posmlp[0].bias[...])
-    w2, b2 = np.asarray(attn.posmlp[2].kernel[...])[0, 0], np.asarray(attn.posmlp[2].bias[...])
-    d = pos[:, None, :, :] - pos[:, :, None, :]                           # [n, i, j] = pos[j] - pos[i]
-    d = np.sign(d) * np.log1p(np.abs(d))
-    want = (np.maximum(d @ w1 + b1, 0) @ w2 + b2).transpose(0, 3, 1, 2)
-    got = jax.jit(attn.position_bias)(jnp.asarray(pos))
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
-
-    gdef, params = nnx.split(attn)
-    cot = jax.random.normal(jax.random.key(0), want.shape)
-
-    def loss(params, chunk):
-        old, ummae_swin.POSMLP_CHUNK = ummae_swin.POSMLP_CHUNK, chunk
-        try:
-            return jnp.sum(nnx.merge(gdef, params).position_bias(jnp.asarray(pos)) * cot)
-        finally:
-            ummae_swin.POSMLP_CHUNK = old
-
-    g_chunked = jax.grad(loss)(params, 64)
-    g_one = jax.grad(loss)(params, 10_000)
-    for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_one)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-
-
 def test_vit_pred_is_raster_and_secondary_units_marked():
     model = create_model('mae_vit_base_patch16_dec512d2b', seed=0, vis_mask_ratio=0.25, sampling='uniform', **TINY_VIT)
     inputs = model.host_inputs(np.random.default_rng(0), 2)

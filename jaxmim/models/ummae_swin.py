@@ -61,10 +61,6 @@ def pos_grid(size: int) -> np.ndarray:
     return np.stack([h, w], axis=-1)[None]
 
 
-POSMLP_CHUNK = 64
-"""Windows per chunk of the position MLP (:meth:`WindowAttention.position_bias`)."""
-
-
 class WindowAttention(nnx.Module):
     """Window attention with the log-spaced MLP position bias (``models_mae_swin.py:60-116``).
 
@@ -89,26 +85,12 @@ class WindowAttention(nnx.Module):
 
     def position_bias(self, pos: jax.Array) -> jax.Array:
         """``(Bp*nW, N, 2)`` coordinates -> bias ``(Bp*nW, nH, N, N)``: ``d[i, j] = pos[j] - pos[i]``,
-        ``sign(d) * log(1 + |d|)``, then the two 1x1 convs.
-
-        With per-sample positions (UM-MAE: Bp = B) the MLP's hidden ``(Bp*nW, N, N, P)`` is P / nH
-        times the bias; it is computed in chunks of :data:`POSMLP_CHUNK` windows under
-        ``jax.checkpoint`` (``lax.map``), so neither the forward nor the backward pass holds it for
-        the whole batch (chunks of the largest divisor of ``Bp*nW`` up to that size). Same values
-        as one pass."""
-        def mlp(p):
-            d = p[:, None, :, :] - p[:, :, None, :]                      # (windows, N_q, N_k, 2)
-            d = jnp.sign(d) * jnp.log(1.0 + jnp.abs(d))
-            for layer in self.posmlp:
-                d = layer(d)
-            return d.transpose(0, 3, 1, 2)
-
-        bw, n, _ = pos.shape
-        if bw <= POSMLP_CHUNK:
-            return mlp(pos)
-        chunk = max(c for c in range(1, POSMLP_CHUNK + 1) if bw % c == 0)   # static: B*nW is fixed
-        out = jax.lax.map(jax.checkpoint(mlp), pos.reshape(bw // chunk, chunk, n, 2))
-        return out.reshape(bw, *out.shape[2:])
+        ``sign(d) * log(1 + |d|)``, then the two 1x1 convs."""
+        d = pos[:, None, :, :] - pos[:, :, None, :]                    # (Bp*nW, N_q, N_k, 2)
+        d = jnp.sign(d) * jnp.log(1.0 + jnp.abs(d))
+        for layer in self.posmlp:
+            d = layer(d)
+        return d.transpose(0, 3, 1, 2)
 
     def __call__(self, x: jax.Array, pos: jax.Array, num_windows: int, mask: np.ndarray | None = None) -> jax.Array:
         bw, n, c = x.shape
