@@ -28,8 +28,9 @@ not provided.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from flax import nnx
@@ -42,7 +43,7 @@ __all__ = [
     'SeparableConv2d', 'Agg0', 'Aggregator', 'ConvRelPosEnc', 'EfficientAtt', 'ConvPosEnc', 'ConvStem',
     'PatchEmbedLayer', 'GMABlock', 'GMAStage', 'GroupMixFormer',
     # conversion source
-    'build_groupmixformer', 'groupmixformer_entries',
+    'build_groupmixformer', 'groupmixformer_entries', 'arch_from_state_dict',
 ]
 
 _CRPE_WINDOW = ((3, 2), (5, 3), (7, 3))
@@ -410,6 +411,48 @@ def groupmixformer_entries(model: nnx.Module) -> list:
     out += _bn('norm4', ('norm4',), model.norm4)
     out += O.linear_entries('head', ('head',), model.head)
     return out
+
+
+def arch_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The official constructor arguments that a GroupMixFormer ``state_dict`` was saved from,
+    read from its keys and shapes: ``embedding_dims`` (``patch_embed_layers.i.norm.weight``),
+    ``serial_depths`` (the ``gma_stage.j`` indices), ``mlp_ratios`` (``mlp.fc1`` rows / width),
+    ``num_classes`` (``head.weight``), ``qkv_bias``, ``num_stages``.
+
+    The released L checkpoint is the ground truth for L (spec §7: the official yaml gives 71.83 M
+    parameters, the README 70.3 M): build with these arguments, then load strictly::
+
+        sd = official.unwrap_state_dict(torch.load(path))
+        model = official.build('groupmixformer', **arch_from_state_dict(sd))
+        official.load_state_dict(model, 'groupmixformer', sd)
+
+    Raises:
+      ValueError: keys that are not a GroupMixFormer classifier's (names the first missing one).
+    """
+    def shape(key):
+        if key not in state_dict:
+            raise ValueError(f'not a GroupMixFormer classifier state_dict: no {key!r}')
+        return tuple(np.shape(_as_numpy(state_dict[key])))
+
+    stages = sorted({int(k.split('.')[1]) for k in state_dict if k.startswith('patch_embed_layers.')})
+    if not stages:
+        raise ValueError("not a GroupMixFormer classifier state_dict: no 'patch_embed_layers.*' keys")
+    dims, depths, ratios = [], [], []
+    for i in stages:
+        d = shape(f'patch_embed_layers.{i}.norm.weight')[0]
+        prefix = f'groupmixformer_backbone.{i}.gma_stage.'
+        blocks = {int(k[len(prefix):].split('.')[0]) for k in state_dict if k.startswith(prefix)}
+        hidden = shape(f'{prefix}0.mlp.fc1.weight')[0]
+        dims.append(d)
+        depths.append(max(blocks) + 1)
+        ratios.append(hidden / d if hidden % d else hidden // d)
+    return {'num_stages': len(stages), 'embedding_dims': dims, 'serial_depths': depths, 'mlp_ratios': ratios,
+            'num_classes': shape('head.weight')[0],
+            'qkv_bias': 'groupmixformer_backbone.0.gma_stage.0.att.qkv.bias' in state_dict}
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 O.register_source(O.Source(

@@ -173,3 +173,25 @@ def test_build_rejects_what_jaxmim_cannot_represent():
                                                      depths=(1, 1, 1, 1), rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match='classifier with a head'):
         official.state_dict(headless, 'groupmixformer')
+
+
+def test_architecture_is_read_from_a_state_dict():
+    """``arch_from_state_dict`` recovers the constructor arguments from an official state_dict
+    (the way to load the released L, whose shapes the yaml does not give): a twin with unusual
+    depths, widths, MLP ratios and classes is rebuilt in JAX from its keys alone and loads
+    strictly; a non-GroupMixFormer dict names the missing key."""
+    arch = dict(embedding_dims=[40, 80, 160, 160], serial_depths=[2, 1, 3, 1], mlp_ratios=[4, 2, 4, 3],
+                num_classes=7, qkv_bias=False)
+    twin = GM.GroupMixFormer(**arch, drop_path_rate=0.0)
+    sd = {k: v for k, v in twin.state_dict().items()}
+    got = GM.arch_from_state_dict(sd)
+    assert got == {**arch, 'num_stages': 4}
+    model = official.build('groupmixformer', rngs=nnx.Rngs(0), img_size=64, **got)
+    official.load_state_dict(model, 'groupmixformer', sd)
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    twin.eval()
+    with torch.no_grad():
+        want = twin(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    assert_close(np.asarray(model(jnp.asarray(x), train=False)), want, rel=1e-5)
+    with pytest.raises(ValueError, match="no 'patch_embed_layers"):
+        GM.arch_from_state_dict({'head.weight': np.zeros((3, 4))})
