@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 from flax import nnx
@@ -432,7 +431,7 @@ def arch_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     def shape(key):
         if key not in state_dict:
             raise ValueError(f'not a GroupMixFormer classifier state_dict: no {key!r}')
-        return tuple(np.shape(_as_numpy(state_dict[key])))
+        return tuple(state_dict[key].shape)       # torch.Tensor or np.ndarray
 
     stages = sorted({int(k.split('.')[1]) for k in state_dict if k.startswith('patch_embed_layers.')})
     if not stages:
@@ -449,10 +448,6 @@ def arch_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {'num_stages': len(stages), 'embedding_dims': dims, 'serial_depths': depths, 'mlp_ratios': ratios,
             'num_classes': shape('head.weight')[0],
             'qkv_bias': 'groupmixformer_backbone.0.gma_stage.0.att.qkv.bias' in state_dict}
-
-
-def _as_numpy(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 O.register_source(O.Source(
