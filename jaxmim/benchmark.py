@@ -646,10 +646,10 @@ def main(argv: list[str]) -> None:
         rows = []
         for spec, config in zip(specs, configs):
             new = run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
-                                  num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
-                                  peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices,
-                                  compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value,
-                                  profile_dir=_PROFILE.value, profile_top=_PROFILE_TOP.value, log=log)
+                                num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
+                                peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices,
+                                compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value,
+                                profile_dir=_PROFILE.value, profile_top=_PROFILE_TOP.value, log=log)
             rows += [dict(r, config=spec) for r in new]
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
