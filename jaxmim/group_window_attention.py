@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import multiprocessing
+import pickle
 from concurrent import futures
 from typing import Sequence
 
@@ -494,10 +495,11 @@ def planner_pool(planner, workers: int) -> PlannerPool:
     closed at exit), so every training step reuses the same processes.
 
     Args:
-      planner: the model's planner; pools are keyed by its class and static ``layout``.
+      planner: the model's planner; pools are keyed by its pickle (what each worker receives,
+        about 1 KB), so only equal planners share one.
       workers: processes (>= 2).
     """
-    key = (type(planner).__name__, tuple(sorted(planner.layout.items())), planner.len_keep, int(workers))
+    key = (pickle.dumps(planner), int(workers))
     pool = _POOLS.get(key)
     if pool is None:
         pool = _POOLS[key] = PlannerPool(planner, workers)
