@@ -264,9 +264,14 @@ def test_decoder_position_modes(tiny_pvt):
     assert np.abs(res[False][1] - res[True][1]).max() > 1e-4
 
 
-def test_swin_position_bias_formula():
-    attn = ummae_swin.WindowAttention(8, 2, posmlp_dim=4, rngs=nnx.Rngs(0))
-    pos = np.random.default_rng(0).integers(0, 20, (3, 5, 2)).astype(np.float32)
+@pytest.mark.parametrize('pos_lattice', [None, (1, 20), (4, 20)])
+def test_swin_position_bias_formula(pos_lattice):
+    """Direct per-pair evaluation and the offset table (coordinates = integers in [0, 20) / scale)
+    both equal the MLP written out on ``sign(d) log(1 + |d|)``."""
+    attn = ummae_swin.WindowAttention(8, 2, posmlp_dim=4, pos_lattice=pos_lattice, rngs=nnx.Rngs(0))
+    scale = 1 if pos_lattice is None else pos_lattice[0]
+    pos = np.random.default_rng(0).integers(0, 20, (3, 5, 2)).astype(np.float32) / scale
+    pos[0, 0], pos[0, 1] = 0, 19 / scale                                 # both ends of the offset range
     got = np.asarray(attn.position_bias(jnp.asarray(pos)))
     w1, b1 = np.asarray(attn.posmlp[0].kernel[...])[0, 0], np.asarray(attn.posmlp[0].bias[...])
     w2, b2 = np.asarray(attn.posmlp[2].kernel[...])[0, 0], np.asarray(attn.posmlp[2].bias[...])
@@ -278,6 +283,11 @@ def test_swin_position_bias_formula():
                 d = np.sign(d) * np.log(1 + np.abs(d))
                 want[n, :, i, j] = np.maximum(d @ w1 + b1, 0) @ w2 + b2
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_swin_position_lattice_is_checked():
+    with pytest.raises(ValueError, match='pos_lattice'):
+        ummae_swin.WindowAttention(8, 2, pos_lattice=(0, 20), rngs=nnx.Rngs(0))
 
 
 def test_vit_pred_is_raster_and_secondary_units_marked():
