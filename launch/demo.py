@@ -4,10 +4,12 @@ scratch for the same wall-clock time.
     python -m launch.demo --workdir=work/demo          # what `make demo` runs
 
 1. prepares Fashion-MNIST (Debian's idx files) into ``<workdir>/tensorflow_datasets``;
-2. pre-trains the demo Swin with GreenMIM on the 60k training images (labels unused): the
-   encoder sees only the visible quarter of the tokens, so a pre-training step costs about a
-   third of a fine-tuning step (``--pretrain_config``; the SimMIM demo is
-   ``configs/demo/simmim_swin_fmnist.py`` with ``configs/demo/finetune_swin_fmnist.py``);
+2. pre-trains a small PVT with UM-MAE on the 60k training images (labels unused): Uniform
+   Sampling keeps one 8-px unit per 2x2 block and the encoder runs on the compacted
+   half-resolution image, a quarter of the tokens (``--pretrain_config``, default
+   ``configs/demo/ummae_pvt_fmnist.py``; the earlier GreenMIM demo is
+   ``configs/demo/greenmim_swin_fmnist.py`` with ``configs/demo/finetune_greenmim_fmnist.py``,
+   the SimMIM one ``configs/demo/simmim_swin_fmnist.py`` with ``configs/demo/finetune_swin_fmnist.py``);
 3. fine-tunes it on the labelled training split and evaluates top-1/top-5 on the test split;
 4. trains the same classifier from random initialisation for the same wall-clock time as
    steps 2 + 3: the fine-tuning steps plus as many more as the pre-training time buys at the
@@ -35,9 +37,9 @@ _FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', None, 'Override the fin
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Override the global batch size of every stage.')
 _EVAL_EXAMPLES = flags.DEFINE_integer('eval_examples', 0, 'Evaluate on the first N test images only (0: all 10,000).')
 _SHUFFLE = flags.DEFINE_integer('shuffle_buffer', 0, 'Override the shuffle buffer (and do not cache) (0: config).')
-_PRE_CONFIG = flags.DEFINE_string('pretrain_config', 'configs/demo/greenmim_swin_fmnist.py',
+_PRE_CONFIG = flags.DEFINE_string('pretrain_config', 'configs/demo/ummae_pvt_fmnist.py',
                                   'Pre-training config, relative to the repository root.')
-_FT_CONFIG = flags.DEFINE_string('finetune_config', 'configs/demo/finetune_greenmim_fmnist.py',
+_FT_CONFIG = flags.DEFINE_string('finetune_config', 'configs/demo/finetune_pvt_fmnist.py',
                                  'Fine-tuning config (variants :pretrained and :scratch), relative to the repository root.')
 _SCRATCH_STEPS = flags.DEFINE_integer('scratch_steps', None, 'Steps of the from-scratch run (default: the same '
                                       'wall-clock time as pre-training + fine-tuning, see equal_time_steps).')

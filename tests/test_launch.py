@@ -58,11 +58,11 @@ def test_demo_writes_results_and_reconstructions(tmp_path):
 
     results = json.loads((workdir / 'results.json').read_text())
     assert set(results) == {'dataset', 'method', 'model', 'devices', 'rows', 'pretrain_final_loss'}
-    assert (results['method'], results['model']) == ('greenmim', 'swin_demo_patch2_window4_32')
+    assert (results['method'], results['model']) == ('ummae', 'pvt_demo_32')
     assert results['devices'] == '[CpuDevice(id=0)]'
     rows = results['rows']
-    assert [r['method'] for r in rows] == ['greenmim pre-trained + fine-tuned', 'from scratch']
-    assert [r['backbone'] for r in rows] == ['swin_demo_patch2_window4_32'] * 2
+    assert [r['method'] for r in rows] == ['ummae pre-trained + fine-tuned', 'from scratch']
+    assert [r['backbone'] for r in rows] == ['pvt_demo_32'] * 2
     assert [r['pretrain_steps'] for r in rows] == [STEPS, 0]
     for r in rows:
         assert set(r) == {'method', 'backbone', 'pretrain_steps', 'finetune_steps', 'top1', 'top5', 'wall_time_s',

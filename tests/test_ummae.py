@@ -386,8 +386,8 @@ def test_layer_ids_follow_lr_decay_py():
     ('configs/finetune/ummae_finetune.py:pvt_small_256', 'pvt_small_256', 100 * 1251),
     ('configs/finetune/ummae_finetune.py:swin_large_256', 'swin_large_256', 100 * 1251),
     ('configs/finetune/ummae_finetune.py:vit_base_224', 'vit_base_patch16_224', 100 * 1251),
-    ('configs/demo/ummae_pvt_fmnist.py', 'mae_pvt_demo_32', 800),
-    ('configs/demo/finetune_pvt_fmnist.py:pretrained', 'pvt_demo_32', 1000),
+    ('configs/demo/ummae_pvt_fmnist.py', 'mae_pvt_demo_32', 2400),
+    ('configs/demo/finetune_pvt_fmnist.py:pretrained', 'pvt_demo_32', 2000),
 ])
 def test_configs_mirror_the_makefile(spec, model, steps):
     c = load_config_file(spec)
