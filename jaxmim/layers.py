@@ -82,10 +82,9 @@ def _layer_norm_bwd(eps, res, g):
     del eps
     x_hat, rstd, scale, (x_dt, scale_dt, bias_dt) = res
     gf = g.astype(jnp.float32)
-    lead = tuple(range(g.ndim - 1))
     gs = gf * scale.astype(jnp.float32)
     dx = rstd * (gs - gs.mean(-1, keepdims=True) - x_hat * (gs * x_hat).mean(-1, keepdims=True))
-    return dx.astype(x_dt.dtype), (gf * x_hat).sum(lead).astype(scale_dt.dtype), gf.sum(lead).astype(bias_dt.dtype)
+    return dx.astype(x_dt.dtype), sum_rows(gf * x_hat).astype(scale_dt.dtype), sum_rows(gf).astype(bias_dt.dtype)
 
 
 layer_norm_last.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -111,9 +110,81 @@ def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> LayerNorm:
     return LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
-def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-    """Dense layer with the timm/Swin init: kernel N(0, 0.02^2) laid out ``(in, out)``, bias 0."""
-    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
+def sum_rows(a: jax.Array) -> jax.Array:
+    """Sum of ``a`` ``(..., C)`` over all its leading axes: ``(C,)``, float32 (any float input).
+
+    On the CPU backend it is written as the matrix-vector product ``ones(1, M) @ a.reshape(M, C)``
+    (``precision=HIGHEST``, float32 accumulation), elsewhere as ``a.sum(leading axes)``. XLA's CPU
+    compiler rewrites a multi-axis sum such as ``(128, 8, 8, 256) -> (256,)`` into a
+    ``reduce-window`` with ``32 x 8 x 8 x 1`` windows, whose loop walks each output channel with a
+    stride of ``C`` floats: 4.2 ms on one core for that shape inside the demo Swin's train step,
+    where the product takes the matrix path (docs/performance.md, "Column sums"). This is the
+    bias and LayerNorm gradients' reduction (:func:`linear_apply`, :func:`layer_norm_last`).
+    """
+    a2 = a.reshape(-1, a.shape[-1])
+    if jax.default_backend() != 'cpu':
+        return a2.sum(0, dtype=jnp.float32)
+    ones = jnp.ones((1, a2.shape[0]), a2.dtype)
+    return jax.lax.dot_general(ones, a2, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                               preferred_element_type=jnp.float32)[0]
+
+
+@jax.custom_vjp
+def linear_apply(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``x @ kernel + bias`` over the last axis, with a hand-written backward pass.
+
+    ``x`` is ``(..., K)``, ``kernel`` ``(K, N)``, ``bias`` ``(N,)`` or None, all of one dtype; the
+    result is ``(..., N)`` in that dtype. The forward pass is the same ``dot_general`` and add as
+    ``flax.nnx.Linear``'s (bit-identical). The backward pass computes ``dx = g @ kernel.T``,
+    ``dkernel = x2.T @ g2`` on the inputs flattened to ``(M, K)`` and ``(M, N)`` as one
+    contraction over their first axes, and ``dbias`` with :func:`sum_rows`. XLA's autodiff of the
+    forward pass instead emits ``dkernel`` as a contraction over the first axis of ``x`` and the
+    *second* axis of a transposed copy of ``g``, which XLA's CPU backend runs outside its fast
+    matrix-product path (YNNPACK): on the demo Swin's SimMIM step on one core, 300 -> 373 img/s
+    (docs/performance.md). Source: the ``nn.Linear`` backward of PyTorch (``addmm``'s
+    ``mm(grad.t(), input)`` and ``grad.sum(0)``).
+    """
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
+def _dense_fwd(x, kernel, bias):
+    return linear_apply(x, kernel, bias), (x, kernel, bias)
+
+
+def _dense_bwd(res, g):
+    x, kernel, bias = res
+    k, n = kernel.shape
+    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    dkernel = jax.lax.dot_general(x.reshape(-1, k), g.reshape(-1, n), (((0,), (0,)), ((), ())))
+    dbias = None if bias is None else sum_rows(g).astype(bias.dtype)
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype), dbias
+
+
+linear_apply.defvjp(_dense_fwd, _dense_bwd)
+
+
+class Linear(nnx.Linear):
+    """``nnx.Linear`` (same parameters ``kernel`` ``(in, out)`` and ``bias`` ``(out,)``, same
+    attributes and checkpoints) whose common case, no ``precision``, ``preferred_element_type``,
+    ``out_sharding`` or custom ``dot_general``, runs through :func:`linear_apply` and its faster backward
+    pass; any other configuration falls back to ``nnx.Linear``. Input ``(..., in)``, output
+    ``(..., out)`` in the promoted dtype (``self.dtype`` when set)."""
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if (out_sharding is not None or self.precision is not None or self.preferred_element_type is not None
+                or self.dot_general is not jax.lax.dot_general):
+            return super().__call__(inputs, out_sharding=out_sharding)
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return linear_apply(inputs, kernel, bias)
+
+
+def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True) -> Linear:
+    """Dense layer with the timm/Swin init: kernel N(0, 0.02^2) laid out ``(in, out)``, bias 0
+    (:class:`Linear`, an ``nnx.Linear`` with the faster backward pass)."""
+    return Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
                                         bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 

@@ -1,5 +1,6 @@
-"""The step's hand-written layers (issue 12): exact GELU through ``lax.erf`` and LayerNorm with a
-closed-form backward pass, against PyTorch's own ops and against the written-out formula; and
+"""The step's hand-written layers (issue 12): exact GELU through ``lax.erf``, LayerNorm with a
+closed-form backward pass, the Linear layer with its hand-written backward pass and the column
+sum of the bias gradients, against PyTorch's own ops and against the written-out formulas; and
 the per-op profiler of ``jaxmim.benchmark --profile``.
 """
 
@@ -73,6 +74,78 @@ def test_layer_norm_module_is_an_nnx_layer_norm_with_the_same_forward():
     yo, yr = ours(xb), ref(xb)
     assert yo.dtype == yr.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(yo, np.float32), np.asarray(yr, np.float32), atol=0.02)
+
+
+@pytest.mark.parametrize('shape', [(37, 16), (4, 5, 6, 16), (2, 3, 4, 5, 16)])
+def test_sum_rows_equals_a_float64_sum_over_leading_axes(shape):
+    a = (RNG.randn(*shape) * 3).astype(np.float32)
+    want = a.astype(np.float64).reshape(-1, shape[-1]).sum(0)
+    rows = a.size // shape[-1]
+    bound = np.finfo(np.float32).eps * rows * np.abs(a).max()     # worst-case float32 summation error
+    for fn in (L.sum_rows, jax.jit(L.sum_rows)):
+        got = fn(jnp.asarray(a))
+        assert got.shape == (shape[-1],) and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=bound)
+    got = L.sum_rows(jnp.asarray(a, jnp.bfloat16))             # bfloat16 in, float32 accumulation
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-2, atol=0.15)
+
+
+@pytest.mark.parametrize('use_bias', [True, False])
+@pytest.mark.parametrize('shape', [(6, 16), (3, 5, 7, 16)])
+def test_linear_forward_is_nnx_linear_and_backward_equals_torch_and_the_formula(shape, use_bias):
+    ours = L.linear(16, 24, nnx.Rngs(0), use_bias=use_bias)
+    ref = nnx.Linear(16, 24, use_bias=use_bias, rngs=nnx.Rngs(1))
+    assert isinstance(ours, nnx.Linear) and type(ours) is L.Linear
+    ref.kernel[...] = ours.kernel[...]
+    if use_bias:
+        ours.bias[...] = ref.bias[...] = jnp.asarray(RNG.randn(24).astype(np.float32))
+    x = (RNG.randn(*shape) * 2).astype(np.float32)
+    g = RNG.randn(*shape[:-1], 24).astype(np.float32)
+    assert np.array_equal(np.asarray(ours(jnp.asarray(x))), np.asarray(ref(jnp.asarray(x))))  # bit-identical
+    kernel = np.asarray(ours.kernel[...])
+    bias = np.array(ours.bias[...]) if use_bias else None
+    y, vjp = jax.jit(lambda *a: jax.vjp(L.linear_apply, *a))(jnp.asarray(x), jnp.asarray(kernel),
+                                                              None if bias is None else jnp.asarray(bias))
+    dx, dk, db = vjp(jnp.asarray(g))
+    # the formulas written out in float64: dx = g W^T, dW = x^T g over all rows, db = sum of g's rows
+    x2, g2 = x.reshape(-1, 16).astype(np.float64), g.reshape(-1, 24).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(dx), (g2 @ kernel.T.astype(np.float64)).reshape(x.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dk), x2.T @ g2, rtol=1e-5, atol=1e-4)
+    assert (db is None) == (not use_bias)
+    # torch.nn.Linear with the same weights (its weight is the transposed kernel)
+    t = torch.nn.Linear(16, 24, bias=use_bias)
+    with torch.no_grad():
+        t.weight.copy_(torch.from_numpy(kernel.T.copy()))
+        if use_bias:
+            t.bias.copy_(torch.from_numpy(bias))
+    tx = torch.from_numpy(x).requires_grad_()
+    t(tx).backward(torch.from_numpy(g))
+    np.testing.assert_allclose(np.asarray(y), t(tx).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dk), t.weight.grad.numpy().T, rtol=1e-5, atol=1e-4)
+    if use_bias:
+        np.testing.assert_allclose(np.asarray(db), g2.sum(0), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(db), t.bias.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_linear_keeps_nnx_linear_for_the_options_it_does_not_cover():
+    # an explicit precision goes through nnx.Linear's own call: same numbers, plain autodiff
+    m = L.linear(8, 4, nnx.Rngs(0))
+    x = jnp.asarray(RNG.randn(3, 8).astype(np.float32))
+    y = m(x)
+    m.precision = jax.lax.Precision.HIGHEST
+    np.testing.assert_allclose(np.asarray(m(x)), np.asarray(y), rtol=1e-6, atol=1e-6)
+    # bfloat16 parameters and inputs: a bfloat16 result and bfloat16 gradients of each parameter
+    m = L.linear(8, 4, nnx.Rngs(0))
+    m.kernel = nnx.Param(m.kernel[...].astype(jnp.bfloat16))
+    m.bias = nnx.Param(m.bias[...].astype(jnp.bfloat16))
+    out, grads = nnx.value_and_grad(lambda mod: mod(x.astype(jnp.bfloat16)).astype(jnp.float32).sum())(m)
+    assert grads.kernel[...].dtype == grads.bias[...].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(grads.bias[...], np.float32), np.full(4, 3.0))     # three rows
+    np.testing.assert_allclose(np.asarray(grads.kernel[...], np.float32),
+                               np.repeat(np.asarray(x.astype(jnp.bfloat16), np.float32).sum(0)[:, None], 4, 1),
+                               rtol=1e-2, atol=1e-2)
 
 
 def test_hlo_instructions_and_primitive_names():

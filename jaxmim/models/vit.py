@@ -60,10 +60,11 @@ def xavier_uniform_flat(key: jax.Array, shape: Sequence[int], dtype=jnp.float32)
 
 
 def dense(din: int, dout: int, rngs: nnx.Rngs, kernel_init: Callable = L.trunc_normal_02,
-          use_bias: bool = True) -> nnx.Linear:
+          use_bias: bool = True) -> L.Linear:
     """``nn.Linear(din, dout)`` as a Flax Dense (kernel ``(in, out)``) with ``kernel_init`` and
-    bias 0 (timm ``_init_weights``: trunc_normal .02; MAE ``_init_weights``: xavier_uniform)."""
-    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
+    bias 0 (timm ``_init_weights``: trunc_normal .02; MAE ``_init_weights``: xavier_uniform);
+    a :class:`jaxmim.layers.Linear` (``nnx.Linear`` with the faster backward pass)."""
+    return L.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
                       bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 
