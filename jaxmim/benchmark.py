@@ -590,8 +590,9 @@ def format_table(rows: Sequence[dict]) -> str:
             mfu = r.get('mfu')
             line.append(num(100 * mfu if mfu is not None else None, '.1f'))
         if has_torch:
-            line += [num(r.get('torch_eager_img_s'), ',.1f'), num(r.get('jax_over_torch_eager'), '.2f') + 'x',
-                     num(r.get('torch_compile_img_s'), ',.1f'), num(r.get('jax_over_torch_compile'), '.2f') + 'x']
+            ratio = lambda v: 'n/a' if v is None else format(v, '.2f') + 'x'
+            line += [num(r.get('torch_eager_img_s'), ',.1f'), ratio(r.get('jax_over_torch_eager')),
+                     num(r.get('torch_compile_img_s'), ',.1f'), ratio(r.get('jax_over_torch_compile'))]
         if head[-1] == 'config':
             line.append(r.get('config') or '')
         body.append(line)

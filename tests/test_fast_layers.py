@@ -92,16 +92,18 @@ def test_sum_rows_equals_a_float64_sum_over_leading_axes(shape):
 
 
 @pytest.mark.parametrize('use_bias', [True, False])
-@pytest.mark.parametrize('shape', [(6, 16), (3, 5, 7, 16)])
-def test_linear_forward_is_nnx_linear_and_backward_equals_torch_and_the_formula(shape, use_bias):
-    ours = L.linear(16, 24, nnx.Rngs(0), use_bias=use_bias)
-    ref = nnx.Linear(16, 24, use_bias=use_bias, rngs=nnx.Rngs(1))
+@pytest.mark.parametrize('dout', [24, 8])          # out > in, and in > out: the two dkernel forms
+@pytest.mark.parametrize('lead', [(6,), (3, 5, 7)])
+def test_linear_forward_is_nnx_linear_and_backward_equals_torch_and_the_formula(lead, dout, use_bias):
+    shape = lead + (16,)
+    ours = L.linear(16, dout, nnx.Rngs(0), use_bias=use_bias)
+    ref = nnx.Linear(16, dout, use_bias=use_bias, rngs=nnx.Rngs(1))
     assert isinstance(ours, nnx.Linear) and type(ours) is L.Linear
     ref.kernel[...] = ours.kernel[...]
     if use_bias:
-        ours.bias[...] = ref.bias[...] = jnp.asarray(RNG.randn(24).astype(np.float32))
+        ours.bias[...] = ref.bias[...] = jnp.asarray(RNG.randn(dout).astype(np.float32))
     x = (RNG.randn(*shape) * 2).astype(np.float32)
-    g = RNG.randn(*shape[:-1], 24).astype(np.float32)
+    g = RNG.randn(*lead, dout).astype(np.float32)
     assert np.array_equal(np.asarray(ours(jnp.asarray(x))), np.asarray(ref(jnp.asarray(x))))  # bit-identical
     kernel = np.asarray(ours.kernel[...])
     bias = np.array(ours.bias[...]) if use_bias else None
@@ -109,12 +111,12 @@ def test_linear_forward_is_nnx_linear_and_backward_equals_torch_and_the_formula(
                                                               None if bias is None else jnp.asarray(bias))
     dx, dk, db = vjp(jnp.asarray(g))
     # the formulas written out in float64: dx = g W^T, dW = x^T g over all rows, db = sum of g's rows
-    x2, g2 = x.reshape(-1, 16).astype(np.float64), g.reshape(-1, 24).astype(np.float64)
+    x2, g2 = x.reshape(-1, 16).astype(np.float64), g.reshape(-1, dout).astype(np.float64)
     np.testing.assert_allclose(np.asarray(dx), (g2 @ kernel.T.astype(np.float64)).reshape(x.shape), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dk), x2.T @ g2, rtol=1e-5, atol=1e-4)
     assert (db is None) == (not use_bias)
     # torch.nn.Linear with the same weights (its weight is the transposed kernel)
-    t = torch.nn.Linear(16, 24, bias=use_bias)
+    t = torch.nn.Linear(16, dout, bias=use_bias)
     with torch.no_grad():
         t.weight.copy_(torch.from_numpy(kernel.T.copy()))
         if use_bias:
