@@ -129,6 +129,12 @@ def sum_rows(a: jax.Array) -> jax.Array:
                                preferred_element_type=jnp.float32)[0]
 
 
+_SWAP_MIN_ROWS = 2048
+"""Fewest rows for which :func:`linear_apply` computes a narrowing layer's kernel gradient as a
+transposed ``(out, in)`` product on CPU (below it the transposed gradient read by the optimizer
+costs more than the faster product saves; docs/performance.md)."""
+
+
 @jax.custom_vjp
 def linear_apply(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
     """``x @ kernel + bias`` over the last axis, with a hand-written backward pass.
@@ -141,11 +147,13 @@ def linear_apply(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax
     forward pass instead emits ``dkernel`` as a contraction over the first axis of ``x`` and the
     *second* axis of a transposed copy of ``g``, which XLA's CPU backend runs outside its fast
     matrix-product path (YNNPACK): on the demo Swin's SimMIM step on one core, 300 -> 373 img/s.
-    When ``K > N`` the contraction is computed as ``(g2.T @ x2)`` and transposed after it
-    (an ``optimization_barrier`` keeps XLA from folding the transpose back in): XLA's CPU
-    contraction over rows runs about half as fast when its output has more rows than columns,
-    e.g. 19.8 against 10.7 ms for ``(8320, 512), (8320, 128) -> (512, 128)`` on one core
-    (docs/performance.md). Source: the ``nn.Linear`` backward of PyTorch (``addmm``'s
+    On the CPU backend, when ``K > N`` and ``M >= 2048``, the contraction is computed as
+    ``(g2.T @ x2)`` and transposed after it (an ``optimization_barrier`` keeps XLA from folding
+    the transpose back in): XLA's CPU contraction over rows runs about half as fast when its
+    output has more rows than columns, e.g. 19.8 against 10.7 ms for ``(8320, 512), (8320, 128)
+    -> (512, 128)`` on one core. XLA then fuses the transpose into the optimizer's update, whose
+    strided read of a ``(4096, 1024)`` gradient costs 44 ms per moment on one core, so few rows
+    keep the direct form (docs/performance.md). Source: the ``nn.Linear`` backward of PyTorch (``addmm``'s
     ``mm(grad.t(), input)`` and ``grad.sum(0)``).
     """
     y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
@@ -161,10 +169,12 @@ def _dense_bwd(res, g):
     k, n = kernel.shape
     dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
     rows = (((0,), (0,)), ((), ()))
-    if k <= n:
-        dkernel = jax.lax.dot_general(x.reshape(-1, k), g.reshape(-1, n), rows)
-    else:   # the (n, k) product, transposed after it (see the docstring)
-        dkernel = jax.lax.optimization_barrier(jax.lax.dot_general(g.reshape(-1, n), x.reshape(-1, k), rows)).T
+    x2, g2 = x.reshape(-1, k), g.reshape(-1, n)
+    if k > n and x2.shape[0] >= _SWAP_MIN_ROWS and jax.default_backend() == 'cpu':
+        # the (n, k) product, transposed after it (see the docstring)
+        dkernel = jax.lax.optimization_barrier(jax.lax.dot_general(g2, x2, rows)).T
+    else:
+        dkernel = jax.lax.dot_general(x2, g2, rows)
     dbias = None if bias is None else sum_rows(g).astype(bias.dtype)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype), dbias
 

@@ -92,8 +92,8 @@ def test_sum_rows_equals_a_float64_sum_over_leading_axes(shape):
 
 
 @pytest.mark.parametrize('use_bias', [True, False])
-@pytest.mark.parametrize('dout', [24, 8])          # out > in, and in > out: the two dkernel forms
-@pytest.mark.parametrize('lead', [(6,), (3, 5, 7)])
+@pytest.mark.parametrize('dout', [24, 8])          # out > in, and in > out
+@pytest.mark.parametrize('lead', [(6,), (3, 5, 7), (4, 512)])   # 2048 rows: the transposed dkernel form
 def test_linear_forward_is_nnx_linear_and_backward_equals_torch_and_the_formula(lead, dout, use_bias):
     shape = lead + (16,)
     ours = L.linear(16, dout, nnx.Rngs(0), use_bias=use_bias)
