@@ -153,18 +153,18 @@ def linear_apply(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax
     output has more rows than columns, e.g. 19.8 against 10.7 ms for ``(8320, 512), (8320, 128)
     -> (512, 128)`` on one core. XLA then fuses the transpose into the optimizer's update, whose
     strided read of a ``(4096, 1024)`` gradient costs 44 ms per moment on one core, so few rows
-    keep the direct form (docs/performance.md). Source: the ``nn.Linear`` backward of PyTorch (``addmm``'s
-    ``mm(grad.t(), input)`` and ``grad.sum(0)``).
+    keep the direct form (docs/performance.md). Source: the ``nn.Linear`` backward of PyTorch
+    (``addmm``'s ``mm(grad.t(), input)`` and ``grad.sum(0)``).
     """
     y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
     return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
-def _dense_fwd(x, kernel, bias):
+def _linear_fwd(x, kernel, bias):
     return linear_apply(x, kernel, bias), (x, kernel, bias)
 
 
-def _dense_bwd(res, g):
+def _linear_bwd(res, g):
     x, kernel, bias = res
     k, n = kernel.shape
     dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
@@ -179,14 +179,14 @@ def _dense_bwd(res, g):
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype), dbias
 
 
-linear_apply.defvjp(_dense_fwd, _dense_bwd)
+linear_apply.defvjp(_linear_fwd, _linear_bwd)
 
 
 class Linear(nnx.Linear):
     """``nnx.Linear`` (same parameters ``kernel`` ``(in, out)`` and ``bias`` ``(out,)``, same
     attributes and checkpoints) whose common case, no ``precision``, ``preferred_element_type``,
-    ``out_sharding`` or custom ``dot_general``, runs through :func:`linear_apply` and its faster backward
-    pass; any other configuration falls back to ``nnx.Linear``. Input ``(..., in)``, output
+    ``out_sharding`` or custom ``dot_general``, runs through :func:`linear_apply` and its faster
+    backward pass; any other configuration falls back to ``nnx.Linear``. Input ``(..., in)``, output
     ``(..., out)`` in the promoted dtype (``self.dtype`` when set)."""
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
@@ -203,7 +203,7 @@ def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True) -> Linear
     """Dense layer with the timm/Swin init: kernel N(0, 0.02^2) laid out ``(in, out)``, bias 0
     (:class:`Linear`, an ``nnx.Linear`` with the faster backward pass)."""
     return Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
-                                        bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                  bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 
 def dropout(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> jax.Array:

@@ -65,7 +65,7 @@ def dense(din: int, dout: int, rngs: nnx.Rngs, kernel_init: Callable = L.trunc_n
     bias 0 (timm ``_init_weights``: trunc_normal .02; MAE ``_init_weights``: xavier_uniform);
     a :class:`jaxmim.layers.Linear` (``nnx.Linear`` with the faster backward pass)."""
     return L.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
-                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 
 # ----------------------------------------------------------------------------------------
