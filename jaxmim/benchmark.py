@@ -569,8 +569,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
 def format_table(rows: Sequence[dict]) -> str:
     """A fixed-width text table of the rows; a last ``config`` column when rows carry ``config``
     (the ``path[:variant]`` each row was measured from)."""
-    def num(v, fmt):
-        return 'n/a' if v is None else format(v, fmt)
+    def num(v, fmt, unit=''):
+        return 'n/a' if v is None else format(v, fmt) + unit
 
     has_mfu = any(r.get('mfu') is not None for r in rows)
     has_torch = any('torch_eager_img_s' in r for r in rows)
@@ -590,9 +590,8 @@ def format_table(rows: Sequence[dict]) -> str:
             mfu = r.get('mfu')
             line.append(num(100 * mfu if mfu is not None else None, '.1f'))
         if has_torch:
-            ratio = lambda v: 'n/a' if v is None else format(v, '.2f') + 'x'
-            line += [num(r.get('torch_eager_img_s'), ',.1f'), ratio(r.get('jax_over_torch_eager')),
-                     num(r.get('torch_compile_img_s'), ',.1f'), ratio(r.get('jax_over_torch_compile'))]
+            line += [num(r.get('torch_eager_img_s'), ',.1f'), num(r.get('jax_over_torch_eager'), '.2f', 'x'),
+                     num(r.get('torch_compile_img_s'), ',.1f'), num(r.get('jax_over_torch_compile'), '.2f', 'x')]
         if head[-1] == 'config':
             line.append(r.get('config') or '')
         body.append(line)

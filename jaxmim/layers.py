@@ -199,10 +199,11 @@ class Linear(nnx.Linear):
         return linear_apply(inputs, kernel, bias)
 
 
-def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True) -> Linear:
-    """Dense layer with the timm/Swin init: kernel N(0, 0.02^2) laid out ``(in, out)``, bias 0
-    (:class:`Linear`, an ``nnx.Linear`` with the faster backward pass)."""
-    return Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
+def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True,
+           kernel_init: Callable = trunc_normal_02) -> Linear:
+    """Dense layer, kernel laid out ``(in, out)`` drawn by ``kernel_init`` (default the timm/Swin
+    init N(0, 0.02^2)), bias 0 (:class:`Linear`, an ``nnx.Linear`` with the faster backward pass)."""
+    return Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
                   bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 

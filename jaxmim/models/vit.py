@@ -64,8 +64,7 @@ def dense(din: int, dout: int, rngs: nnx.Rngs, kernel_init: Callable = L.trunc_n
     """``nn.Linear(din, dout)`` as a Flax Dense (kernel ``(in, out)``) with ``kernel_init`` and
     bias 0 (timm ``_init_weights``: trunc_normal .02; MAE ``_init_weights``: xavier_uniform);
     a :class:`jaxmim.layers.Linear` (``nnx.Linear`` with the faster backward pass)."""
-    return L.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
-                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    return L.linear(din, dout, rngs, use_bias=use_bias, kernel_init=kernel_init)
 
 
 # ----------------------------------------------------------------------------------------
