@@ -129,6 +129,31 @@ def sum_rows(a: jax.Array) -> jax.Array:
                                preferred_element_type=jnp.float32)[0]
 
 
+_GRAM_ROWS = 4
+_GRAM_MIN_SIZE = 1 << 16
+
+
+def sum_squares(a: jax.Array) -> jax.Array:
+    """``sum(a ** 2)`` over every element of ``a`` (any shape, any float dtype): a float32 scalar.
+
+    On the CPU backend an array of at least 65,536 elements whose size is a multiple of 4 is
+    reshaped to ``V`` ``(4, size / 4)`` and the sum is the trace of the Gram matrix ``V V^T``
+    (``precision=HIGHEST``, float32 accumulation), one read of ``a`` through XLA's matrix
+    path; elsewhere (and for smaller or odd-sized arrays) it is ``sum(square(a))`` in float32.
+    XLA's CPU compiler writes ``square(a)`` to a temporary buffer and then sums it with
+    ``32 x 32`` ``reduce-window`` loops: the global gradient norm of Swin-B's 88 M parameters
+    took 97 ms on the 2-core machine that way, 26 ms as Gram traces (PyTorch's
+    ``clip_grad_norm_``: 7.5 ms); docs/performance.md, "Session 7". This is the gradient-clipping
+    and ``grad_norm`` reduction (:func:`jaxmim.optim.global_norm`).
+    """
+    if jax.default_backend() != 'cpu' or a.size < _GRAM_MIN_SIZE or a.size % _GRAM_ROWS:
+        return jnp.sum(jnp.square(a.astype(jnp.float32)))
+    v = a.reshape(_GRAM_ROWS, -1)
+    gram = jax.lax.dot_general(v, v, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
+                               preferred_element_type=jnp.float32)
+    return jnp.trace(gram)
+
+
 _SWAP_MIN_ROWS = 2048
 """Fewest rows for which :func:`linear_apply` computes a narrowing layer's kernel gradient as a
 transposed ``(out, in)`` product on CPU (below it the transposed gradient read by the optimizer

@@ -59,6 +59,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxmim.layers import sum_squares
+
 PyTree = Any
 Schedule = Callable[[Any], jax.Array]
 
@@ -74,6 +76,7 @@ __all__ = [
     'lr_schedule',
     'scale_lrs',
     'scaled_optim_config',
+    'global_norm',
     'clip_by_global_norm_torch',
     'build_optimizer',
 ]
@@ -671,10 +674,20 @@ def scaled_optim_config(optim_config, batch_size: int) -> dict:
 # Gradient transformations.
 
 
+def global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all the leaves of ``tree`` together: ``sqrt(sum_leaves sum(g ** 2))``, a float32
+    scalar (any float leaves). Each leaf's sum of squares is :func:`jaxmim.layers.sum_squares`
+    (one read of the leaf through XLA's matrix path on CPU, where ``optax.tree.norm`` writes the
+    squares out first). Used by :func:`clip_by_global_norm_torch` and the train step's
+    ``grad_norm`` metric, so XLA computes it once per step."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(sum_squares(g) for g in leaves)) if leaves else jnp.zeros((), jnp.float32)
+
+
 def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
     """Global-norm clipping with ``torch.nn.utils.clip_grad_norm_``'s coefficient.
 
-    ``norm = sqrt(sum_leaves sum(g**2))`` (computed in float32); every gradient is multiplied by
+    ``norm = sqrt(sum_leaves sum(g**2))`` (computed in float32, :func:`global_norm`); every gradient is multiplied by
     ``min(1, max_norm / (norm + 1e-6))``. ``optax.clip_by_global_norm`` uses ``max_norm / norm``
     without the 1e-6, hence hand-written. A non-finite norm propagates (as in torch with
     ``error_if_nonfinite=False``).
@@ -701,9 +714,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        leaves = jax.tree.leaves(updates)
-        sq = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)
-        norm = jnp.sqrt(sq)
+        norm = global_norm(updates)
         coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
         updates = jax.tree.map(lambda g: (g * coef).astype(g.dtype), updates)
         return updates, state

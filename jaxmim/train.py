@@ -221,7 +221,7 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
             # Polyak averaging of every variable: ema <- d * ema + (1 - d) * value (timm ModelEmaV2).
             new['ema'] = optax.incremental_update({'params': params, 'model_state': model_state},
                                                   state['ema'], step_size=1.0 - ema_decay)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(state['step']))
+        metrics = dict(metrics, loss=loss, grad_norm=optim.global_norm(grads), lr=lr_fn(state['step']))
         # Non-finite loss / gradient norm: counted on device; skipped with config.nonfinite='skip'.
         return resilience.guard_step(new, state, metrics, nonfinite_mode)
 

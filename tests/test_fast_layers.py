@@ -91,6 +91,44 @@ def test_sum_rows_equals_a_float64_sum_over_leading_axes(shape):
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-2, atol=0.15)
 
 
+@pytest.mark.parametrize('shape', [(7,), (3, 5), (256, 256), (4096, 33), (2, 3, 5, 4099), (1024, 1, 1, 96)])
+def test_sum_squares_equals_a_float64_sum_of_squares(shape):
+    # sizes below 65,536 or not a multiple of 4 take the plain sum; the others the Gram trace
+    a = (RNG.randn(*shape) * 3).astype(np.float32)
+    want = np.sum(a.astype(np.float64) ** 2)
+    bound = np.finfo(np.float32).eps * a.size * np.max(a.astype(np.float64) ** 2)   # worst case
+    for fn in (L.sum_squares, jax.jit(L.sum_squares)):
+        got = fn(jnp.asarray(a))
+        assert got.shape == () and got.dtype == jnp.float32
+        np.testing.assert_allclose(float(got), want, rtol=0, atol=bound)
+        np.testing.assert_allclose(float(got), want, rtol=1e-5)          # and, in practice, far closer
+    got = L.sum_squares(jnp.asarray(a, jnp.bfloat16))        # bfloat16 in, float32 accumulation
+    assert got.dtype == jnp.float32
+    want_bf16 = np.sum(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64) ** 2)
+    np.testing.assert_allclose(float(got), want_bf16, rtol=1e-5)
+
+
+def test_global_norm_and_clipping_equal_torch_clip_grad_norm():
+    from jaxmim import optim
+    shapes = {'fc1': (512, 2048), 'fc2': (2048, 512), 'bias': (2048,), 'odd': (3, 7)}
+    grads = {k: (RNG.randn(*s) * 1e-2).astype(np.float32) for k, s in shapes.items()}
+    tp = [torch.nn.Parameter(torch.zeros(s)) for s in shapes.values()]
+    for p, g in zip(tp, grads.values()):
+        p.grad = torch.from_numpy(g.copy())
+    norm = torch.nn.utils.clip_grad_norm_(tp, 0.5)          # returns the norm before clipping
+    want = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+    got = float(optim.global_norm(jax.tree.map(jnp.asarray, grads)))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # torch's float32 norm is itself about 1e-5 off the float64 one on these 2 M values
+    np.testing.assert_allclose(got, float(norm), rtol=3e-5)
+    tx = optim.clip_by_global_norm_torch(0.5)
+    out, _ = jax.jit(tx.update)(jax.tree.map(jnp.asarray, grads), tx.init(grads))
+    for k, p in zip(shapes, tp):
+        np.testing.assert_allclose(np.asarray(out[k]), grads[k] * (0.5 / (want + 1e-6)), rtol=2e-6, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(out[k]), p.grad.numpy(), rtol=3e-5, atol=1e-12)
+    assert float(optim.global_norm({})) == 0.0
+
+
 @pytest.mark.parametrize('use_bias', [True, False])
 @pytest.mark.parametrize('dout', [24, 8])          # out > in, and in > out
 @pytest.mark.parametrize('lead', [(6,), (3, 5, 7), (4, 512)])   # 2048 rows: the transposed dkernel form
