@@ -623,6 +623,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     if _CONFIG.value is None:
         raise app.UsageError('--config is required')
+    from jaxmim import host
+    try:   # before JAX's first computation (jaxmim.host)
+        malloc = host.tune_malloc()
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
     import jax
 
     if not flags.FLAGS['verbosity'].present:
@@ -638,7 +644,8 @@ def main(argv: list[str]) -> None:
     is_main = jax.process_index() == 0
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
     log(f'devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), '
-        f'{jax.process_count()} process(es); jax {jax.__version__}')
+        f'{jax.process_count()} process(es); jax {jax.__version__}; host malloc: '
+        f'{"tuned (jaxmim.host: one arena, no mmap, no trim)" if malloc else "default"}')
     try:
         from jaxmim.config import load_config_file
         specs = [config_flags.get_config_filename(flags.FLAGS['config'])] + list(_ALSO.value)
@@ -662,7 +669,7 @@ def main(argv: list[str]) -> None:
     if _JSON.value:
         report = {'device_kind': devices[0].device_kind, 'num_devices': len(devices),
                   'platform': jax.default_backend(), 'process_count': jax.process_count(),
-                  'jax_version': jax.__version__, 'config': _CONFIG.value.to_dict(),
+                  'jax_version': jax.__version__, 'host_malloc': malloc, 'config': _CONFIG.value.to_dict(),
                   'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rows': rows}
         with open(_JSON.value, 'w') as f:
             json.dump(report, f, indent=1, default=str)

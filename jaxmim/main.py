@@ -106,6 +106,12 @@ def main(argv: list[str]) -> None:
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError('--config and --workdir are required')
+    from jaxmim import host, resilience
+    try:   # before JAX's first computation (jaxmim.host)
+        host.tune_malloc()
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(resilience.EXIT_BAD_INPUT)
     import jax
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)   # orbax is chatty at INFO; progress goes to the console
@@ -114,7 +120,6 @@ def main(argv: list[str]) -> None:
                                    process_id=_PID.value)
     from jaxmim import train
     logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(), jax.process_count())
-    from jaxmim import resilience
     try:
         _, summary = train.run(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:   # bad input: one clear line, no traceback

@@ -128,6 +128,8 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
 def main(argv) -> None:
     """Runs the demo stages in order and writes ``results.json`` and ``reconstructions.png``."""
     del argv
+    from jaxmim import host
+    host.tune_malloc()   # before JAX's first computation (jaxmim.host)
     from jaxmim import train
     from jaxmim.data import prepare_fashion_mnist
 
