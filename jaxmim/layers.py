@@ -224,6 +224,41 @@ class Linear(nnx.Linear):
         return linear_apply(inputs, kernel, bias)
 
 
+def _all_ones(v) -> bool:
+    return v is None or all(int(e) == 1 for e in np.atleast_1d(v))
+
+
+class PointwiseConv(nnx.Conv):
+    """``nnx.Conv`` with a ``1 x 1`` kernel (same parameters ``kernel`` ``(1, 1, in, out)`` and
+    ``bias`` ``(out,)``, same checkpoints), computed as :func:`linear_apply` on the kernel viewed
+    as ``(in, out)``. Input ``(B, H, W, in)`` (channels last), output ``(B, H, W, out)``.
+
+    A ``1 x 1`` convolution with unit strides is a matrix product over the channels; XLA's CPU
+    backend, however, runs its weight gradient as a ``6 x 6``-window convolution: 55.8 ms per step
+    for SimMIM's Swin-B decoder (``(8, 6, 6, 1024) -> 3072``) on one core, where the product
+    takes a few (docs/performance.md, "Session 7"). Any other configuration (a larger kernel,
+    strides, dilations, groups, a mask, ``precision``, ``preferred_element_type``, a custom
+    ``conv_general_dilated``, integer padding, ``out_sharding``) falls back to ``nnx.Conv``.
+    Source: SimMIM's decoder ``nn.Conv2d(num_features, stride ** 2 * 3, kernel_size=1)``
+    (microsoft/SimMIM ``models/simmim.py``)."""
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        pointwise = (all(k == 1 for k in self.kernel_size) and _all_ones(self.strides)
+                     and _all_ones(self.input_dilation) and _all_ones(self.kernel_dilation)
+                     and self.feature_group_count == 1 and self.mask is None
+                     and isinstance(self.padding, str) and self.padding.upper() in ('SAME', 'VALID')
+                     and out_sharding is None and self.precision is None
+                     and self.preferred_element_type is None
+                     and self.conv_general_dilated is jax.lax.conv_general_dilated
+                     and inputs.ndim == len(self.kernel_size) + 2)
+        if not pointwise:
+            return super().__call__(inputs, out_sharding=out_sharding)
+        kernel = self.kernel[...].reshape(self.in_features, self.out_features)
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return linear_apply(inputs, kernel, bias)
+
+
 def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True,
            kernel_init: Callable = trunc_normal_02) -> Linear:
     """Dense layer, kernel laid out ``(in, out)`` drawn by ``kernel_init`` (default the timm/Swin

@@ -108,6 +108,47 @@ def test_sum_squares_equals_a_float64_sum_of_squares(shape):
     np.testing.assert_allclose(float(got), want_bf16, rtol=1e-5)
 
 
+@pytest.mark.parametrize('use_bias', [True, False])
+def test_pointwise_conv_equals_torch_conv1x1_forward_and_backward(use_bias):
+    conv = L.PointwiseConv(24, 40, (1, 1), use_bias=use_bias, rngs=nnx.Rngs(0))
+    assert isinstance(conv, nnx.Conv) and conv.kernel.shape == (1, 1, 24, 40)
+    if use_bias:
+        conv.bias[...] = jnp.asarray(RNG.randn(40).astype(np.float32))
+    x = RNG.randn(3, 6, 5, 24).astype(np.float32)
+    g = RNG.randn(3, 6, 5, 40).astype(np.float32)
+    kernel = np.asarray(conv.kernel[...])
+    tconv = torch.nn.Conv2d(24, 40, 1, bias=use_bias)
+    with torch.no_grad():
+        tconv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))   # (out, in, 1, 1)
+        if use_bias:
+            tconv.bias.copy_(torch.from_numpy(np.array(conv.bias[...])))
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    ty = tconv(tx)
+    ty.backward(torch.from_numpy(g.transpose(0, 3, 1, 2).copy()))
+
+    def f(params, x):
+        m = nnx.merge(gdef, params)
+        return m(x)
+    gdef, params = nnx.split(conv, nnx.Param)
+    y, vjp = jax.vjp(f, params, jnp.asarray(x))
+    dparams, dx = vjp(jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(y), ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dparams['kernel'][...]),
+                               tconv.weight.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-4)
+    # the written-out formula: dkernel = sum over pixels of x (outer) g
+    want = np.einsum('bhwi,bhwo->io', x.astype(np.float64), g.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(dparams['kernel'][...])[0, 0], want, rtol=1e-5, atol=1e-4)
+    if use_bias:
+        np.testing.assert_allclose(np.asarray(dparams['bias'][...]), g.astype(np.float64).sum((0, 1, 2)),
+                                   rtol=1e-5, atol=1e-4)
+    # a 3x3 kernel or a stride is not pointwise: the nnx.Conv path, the same as nnx.Conv itself
+    for kw in (dict(kernel_size=(3, 3)), dict(kernel_size=(1, 1), strides=2)):
+        ours = L.PointwiseConv(24, 8, rngs=nnx.Rngs(1), **kw)
+        ref = nnx.Conv(24, 8, rngs=nnx.Rngs(1), **kw)
+        assert np.array_equal(np.asarray(ours(jnp.asarray(x))), np.asarray(ref(jnp.asarray(x))))
+
+
 def test_global_norm_and_clipping_equal_torch_clip_grad_norm():
     from jaxmim import optim
     shapes = {'fc1': (512, 2048), 'fc2': (2048, 512), 'bias': (2048,), 'odd': (3, 7)}

@@ -89,8 +89,8 @@ class SimMIM(nnx.Module, Backbone):
         self.encoder_stride = encoder_stride
         self.img_size, self.in_chans, self.patch_size = encoder.img_size, encoder.in_chans, encoder.patch_size
         out = encoder_stride ** 2 * self.in_chans
-        self.decoder = nnx.Conv(encoder.num_features, out, (1, 1), kernel_init=L.torch_default_kernel_init,
-                                bias_init=L.torch_default_bias_init(encoder.num_features), rngs=rngs)
+        self.decoder = L.PointwiseConv(encoder.num_features, out, (1, 1), kernel_init=L.torch_default_kernel_init,
+                                       bias_init=L.torch_default_bias_init(encoder.num_features), rngs=rngs)
         self.mask_generator = SimMIMMaskGenerator(encoder.img_size, mask_patch_size, self.patch_size,
                                                   mask_ratio)
 
