@@ -624,7 +624,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         raise app.UsageError('--config is required')
     from jaxmim import host
-    try:   # before JAX's first computation (jaxmim.host)
+    try:   # JAXMIM_MALLOC=tuned, before JAX's first computation (jaxmim.host)
         malloc = host.tune_malloc()
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -1,35 +1,37 @@
-"""Host memory allocator settings for CPU runs (glibc ``malloc``), applied by the command-line
-entry points (``jaxmim.main``, ``jaxmim.benchmark``, ``launch.demo``) before JAX starts.
+"""Host memory allocator settings for CPU runs (glibc ``malloc``), opt-in with
+``JAXMIM_MALLOC=tuned``; the command-line entry points (``jaxmim.main``, ``jaxmim.benchmark``,
+``launch.demo``) apply it before JAX starts.
 
-XLA's CPU runtime allocates each step's temporary buffers from its worker threads. glibc gives
-every such thread its own arena, built from 64 MiB ``mmap``'d heaps, and serves any request above
-32 MiB with a fresh ``mmap``; both are returned to the kernel when the step frees them, so the
-next step touches new pages again. On the 2-core machine the Swin-B SimMIM step (192 px, batch 8)
-took 473,000 page faults and 0.89 s of kernel time per step that way (3.92 s per step);
-with the settings below it takes none and runs in 3.59 s (docs/performance.md, "Session 7").
+XLA's CPU runtime allocates each step's temporaries from its worker threads. glibc gives every
+such thread its own arena, built from 64 MiB ``mmap``'d heaps, and serves any request above 32 MiB
+with a fresh ``mmap``; both go back to the kernel when the step frees them, so the next step
+faults the pages in again. On the 2-core machine the Swin-B SimMIM step (192 px, batch 8) took
+473,000 page faults and 0.89 s of kernel time per step that way (3.92 s per step); with the
+settings below it takes none and runs in 3.59 s (docs/performance.md, "Session 7").
 
 The settings (``mallopt``, the same knobs as ``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_MAX_`` and
 ``MALLOC_TRIM_THRESHOLD_``): one arena for all threads, no ``mmap`` for large requests, no
 trimming of the heap top. Freed memory stays in the process and is reused by the next step, so
-the resident size stays at its peak. They act on the whole process, PyTorch included, and only
-on allocations made after they are set: call :func:`tune_malloc` before the first JAX
+the resident size stays at its peak. They act on the whole process, PyTorch included, and only on
+allocations made after they are set: :func:`tune_malloc` must run before the first JAX
 computation (``mallopt`` cannot change the arena of a thread that already allocated).
 
-``JAXMIM_MALLOC`` chooses: ``auto`` (default) tunes when the run will be on CPU
-(``JAX_PLATFORMS`` is ``cpu``, or unset and no accelerator plugin is installed), ``tuned`` always,
-``default`` never (glibc's own behaviour). Non-glibc systems are left alone.
+They are off by default: the single arena serialises every thread's ``malloc``, and in the full
+training loop tf.data's threads pay for it. ``make demo``'s UM-MAE pre-training ran at about
+1,210 images/s tuned against 1,430 with glibc's defaults, although its jitted step alone is
+faster tuned (69 against 73 ms). Use it for large models whose step dominates (Swin-B: +8 %).
+``JAXMIM_MALLOC``: ``default`` (unset) keeps glibc's behaviour, ``tuned`` applies the settings.
+Non-glibc systems are left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
-import pkgutil
 
 __all__ = ['MALLOC_MODES', 'malloc_mode', 'tune_malloc']
 
-MALLOC_MODES = ('auto', 'tuned', 'default')
+MALLOC_MODES = ('default', 'tuned')
 """Accepted values of the ``JAXMIM_MALLOC`` environment variable."""
 
 # glibc <malloc.h> parameter numbers
@@ -37,39 +39,19 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
-_ACCELERATOR_MODULES = ('libtpu',)
 _applied: dict[str, int] | None = None
 
 
 def malloc_mode() -> str:
-    """The ``JAXMIM_MALLOC`` setting (``'auto'`` when unset).
+    """The ``JAXMIM_MALLOC`` setting (``'default'`` when unset or empty).
 
     Raises:
       ValueError: a value outside :data:`MALLOC_MODES` (named, with the accepted ones).
     """
-    mode = os.environ.get('JAXMIM_MALLOC', 'auto').strip().lower() or 'auto'
+    mode = os.environ.get('JAXMIM_MALLOC', 'default').strip().lower() or 'default'
     if mode not in MALLOC_MODES:
         raise ValueError(f'JAXMIM_MALLOC must be one of {list(MALLOC_MODES)}, got {mode!r}')
     return mode
-
-
-def _accelerator_installed() -> bool:
-    """True when a JAX accelerator plugin (``jax_plugins.*``, e.g. the CUDA plugin) or libtpu
-    is importable; checked without importing it."""
-    try:
-        import jax_plugins  # noqa: F401  (a namespace package: present only with plugins)
-        if any(True for _ in pkgutil.iter_modules(jax_plugins.__path__)):
-            return True
-    except ImportError:
-        pass
-    return any(importlib.util.find_spec(m) is not None for m in _ACCELERATOR_MODULES)
-
-
-def _cpu_run() -> bool:
-    platforms = os.environ.get('JAX_PLATFORMS', '').strip().lower()
-    if platforms:
-        return platforms.split(',')[0] == 'cpu'
-    return not _accelerator_installed()
 
 
 def tune_malloc(mode: str | None = None) -> dict[str, int] | None:
@@ -80,9 +62,8 @@ def tune_malloc(mode: str | None = None) -> dict[str, int] | None:
 
     Returns:
       The settings applied, ``{'M_ARENA_MAX': 1, 'M_MMAP_MAX': 0, 'M_TRIM_THRESHOLD': -1}``
-      (-1 = never trim), or None when nothing was changed (mode ``default``, ``auto`` on an
-      accelerator run, not glibc, or ``mallopt`` refused a value). A second call returns the
-      first call's result.
+      (-1 = never trim), or None when nothing was changed (mode ``default``, not glibc, or
+      ``mallopt`` refused a value). Once applied, later calls return the same settings.
 
     Raises:
       ValueError: an unknown mode.
@@ -93,7 +74,7 @@ def tune_malloc(mode: str | None = None) -> dict[str, int] | None:
         raise ValueError(f'malloc mode must be one of {list(MALLOC_MODES)}, got {mode!r}')
     if _applied is not None:
         return _applied
-    if mode == 'default' or (mode == 'auto' and not _cpu_run()):
+    if mode == 'default':
         return None
     try:
         libc = ctypes.CDLL(None)

@@ -10,7 +10,9 @@ Usage::
 close valid names. ``config.mode`` chooses the loop (``pretrain`` or ``finetune``).
 Multi-host runs call ``jax.distributed.initialize`` first (``--distributed``; arguments are
 auto-detected on Cloud TPU and SLURM, or given with ``--coordinator_address``,
-``--num_processes``, ``--process_id``).
+``--num_processes``, ``--process_id``). ``JAXMIM_MALLOC=tuned`` in the environment switches
+glibc's allocator to one arena without ``mmap`` or trimming (:mod:`jaxmim.host`: no page faults
+in the step, at the cost of a shared ``malloc`` lock).
 
 Exit statuses (:mod:`jaxmim.resilience`): 0 done; 2 a bad input, reported as one ``error:``
 line before anything is compiled (the config field and what it accepts); 3 the run diverged
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError('--config and --workdir are required')
     from jaxmim import host, resilience
-    try:   # before JAX's first computation (jaxmim.host)
+    try:   # JAXMIM_MALLOC=tuned, before JAX's first computation (jaxmim.host)
         host.tune_malloc()
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -129,7 +129,7 @@ def main(argv) -> None:
     """Runs the demo stages in order and writes ``results.json`` and ``reconstructions.png``."""
     del argv
     from jaxmim import host
-    host.tune_malloc()   # before JAX's first computation (jaxmim.host)
+    host.tune_malloc()   # JAXMIM_MALLOC=tuned, before JAX's first computation (jaxmim.host)
     from jaxmim import train
     from jaxmim.data import prepare_fashion_mnist
 

@@ -1,4 +1,4 @@
-"""jaxmim.host: the CPU allocator settings of the command-line entry points (issue 12).
+"""jaxmim.host: the opt-in CPU allocator settings of the command-line entry points (issue 12).
 
 A worker thread that allocates, touches and frees a 96 MiB buffer, as XLA's CPU runtime does with
 a step's temporaries, page-faults on every page each time under glibc's defaults (the buffer is
@@ -67,18 +67,16 @@ def test_tuned_malloc_reuses_freed_memory_without_page_faults():
 
 def test_modes_and_bad_values(monkeypatch):
     monkeypatch.setenv('JAXMIM_MALLOC', 'fast')
-    with pytest.raises(ValueError, match=r"JAXMIM_MALLOC must be one of \['auto', 'tuned', 'default'\], got 'fast'"):
+    with pytest.raises(ValueError, match=r"JAXMIM_MALLOC must be one of \['default', 'tuned'\], got 'fast'"):
         host.tune_malloc()
     with pytest.raises(ValueError, match='malloc mode must be one of'):
-        host.tune_malloc('always')
+        host.tune_malloc('auto')
     monkeypatch.setenv('JAXMIM_MALLOC', 'default')
     assert host.malloc_mode() == 'default' and host.tune_malloc() is None
     monkeypatch.delenv('JAXMIM_MALLOC')
-    assert host.malloc_mode() == 'auto'
-    monkeypatch.setenv('JAX_PLATFORMS', 'cuda')                  # an accelerator run: left alone
-    assert host.tune_malloc('auto') is None
-    monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-    assert host._cpu_run()
+    assert host.malloc_mode() == 'default' and host.tune_malloc() is None     # off unless asked
+    monkeypatch.setenv('JAXMIM_MALLOC', ' Tuned ')
+    assert host.malloc_mode() == 'tuned'
 
 
 def test_bad_env_value_is_one_error_line_from_the_cli(tmp_path):
@@ -88,4 +86,4 @@ def test_bad_env_value_is_one_error_line_from_the_cli(tmp_path):
                          timeout=300)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
-        "error: JAXMIM_MALLOC must be one of ['auto', 'tuned', 'default'], got 'fast'")
+        "error: JAXMIM_MALLOC must be one of ['default', 'tuned'], got 'fast'")
