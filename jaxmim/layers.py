@@ -141,10 +141,11 @@ def sum_squares(a: jax.Array) -> jax.Array:
     (``precision=HIGHEST``, float32 accumulation), one read of ``a`` through XLA's matrix
     path; elsewhere (and for smaller or odd-sized arrays) it is ``sum(square(a))`` in float32.
     XLA's CPU compiler writes ``square(a)`` to a temporary buffer and then sums it with
-    ``32 x 32`` ``reduce-window`` loops: the global gradient norm of Swin-B's 88 M parameters
-    took 97 ms on the 2-core machine that way, 26 ms as Gram traces (PyTorch's
-    ``clip_grad_norm_``: 7.5 ms); docs/performance.md, "Session 7". This is the gradient-clipping
-    and ``grad_norm`` reduction (:func:`jaxmim.optim.global_norm`).
+    ``32 x 32`` ``reduce-window`` loops: the norm of 54 M values shaped like Swin-B's kernels took
+    97 ms on the 2-core machine that way, 26 ms as Gram traces (PyTorch's ``clip_grad_norm_``:
+    7.5 ms), and Swin-B's whole optimizer update fell from 366 to 130 ms on one core
+    (docs/performance.md, "Session 7"). This is the gradient-clipping and ``grad_norm``
+    reduction (:func:`jaxmim.optim.global_norm`).
     """
     if jax.default_backend() != 'cpu' or a.size < _GRAM_MIN_SIZE or a.size % _GRAM_ROWS:
         return jnp.sum(jnp.square(a.astype(jnp.float32)))
