@@ -272,6 +272,48 @@ def _memory_gib(compiled) -> float | None:
     return total / 2 ** 30
 
 
+def host_counters() -> tuple[int, float, float] | None:
+    """This process's ``(minor page faults, kernel CPU s, user CPU s)`` so far, summed over all
+    its threads (``getrusage(RUSAGE_SELF)``), or None where the ``resource`` module is missing
+    (Windows). Differences around a step give its page faults and CPU time: on the CPU backend
+    XLA maps a step's temporaries afresh every step, and the faults show up here
+    (docs/performance.md, "Session 8")."""
+    try:
+        import resource  # noqa: PLC0415  (Unix only)
+    except ImportError:
+        return None
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return int(r.ru_minflt), float(r.ru_stime), float(r.ru_utime)
+
+
+def host_counter_means(deltas: Sequence[tuple[int, float, float]]) -> dict[str, float] | None:
+    """Per-step means of :func:`host_counters` differences: ``{'page_faults': ..., 'sys_s': ...,
+    'user_s': ...}`` (faults per step, kernel and user CPU seconds per step, all threads), or None
+    for no steps."""
+    if not deltas:
+        return None
+    n = len(deltas)
+    return {'page_faults': sum(d[0] for d in deltas) / n, 'sys_s': sum(d[1] for d in deltas) / n,
+            'user_s': sum(d[2] for d in deltas) / n}
+
+
+def _counted(fn: Callable[[], Any], into: list) -> Any:
+    """Runs ``fn()`` and appends its :func:`host_counters` difference to ``into`` (when known)."""
+    before = host_counters()
+    out = fn()
+    after = host_counters()
+    if before is not None and after is not None:
+        into.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
+    return out
+
+
+def _fmt_host(c: dict[str, float] | None, before: str = '; ', after: str = '') -> str:
+    if not c:
+        return ''
+    return (f'{before}{c["page_faults"]:,.0f} page faults, {c["sys_s"]:.2f} s kernel + {c["user_s"]:.2f} s '
+            f'user CPU{after}')
+
+
 def _wait(out) -> None:
     import jax
 
@@ -339,6 +381,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             except Exception as e:  # noqa: BLE001  (torch.compile is optional: report, go on)
                 log(f'[{kind}] torch {v}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})')
     torch_times = {v: [] for v in torch_steps}
+    host, torch_host = [], {v: [] for v in torch_steps}
 
     log(f'[{kind}] compiled in {t2 - t0:.1f}s; {warmup} warm-up + {steps} timed steps ...')
     times, out, oom = [], None, None
@@ -350,14 +393,18 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             for step in torch_steps.values():
                 step()
         for _ in range(steps):
+            c0 = host_counters()
             t = time.perf_counter()
             out = compiled(state, batch)
             _wait(out)
             times.append(time.perf_counter() - t)
+            c1 = host_counters()
+            if c0 and c1:
+                host.append((c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]))
             state = out[0]
             for v, step in torch_steps.items():
                 t = time.perf_counter()
-                step()
+                _counted(step, torch_host[v])
                 torch_times[v].append(time.perf_counter() - t)
     except jax.errors.JaxRuntimeError as e:
         if 'RESOURCE_EXHAUSTED' not in str(e):
@@ -402,6 +449,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         'peak_tflops_per_device': peak_tflops,
         'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
         'device_memory_gib': _memory_gib(compiled),
+        'host_per_step': host_counter_means(host) if times else None,
         'final_loss': loss, 'out_of_memory': oom,
         **profile,
     }
@@ -411,9 +459,11 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             ts = torch_times.get(v)
             row[f'torch_{v}_img_s'] = batch_size / statistics.median(ts) if ts else None
             row[f'jax_over_torch_{v}'] = img_s / row[f'torch_{v}_img_s'] if ts else None
+            row[f'torch_{v}_host_per_step'] = host_counter_means(torch_host.get(v, [])) if ts else None
     if times:
-        log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms)'
-            + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s' for v, ts in torch_times.items()))
+        log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms{_fmt_host(row["host_per_step"])})'
+            + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s'
+                      f'{_fmt_host(host_counter_means(torch_host[v]), " (", ")")}' for v, ts in torch_times.items()))
     return row
 
 
@@ -507,7 +557,8 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       compare_torch: also time the PyTorch twin (``convert/``) of each step's model, eager and
         (``torch_compile``) compiled, interleaved with the JAX steps; adds ``torch_eager_img_s``,
         ``torch_compile_img_s``, ``jax_over_torch_eager``, ``jax_over_torch_compile`` (None where
-        unavailable) and ``torch_source``.
+        unavailable), ``torch_source`` and ``torch_eager_host_per_step`` /
+        ``torch_compile_host_per_step`` (as ``host_per_step``, for the twin's steps).
       profile_dir: profile each training step kind after timing it (JAX trace under
         ``profile_dir/<kind>``; the eager twin too with ``compare_torch``), see
         :func:`benchmark_step`; ``profile_top`` rows of each side are logged.
@@ -517,7 +568,9 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       One dict per step kind with, among others, ``kind``, ``model``, ``image_size``,
       ``batch_size``, ``devices``, ``device_kind``, ``compile_s``, ``img_s`` (batch / median
       step time), ``img_s_overall``, ``flops_per_image`` (None when XLA reports no FLOPs),
-      ``achieved_tflops``, ``mfu``, ``device_memory_gib`` and ``out_of_memory`` (None, or the
+      ``achieved_tflops``, ``mfu``, ``device_memory_gib``, ``host_per_step`` (the timed steps'
+      mean host page faults and kernel / user CPU seconds, :func:`host_counter_means`; None
+      without timings) and ``out_of_memory`` (None, or the
       device's message when the compiled step did not fit: that row keeps its FLOPs and the
       compiled memory, its timings are None, and the run goes on with the next config).
 

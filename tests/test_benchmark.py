@@ -83,9 +83,45 @@ def test_rows_and_flops(demo_rows):
         assert row['flops_per_image_unpartitioned'] == pytest.approx(row['flops_per_image'], rel=0.5)
         assert row['achieved_tflops'] == pytest.approx(row['flops_per_image'] * row['img_s'] / 1e12)
         assert row['mfu'] == pytest.approx(row['achieved_tflops'] / n_dev)
+        # host counters of the timed steps: CPU time is spent, and no more than the cores allow
+        host = row['host_per_step']
+        assert host['user_s'] > 0 and host['sys_s'] >= 0 and host['page_faults'] >= 0
+        assert host['user_s'] + host['sys_s'] <= os.cpu_count() * row['step_time_max_s'] * 1.5 + 0.05
     table = benchmark.format_table(rows)
     assert 'pretrain' in table and 'finetune' in table and 'GFLOPs/img' in table and 'MFU' in table
     json.dumps(rows)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='getrusage page-fault counts')
+def test_host_counters_count_the_pages_a_step_touches():
+    import mmap
+    size = 32 << 20
+    pages = size // mmap.PAGESIZE
+    try:
+        thp = open('/sys/kernel/mm/transparent_hugepage/enabled').read()
+    except OSError:
+        thp = ''
+    # an anonymous map is faulted in page by page on first touch (2 MiB at a time under THP 'always')
+    least = pages // 512 if '[always]' in thp else int(0.9 * pages)
+    deltas = []
+    buf = mmap.mmap(-1, size)
+    try:
+        benchmark._counted(lambda: [buf.__setitem__(i, 1) for i in range(0, size, mmap.PAGESIZE)], deltas)
+    finally:
+        buf.close()
+    (faults, sys_s, user_s), = deltas
+    assert faults >= least, (faults, least)
+    assert sys_s >= 0 and user_s >= 0
+    # nothing touched: (almost) no faults
+    quiet = []
+    benchmark._counted(lambda: None, quiet)
+    assert quiet[0][0] < 64
+
+
+def test_host_counter_means_are_per_step_means():
+    means = benchmark.host_counter_means([(100, 0.5, 2.0), (300, 0.25, 1.0)])
+    assert means == {'page_faults': 200.0, 'sys_s': 0.375, 'user_s': 1.5}
+    assert benchmark.host_counter_means([]) is None
 
 
 def test_finetune_step_uses_the_registered_classifier_and_errors():
