@@ -314,11 +314,13 @@ def _fmt_host(c: dict[str, float] | None, before: str = '; ', after: str = '') -
             f'user CPU{after}')
 
 
-def _wait(out) -> None:
+def _wait(out):
+    """Blocks until the step output ``(state, metrics)`` is computed; returns ``out``."""
     import jax
 
     state, metrics = out
     jax.block_until_ready((state['step'], metrics['loss']))
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -393,14 +395,9 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             for step in torch_steps.values():
                 step()
         for _ in range(steps):
-            c0 = host_counters()
             t = time.perf_counter()
-            out = compiled(state, batch)
-            _wait(out)
+            out = _counted(lambda: _wait(compiled(state, batch)), host)
             times.append(time.perf_counter() - t)
-            c1 = host_counters()
-            if c0 and c1:
-                host.append((c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]))
             state = out[0]
             for v, step in torch_steps.items():
                 t = time.perf_counter()
@@ -463,7 +460,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     if times:
         log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms{_fmt_host(row["host_per_step"])})'
             + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s'
-                      f'{_fmt_host(host_counter_means(torch_host[v]), " (", ")")}' for v, ts in torch_times.items()))
+                      f'{_fmt_host(row[f"torch_{v}_host_per_step"], " (", ")")}' for v, ts in torch_times.items()))
     return row
 
 
@@ -677,11 +674,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         raise app.UsageError('--config is required')
     from jaxmim import host
-    try:   # JAXMIM_MALLOC=tuned, before JAX's first computation (jaxmim.host)
-        malloc = host.tune_malloc()
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    malloc = host.tune_malloc_or_exit()   # JAXMIM_MALLOC=tuned, before JAX's first computation
     import jax
 
     if not flags.FLAGS['verbosity'].present:

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
-__all__ = ['MALLOC_MODES', 'malloc_mode', 'tune_malloc']
+__all__ = ['MALLOC_MODES', 'malloc_mode', 'tune_malloc', 'tune_malloc_or_exit']
 
 MALLOC_MODES = ('default', 'tuned')
 """Accepted values of the ``JAXMIM_MALLOC`` environment variable."""
@@ -89,3 +90,14 @@ def tune_malloc(mode: str | None = None) -> dict[str, int] | None:
         return None
     _applied = {k: v for k, (_, v) in settings.items()}
     return _applied
+
+
+def tune_malloc_or_exit(exit_status: int = 2) -> dict[str, int] | None:
+    """:func:`tune_malloc` from ``JAXMIM_MALLOC`` for a command-line entry point: an unknown
+    value prints one ``error:`` line (the variable and the accepted values) to stderr and exits
+    with ``exit_status`` instead of raising. Returns what :func:`tune_malloc` returns."""
+    try:
+        return tune_malloc()
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(exit_status)

@@ -109,11 +109,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError('--config and --workdir are required')
     from jaxmim import host, resilience
-    try:   # JAXMIM_MALLOC=tuned, before JAX's first computation (jaxmim.host)
-        host.tune_malloc()
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(resilience.EXIT_BAD_INPUT)
+    host.tune_malloc_or_exit(resilience.EXIT_BAD_INPUT)   # before JAX's first computation
     import jax
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)   # orbax is chatty at INFO; progress goes to the console

@@ -688,8 +688,8 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
     """Global-norm clipping with ``torch.nn.utils.clip_grad_norm_``'s coefficient.
 
     ``norm = sqrt(sum_leaves sum(g**2))`` (computed in float32, :func:`global_norm`); every
-    gradient is multiplied by ``min(1, max_norm / (norm + 1e-6))``. ``optax.clip_by_global_norm`` uses ``max_norm / norm``
-    without the 1e-6, hence hand-written. A non-finite norm propagates (as in torch with
+    gradient is multiplied by ``min(1, max_norm / (norm + 1e-6))``. ``optax.clip_by_global_norm``
+    uses ``max_norm / norm`` without the 1e-6, hence hand-written. A non-finite norm propagates (as in torch with
     ``error_if_nonfinite=False``).
 
     Args:
