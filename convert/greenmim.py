@@ -2,8 +2,9 @@
 
 Source ``greenmim_swin``: ``MaskedAutoencoder(encoder=SwinTransformer(**encoder), ...)`` of
 ``LayneH/GreenMIM@b981012 modeling/base_green_models.py:57-92`` around
-``modeling/green_swin_models.py:287-407``, as :class:`jaxmim.methods.greenmim.GreenMIMSwin`.
-Spec: ``greenmim.md`` §11.1-§11.2, §12.
+``modeling/green_swin_models.py:287-407``, as :class:`jaxmim.methods.greenmim.GreenMIMSwin`
+(constructors ``base_green_models.py:60-92`` and ``green_swin_models.py:313-318``; factories in
+``modeling/model_factory.py``).
 
 State-dict order (``torch.nn.Module.state_dict``): the wrapper's own parameters ``mask_token``
 (1, 1, Dd) and ``decoder_pos_embed`` (1, L, Dd) (a ``requires_grad=False`` Parameter: stored), then
@@ -22,12 +23,14 @@ canvas followed by a gather, and the decoder follows the official code (``decode
 ``twin(images NCHW, noise=(1 or B, L), plan=ignored)`` -> dict ``loss``, ``pred``, ``mask``.
 
 Released checkpoints (v1 era) concatenate merged neighbours row-first; build with
-``merge_order='v1'`` to load them layer-exactly (spec §12 item 2).
+``merge_order='v1'`` to load them layer-exactly (``LayneH/GreenMIM@e33a941 models_swin.py:244-246``
+against the fixed order of ``LayneH/GreenMIM@b981012 modeling/green_swin_models.py:134-137``).
 
 Source ``greenmim_twins``: ``MaskedAutoencoder(encoder=ALTGVT(**encoder), ...)`` around
-``modeling/green_twins_models.py:382-408`` as :class:`jaxmim.methods.greenmim_twins.GreenMIMTwins`
-(spec §11.3); twin :class:`GreenTwinsTwin` (sparse convs as dense convs of the zero-filled canvas
-read at the active sites; see the section at the end of this file).
+``modeling/green_twins_models.py:382-408`` as :class:`jaxmim.methods.greenmim.twins.GreenMIMTwins`
+(constructor ``green_twins_models.py:386-389``); twin :class:`GreenTwinsTwin` (sparse convs as
+dense convs of the zero-filled canvas read at the active sites; see the section at the end of this
+file).
 """
 
 from __future__ import annotations
@@ -225,7 +228,9 @@ def v1_to_swin_merge_order(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     [(0,0),(0,1),(1,0),(1,1)] into Swin's order [(0,0),(1,0),(0,1),(1,1)] (self-inverse).
 
     Swaps the 2nd and 3rd C-sized blocks of the 4C axis of every ``*downsample.norm.{weight,bias}``
-    and of the input axis of ``*downsample.reduction.weight`` (spec greenmim.md §12 item 2); every
+    and of the input axis of ``*downsample.reduction.weight`` (v1 order:
+    ``LayneH/GreenMIM@e33a941 models_swin.py:244-246``; Swin order: ``LayneH/GreenMIM@b981012
+    modeling/green_swin_models.py:134-137``); every
     other tensor is returned as is. Works with or without the ``encoder.`` prefix, on torch
     tensors or NumPy arrays.
 
@@ -383,14 +388,14 @@ O.register_source(O.Source(
 # ------------------------------------------------------------------------------------------------
 #
 # Official ``MaskedAutoencoder(encoder=ALTGVT(**encoder), ...)`` (``model_factory.py:142-175``,
-# ``green_twins_models.py:382-408``) as :class:`jaxmim.methods.greenmim_twins.GreenMIMTwins`.
+# ``green_twins_models.py:382-408``) as :class:`jaxmim.methods.greenmim.twins.GreenMIMTwins`.
 # Encoder state-dict order (module registration order of ``PyramidVisionTransformer`` / ``CPVTV2``
 # / ``ALTGVT``, which deletes and re-adds ``blocks``): ``patch_embeds.{s}.{proj, norm}``, ``norm``,
 # ``pos_block.{s}.proj.0``, ``blocks.{s}.{j}``; inside a block (timm ``Block`` whose ``attn`` is
 # deleted and re-added) ``norm1``, ``norm2``, ``mlp.{fc1, fc2}``, ``attn.*`` (LSA ``qkv``, ``proj``;
 # GSA ``q``, ``kv``, ``proj`` [, ``sr``, ``norm``]). Sparse convs (``patch_embeds.{s>=1}.proj``,
-# ``attn.sr``) are spconv 2.x ``SparseConv2d`` weights, layout (C_out, kh, kw, C_in) ("KRSC",
-# spec §6), plus a bias.
+# ``attn.sr``) are spconv 2.x ``SparseConv2d`` weights, layout (C_out, kh, kw, C_in) ("KRSC";
+# ``sparse_conv_spconv.py:21-29`` subclasses ``spconv.SparseConv2d``), plus a bias.
 
 SPCONV = O.Layout('spconv2_krsc', (3, 0, 1, 2))
 """spconv 2.x ``SparseConv2d.weight`` (C_out, kh, kw, C_in) <-> Flax kernel (kh, kw, C_in, C_out)."""
@@ -577,7 +582,7 @@ def build_greenmim_twins(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_di
                          **ignored: Any) -> nnx.Module:
     """Source ``'greenmim_twins'``: official ``MaskedAutoencoder(encoder=ALTGVT(**encoder),
     embed_dim, patch_size, ...)`` (``model_factory.py:142-175``) as
-    :class:`jaxmim.methods.greenmim_twins.GreenMIMTwins`.
+    :class:`jaxmim.methods.greenmim.twins.GreenMIMTwins`.
 
     ``encoder`` holds the official ``ALTGVT`` arguments (``img_size``, ``patch_size``,
     ``in_chans``, ``embed_dims``, ``num_heads``, ``mlp_ratios``, ``depths``, ``wss``,
@@ -590,7 +595,7 @@ def build_greenmim_twins(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_di
         mask-unit grid, decoder ``mlp_ratio`` other than 4, encoder and decoder LayerNorm eps
         that differ, or sizes the model rejects.
     """
-    from jaxmim.methods.greenmim_twins import GreenMIMTwins
+    from jaxmim.methods.greenmim.twins import GreenMIMTwins
     del ignored
     enc = dict(encoder)
     embed_dims = tuple(int(d) for d in enc.get('embed_dims', (64, 128, 256)))
@@ -625,12 +630,12 @@ def _sparse_conv_entries(key: str, path: tuple[Any, ...]) -> list[O.Entry]:
 
 def greenmim_twins_entries(model: nnx.Module) -> list[O.Entry]:
     """Official state_dict entries of a jaxmim
-    :class:`~jaxmim.methods.greenmim_twins.GreenMIMTwins`, in official order (see above).
+    :class:`~jaxmim.methods.greenmim.twins.GreenMIMTwins`, in official order (see above).
 
     Raises:
       TypeError: another model type.
     """
-    from jaxmim.methods.greenmim_twins import GreenMIMTwins
+    from jaxmim.methods.greenmim.twins import GreenMIMTwins
     if not isinstance(model, GreenMIMTwins):
         raise TypeError(f'source greenmim_twins expects a jaxmim GreenMIMTwins, got {type(model).__name__}')
     enc = model.encoder

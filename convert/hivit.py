@@ -1,6 +1,7 @@
 """HiViT family: PyTorch twins, key tables and conversion sources.
 
-Two halves, one file (spec ``hivit.md`` §16):
+Two halves, one file (key layouts of the official classes at ``zhangxiaosong18/hivit@2718339`` and
+of ``open-mmlab/mmpretrain@ee7f2e8``):
 
 * **PyTorch twins** (``torch`` only, no timm / mmcv), official ``state_dict`` keys, shapes and order:
 
@@ -15,7 +16,7 @@ Two halves, one file (spec ``hivit.md`` §16):
       ``self_supervised/models/models_hivit_mae.py`` (pre-training), called
       ``model(imgs, noise=noise)``.
   :class:`MMPHiViT`
-      ``open-mmlab/mmpretrain mmpretrain/models/backbones/hivit.py`` ``HiViT`` backbone
+      ``open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py`` ``HiViT`` backbone
       (``pos_embed``; both a model-level and per-attention index buffers when ``rpe``; returns
       the main-stage feature map).
 
@@ -23,7 +24,7 @@ Two halves, one file (spec ``hivit.md`` §16):
 
   ``'hivit'``        supervised classifier -> :class:`jaxmim.models.hivit.HiViT`
   ``'hivit_ssl'``    self-supervised fine-tuning classifier -> :class:`jaxmim.models.hivit.HiViT`
-  ``'hivit_mae'``    MAE pre-training model -> :class:`jaxmim.methods.mae_hivit.HiViTMaskedAutoencoder`
+  ``'hivit_mae'``    MAE pre-training model -> :class:`jaxmim.methods.mae.hivit.HiViTMaskedAutoencoder`
   ``'mmpretrain_hivit'``  mmpretrain backbone -> :class:`jaxmim.models.hivit.HiViT` without
   ``fc_norm`` / head (``pos_embed`` <-> ``absolute_pos_embed``)
 
@@ -545,13 +546,13 @@ def build_hivit_mae(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr
     """Source ``'hivit_mae'``: ``HiViTMaskedAutoencoder(...)`` of ``self_supervised/models/
     models_hivit_mae.py`` (official defaults; ``mae_hivit_base_dec512d6b`` = ``decoder_depth=6,
     hifeat=True, rpe=False, norm_layer=partial(nn.LayerNorm, eps=1e-6)``), as
-    :class:`jaxmim.methods.mae_hivit.HiViTMaskedAutoencoder`. ``norm_pix_loss`` is swallowed as
+    :class:`jaxmim.methods.mae.hivit.HiViTMaskedAutoencoder`. ``norm_pix_loss`` is swallowed as
     officially (always True); ``mask_ratio`` is the official forward's argument.
 
     Raises:
       ValueError: ``ape=False``, non-zero dropout rates, non-square sizes, another norm layer.
     """
-    from jaxmim.methods.mae_hivit import HiViTMaskedAutoencoder as JaxMAE
+    from jaxmim.methods.mae.hivit import HiViTMaskedAutoencoder as JaxMAE
     del use_checkpoint, norm_pix_loss
     if not ape:
         raise ValueError('ape=False: the official HiViTMaskedAutoencoder needs absolute_pos_embed')
@@ -643,7 +644,7 @@ def _patch_embed_entries(model: nnx.Module) -> list[O.Entry]:
 
 
 def _check_type(model: nnx.Module, source: str, mae: bool) -> None:
-    from jaxmim.methods.mae_hivit import HiViTMaskedAutoencoder as JaxMAE
+    from jaxmim.methods.mae.hivit import HiViTMaskedAutoencoder as JaxMAE
     from jaxmim.models.hivit import HiViT as JaxHiViT
     if mae != isinstance(model, JaxMAE) or not isinstance(model, JaxHiViT):
         want = 'HiViTMaskedAutoencoder' if mae else 'HiViT classifier'
@@ -667,9 +668,9 @@ def _classifier_entries(model: nnx.Module, source: str, ape_key: str, model_inde
 
 
 def hivit_entries(model: nnx.Module) -> list[O.Entry]:
-    """Official state_dict entries of the supervised classifier (spec §16.1): ``absolute_pos_embed``,
-    ``patch_embed.*``, ``blocks.*`` (per-attention ``relative_position_index`` buffers),
-    ``fc_norm``, ``head``.
+    """Official state_dict entries of the supervised classifier (``supervised/models/hivit.py``):
+    ``absolute_pos_embed``, ``patch_embed.*``, ``blocks.*`` (per-attention
+    ``relative_position_index`` buffers), ``fc_norm``, ``head``.
 
     Raises:
       TypeError: ``model`` is not a jaxmim HiViT classifier.
@@ -689,8 +690,9 @@ def hivit_ssl_entries(model: nnx.Module) -> list[O.Entry]:
 
 
 def mmpretrain_hivit_entries(model: nnx.Module) -> list[O.Entry]:
-    """mmpretrain backbone entries (spec §16.3): ``pos_embed``, ``relative_position_index`` (rpe),
-    ``patch_embed.*``, ``blocks.*`` (per-attention index buffers); no ``fc_norm`` / head.
+    """mmpretrain backbone entries (``mmpretrain/models/backbones/hivit.py``): ``pos_embed``,
+    ``relative_position_index`` (rpe), ``patch_embed.*``, ``blocks.*`` (per-attention index
+    buffers); no ``fc_norm`` / head.
 
     Raises:
       TypeError: ``model`` is not a jaxmim HiViT classifier, or it has ``fc_norm`` / a head.
@@ -701,7 +703,8 @@ def mmpretrain_hivit_entries(model: nnx.Module) -> list[O.Entry]:
 
 
 def hivit_mae_entries(model: nnx.Module) -> list[O.Entry]:
-    """Official state_dict entries of ``HiViTMaskedAutoencoder`` (spec §16.2), official order:
+    """Official state_dict entries of ``HiViTMaskedAutoencoder``
+    (``self_supervised/models/models_hivit_mae.py``), official order:
     ``absolute_pos_embed``, ``mask_token``, ``decoder_pos_embed`` (Buffer), [``relative_position_index``],
     ``patch_embed.*``, ``blocks.*``, ``norm``, ``decoder_embed``, ``decoder_blocks.*``,
     ``decoder_norm``, ``decoder_pred``.

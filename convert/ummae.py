@@ -1,9 +1,11 @@
 """implus/UM-MAE family: PyTorch twins, official key tables and conversion sources.
 
-Two halves, one file (spec ``ummae.md``; official code ``implus/UM-MAE@cb7776b``):
+Two halves, one file (official code ``implus/UM-MAE@cb7776b``; bare ``file:line`` references below
+point into it):
 
 * **PyTorch twins** (``torch`` + ``einops`` only, no timm), with the official ``state_dict`` keys,
-  shapes and registration order, and the official numerics (spec §9):
+  shapes and registration order, and the official numerics (LayerNorm eps 1e-6 except PVT
+  ``Attention.norm``'s 1e-5, ``models_mae_pvt.py:60``; exact GELU; -100 shift masks):
 
   :class:`MaskedAutoencoderPVT`
       ``models_mae_pvt.py:152-407`` (UM-MAE on the PVT-S variant).
@@ -28,7 +30,8 @@ Two halves, one file (spec ``ummae.md``; official code ``implus/UM-MAE@cb7776b``
   their units (a visible token goes to the unit whose features it carries).
   ``secondary_mask`` marks the visible units replaced by ``vis_mask_token`` (not in the loss).
 
-* **Decoder position order** (spec §6 and §17 #1). The official pyramid decoders add
+* **Decoder position order** (``models_mae_pvt.py:358-407``, ``models_mae_swin.py:499-548``;
+  see also implus/UM-MAE#21). The official pyramid decoders add
   ``decoder_pos_embed[~mask]`` (original raster order of the visible units) to the visible
   features, which leave ``PixelShuffle`` in compact-unit order (2x2-block raster order), so
   most visible tokens get another unit's position. ``official_decoder_pos=True`` (the twins'
@@ -144,7 +147,8 @@ def secondary_mask(mask: torch.Tensor, noise: torch.Tensor, vis_mask_ratio: floa
 def compact_unit_index(mask: torch.Tensor) -> torch.Tensor:
     """For a Uniform-Sampling mask (N, M*M) bool (exactly one visible unit per 2x2 block), the
     raster index (N, (M/2)^2) int64 of the visible unit of each block, blocks in raster order:
-    compact unit (u, v) <- original unit (2u + a, 2v + b) (spec §4).
+    compact unit (u, v) <- original unit (2u + a, 2v + b), the gather that the official dilated
+    all-ones convolution computes (``models_mae_pvt.py:324-342``, ``models_mae_swin.py:470-488``).
 
     Raises:
         ValueError: ``M`` odd, or a block without exactly one visible unit.
@@ -355,8 +359,8 @@ def _mse_loss(model, imgs, pred_masked, mask):
 
 class MaskedAutoencoderPVT(nn.Module):
     """UM-MAE on the PVT variant, ``models_mae_pvt.MaskedAutoencoderPVT`` with the official
-    arguments and defaults (spec §12.1); factory ``mae_pvt_small_256``: ``img_size=256,
-    norm_layer=partial(nn.LayerNorm, eps=1e-6)`` and the defaults below.
+    arguments and defaults (``models_mae_pvt.py:152-157``); factory ``mae_pvt_small_256``:
+    ``img_size=256, norm_layer=partial(nn.LayerNorm, eps=1e-6)`` and the defaults below.
 
     Extra (not official) argument ``official_decoder_pos`` (default True = as trained): see the
     module docstring.
@@ -781,10 +785,11 @@ def _grid_pos_hw(side: int) -> torch.Tensor:
 
 
 class MaskedAutoencoderSwin(nn.Module):
-    """UM-MAE on the Swin variant, ``models_mae_swin.MaskedAutoencoderSwin`` (spec §12.2);
-    factories ``mae_swin_tiny_256`` (defaults + ``norm_layer=partial(nn.LayerNorm, eps=1e-6)``),
-    ``mae_swin_large_256`` (embed 192, depths 2/2/18/2, heads 6/12/24/48, ``posmlp_dim=64``,
-    ``decoder_depth=8``). The decoder blocks use the encoder's ``mlp_ratio`` (official).
+    """UM-MAE on the Swin variant, ``models_mae_swin.MaskedAutoencoderSwin``
+    (``models_mae_swin.py:286-291``); factories ``mae_swin_tiny_256`` (defaults +
+    ``norm_layer=partial(nn.LayerNorm, eps=1e-6)``), ``mae_swin_large_256`` (embed 192, depths
+    2/2/18/2, heads 6/12/24/48, ``posmlp_dim=64``, ``decoder_depth=8``). The decoder blocks use the
+    encoder's ``mlp_ratio`` (official).
 
     Extra argument ``official_decoder_pos`` as :class:`MaskedAutoencoderPVT`. State:
     ``vis_mask_token`` (when ``vis_mask_ratio > 0``), ``mask_token``, ``decoder_pos_embed``,
@@ -969,11 +974,11 @@ class SimMIMSwin(nn.Module):
 
 
 class MaskedAutoencoderViT(nn.Module):
-    """UM-MAE's ``models_mae.MaskedAutoencoderViT`` (spec §7, §12.3): MAE whose mask comes from the
-    dataloader, with optional Secondary Masking. Factory ``mae_vit_base_patch16_dec512d2b``:
-    ``patch_size=16, embed_dim=768, depth=12, num_heads=12, decoder_depth=2,
-    norm_layer=partial(nn.LayerNorm, eps=1e-6)``. ``mask_ratio`` and ``asymmetric_decoder`` are
-    accepted and unused (as upstream).
+    """UM-MAE's ``models_mae.MaskedAutoencoderViT`` (``models_mae.py:24-28``): MAE whose mask comes
+    from the dataloader, with optional Secondary Masking. Factory
+    ``mae_vit_base_patch16_dec512d2b``: ``patch_size=16, embed_dim=768, depth=12, num_heads=12,
+    decoder_depth=2, norm_layer=partial(nn.LayerNorm, eps=1e-6)``. ``mask_ratio`` and
+    ``asymmetric_decoder`` are accepted and unused (as upstream).
 
     State (official order): ``vis_mask_token`` (vmr > 0), ``cls_token``, ``pos_embed`` (fixed,
     with a zero cls row), ``mask_token``, ``decoder_pos_embed``; children ``patch_embed``,
@@ -1181,9 +1186,9 @@ def ummae_pvt_pretrain_entries(model: nnx.Module) -> list[O.Entry]:
     (Buffer), ``patch_embed.proj``, ``blocks.*``, ``norm``, decoder.
 
     Raises:
-      TypeError: not a :class:`jaxmim.models.pvt.MaskedAutoencoderPVT`.
+      TypeError: not a :class:`jaxmim.methods.ummae.pvt.MaskedAutoencoderPVT`.
     """
-    _check_type(model, 'jaxmim.models.pvt', 'MaskedAutoencoderPVT', 'ummae_pvt_pretrain')
+    _check_type(model, 'jaxmim.methods.ummae.pvt', 'MaskedAutoencoderPVT', 'ummae_pvt_pretrain')
     t = _Table(model)
     t.token('vis_mask_token', optional=True)
     for k in ('pos_embed', 'mask_token', 'decoder_pos_embed'):
@@ -1201,9 +1206,9 @@ def ummae_simmim_pvt_entries(model: nnx.Module) -> list[O.Entry]:
     ``blocks.*``, ``norm``, ``decoder_pred``.
 
     Raises:
-      TypeError: not a :class:`jaxmim.models.pvt.SimMIMPVT`.
+      TypeError: not a :class:`jaxmim.methods.ummae.pvt.SimMIMPVT`.
     """
-    _check_type(model, 'jaxmim.models.pvt', 'SimMIMPVT', 'ummae_simmim_pvt')
+    _check_type(model, 'jaxmim.methods.ummae.pvt', 'SimMIMPVT', 'ummae_simmim_pvt')
     t = _Table(model)
     t.token('mask_token')
     t.token('pos_embed')
@@ -1245,9 +1250,9 @@ def ummae_swin_pretrain_entries(model: nnx.Module) -> list[O.Entry]:
     ``norm``, decoder.
 
     Raises:
-      TypeError: not a :class:`jaxmim.models.ummae_swin.MaskedAutoencoderSwin`.
+      TypeError: not a :class:`jaxmim.methods.ummae.swin.MaskedAutoencoderSwin`.
     """
-    _check_type(model, 'jaxmim.models.ummae_swin', 'MaskedAutoencoderSwin', 'ummae_swin_pretrain')
+    _check_type(model, 'jaxmim.methods.ummae.swin', 'MaskedAutoencoderSwin', 'ummae_swin_pretrain')
     t = _Table(model)
     t.token('vis_mask_token', optional=True)
     t.token('mask_token')
@@ -1265,9 +1270,9 @@ def ummae_simmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
     ``blocks.*``, ``norm``, ``decoder_pred``.
 
     Raises:
-      TypeError: not a :class:`jaxmim.models.ummae_swin.SimMIMSwin`.
+      TypeError: not a :class:`jaxmim.methods.ummae.swin.SimMIMSwin`.
     """
-    _check_type(model, 'jaxmim.models.ummae_swin', 'SimMIMSwin', 'ummae_simmim_swin')
+    _check_type(model, 'jaxmim.methods.ummae.swin', 'SimMIMSwin', 'ummae_simmim_swin')
     t = _Table(model)
     t.token('mask_token')
     _swin_patch_embed(t)
@@ -1302,9 +1307,9 @@ def ummae_vit_pretrain_entries(model: nnx.Module) -> list[O.Entry]:
     ``decoder_pos_embed``, ``patch_embed.proj``, ``blocks.*``, ``norm``, decoder.
 
     Raises:
-      TypeError: not a :class:`jaxmim.models.ummae_vit.MaskedAutoencoderViTUM`.
+      TypeError: not a :class:`jaxmim.methods.ummae.vit.MaskedAutoencoderViTUM`.
     """
-    _check_type(model, 'jaxmim.models.ummae_vit', 'MaskedAutoencoderViTUM', 'ummae_vit_pretrain')
+    _check_type(model, 'jaxmim.methods.ummae.vit', 'MaskedAutoencoderViTUM', 'ummae_vit_pretrain')
     t = _Table(model)
     t.token('vis_mask_token', optional=True)
     for k in ('cls_token', 'pos_embed', 'mask_token', 'decoder_pos_embed'):
@@ -1355,13 +1360,13 @@ def build_ummae_pvt_pretrain(*, rngs: nnx.Rngs, img_size: int = 224, patch_size:
     """Source ``'ummae_pvt_pretrain'``: ``models_mae_pvt.MaskedAutoencoderPVT(...)`` (official
     arguments and defaults; ``norm_layer=None`` = ``nn.LayerNorm``; ``mae_pvt_small_256``:
     ``img_size=256, norm_layer=partial(nn.LayerNorm, eps=1e-6)``) as
-    :class:`jaxmim.models.pvt.MaskedAutoencoderPVT`. ``official_decoder_pos`` (not official)
-    defaults to True so converted checkpoints behave as trained (spec §17 #1).
+    :class:`jaxmim.methods.ummae.pvt.MaskedAutoencoderPVT`. ``official_decoder_pos`` (not official)
+    defaults to True so converted checkpoints behave as trained (``models_mae_pvt.py:358-407``).
 
     Raises:
       ValueError: another norm layer or sizes the model rejects.
     """
-    return _make('jaxmim.models.pvt', 'MaskedAutoencoderPVT', rngs, norm_layer, dict(
+    return _make('jaxmim.methods.ummae.pvt', 'MaskedAutoencoderPVT', rngs, norm_layer, dict(
         img_size=square(img_size, 'img_size', 'PVT'), patch_size=square(patch_size, 'patch_size', 'PVT'),
         in_chans=int(in_chans), stride=int(stride), embed_dims=_ints(embed_dims), depths=_ints(depths),
         num_heads=_ints(num_heads), mlp_ratios=tuple(float(m) for m in mlp_ratios), sr_ratios=_ints(sr_ratios),
@@ -1377,12 +1382,12 @@ def build_ummae_simmim_pvt(*, rngs: nnx.Rngs, img_size: int = 224, patch_size: i
                            norm_layer: Any = None, norm_pix_loss: bool = False) -> nnx.Module:
     """Source ``'ummae_simmim_pvt'``: ``models_simmim_pvt.SimMIMPVT(...)`` (``simmim_pvt_small_256``:
     ``img_size=256, norm_layer=partial(nn.LayerNorm, eps=1e-6)``) as
-    :class:`jaxmim.models.pvt.SimMIMPVT`.
+    :class:`jaxmim.methods.ummae.pvt.SimMIMPVT`.
 
     Raises:
       ValueError: another norm layer or sizes the model rejects.
     """
-    return _make('jaxmim.models.pvt', 'SimMIMPVT', rngs, norm_layer, dict(
+    return _make('jaxmim.methods.ummae.pvt', 'SimMIMPVT', rngs, norm_layer, dict(
         img_size=square(img_size, 'img_size', 'PVT'), patch_size=square(patch_size, 'patch_size', 'PVT'),
         in_chans=int(in_chans), stride=int(stride), embed_dims=_ints(embed_dims), depths=_ints(depths),
         num_heads=_ints(num_heads), mlp_ratios=tuple(float(m) for m in mlp_ratios), sr_ratios=_ints(sr_ratios),
@@ -1418,13 +1423,13 @@ def build_ummae_swin_pretrain(*, rngs: nnx.Rngs, img_size: int = 256, patch_size
     """Source ``'ummae_swin_pretrain'``: ``models_mae_swin.MaskedAutoencoderSwin(...)``
     (``mae_swin_tiny_256``: defaults + ``norm_layer=partial(nn.LayerNorm, eps=1e-6)``;
     ``mae_swin_large_256``: ``embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
-    posmlp_dim=64, decoder_depth=8``) as :class:`jaxmim.models.ummae_swin.MaskedAutoencoderSwin`.
+    posmlp_dim=64, decoder_depth=8``) as :class:`jaxmim.methods.ummae.swin.MaskedAutoencoderSwin`.
     ``official_decoder_pos`` as :func:`build_ummae_pvt_pretrain`.
 
     Raises:
       ValueError: another norm layer or sizes the model rejects.
     """
-    return _make('jaxmim.models.ummae_swin', 'MaskedAutoencoderSwin', rngs, norm_layer, dict(
+    return _make('jaxmim.methods.ummae.swin', 'MaskedAutoencoderSwin', rngs, norm_layer, dict(
         img_size=square(img_size, 'img_size', 'Swin'), patch_size=square(patch_size, 'patch_size', 'Swin'),
         in_chans=int(in_chans), stride=int(stride), embed_dim=int(embed_dim), depths=_ints(depths),
         num_heads=_ints(num_heads), mlp_ratio=float(mlp_ratio), window_size=int(window_size),
@@ -1439,12 +1444,12 @@ def build_ummae_simmim_swin(*, rngs: nnx.Rngs, img_size: int = 256, patch_size: 
                             norm_layer: Any = None, norm_pix_loss: bool = False) -> nnx.Module:
     """Source ``'ummae_simmim_swin'``: ``models_simmim_swin.SimMIMSwin(...)``
     (``simmim_swin_tiny_256``: ``window_size=16, norm_layer=partial(nn.LayerNorm, eps=1e-6)``) as
-    :class:`jaxmim.models.ummae_swin.SimMIMSwin`.
+    :class:`jaxmim.methods.ummae.swin.SimMIMSwin`.
 
     Raises:
       ValueError: another norm layer or sizes the model rejects.
     """
-    return _make('jaxmim.models.ummae_swin', 'SimMIMSwin', rngs, norm_layer, dict(
+    return _make('jaxmim.methods.ummae.swin', 'SimMIMSwin', rngs, norm_layer, dict(
         img_size=square(img_size, 'img_size', 'Swin'), patch_size=square(patch_size, 'patch_size', 'Swin'),
         in_chans=int(in_chans), stride=int(stride), embed_dim=int(embed_dim), depths=_ints(depths),
         num_heads=_ints(num_heads), mlp_ratio=float(mlp_ratio), window_size=int(window_size),
@@ -1482,7 +1487,7 @@ def build_ummae_vit_pretrain(*, rngs: nnx.Rngs, img_size: int = 224, patch_size:
     """Source ``'ummae_vit_pretrain'``: UM-MAE's ``models_mae.MaskedAutoencoderViT(...)``
     (``mae_vit_base_patch16_dec512d2b``: ``patch_size=16, embed_dim=768, depth=12, num_heads=12,
     decoder_depth=2, norm_layer=partial(nn.LayerNorm, eps=1e-6)``) as
-    :class:`jaxmim.models.ummae_vit.MaskedAutoencoderViTUM`. ``asymmetric_decoder`` is unused
+    :class:`jaxmim.methods.ummae.vit.MaskedAutoencoderViTUM`. ``asymmetric_decoder`` is unused
     upstream and must stay False.
 
     Raises:
@@ -1490,7 +1495,7 @@ def build_ummae_vit_pretrain(*, rngs: nnx.Rngs, img_size: int = 224, patch_size:
     """
     if asymmetric_decoder:
         raise ValueError('asymmetric_decoder is unused by the official model; only False is accepted')
-    return _make('jaxmim.models.ummae_vit', 'MaskedAutoencoderViTUM', rngs, norm_layer, dict(
+    return _make('jaxmim.methods.ummae.vit', 'MaskedAutoencoderViTUM', rngs, norm_layer, dict(
         img_size=square(img_size, 'img_size', 'ViT'), patch_size=square(patch_size, 'patch_size', 'ViT'),
         in_chans=int(in_chans), embed_dim=int(embed_dim), depth=int(depth), num_heads=int(num_heads),
         decoder_embed_dim=int(decoder_embed_dim), decoder_depth=int(decoder_depth),

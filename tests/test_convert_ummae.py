@@ -4,7 +4,8 @@ classifiers) <-> jaxmim, and the PyTorch twins.
 References: the pure-PyTorch twins of ``convert.ummae`` (checked bit-for-bit against the official
 ``implus/UM-MAE@cb7776b`` files through a timm shim when they were written; here their internal
 invariants are checked against brute-force loops: the dilated-conv compaction equals the per-block
-gather, Secondary Masking counts, the decoder position orders of spec §6, parameter counts of the
+gather, Secondary Masking counts, the decoder position orders of ``models_mae_pvt.py:358-407`` /
+``models_mae_swin.py:499-548`` (official, and corrected), parameter counts of the
 issue). Twin weights are perturbed (N(0, 0.05²) on every parameter) so no norm is trivially 1 and
 no bias 0. Masks are Uniform-Sampling masks (one visible unit per 2x2 block) from a seeded loop.
 Tiny sizes, CPU only.
@@ -83,7 +84,8 @@ def test_compaction_equals_per_block_gather():
             for v in range(2):
                 vis = [(2 * u + a) * 4 + 2 * v + c for a in range(2) for c in range(2) if not mask[b, (2 * u + a) * 4 + 2 * v + c]]
                 assert idx[b, u * 2 + v] == vis[0] and len(vis) == 1
-    # the dilated all-ones conv on masked features = the visible unit's K x K tokens, per block (spec §4)
+    # the dilated all-ones conv on masked features = the visible unit's K x K tokens, per block
+    # (implus/UM-MAE@cb7776b models_mae_pvt.py:324-342)
     k = 3
     x = torch.randn(3, 5, 4 * k, 4 * k)
     up = mask.reshape(3, 4, 4).repeat_interleave(k, 1).repeat_interleave(k, 2).unsqueeze(1)
@@ -262,7 +264,7 @@ def test_factory_norm_layer_parity_needs_block_eps_1e5():
     """With the factories' norm_layer (eps 1e-6) the official blocks still use 1e-5
     (``models_simmim_swin.py:60-77`` never passes ``norm_layer`` to ``SwinBlock``): the jaxmim model
     built by the converter (``block_norm_eps=1e-5``, ``norm_eps=1e-6``) matches the twin."""
-    from jaxmim.models.ummae_swin import SimMIMSwin
+    from jaxmim.methods.ummae.swin import SimMIMSwin
     assert inspect.signature(SimMIMSwin.__init__).parameters['block_norm_eps'].default == 1e-5
     cfg = dict(SWIN_SIMMIM, norm_layer=LN6)
     tm, jm = _loaded('ummae_simmim_swin', cfg)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxmim import group_window_attention as gwa
-from jaxmim.methods.greenmim import GreenSwinTransformer
+from jaxmim.methods.greenmim import grouping as gwa
+from jaxmim.methods.greenmim.swin import GreenSwinTransformer
 from jaxmim.models import swin as swin_lib
 
 

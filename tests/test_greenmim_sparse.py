@@ -1,4 +1,4 @@
-"""Dense equivalents of GreenMIM-Twins' sparse convolutions (jaxmim/sparse_conv.py) against a dense
+"""Dense equivalents of GreenMIM-Twins' sparse convolutions (jaxmim/methods/greenmim/sparse_conv.py) against a dense
 convolution on a zero-filled canvas evaluated at the visible sites, and a NumPy neighbour loop."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmim.sparse_conv import block_indices, masked_depthwise_conv, sparse_conv_blocks
+from jaxmim.methods.greenmim.sparse_conv import block_indices, masked_depthwise_conv, sparse_conv_blocks
 
 
 def _visible_positions(rng, units, unit_tokens, keep):

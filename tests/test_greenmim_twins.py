@@ -1,4 +1,4 @@
-"""GreenMIM-Twins (jaxmim/methods/greenmim_twins.py): every visible-token operation against a
+"""GreenMIM-Twins (jaxmim/methods/greenmim/twins.py): every visible-token operation against a
 brute-force dense reference and the Twins-L parameter count from a written-out formula (the
 pre-training run is in ``test_greenmim_twins_train.py``, the conversion in
 ``test_convert_greenmim_twins.py``).
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxmim.methods.greenmim_twins import GreenTwinsPlanner
+from jaxmim.methods.greenmim.twins import GreenTwinsPlanner
 from jaxmim.registry import create_model
 
 DEMO = 'green_mim_twins_demo_patch2_32_dec64b1'
@@ -67,7 +67,7 @@ def _softmax(z):
 def test_sparse_convs_equal_dense_convs_at_visible_sites(model):
     """SparsePatchEmbed (k=2, stages 2-3) and GSA reduction (k=sr, stages 1-2) on per-sample plans
     equal a dense conv of the zero-filled canvas at the fully visible output sites."""
-    from jaxmim.methods.greenmim_twins import sparse_conv_visible
+    from jaxmim.methods.greenmim.twins import sparse_conv_visible
     enc = model.encoder
     pl = enc.planner
     plans, keeps = _plans(pl, [0, 1])
@@ -161,7 +161,7 @@ def test_peg_equals_scatter_dense_depthwise_conv_gather(residual):
     """PosCNN (per-sample positions): neighbour loop over the 3x3 window of every visible token,
     masked neighbours 0, bias; plus the input only with ``peg_residual=True`` (official: no
     residual)."""
-    from jaxmim.methods.greenmim_twins import PosCNN
+    from jaxmim.methods.greenmim.twins import PosCNN
     c, res = 5, 8
     peg = PosCNN(c, residual, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(8)
@@ -335,7 +335,7 @@ def test_planner_pool_plans_equal_the_in_process_plans():
     pipeline's ``host_inputs`` are bit-identical to the in-process ones for the Swin and the Twins
     GreenMIM (same generator state), and so are the plans of the step's host callback; the pool is
     made once and reused, and a bad worker count names the field."""
-    from jaxmim import group_window_attention as gwa
+    from jaxmim.methods.greenmim import grouping as gwa
     from jaxmim.methods import create_mim_model
 
     block = {'name': 'greenmim', 'mask_ratio': 0.75, 'mask_mode': 'sample'}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxmim.masking import SimMIMMaskGenerator
+from jaxmim.methods.simmim.masking import SimMIMMaskGenerator
 from jaxmim.methods import create_mim_model
 from jaxmim.methods.simmim import masked_l1_loss, patchify, pixel_shuffle, unpatchify
 

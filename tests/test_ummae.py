@@ -3,7 +3,8 @@ the SimMIM baselines, fine-tuning hooks, parameter counts and tiny runs of the r
 
 Expectations are independent of the code under test: the official PyTorch lines written out
 (``implus/UM-MAE@cb7776b``), brute-force loops, closed-form statistics, the issue's published
-parameter counts and the spec's measured 76 % decoder-order mismatch.
+parameter counts and the 76 % decoder-order mismatch measured by rerunning the official index
+logic (``models_mae_pvt.py:358-407``).
 """
 
 import jax
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from flax import nnx
 
-from jaxmim import masking_ummae as U
+from jaxmim.methods.ummae import masking as U
 from jaxmim.config import check_config, load_config_file
 from jaxmim.models import ummae_swin
 from jaxmim.registry import create_model, model_class
@@ -180,7 +181,8 @@ def test_compaction_is_the_official_dilated_conv_and_inverts():
 
 def test_visible_unit_order_and_the_official_decoder_mismatch():
     """block_visible_units written out; the official decoder's raster-order pos-embeds disagree with
-    the block order for about 76 % of the visible tokens (spec ummae.md §6)."""
+    the block order for about 76 % of the visible tokens (``implus/UM-MAE@cb7776b
+    models_mae_pvt.py:358-407``, ``models_mae_swin.py:499-548``)."""
     mask = U.make_mask_numpy(np.random.default_rng(5), 400, 16, 0.75, 'uniform')
     units = np.asarray(U.block_visible_units(U.block_choice(jnp.asarray(mask), 16), 16))
     pat = _patterns(mask, 16)

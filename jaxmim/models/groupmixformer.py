@@ -1,22 +1,23 @@
 """GroupMixFormer (Ge et al., 2023, arXiv 2311.15157) in Flax NNX, at parity with the official code.
 
-Follows ``AILab-CVC/GroupMixFormer@3d3f40977c6a models/groupmixformer.py`` (spec
-``groupmixformer.md``; unqualified ``:L`` line references below point into that file). Attribute
+Follows ``AILab-CVC/GroupMixFormer@3d3f40977c6a models/groupmixformer.py`` (unqualified ``:L``
+line references below point into that file). Attribute
 names mirror the official PyTorch names (``conv_stem.proj1``, ``patch_embed_layers.{i}.proj.conv1``,
 ``groupmixformer_backbone.{i}.gma_stage.{j}.att.aggregator.agg1.pointwise_conv``, ``norm4``,
 ``head`` ...), so the official state_dict maps onto the NNX state by name (``convert/groupmixformer.py``).
 
 Layout: images ``(B, H, W, C)`` float (NHWC); tokens are kept as ``(B, h, w, C)`` maps between
 blocks (the official code flattens them to ``(B, h*w, C)`` in raster order, which is the same
-memory order). Details that matter (spec §14):
+memory order). Details that matter (all in the official file):
 
 * Group-Mix Attention (:class:`EfficientAtt`): q, k, v are stacked on the batch axis
   ``[all q; all k; all v]`` before the aggregators, so the aggregator convolutions and their
   BatchNorm statistics are shared by q, k and v, exactly as the official ``(3B, N, C)`` reshape
   does; attention is CoaT's factorised ``q (softmax_N(k)^T v)`` scaled by ``(C // 8)^-0.5`` with
-  the **full** stage width C, plus the convolutional relative position term ``q * DWConv(v)``.
-* LayerNorm eps 1e-6 in the blocks, 1e-5 in the non-attention branch (``Agg_0``); exact GELU;
-  Hardswish in the stem, patch embeddings and aggregators.
+  the **full** stage width C, plus the convolutional relative position term ``q * DWConv(v)``
+  (``EfficientAtt`` :159-200, scale :163-165, ``Aggregator`` :56-105).
+* LayerNorm eps 1e-6 in the blocks (:346), 1e-5 in the non-attention branch (``Agg_0``, :45);
+  exact GELU; Hardswish in the stem, patch embeddings and aggregators.
 * Every convolution pads symmetrically by ``k // 2`` (never ``'SAME'``, which pads stride-2
   convolutions of even inputs by (0, 1) and shifts the output).
 * BatchNorm (the official ``SyncBatchNorm``): eps 1e-5, Flax momentum 0.9 (PyTorch 0.1); batch
@@ -316,7 +317,8 @@ _DATA_DEMO = dict(image_size=32, eval_crop_ratio=1.0)
 class GroupMixFormer(nnx.Module, Backbone):
     """GroupMixFormer classifier (official ``GroupMixFormer``, ``:322-436``).
 
-    Variants (``configs/groupmixformer_*.yaml``; spec §7): ``groupmixformer_mini`` (official
+    Variants (official ``configs/groupmixformer_*.yaml``; counts computed from the official classes,
+    FLOPs with fvcore as in the official ``cal_flops.py``): ``groupmixformer_mini`` (official
     ``miny``) 5,733,120 parameters / 1.4 GFLOPs, ``_tiny`` 10,949,152 / 3.7G, ``_small`` 22,421,320 /
     5.2G, ``_base`` 45,827,272 / 17.6G, ``_large`` the official yaml's shapes (71,833,648 / 38.3G;
     the README's 70.3M / 36.1G is not reproduced by the yaml and the released L checkpoint was not

@@ -4,9 +4,11 @@ Transformer", ICLR 2023) in Flax NNX.
 Follows ``zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit.py`` (``HiViT``,
 ``BlockWithRPE``, ``PatchEmbed``, ``PatchMerge``) and its supervised copy
 ``supervised/models/hivit.py``; the mmpretrain variants follow
-``open-mmlab/mmpretrain mmpretrain/models/backbones/hivit.py``. Spec: ``hivit.md``.
+``open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py``. Bare ``file:line``
+references below point into ``zhangxiaosong18/hivit@2718339 self_supervised/models/``.
 
-Data flow (spec §2; ``C`` = ``embed_dim``, the main-stage width, ``S = len(depths)`` stages):
+Data flow (``models_hivit.py:139-279``; ``C`` = ``embed_dim``, the main-stage width,
+``S = len(depths)`` stages):
 
 1. ``patch_embed``: conv ``k = s = patch_size / inner_patches`` (4x4 px for the official
    16 / 4) to ``C / 2^(S-1)`` channels over the whole image, then the map is regrouped per
@@ -24,16 +26,17 @@ Data flow (spec §2; ``C`` = ``embed_dim``, the main-stage width, ``S = len(dept
 5. Classifier: mean over units -> ``fc_norm`` -> ``head``.
 
 Nothing before the main stage mixes units, so MAE masking is a gather of units right after the
-patch embedding (``forward_features(..., ids_keep=...)``; spec §1, §10).
+patch embedding (``forward_features(..., ids_keep=...)``; ``models_hivit.py:233-272``).
 
 All blocks live in ONE flat ``blocks`` list with the official indices (MLP blocks, merges and
 main blocks interleaved, e.g. base: 0-3 MLP, 4 merge, 5-8 MLP, 9 merge, 10-29 attention), so
-official state_dict keys map 1:1 (spec §16.1).
+official state_dict keys map 1:1 (the list is built at ``models_hivit.py:190-209``).
 
-Numerics (spec §17): LayerNorm eps 1e-6 (official; mmpretrain classification 1e-5), biased
-variance; exact erf GELU; ``q`` scaled before ``q @ kᵀ``; logits + bias cast to float32 and
-clamped to the float32 range before the softmax (the self-supervised copy; identical to the
-other copies for finite float32 logits).
+Numerics: LayerNorm eps 1e-6 (official, ``models_hivit.py:286``; mmpretrain classification
+1e-5, ``mmpretrain/models/utils/norm.py:120``), biased variance; exact erf GELU; ``q`` scaled
+before ``q @ kᵀ`` (``models_hivit.py:35-36``); logits + bias cast to float32 and clamped to the
+float32 range before the softmax (the self-supervised copy, ``models_hivit.py:46``; identical
+to the other copies for finite float32 logits).
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ __all__ = ['units_from_map', 'map_from_units', 'merge_inner', 'masked_relative_p
 
 RPE_INITS = ('trunc_normal', 'zeros')
 """Accepted ``rpe_init`` values: ``'trunc_normal'`` (std .02; supervised copy and mmpretrain) and
-``'zeros'`` (self-supervised copy: MAE fine-tuning starts its tables at exactly 0, spec §6)."""
+``'zeros'`` (self-supervised copy, which never initialises its tables,
+``models_hivit.py:20-22``: MAE fine-tuning starts them at exactly 0)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def units_from_map(x: jax.Array, inner: int) -> jax.Array:
     ``(B, Hp*inner, Wp*inner, C)`` -> ``(B, Hp*Wp, inner, inner, C)``: unit ``n = r * Wp + c``
     (raster order) holds the tokens ``x[:, r*inner + i, c*inner + j]`` at inner position ``(i, j)``.
     The NHWC form of the official ``view(B, C, Hp, i, Wp, i).permute(0, 2, 4, 3, 5, 1)``
-    (``models_hivit.py:111-115``; spec §16.4).
+    (``models_hivit.py:111-115``).
 
     Raises:
       ValueError: ``inner`` does not divide the map's height and width.
@@ -100,7 +104,7 @@ def merge_inner(x: jax.Array) -> jax.Array:
 
     ``(..., h, w, C)`` -> ``(..., h/2, w/2, 4C)`` with channel blocks
     ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` in (row, col) offsets: x1 is the odd **row** (Swin
-    ``PatchMerging`` order; ``models_hivit.py:129-134``, spec §4).
+    ``PatchMerging`` order; ``models_hivit.py:129-134``).
     """
     return jnp.concatenate([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :],
                             x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], axis=-1)
@@ -310,7 +314,8 @@ _MMP = dict(norm_eps=1e-5, fc_norm=False, head_init_std=0.01, rpe=True)
 # Registered variants. Official (zhangxiaosong18/hivit supervised/configs/hivit_*_224.yaml):
 # APE + RPE on, LN eps 1e-6, tables trunc_normal .02, drop path of the supervised recipe.
 # mmpretrain (configs/_base_/models/hivit/*.py, arch_zoo): LN eps 1e-5, no fc_norm (GAP neck +
-# LinearClsHead), rpe True; its 'base' is [2, 2, 24] and 'large' [2, 2, 40] (spec §7, §13).
+# LinearClsHead), rpe True; its 'base' is [2, 2, 24] and 'large' [2, 2, 40]
+# (open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py:385-402).
 @register_model('hivit_tiny', data_defaults=_IMAGENET_DATA, embed_dim=384, depths=(1, 1, 10), num_heads=6,
                 drop_path_rate=0.05)
 @register_model('hivit_small', data_defaults=_IMAGENET_DATA, embed_dim=384, depths=(2, 2, 20), num_heads=6,
@@ -329,7 +334,7 @@ _MMP = dict(norm_eps=1e-5, fc_norm=False, head_init_std=0.01, rpe=True)
                 depths=(1, 1, 6), num_heads=4, num_classes=10, drop_path_rate=0.1, rpe_init='zeros',
                 head_init_std=2e-5)
 class HiViT(nnx.Module, Backbone):
-    """HiViT classifier (official ``HiViT``; spec §2-§9).
+    """HiViT classifier (official ``HiViT``, ``models_hivit.py:139-279``).
 
     Args (official names and defaults of ``HiViT.__init__`` unless noted):
       img_size: square input side in pixels (224).
@@ -345,7 +350,7 @@ class HiViT(nnx.Module, Backbone):
       qkv_bias, qk_scale: attention options.
       drop_rate, attn_drop_rate: dropout rates (0 in every recipe).
       drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths) + sum(depths[:-1]))``
-        over all blocks in order, merges excluded (spec §8).
+        over all blocks in order, merges excluded (``models_hivit.py:187``, ``:201``).
       norm_eps: LayerNorm epsilon (1e-6 official; 1e-5 mmpretrain). Official default
         ``nn.LayerNorm`` is 1e-5 but every factory / builder passes 1e-6.
       ape: absolute position embedding ``absolute_pos_embed`` (1, N, C).
@@ -360,8 +365,8 @@ class HiViT(nnx.Module, Backbone):
         re-initialises it with 2e-5, ``main_finetune.py:249``).
       rngs: NNX RNG streams.
 
-    Init (``_init_weights``, spec §9): Dense kernels N(0, .02) and biases 0, LayerNorm 1/0, conv
-    PyTorch default, APE N(0, .02).
+    Init (``_init_weights``, ``models_hivit.py:214-223``): Dense kernels N(0, .02) and biases 0,
+    LayerNorm 1/0, conv PyTorch default, APE N(0, .02).
 
     Call: ``model(images, *, train=False, rng=None)`` with images ``(B, img_size, img_size,
     in_chans)`` float NHWC; returns logits ``(B, num_classes)`` (features ``(B, C)`` without a head).
@@ -431,7 +436,7 @@ class HiViT(nnx.Module, Backbone):
     # -- forward ---------------------------------------------------------------------------
 
     def relative_position_index(self) -> np.ndarray:
-        """The static ``(N, N)`` int32 index over the unit grid (spec §6):
+        """The static ``(N, N)`` int32 index over the unit grid (``models_hivit.py:171-182``):
         ``(h_p - h_q + G - 1) * (2G - 1) + (w_p - w_q + G - 1)``, units row-major."""
         return relative_position_index(self.grid_size)
 
@@ -502,7 +507,7 @@ class HiViT(nnx.Module, Backbone):
     def pretrained_fresh(self) -> tuple[str, ...]:
         """What MAE fine-tuning may start fresh: ``head``, ``fc_norm`` and the relative-position
         tables (pre-training runs without RPE; the tables start at their init, zero in the
-        official fine-tuning, spec §11)."""
+        official fine-tuning, ``models_hivit.py:20-22``)."""
         return ('head.*', 'fc_norm.*', '*relative_position_bias_table')
 
     def adapt_pretrained(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""The PVT-S variant of UM-MAE: fine-tuning classifier, UM-MAE pre-training model, SimMIM baseline.
+"""The PVT-S variant of UM-MAE: its building blocks and fine-tuning classifier ``PVT``.
 
-Follows ``implus/UM-MAE@cb7776b`` ``models_pvt.py`` (``PVT``, ``pvt_small_256``),
-``models_mae_pvt.py`` (``MaskedAutoencoderPVT``, ``mae_pvt_small_256``) and ``models_simmim_pvt.py``
-(``SimMIMPVT``, ``simmim_pvt_small_256``). Spec: ``ummae.md`` §4, §5.1, §8, §9, §12.1.
+Follows ``implus/UM-MAE@cb7776b`` ``models_pvt.py:24-119`` (``PVT``, ``pvt_small_256``) and the
+blocks of ``models_mae_pvt.py:43-146``. The pre-training models built from these blocks
+(``MaskedAutoencoderPVT``, ``SimMIMPVT``) are in :mod:`jaxmim.methods.ummae.pvt`.
 
 Unlike PVT v1 (Wang et al., 2021) this variant has a flat ``blocks`` list whose first block of
 stages 2-4 owns a ``downsample`` (2x2 conv, stride 2, no norm) applied before attention, no
@@ -18,14 +18,13 @@ the MAE decoder (``decoder_blocks``, ``decoder_norm``).
 
 Attribute names are the official state-dict keys (``patch_embed.proj``, ``pos_embed``,
 ``blocks.{i}.{norm1, attn.q, attn.kv, attn.sr, attn.norm, attn.proj, norm2, mlp.fc1, mlp.fc2,
-downsample.proj}``, ``norm`` / ``fc_norm``, ``head`` and the decoder keys of
-:mod:`jaxmim.models.ummae_common`). Layout: images ``(B, H, W, C)``; tokens kept as maps
+downsample.proj}``, ``norm`` / ``fc_norm``, ``head``). Layout: images ``(B, H, W, C)``; tokens kept as maps
 ``(B, h, w, C)`` (the official ``(B, h*w, C)`` in raster order).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +32,12 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import masking_ummae as U
-from jaxmim.models.ummae_common import (MaskingInputs, PyramidMAEDecoder, SimMIMHead, UMMAEHooks,
-                                        check_pyramid_strides, check_um_pretrain_args, conv, conv_fan_out_init)
-from jaxmim.models.vit import Mlp, dense, get_2d_sincos_pos_embed, interpolate_pos_embed, xavier_uniform, \
-    xavier_uniform_flat
+from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
+from jaxmim.models.vit import Mlp, dense, interpolate_pos_embed, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
 
-__all__ = ['PVTAttention', 'PatchMerge', 'PVTBlock', 'PatchEmbed', 'PVT', 'MaskedAutoencoderPVT', 'SimMIMPVT']
+__all__ = ['PVTAttention', 'PatchMerge', 'PVTBlock', 'PatchEmbed', 'check_stage_lists', 'pvt_blocks', 'run_blocks',
+           'PVT', 'PVT_SMALL', 'PVT_DEMO', 'DATA_256', 'DATA_DEMO']
 
 
 class PVTAttention(nnx.Module):
@@ -137,7 +134,12 @@ class PatchEmbed(nnx.Module):
         return self.proj(x)
 
 
-def _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios) -> None:
+def check_stage_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios) -> None:
+    """Checks that the per-stage lists all have one entry per stage (``len(depths)``).
+
+    Raises:
+      ValueError: naming the list whose length differs.
+    """
     n = len(depths)
     for name, v in (('embed_dims', embed_dims), ('num_heads', num_heads), ('mlp_ratios', mlp_ratios),
                     ('sr_ratios', sr_ratios)):
@@ -145,11 +147,15 @@ def _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios) -> None:
             raise ValueError(f'{name} {tuple(v)} must have one entry per stage (depths {tuple(depths)})')
 
 
-def _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr, block_norm_eps, resolution,
-                rngs) -> nnx.List:
+def pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr, block_norm_eps, resolution,
+               rngs) -> nnx.List:
     """The flat block list (``models_mae_pvt.py:181-197``), checking each stage's sr against its
-    resolution (stage 1 at ``resolution``, halved per stage); ``block_norm_eps`` is the eps of every
-    block's ``norm1`` / ``norm2``."""
+    resolution (stage 1 at ``resolution`` tokens per side, halved per stage); ``dpr`` the drop-path
+    rate of each block; ``block_norm_eps`` is the eps of every block's ``norm1`` / ``norm2``.
+
+    Raises:
+      ValueError: an sr ratio that does not divide its stage's resolution.
+    """
     blocks = []
     for i, depth in enumerate(depths):
         res = resolution // 2 ** i
@@ -164,23 +170,28 @@ def _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, 
     return nnx.List(blocks)
 
 
-def _run_blocks(blocks, x, train, rng):
+def run_blocks(blocks, x: jax.Array, train: bool, rng: jax.Array | None) -> jax.Array:
+    """Runs the flat block list on a token map ``(B, H, W, C)``, one drop-path key per block;
+    returns the last stage's map ``(B, H / 2^(stages-1), W / 2^(stages-1), C_last)``."""
     for blk, key in zip(blocks, L.split_key(rng, len(blocks))):
         x = blk(x, train=train, rng=key)
     return x
 
 
-_S = dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4))
-_DEMO = dict(img_size=32, patch_size=4, embed_dims=(64, 128, 256), depths=(2, 2, 2), num_heads=(1, 2, 4),
-             mlp_ratios=(4, 4, 4))
-_DATA_256 = dict(image_size=256, eval_crop_ratio=1.0)     # util/datasets.py:77-86: crop_pct 1.0 at 256
-_DATA_DEMO = dict(image_size=32, eval_crop_ratio=1.0)
+PVT_SMALL = dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8),
+                 mlp_ratios=(8, 8, 4, 4))
+"""PVT-S stage settings shared by ``pvt_small_256`` and its pre-training models (``models_pvt.py``)."""
+PVT_DEMO = dict(img_size=32, patch_size=4, embed_dims=(64, 128, 256), depths=(2, 2, 2), num_heads=(1, 2, 4),
+                mlp_ratios=(4, 4, 4))
+"""The 32-px three-stage demo variant (jaxmim's own, no official counterpart)."""
+DATA_256 = dict(image_size=256, eval_crop_ratio=1.0)     # util/datasets.py:77-86: crop_pct 1.0 at 256
+DATA_DEMO = dict(image_size=32, eval_crop_ratio=1.0)
 
 
-@register_model('pvt_small_256', **_S, img_size=256, sr_ratios=(8, 4, 2, 1), num_classes=1000,
-                drop_path_rate=0.1, data_defaults=_DATA_256)
-@register_model('pvt_demo_32', **_DEMO, sr_ratios=(4, 2, 1), num_classes=10, drop_path_rate=0.1,
-                data_defaults=_DATA_DEMO)
+@register_model('pvt_small_256', **PVT_SMALL, img_size=256, sr_ratios=(8, 4, 2, 1), num_classes=1000,
+                drop_path_rate=0.1, data_defaults=DATA_256)
+@register_model('pvt_demo_32', **PVT_DEMO, sr_ratios=(4, 2, 1), num_classes=10, drop_path_rate=0.1,
+                data_defaults=DATA_DEMO)
 class PVT(nnx.Module, UMMAEHooks, Backbone):
     """UM-MAE's PVT fine-tuning classifier (``models_pvt.py:24-119``).
 
@@ -214,7 +225,7 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), qkv_bias: bool = True, drop_path_rate: float = 0.1,
                  norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5, *,
                  rngs: nnx.Rngs):
-        _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
+        check_stage_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
         self.img_size, self.patch_size, self.in_chans, self.num_classes = img_size, patch_size, in_chans, num_classes
         self.num_features = embed_dims[-1]
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'conv', rngs=rngs)
@@ -222,8 +233,8 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         self.grid_size = g
         self.pos_embed = nnx.Param(jnp.zeros((1, g * g, embed_dims[0])))
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
-        self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr,
-                                  block_norm_eps, g, rngs)
+        self.blocks = pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr,
+                                 block_norm_eps, g, rngs)
         self.fc_norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.head = (dense(embed_dims[-1], num_classes, rngs, jax.nn.initializers.normal(head_init_std))
                      if num_classes > 0 else None)
@@ -232,7 +243,7 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         """Images -> pooled, normalised features ``(B, embed_dims[-1])``."""
         x = self.patch_embed(x)
         x = x + self.pos_embed[...].reshape(1, *x.shape[1:]).astype(x.dtype)
-        x = _run_blocks(self.blocks, x, train, rng)
+        x = run_blocks(self.blocks, x, train, rng)
         return self.fc_norm(x.mean(axis=(1, 2)))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -257,169 +268,3 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         if name == 'pos_embed' and value.ndim == 3 and value.shape[-1] == shape[-1]:
             return interpolate_pos_embed(value, self.grid_size, num_extra_tokens=0)
         return Backbone.adapt_pretrained(self, name, value, shape)
-
-
-@register_model('mae_pvt_small_256', **_S, img_size=256, stride=16, sr_ratios=(4, 2, 1, 1),
-                classifier='pvt_small_256', data_defaults=_DATA_256)
-@register_model('mae_pvt_demo_32', **_DEMO, stride=8, sr_ratios=(2, 1, 1), decoder_embed_dim=128,
-                decoder_depth=2, decoder_num_heads=4, classifier='pvt_demo_32', data_defaults=_DATA_DEMO)
-class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHooks, Backbone):
-    """UM-MAE pre-training of the PVT variant (``models_mae_pvt.py:149-417``).
-
-    Args (official names and defaults, plus the masking settings the official passes elsewhere):
-      img_size, patch_size, in_chans: input side, patch side (px), channels.
-      stride: mask-unit side in pixels (16); ``stride / patch_size`` tokens per unit side.
-      embed_dims, depths, num_heads, mlp_ratios, sr_ratios: encoder; pre-training sr (4, 2, 1, 1)
-        because the encoder runs on the half-resolution compact image (spec §4).
-      decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio: decoder (512, 2, 16, 4).
-      norm_eps: LayerNorm epsilon of ``norm``, ``decoder_blocks`` and ``decoder_norm`` (the factory's
-        ``norm_layer``: 1e-6).
-      block_norm_eps: LayerNorm epsilon of every encoder block's ``norm1`` / ``norm2`` (1e-5:
-        ``models_mae_pvt.py:185-196`` never passes ``norm_layer`` to ``PVTBlock``; ``attn.norm`` 1e-5).
-      norm_pix_loss: per-unit normalised targets (``--norm_pix_loss``).
-      vis_mask_ratio: Secondary Masking ratio; ``vis_mask_token`` exists only when > 0 (as official).
-      mask_ratio: 0.75 (``--mask_ratio``); sampling: ``'uniform'`` or ``'uniform_block'``
-        (:data:`jaxmim.masking_ummae.SAMPLINGS`; random masks cannot be compacted).
-      official_decoder_pos: reproduce the official visible pos-embed order (spec §17 #1).
-      rngs: NNX RNG streams.
-
-    Variables: ``vis_mask_token`` (1,1,C0), ``patch_embed.proj``, ``pos_embed`` (1, G*G, C0) fixed
-    sin-cos Buffer (G = img/patch), ``blocks.{i}``, ``norm``, and the decoder of
-    :class:`jaxmim.models.ummae_common.PyramidMAEDecoder`.
-
-    Forward (``forward_encoder``, ``models_mae_pvt.py:292-356``): patch embed; Secondary Masking
-    (:func:`jaxmim.masking_ummae.secondary_visible_pyramid`); compaction of the visible units
-    (secondary-masked ones as the raw ``vis_mask_token``) and of the masked sin-cos table, added
-    after compaction; blocks on the half-resolution map; ``norm``; decoder and loss.
-
-    Call: ``model(images, *, mask, noise, train=False, rng=None)``; see ``/work/notes`` API and
-    :meth:`PyramidMAEDecoder.mae_outputs` for the returned dict.
-
-    Raises:
-      ValueError: bad sizes, a sampling that is not uniform, bad input shapes.
-    """
-
-    def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
-                 embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 4, 6, 3),
-                 num_heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
-                 sr_ratios: Sequence[int] = (4, 2, 1, 1), decoder_embed_dim: int = 512, decoder_depth: int = 2,
-                 decoder_num_heads: int = 16, decoder_mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
-                 norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
-                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
-        _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
-        self.grid, self.k = check_um_pretrain_args('MaskedAutoencoderPVT', img_size, patch_size, stride,
-                                                   len(depths), mask_ratio, sampling, vis_mask_ratio)
-        self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
-        self.embed_dims = tuple(embed_dims)
-        self.mask_ratio, self.sampling, self.vis_mask_ratio = mask_ratio, sampling, vis_mask_ratio
-        self.norm_pix_loss, self.official_decoder_pos = norm_pix_loss, official_decoder_pos
-        self.noise_len = self.grid * self.grid
-        self.n_visible = U.num_visible(self.noise_len, mask_ratio)
-        if vis_mask_ratio > 0:
-            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dims[0])))
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'mae', rngs=rngs)
-        g = img_size // patch_size
-        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None])
-        self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, True,
-                                  [0.0] * sum(depths), block_norm_eps, g // 2, rngs)
-        self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
-        self.build_decoder(embed_dims[-1], decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio,
-                           norm_eps, rngs)
-
-    def forward_encoder(self, images: jax.Array, mask: jax.Array, noise: jax.Array
-                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Returns the encoder map ``(B, M/4, M/4, C_last)``, the block choices ``(B, M/2, M/2)`` and the
-        secondary mask ``(B, L)`` bool (True = visible unit replaced by ``vis_mask_token``)."""
-        x = self.patch_embed(images)                                       # (B, G, G, C0)
-        b, g, _, c = x.shape
-        choice = U.block_choice(mask, self.grid)
-        x = U.compact(x, choice, self.k)                                   # (B, G/2, G/2, C0)
-        if self.vis_mask_ratio > 0:
-            still = U.secondary_visible_pyramid(mask, noise, self.n_visible, self.vis_mask_ratio)
-            secondary = jnp.logical_and(~mask, ~still)
-            sec_c = U.compact(U.upsample_units(secondary.reshape(b, self.grid, self.grid), self.k)[..., None],
-                              choice, self.k)
-            x = jnp.where(sec_c, self.vis_mask_token[...].astype(x.dtype), x)
-        else:
-            secondary = jnp.zeros_like(mask)
-        pos = jnp.broadcast_to(self.pos_embed[...].reshape(1, g, g, c), (b, g, g, c)).astype(x.dtype)
-        x = x + U.compact(pos, choice, self.k)
-        x = _run_blocks(self.blocks, x, False, None)
-        return self.norm(x), choice, secondary
-
-    def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
-                 rng: jax.Array | None = None) -> dict[str, Any]:
-        del train, rng    # no dropout / drop path in pre-training
-        mask = self._check_mask(images, mask, noise)
-        latent, choice, secondary = self.forward_encoder(images, mask, noise)
-        pred_seq, order = self.forward_decoder(latent, mask, choice)
-        return self.mae_outputs(images, pred_seq, order, mask, secondary)
-
-    def no_weight_decay(self) -> tuple[str, ...]:
-        """``()``: timm 0.3.2 ``add_weight_decay`` without a skip list (``main_pretrain.py:198-199``):
-        ``mask_token`` and ``vis_mask_token`` are decayed (spec §17 #5)."""
-        return ()
-
-
-@register_model('simmim_pvt_small_256', **_S, img_size=256, stride=16, sr_ratios=(8, 4, 2, 1),
-                classifier='pvt_small_256', data_defaults=_DATA_256)
-@register_model('simmim_pvt_demo_32', **_DEMO, stride=8, sr_ratios=(4, 2, 1), classifier='pvt_demo_32',
-                data_defaults=_DATA_DEMO)
-class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
-    """UM-MAE's SimMIM baseline on the PVT variant (``models_simmim_pvt.py:27-217``).
-
-    Full-resolution encoder (sr 8/4/2/1): masked tokens (the unit mask upsampled to tokens) become
-    ``mask_token`` (``x * (1 - w) + mask_token * w``), then the fixed sin-cos ``pos_embed`` is added
-    to every token; blocks; ``norm``; ``decoder_pred`` Linear -> PixelShuffle(2) -> one prediction per
-    unit; L1 on masked units (:class:`jaxmim.models.ummae_common.SimMIMHead`).
-
-    Args: as :class:`MaskedAutoencoderPVT` without decoder / Secondary Masking arguments;
-    ``sampling`` defaults to ``'random'`` (the Makefile runs the baseline without ``--mask_regular``);
-    ``norm_eps`` (1e-6 in the factory) is the eps of ``norm`` only, ``block_norm_eps`` (1e-5:
-    ``models_simmim_pvt.py:59-70`` never passes ``norm_layer`` to ``PVTBlock``) that of every block's
-    ``norm1`` / ``norm2``.
-
-    Call: ``model(images, *, mask, train=False, rng=None)`` -> ``{'loss', 'pred' (B, L, stride^2*C)
-    raster, 'mask', 'secondary_mask' (zeros)}``.
-
-    Raises:
-      ValueError: bad sizes or input shapes.
-    """
-
-    def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
-                 embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 4, 6, 3),
-                 num_heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
-                 sr_ratios: Sequence[int] = (8, 4, 2, 1), norm_eps: float = 1e-6, norm_pix_loss: bool = False,
-                 mask_ratio: float = 0.75, sampling: str = 'random', block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
-        _check_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
-        U.check_sampling(mask_ratio, sampling)
-        self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
-        self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
-        self.mask_ratio, self.sampling, self.norm_pix_loss = mask_ratio, sampling, norm_pix_loss
-        self.noise_len = 0
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dims[0])))
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'mae', rngs=rngs)
-        g = img_size // patch_size
-        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None])
-        self.blocks = _pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, True,
-                                  [0.0] * sum(depths), block_norm_eps, g, rngs)
-        self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
-        self.decoder_pred = dense(embed_dims[-1], 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
-
-    def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
-                 rng: jax.Array | None = None) -> dict[str, Any]:
-        del train, rng
-        mask = self._check_mask(images, mask)
-        x = self.patch_embed(images)
-        b, g, _, c = x.shape
-        w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
-        x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
-        x = x + self.pos_embed[...].reshape(1, g, g, c).astype(x.dtype)
-        x = self.norm(_run_blocks(self.blocks, x, False, None))
-        return self.simmim_outputs(images, x, mask)
-
-    def no_weight_decay(self) -> tuple[str, ...]:
-        """``()`` (``mask_token`` decayed, as timm 0.3.2 ``add_weight_decay`` does)."""
-        return ()

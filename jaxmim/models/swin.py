@@ -7,11 +7,13 @@ encoder). Attribute names mirror the official PyTorch names (``patch_embed.proj`
 official state-dict maps onto the NNX state by name (see ``convert/official.py``).
 
 Layout: images are ``(B, H, W, C)`` float arrays (NHWC); tokens are kept as
-``(B, h, w, C)`` maps between blocks. Hidden details (spec ``simmim_swin.md`` §1, §7):
-LayerNorm eps 1e-5 with biased variance, exact erf GELU, q scaled by head_dim^-0.5 before
-q·kᵀ, relative-position index from an 'ij' meshgrid, shift mask filled with -100, roll by
--s before and +s after attention, window clamped to the stage resolution when smaller,
-PatchMerging concatenation order (0,0),(1,0),(0,1),(1,1). The relative-position index
+``(B, h, w, C)`` maps between blocks. Hidden details (all in
+``microsoft/SimMIM@d3e29bc models/swin_transformer.py``): LayerNorm eps 1e-5 with biased
+variance (PyTorch default ``nn.LayerNorm``), exact erf GELU (``Mlp``, :15-31), q scaled by
+head_dim^-0.5 before q·kᵀ (:124-125), relative-position index from an 'ij' meshgrid (:94-104),
+shift mask filled with -100 (:209-232), roll by -s before and +s after attention (:245, :262),
+window clamped to the stage resolution when smaller (:193-197), PatchMerging concatenation
+order (0,0),(1,0),(0,1),(1,1) (:319-322). The relative-position index
 and the shift mask are static NumPy constants, never variables.
 """
 
@@ -490,7 +492,8 @@ def resize_rel_pos_table(table: np.ndarray, new_length: int) -> np.ndarray:
     on [1.01, 1.5]); each head is then fitted by an interpolating bicubic spline (FITPACK,
     s=0; what ``scipy.interpolate.interp2d(kind='cubic')`` did) and evaluated on the
     target's integer offsets. Source: ``microsoft/SimMIM@d3e29bc utils.py:126-204``
-    (``remap_pretrained_keys_swin``); spec ``simmim_swin.md`` §5.
+    (``remap_pretrained_keys_swin``; bisection :148-155, source axis :160-169, spline
+    :180-187).
 
     Args:
       table: ``(L1, nH)`` float table, L1 = (2W1-1)^2.

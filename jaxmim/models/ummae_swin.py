@@ -1,9 +1,8 @@
-"""The Swin variant of UM-MAE: fine-tuning classifier, UM-MAE pre-training model, SimMIM baseline.
+"""The Swin variant of UM-MAE: its building blocks and fine-tuning classifier ``Swin``.
 
-Follows ``implus/UM-MAE@cb7776b`` ``models_swin.py`` (``Swin``, ``swin_tiny_256``, ``swin_large_256``),
-``models_mae_swin.py`` (``MaskedAutoencoderSwin``, ``mae_swin_tiny_256``, ``mae_swin_large_256``) and
-``models_simmim_swin.py`` (``SimMIMSwin``, ``simmim_swin_tiny_256``). Spec: ``ummae.md`` §4, §5.2,
-§8, §9, §12.2.
+Follows ``implus/UM-MAE@cb7776b`` ``models_swin.py:23-135`` (``Swin``, ``swin_tiny_256``,
+``swin_large_256``) and the blocks of ``models_mae_swin.py:60-280``. The pre-training models built
+from these blocks (``MaskedAutoencoderSwin``, ``SimMIMSwin``) are in :mod:`jaxmim.methods.ummae.swin`.
 
 Differences from Swin v1 (``jaxmim.models.swin``): the relative position bias is a continuous MLP
 of log-spaced coordinate differences (``posmlp``: Conv1x1(2 -> P) -> ReLU -> Conv1x1(P -> heads)
@@ -20,14 +19,14 @@ reaches ``patch_embed.norm``, ``downsample.norm``, ``norm`` / ``fc_norm`` and th
 
 Attribute names are the official state-dict keys (``patch_embed.{proj, norm}``, ``blocks.{i}.{norm1,
 attn.posmlp.0, attn.posmlp.2, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2, downsample.norm,
-downsample.proj}``, ``norm`` / ``fc_norm``, ``head``, decoder keys). ``pos_hw`` and the shift masks
+downsample.proj}``, ``norm`` / ``fc_norm``, ``head``). ``pos_hw`` and the shift masks
 are constants, never variables. Layout: images ``(B, H, W, C)``, tokens as maps ``(B, h, w, C)``,
 ``pos_hw`` as ``(Bp, h, w, 2)`` (channel 0 = row, 1 = column; Bp = 1 when shared by the batch).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,15 +34,13 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import masking_ummae as U
+from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
 from jaxmim.models.swin import shifted_window_mask, window_partition, window_reverse
-from jaxmim.models.ummae_common import (MaskingInputs, PyramidMAEDecoder, SimMIMHead, UMMAEHooks,
-                                        check_pyramid_strides, check_um_pretrain_args, conv, conv_fan_out_init)
 from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
 
-__all__ = ['ReLU', 'WindowAttention', 'PatchMerge', 'SwinBlock', 'PatchEmbed', 'pos_grid', 'Swin',
-           'MaskedAutoencoderSwin', 'SimMIMSwin']
+__all__ = ['ReLU', 'WindowAttention', 'PatchMerge', 'SwinBlock', 'PatchEmbed', 'pos_grid', 'swin_blocks', 'run_blocks',
+           'Swin', 'SWIN_TINY', 'SWIN_LARGE', 'DATA_256']
 
 
 class ReLU(nnx.Module):
@@ -222,12 +219,18 @@ class PatchEmbed(nnx.Module):
         return self.norm(self.proj(x))
 
 
-def _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, block_norm_eps, norm_eps,
-                 resolution, rngs, pos_extent: int | None = None) -> nnx.List:
+def swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, block_norm_eps, norm_eps,
+                resolution, rngs, pos_extent: int | None = None) -> nnx.List:
     """Flat block list (``models_mae_swin.py:318-344``); stage i at ``resolution / 2^i``.
-    ``block_norm_eps``: eps of each block's ``norm1`` / ``norm2``; ``norm_eps``: of ``downsample.norm``;
-    ``pos_extent``: when set, stage i's coordinates are integers in ``[0, pos_extent)`` divided by
-    ``2^i`` and its blocks take the offset-table bias (``pos_lattice = (2^i, pos_extent)``)."""
+    ``dpr``: drop-path rate of each block; ``block_norm_eps``: eps of each block's ``norm1`` /
+    ``norm2``; ``norm_eps``: of ``downsample.norm``; ``pos_extent``: when set, stage i's
+    coordinates are integers in ``[0, pos_extent)`` divided by ``2^i`` and its blocks take the
+    offset-table bias (``pos_lattice = (2^i, pos_extent)``).
+
+    Raises:
+      ValueError: ``depths`` and ``num_heads`` of different lengths, a resolution that cannot be
+        halved per stage, or a window that does not divide its stage.
+    """
     if len(depths) != len(num_heads):
         raise ValueError(f'depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length')
     blocks = []
@@ -244,21 +247,25 @@ def _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_di
     return nnx.List(blocks)
 
 
-def _run_blocks(blocks, x, pos, train, rng):
+def run_blocks(blocks, x: jax.Array, pos: jax.Array, train: bool, rng: jax.Array | None) -> jax.Array:
+    """Runs the flat block list on tokens ``(B, H, W, C)`` with coordinates ``pos`` ``(Bp, H, W, 2)``
+    (halved at each merge), one drop-path key per block; returns the last stage's map."""
     for blk, key in zip(blocks, L.split_key(rng, len(blocks))):
         x, pos = blk(x, pos, train=train, rng=key)
     return x
 
 
-_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
-_DATA_256 = dict(image_size=256, eval_crop_ratio=1.0)
+SWIN_TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+"""Swin-T stage settings shared by ``swin_tiny_256`` and its pre-training models (``models_swin.py``)."""
+SWIN_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+"""Swin-L stage settings shared by ``swin_large_256`` and its pre-training models."""
+DATA_256 = dict(image_size=256, eval_crop_ratio=1.0)
 
 
-@register_model('swin_tiny_256', **_T, img_size=256, window_size=16, num_classes=1000, drop_path_rate=0.1,
-                data_defaults=_DATA_256)
-@register_model('swin_large_256', **_L, img_size=256, window_size=16, posmlp_dim=64, num_classes=1000,
-                drop_path_rate=0.2, data_defaults=_DATA_256)
+@register_model('swin_tiny_256', **SWIN_TINY, img_size=256, window_size=16, num_classes=1000, drop_path_rate=0.1,
+                data_defaults=DATA_256)
+@register_model('swin_large_256', **SWIN_LARGE, img_size=256, window_size=16, posmlp_dim=64, num_classes=1000,
+                drop_path_rate=0.2, data_defaults=DATA_256)
 class Swin(nnx.Module, UMMAEHooks, Backbone):
     """UM-MAE's Swin fine-tuning classifier (``models_swin.py:23-135``).
 
@@ -288,8 +295,8 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'conv', rngs=rngs)
         self.grid_size = img_size // patch_size
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
-        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr,
-                                   block_norm_eps, norm_eps, self.grid_size, rngs)
+        self.blocks = swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr,
+                                  block_norm_eps, norm_eps, self.grid_size, rngs)
         self.fc_norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = (dense(self.num_features, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
                      if num_classes > 0 else None)
@@ -297,7 +304,7 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
     def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images -> pooled, normalised features ``(B, num_features)``."""
         x = self.patch_embed(x)
-        x = _run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), train, rng)
+        x = run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), train, rng)
         return self.fc_norm(x.mean(axis=(1, 2)))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -312,152 +319,3 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
     def pretrained_fresh(self) -> tuple[str, ...]:
         """``head`` and ``fc_norm`` (``main_finetune.py`` asserts exactly these are missing)."""
         return ('head.*', 'fc_norm.*')
-
-
-@register_model('mae_swin_tiny_256', **_T, img_size=256, stride=16, window_size=8, classifier='swin_tiny_256',
-                data_defaults=_DATA_256)
-@register_model('mae_swin_large_256', **_L, img_size=256, stride=16, window_size=8, posmlp_dim=64, decoder_depth=8,
-                classifier='swin_large_256', data_defaults=_DATA_256)
-@register_model('mae_swin_large_256_dec512d2b', **_L, img_size=256, stride=16, window_size=8, posmlp_dim=32,
-                decoder_depth=2, data_defaults=_DATA_256)
-class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHooks, Backbone):
-    """UM-MAE pre-training of the Swin variant (``models_mae_swin.py:283-583``).
-
-    Args (official names and defaults, plus masking settings): img_size, patch_size, in_chans,
-    stride (mask unit, 16 px), embed_dim, depths, num_heads, mlp_ratio (encoder and decoder),
-    window_size (8: the encoder runs on the half-resolution compact map), posmlp_dim,
-    decoder_embed_dim, decoder_depth, decoder_num_heads, norm_eps (eps of ``patch_embed.norm``,
-    ``downsample.norm``, ``norm``, ``decoder_blocks``, ``decoder_norm``: the factory's ``norm_layer``,
-    1e-6), norm_pix_loss, vis_mask_ratio (``vis_mask_token`` exists only when > 0), mask_ratio (0.75),
-    sampling ('uniform' | 'uniform_block'), official_decoder_pos (spec §17 #1), block_norm_eps (eps of
-    every encoder block's ``norm1`` / ``norm2``: 1e-5, ``models_mae_swin.py:326-343`` never passes
-    ``norm_layer`` to ``SwinBlock``), rngs.
-
-    Forward (``forward_encoder``, ``models_mae_swin.py:437-497``): patch embed + norm; Secondary
-    Masking, the secondary-masked units becoming ``patch_embed.norm(vis_mask_token)``; compaction of
-    the tokens and of the absolute coordinates ``pos_hw`` (per sample); blocks on the
-    half-resolution map (stage i at ``(img/patch) / 2^(i+1)``); ``norm``; decoder and loss of
-    :class:`jaxmim.models.ummae_common.PyramidMAEDecoder`.
-
-    Call: ``model(images, *, mask, noise, train=False, rng=None)``.
-
-    Raises:
-      ValueError: bad sizes, a sampling that is not uniform, bad input shapes.
-    """
-
-    def __init__(self, img_size: int = 256, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
-                 embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-                 mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, decoder_embed_dim: int = 512,
-                 decoder_depth: int = 2, decoder_num_heads: int = 16, norm_eps: float = 1e-6,
-                 norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
-                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
-        self.grid, self.k = check_um_pretrain_args('MaskedAutoencoderSwin', img_size, patch_size, stride,
-                                                   len(depths), mask_ratio, sampling, vis_mask_ratio)
-        self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
-        self.embed_dim = embed_dim
-        self.mask_ratio, self.sampling, self.vis_mask_ratio = mask_ratio, sampling, vis_mask_ratio
-        self.norm_pix_loss, self.official_decoder_pos = norm_pix_loss, official_decoder_pos
-        self.noise_len = self.grid * self.grid
-        self.n_visible = U.num_visible(self.noise_len, mask_ratio)
-        if vis_mask_ratio > 0:
-            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
-        self.grid_size = img_size // patch_size
-        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
-                                   [0.0] * sum(depths), block_norm_eps, norm_eps, self.grid_size // 2, rngs,
-                                   pos_extent=self.grid_size)
-        enc_dim = embed_dim * 2 ** (len(depths) - 1)
-        self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
-        self.build_decoder(enc_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
-
-    def forward_encoder(self, images: jax.Array, mask: jax.Array, noise: jax.Array
-                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Returns the encoder map ``(B, M/4, M/4, 8E)``, block choices ``(B, M/2, M/2)`` and the
-        secondary mask ``(B, L)`` bool."""
-        x = self.patch_embed(images)
-        b, g = x.shape[0], x.shape[1]
-        choice = U.block_choice(mask, self.grid)
-        x = U.compact(x, choice, self.k)
-        if self.vis_mask_ratio > 0:
-            still = U.secondary_visible_pyramid(mask, noise, self.n_visible, self.vis_mask_ratio)
-            secondary = jnp.logical_and(~mask, ~still)
-            sec_c = U.compact(U.upsample_units(secondary.reshape(b, self.grid, self.grid), self.k)[..., None],
-                              choice, self.k)
-            token = self.patch_embed.norm(self.vis_mask_token[...]).astype(x.dtype)
-            x = jnp.where(sec_c, token, x)
-        else:
-            secondary = jnp.zeros_like(mask)
-        pos = jnp.broadcast_to(jnp.asarray(pos_grid(g), x.dtype), (b, g, g, 2))
-        pos = U.compact(pos, choice, self.k)
-        x = _run_blocks(self.blocks, x, pos, False, None)
-        return self.norm(x), choice, secondary
-
-    def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
-                 rng: jax.Array | None = None) -> dict[str, Any]:
-        del train, rng
-        mask = self._check_mask(images, mask, noise)
-        latent, choice, secondary = self.forward_encoder(images, mask, noise)
-        pred_seq, order = self.forward_decoder(latent, mask, choice)
-        return self.mae_outputs(images, pred_seq, order, mask, secondary)
-
-    def no_weight_decay(self) -> tuple[str, ...]:
-        """``()``: mask tokens and posmlp conv kernels are decayed (timm 0.3.2 ``add_weight_decay``,
-        spec §17 #5)."""
-        return ()
-
-
-@register_model('simmim_swin_tiny_256', **_T, img_size=256, stride=16, window_size=16, classifier='swin_tiny_256',
-                data_defaults=_DATA_256)
-class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
-    """UM-MAE's SimMIM baseline on the Swin variant (``models_simmim_swin.py:27-218``).
-
-    Full resolution (window 16): the normalised patch embedding of masked tokens is replaced by
-    ``mask_token`` (``x * (1 - w) + mask_token * w``), blocks with the integer grid ``pos_hw`` shared
-    by the batch, ``norm``, ``decoder_pred`` Linear -> PixelShuffle(2), L1 on masked units.
-
-    Args: as :class:`MaskedAutoencoderSwin` without decoder / Secondary Masking arguments;
-    ``sampling`` defaults to ``'random'`` (Makefile line 54: no ``--mask_regular``); ``norm_eps``
-    (1e-6 in the factory) is the eps of ``patch_embed.norm``, ``downsample.norm`` and ``norm``,
-    ``block_norm_eps`` (1e-5: ``models_simmim_swin.py:60-77`` never passes ``norm_layer`` to
-    ``SwinBlock``) that of every block's ``norm1`` / ``norm2``.
-
-    Call: ``model(images, *, mask, train=False, rng=None)``.
-
-    Raises:
-      ValueError: bad sizes or input shapes.
-    """
-
-    def __init__(self, img_size: int = 256, patch_size: int = 4, in_chans: int = 3, stride: int = 16,
-                 embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-                 mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, norm_eps: float = 1e-6,
-                 norm_pix_loss: bool = False, mask_ratio: float = 0.75, sampling: str = 'random',
-                 block_norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
-        U.check_sampling(mask_ratio, sampling)
-        self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
-        self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
-        self.mask_ratio, self.sampling, self.norm_pix_loss = mask_ratio, sampling, norm_pix_loss
-        self.noise_len = 0
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
-        self.grid_size = img_size // patch_size
-        self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
-                                   [0.0] * sum(depths), block_norm_eps, norm_eps, self.grid_size, rngs)
-        enc_dim = embed_dim * 2 ** (len(depths) - 1)
-        self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
-        self.decoder_pred = dense(enc_dim, 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
-
-    def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
-                 rng: jax.Array | None = None) -> dict[str, Any]:
-        del train, rng
-        mask = self._check_mask(images, mask)
-        x = self.patch_embed(images)
-        b = x.shape[0]
-        w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
-        x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
-        x = _run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), False, None)
-        return self.simmim_outputs(images, self.norm(x), mask)
-
-    def no_weight_decay(self) -> tuple[str, ...]:
-        """``()`` (``mask_token`` and posmlp kernels decayed)."""
-        return ()

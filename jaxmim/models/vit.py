@@ -7,12 +7,12 @@ sin-cos tables, ``interpolate_pos_embed``). The building blocks (:class:`PatchEm
 
 Attribute names mirror the official PyTorch keys (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm`` /
-``fc_norm``, ``head``) so a state-dict maps onto the NNX state by name (spec
-``pytorch_layouts.md`` §6-§7).
+``fc_norm``, ``head``) so a state-dict maps onto the NNX state by name (the PyTorch <-> Flax
+layout rules are in :mod:`convert.official`).
 
 Layout: images ``(B, H, W, C)`` (NHWC); tokens ``(B, N, D)`` with patches in raster (row-major)
-order after the class token. Numerical details (spec ``ummae.md`` §9): LayerNorm eps 1e-6
-(MAE passes ``partial(nn.LayerNorm, eps=1e-6)``), biased variance; exact erf GELU; attention
+order after the class token. Numerical details: LayerNorm eps 1e-6 (MAE's ``models_vit.py``
+factories pass ``partial(nn.LayerNorm, eps=1e-6)``), biased variance; exact erf GELU; attention
 logits ``(q @ kᵀ) * head_dim^-0.5`` with the softmax in float32 (timm 0.3.2 ``Attention``).
 """
 
@@ -108,7 +108,8 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int],
     ``w_k = 10000^(-k/(D/4))``, k < D/4). Computed in float64 and cast to float32, as the
     official ``torch.from_numpy(pos_embed).float()``. With ``cls_token`` a zero row is
     prepended. Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py``
-    ``get_2d_sincos_pos_embed`` / ``get_2d_sincos_pos_embed_from_grid``; spec ``ummae.md`` §9.
+    ``get_2d_sincos_pos_embed`` / ``get_2d_sincos_pos_embed_from_grid`` (the same code as
+    ``implus/UM-MAE@cb7776b util/pos_embed.py``).
 
     Args:
       embed_dim: channels D, a multiple of 4.

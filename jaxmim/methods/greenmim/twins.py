@@ -5,12 +5,12 @@ Huang et al., "Green Hierarchical Vision Transformer for Masked Image Modeling",
 ``LayneH/GreenMIM@b981012 modeling/green_twins_models.py`` (``GroupAttention`` :15-45, GSA
 ``Attention`` :48-92, ``GroupBlock`` :127-144, ``SparsePatchEmbed`` :175-206, ``PosCNN`` :279-290,
 ``CPVTV2.forward_features`` :340-369, ``ALTGVT`` :382-408), ``modeling/sparse_conv_spconv.py`` and
-``modeling/model_factory.py:142-175``. Spec: ``greenmim.md`` §6, §7.2, §11.3.
+``modeling/model_factory.py:142-175``.
 
 Static shapes under ``jit``: every stage has a fixed number of visible tokens (12 visible 32-px
 units of 49 at 224 px), and every sparse convolution has kernel = stride aligned with the mask
 unit, so it is a per-block dense linear map over the visible k x k blocks
-(:func:`jaxmim.sparse_conv.block_indices`); all mask-dependent index work (window ids, knapsack
+(:func:`jaxmim.methods.greenmim.sparse_conv.block_indices`); all mask-dependent index work (window ids, knapsack
 grouping, block indices) is one int32 ``plan`` vector made on the host by
 :class:`GreenTwinsPlanner`.
 
@@ -21,11 +21,12 @@ inside the windows of the **unshifted** ``wss[0]`` partition through Group Windo
 additive -100 group mask, no relative-position bias) and GSA (odd j: keys / values from a
 sparse conv k = s = ``sr`` + LN of the visible tokens; plain attention when ``sr == 1``). The PEG
 (depthwise 3x3 conv on the zero-filled canvas) follows block 0 of every stage; the official
-``PosCNN`` returns the conv output **without** the residual (spec §16 #2), reproduced by default
+``PosCNN`` returns the conv output **without** the residual (``green_twins_models.py:285-287``),
+reproduced by default
 (``peg_residual=False``); ``peg_residual=True`` gives Twins/CPVT's ``conv(x) + x``.
 
 The pre-training wrapper (decoder, mask tokens, loss, masking inputs) is the Swin GreenMIM's
-:class:`jaxmim.methods.greenmim.GreenMIMSwin`, reused unchanged (official ``MaskedAutoencoder``).
+:class:`jaxmim.methods.greenmim.swin.GreenMIMSwin`, reused unchanged (official ``MaskedAutoencoder``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim.group_window_attention import MASK_VALUE, GreenSwinPlanner
-from jaxmim.methods.greenmim import GreenMIMSwin, GreenSwinBlock, take_tokens
+from jaxmim.methods.greenmim.grouping import MASK_VALUE, GreenSwinPlanner
+from jaxmim.methods.greenmim.sparse_conv import block_indices
+from jaxmim.methods.greenmim.swin import GreenMIMSwin, GreenSwinBlock, take_tokens
 from jaxmim.models import swin as swin_lib
 from jaxmim.models.vit import dense
 from jaxmim.registry import register_model
-from jaxmim.sparse_conv import block_indices
 
 __all__ = ['GreenTwinsPlanner', 'group_mask', 'sparse_conv_visible', 'depthwise_conv_visible', 'LSABlock',
            'GSABlock', 'SparsePatchEmbed', 'PosCNN', 'GreenTwinsTransformer', 'GreenMIMTwins']
@@ -138,14 +139,14 @@ def group_mask(gid: jax.Array) -> jax.Array:
 
 def sparse_conv_visible(x: jax.Array, idx: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
     """Sparse conv with kernel = stride = k at the visible output sites, as a per-block linear map
-    (``SparseConv2d``, ``sparse_conv_spconv.py:21-29``; spec §6). Equals a dense conv of the
+    (``SparseConv2d``, ``sparse_conv_spconv.py:21-29``). Equals a dense conv of the
     zero-filled canvas read at the fully visible blocks (each output site's block is fully
     visible because the mask unit is a multiple of k).
 
     Args:
       x: ``(B, N, C_in)`` visible tokens.
       idx: ``(Bm, N_out * k*k)`` int32 (Bm 1 = shared by the batch, or B), each block's token
-        indices in ``(kh, kw)`` order (:func:`jaxmim.sparse_conv.block_indices`).
+        indices in ``(kh, kw)`` order (:func:`jaxmim.methods.greenmim.sparse_conv.block_indices`).
       kernel: ``(k, k, C_in, C_out)`` HWIO.
       bias: ``(C_out,)`` or None.
 
@@ -214,7 +215,7 @@ class LSABlock(nnx.Module):
 
     Variables: ``norm1``, ``attn.{qkv, proj}``, ``norm2``, ``mlp.{fc1, fc2}``.
     Call ``block(x, part, arrays, train=, rng=)``: ``x`` ``(B, N, C)`` raster order; ``part`` the
-    static :class:`~jaxmim.group_window_attention.PartitionSpec`; ``arrays`` ``gid`` and, in
+    static :class:`~jaxmim.methods.greenmim.grouping.WindowGrouping`; ``arrays`` ``gid`` and, in
     grouping mode, ``idx`` / ``inv`` ``(Bm, ...)`` -> ``(B, N, C)``.
     """
 
@@ -323,7 +324,7 @@ class SparsePatchEmbed(nnx.Module):
 class PosCNN(nnx.Module):
     """PEG ``PosCNN`` (``green_twins_models.py:279-290``): depthwise 3x3 conv (padding 1, bias) of
     the zero-filled canvas at the visible sites. Variables ``proj.0`` (kernel ``(3, 3, 1, C)``,
-    bias). ``residual=False`` is the official GreenMIM behaviour (conv output only, spec §16 #2);
+    bias). ``residual=False`` is the official GreenMIM behaviour (conv output only, ``green_twins_models.py:285-287``);
     ``True`` adds the input back (Twins/CPVT ``proj(x) + x``)."""
 
     def __init__(self, dim: int, residual: bool, *, rngs: nnx.Rngs):
@@ -341,7 +342,7 @@ class PosCNN(nnx.Module):
 class GreenTwinsTransformer(nnx.Module):
     """Twins-SVT (``ALTGVT``) encoder on the visible tokens (``green_twins_models.py:293-408``).
 
-    Variables have the official names (spec §11.3): ``patch_embeds.0.{proj, norm}`` (dense conv),
+    Variables have the official names (``green_twins_models.py:293-408``): ``patch_embeds.0.{proj, norm}`` (dense conv),
     ``patch_embeds.{1..}.{proj, norm}`` (sparse conv k = 2), ``pos_block.{s}.proj.0``,
     ``blocks.{s}.{j}.*`` (:class:`LSABlock` even j, :class:`GSABlock` odd j), ``norm``.
 
@@ -460,14 +461,14 @@ class GreenMIMTwins(GreenMIMSwin):
     ``MaskedAutoencoder`` around ``ALTGVT``, ``model_factory.py:142-175``).
 
     The wrapper (masking inputs ``noise`` / ``plan``, decoder, loss, ``mask_mode``,
-    ``decoder_placement``, hooks) is :class:`jaxmim.methods.greenmim.GreenMIMSwin`'s; only the
+    ``decoder_placement``, hooks) is :class:`jaxmim.methods.greenmim.swin.GreenMIMSwin`'s; only the
     encoder (:class:`GreenTwinsTransformer`) and the layer ids differ.
 
     Args:
       img_size, patch_size, in_chans, embed_dims, num_heads, mlp_ratios, depths, sr_ratios, wss,
         qkv_bias, qk_scale, drop_path_rate, norm_eps, peg_residual: the encoder.
       mask_unit, decoder_embed_dim, decoder_depth, decoder_num_heads, norm_pix_loss, mask_ratio,
-        mask_mode, decoder_placement: as :class:`~jaxmim.methods.greenmim.GreenMIMSwin`
+        mask_mode, decoder_placement: as :class:`~jaxmim.methods.greenmim.swin.GreenMIMSwin`
         (``mlp_ratio`` of the decoder is 4, official).
       rngs: initialisation (every Linear and conv kernel xavier-uniform on its flattened view).
 

@@ -3,7 +3,6 @@
 Huang et al., "Green Hierarchical Vision Transformer for Masked Image Modeling", NeurIPS 2022;
 follows ``LayneH/GreenMIM@b981012 modeling/group_window_attention.py`` (``knapsack`` :111-154,
 ``group_windows`` :157-183, ``GroupingModule`` :186-295, ``WindowAttention.forward`` :67-105).
-Spec: ``greenmim.md`` §4.
 
 The encoder sees only the visible tokens of a stage, kept in raster order. Their (shifted)
 windows hold different numbers of visible tokens, so the official code packs the windows into
@@ -38,11 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ['window_ids', 'knapsack', 'group_windows', 'group_attention_cost', 'search_group_size',
-           'max_groups_bound', 'static_group_plan', 'PartitionSpec', 'StageSpec', 'GreenSwinPlanner',
+           'max_groups_bound', 'static_group_plan', 'WindowGrouping', 'StageSpec', 'GreenSwinPlanner',
            'PlannerPool', 'planner_pool', 'group_attention_logits_bias', 'MASK_VALUE']
 
 MASK_VALUE = -100.0
-"""Additive logit of a forbidden pair (Swin's and GreenMIM's -100, not -inf; spec §4.6, §9)."""
+"""Additive logit of a forbidden pair (Swin's and GreenMIM's -100, not -inf;
+``group_window_attention.py:203-210``)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -51,7 +51,8 @@ MASK_VALUE = -100.0
 
 def num_windows_1d(size: int, window_size: int, shift_size: int) -> int:
     """Windows along one axis of length ``size`` for the offset partition of shift ``shift_size``:
-    ``size / ws`` unshifted, ``size / ws + 1`` shifted (the cut-off edge windows of §4.1)."""
+    ``size / ws`` unshifted, ``size / ws + 1`` shifted (the cut-off edge windows ``[0, s)`` and
+    ``[H - ws + s, H)``)."""
     return (size - 1 + (window_size - shift_size) % window_size) // window_size + 1
 
 
@@ -61,7 +62,7 @@ def window_ids(coords: np.ndarray, resolution: tuple[int, int], window_size: int
 
     Per axis ``(coord + (ws - shift) % ws) // ws``; flattened h-major with the true number of
     windows along w (:func:`num_windows_1d`; the official code uses ``N_vis`` as stride, which can
-    collide, spec §16 #6). Boundaries of the shifted partition are ``s, s + ws, ...``: the regions
+    collide). Boundaries of the shifted partition are ``s, s + ws, ...``: the regions
     Swin's roll by ``-s`` plus its -100 mask let attend to each other.
 
     Args:
@@ -143,7 +144,8 @@ def group_windows(group_size: int, counts: Sequence[int]) -> tuple[list[int], li
 def group_attention_cost(group_size: int, dim: int) -> int:
     """Attention cost of one group of ``g`` tokens in the paper's model, FLOPs up to a constant:
     ``4 g C^2`` (q, k, v and output projections) ``+ 2 g^2 C`` (``q k^T`` and ``attn v``)
-    (spec §4.5, unverified against the paper's text)."""
+    (the "optimal grouping" of the GreenMIM paper, Huang et al., 2022; the formula is this port's
+    reading, not checked against the paper's text)."""
     return 4 * group_size * dim * dim + 2 * group_size * group_size * dim
 
 
@@ -151,7 +153,9 @@ def search_group_size(counts: Sequence[int], dim: int, candidates: Sequence[int]
                       ) -> tuple[int, list[int], list[list[int]]]:
     """The paper's optimal grouping for one mask: for every candidate group size ``g >= max(counts)``
     pack with :func:`group_windows` and keep the ``g`` minimising
-    ``n_groups(g) * group_attention_cost(g, dim)`` (smallest g on ties). Spec §4.5.
+    ``n_groups(g) * group_attention_cost(g, dim)`` (smallest g on ties). Source: the dynamic-programming
+    grouping of the GreenMIM paper (Huang et al., 2022, abstract); the released code instead fixes
+    ``g = max(counts)`` (``group_window_attention.py:241``).
 
     Args:
       counts: visible tokens per non-empty window.
@@ -222,8 +226,8 @@ def static_group_plan(num_tokens: int, window_size: int, num_windows: int, dim: 
 # ----------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class PartitionSpec:
-    """Static description of one window partition of one stage.
+class WindowGrouping:
+    """Static description of one window partition of one stage and how its windows are grouped.
 
     Attributes:
       window_size, shift_size: after Swin's clamp rule.
@@ -250,7 +254,7 @@ class StageSpec:
     unit: int
     num_tokens: int
     dim: int
-    partitions: tuple[PartitionSpec, ...]
+    partitions: tuple[WindowGrouping, ...]
 
 
 class GreenSwinPlanner:
@@ -309,10 +313,10 @@ class GreenSwinPlanner:
             for sh in shifts:
                 nw = num_windows_1d(res, ws, sh) ** 2
                 if n <= 2 * ws * ws:
-                    parts.append(PartitionSpec(ws, sh, 'masking', n, 1, nw))
+                    parts.append(WindowGrouping(ws, sh, 'masking', n, 1, nw))
                 else:
                     g, ng = static_group_plan(n, ws, nw, dims[s])
-                    parts.append(PartitionSpec(ws, sh, 'grouping', g, ng, nw))
+                    parts.append(WindowGrouping(ws, sh, 'grouping', g, ng, nw))
             stages.append(StageSpec((res, res), unit, n, dims[s], tuple(parts)))
         self.stages = tuple(stages)
         layout, off = {}, 0
@@ -526,7 +530,7 @@ def group_attention_logits_bias(table: jax.Array, gid: jax.Array, coords: jax.Ar
     For slots i, j of a group: allowed iff ``gid_i == gid_j >= 0``; then the term is
     ``table[(dh + ws - 1)(2 ws - 1) + (dw + ws - 1)]`` with ``d = coord_i - coord_j``, else
     ``-100`` (the index is zeroed before the gather and the bias multiplied by 0, so pairs of
-    different windows never index out of range; spec §16 #20).
+    different windows never index out of range, ``group_window_attention.py:83-87``).
 
     Args:
       table: ``((2ws-1)^2, nH)`` relative-position bias table.

@@ -1,4 +1,4 @@
-"""Masking schemes for masked image modeling.
+"""SimMIM's masking: a fixed-size random subset of square mask units, on the model patch grid.
 
 Every mask has a fixed shape and a fixed number of masked units, so it can be drawn inside a
 jitted step without recompilation. Masks use 1 = masked, 0 = visible.

@@ -1,8 +1,8 @@
-"""MAE: masked autoencoders with a ViT encoder on the visible patches and a light ViT decoder.
+"""MAE on ViT: a ViT encoder on the visible patches and a light ViT decoder, plus MAE's masking and loss.
 
-He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022; follows
-``facebookresearch/mae@efb2a80 models_mae.py`` (``MaskedAutoencoderViT``) and
-``main_pretrain.py``. Spec: ``ummae.md`` §7, §9, §12.3; ``pytorch_layouts.md`` §6.
+He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022 (§3); follows
+``facebookresearch/mae@efb2a80 models_mae.py`` (``MaskedAutoencoderViT`` and its factories) and
+``main_pretrain.py``. The method block that builds it is :class:`jaxmim.methods.mae.method.MAEMethod`.
 
 Masking is the official per-sample shuffle by argsort of uniform noise; the noise is an input
 (``input_keys = ('noise',)``), drawn in the step (:meth:`MaskedAutoencoderViT.sample_inputs`) or
@@ -21,12 +21,10 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: MAE's pixel layout)
-from jaxmim.methods import register_method
 from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
-from jaxmim.registry import Backbone, create_model, register_model
+from jaxmim.registry import Backbone, register_model
 
-__all__ = ['patchify', 'unpatchify', 'random_masking', 'norm_pix_target', 'mae_loss', 'MaskedAutoencoderViT',
-           'MAEMethod']
+__all__ = ['patchify', 'unpatchify', 'random_masking', 'norm_pix_target', 'mae_loss', 'MaskedAutoencoderViT']
 
 
 def random_masking(x: jax.Array, noise: jax.Array, mask_ratio: float
@@ -250,33 +248,3 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         """``depth + 2``."""
         return self.depth + 2
 
-
-@register_method('mae')
-class MAEMethod:
-    """The MAE method block: ``mask_ratio`` (0.75) and ``norm_pix_loss``.
-
-    ``norm_pix_loss`` defaults to False, the ``main_pretrain.py`` argparse default; the official
-    recipe (PRETRAIN.md) passes ``--norm_pix_loss``, so recipe configs set it True.
-    """
-
-    @classmethod
-    def config_defaults(cls) -> dict[str, Any]:
-        """``{'mask_ratio': 0.75, 'norm_pix_loss': False}`` (``main_pretrain.py:53-58``)."""
-        return {'mask_ratio': 0.75, 'norm_pix_loss': False}
-
-    @classmethod
-    def build(cls, model_name: str, *, overrides: dict[str, Any], seed: int, mask_ratio: float,
-              norm_pix_loss: bool) -> nnx.Module:
-        """``create_model(model_name, seed=seed, mask_ratio=..., norm_pix_loss=..., **overrides)``.
-
-        Raises:
-          ValueError: ``overrides`` sets ``mask_ratio`` / ``norm_pix_loss`` to another value than
-            the method block. KeyError / TypeError: from :func:`jaxmim.registry.create_model`.
-        """
-        kwargs = dict(overrides)
-        for key, value in (('mask_ratio', mask_ratio), ('norm_pix_loss', norm_pix_loss)):
-            if key in kwargs and kwargs[key] != value:
-                raise ValueError(f'model override {key}={kwargs[key]!r} contradicts '
-                                 f'config.method.{key}={value!r}; set it in config.method')
-            kwargs[key] = value
-        return create_model(model_name, seed=seed, **kwargs)

@@ -2,9 +2,9 @@
 
 Li et al., "Uniform Masking: Enabling MAE Pre-training for Pyramid-based Vision Transformers with
 Locality" (arXiv 2205.10063), §3.1-§3.2; follows ``implus/UM-MAE@cb7776b`` ``mask_transform.py``
-(``RandomMaskingGenerator``), ``models_mae_pvt.py:295-345`` / ``models_mae_swin.py:440-488`` (Secondary
-Masking, dilated all-ones compaction) and ``models_mae.py:141-154`` (ViT Secondary Masking). Spec:
-``ummae.md`` §2-§4, §6.
+(``RandomMaskingGenerator``, :7-53), ``models_mae_pvt.py:295-345`` / ``models_mae_swin.py:440-488``
+(Secondary Masking, dilated all-ones compaction), ``models_mae.py:141-154`` (ViT Secondary Masking)
+and the decoder's use of the visible units, ``models_mae_pvt.py:358-386``.
 
 Conventions: a *unit* is a ``stride``-pixel square (16 px in the paper); masks are ``(B, L)`` with
 ``L = M * M`` units in raster order, ``1 / True = masked``. Every function keeps static shapes: the
@@ -28,7 +28,7 @@ __all__ = ['SAMPLINGS', 'check_sampling', 'num_masked', 'num_visible', 'num_seco
 SAMPLINGS = ('uniform', 'uniform_block', 'random')
 """Mask samplers: ``'uniform'`` = the official balanced-pool Uniform Sampling (``--mask_regular``);
 ``'uniform_block'`` = one visible unit per 2x2 block drawn i.i.d. uniformly (the distributional
-approximation, spec §2); ``'random'`` = the RS baseline (a uniformly random subset of
+approximation of the official pool shuffle); ``'random'`` = the RS baseline (a uniformly random subset of
 ``int(mask_ratio * L)`` masked units)."""
 
 
@@ -229,7 +229,8 @@ def block_choice(mask: jax.Array, grid: int) -> jax.Array:
 def block_visible_units(choice: jax.Array, grid: int) -> jax.Array:
     """Raster index of each block's visible unit: ``(2u + a) * M + 2v + b`` for block ``(u, v)`` in
     block-raster order. ``choice`` ``(B, M/2, M/2)`` -> int32 ``(B, (M/2)^2)``. This is the unit the
-    k-th compact token stands for (spec §6, the corrected decoder placement)."""
+    k-th compact token stands for (the corrected decoder placement; the official decoder instead
+    pairs token k with the k-th visible unit in raster order, ``models_mae_pvt.py:358-386``)."""
     h = grid // 2
     u = jnp.arange(h)[:, None]
     v = jnp.arange(h)[None, :]

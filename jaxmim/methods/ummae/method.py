@@ -2,12 +2,13 @@
 
 ``'ummae'`` builds the UM-MAE pre-training models (``mae_pvt_small_256``, ``mae_swin_tiny_256``,
 ``mae_swin_large_256``, ``mae_vit_base_patch16_dec512d2b`` and demo variants:
-``jaxmim.models.pvt``, ``jaxmim.models.ummae_swin``, ``jaxmim.models.ummae_vit``) with Uniform
-Sampling, Secondary Masking and the pyramid decoder; ``'ummae_simmim'`` builds the repository's
-SimMIM baselines (``simmim_pvt_small_256``, ``simmim_swin_tiny_256``). Both models take their masks
-as inputs (``mask`` and, for UM-MAE, the Secondary Masking ``noise``), drawn in the step or made
-by the input pipeline (``config.method.inputs_from``), as ``implus/UM-MAE@cb7776b`` makes them in
-its data loader (``mask_transform.py``). Spec: ``ummae.md`` §2-§10.
+:mod:`jaxmim.methods.ummae.pvt`, :mod:`jaxmim.methods.ummae.swin`, :mod:`jaxmim.methods.ummae.vit`)
+with Uniform Sampling, Secondary Masking and the pyramid decoder; ``'ummae_simmim'`` builds the
+repository's SimMIM baselines (``simmim_pvt_small_256``, ``simmim_swin_tiny_256``). Both models
+take their masks as inputs (``mask`` and, for UM-MAE, the Secondary Masking ``noise``), drawn in
+the step or made by the input pipeline (``config.method.inputs_from``), as
+``implus/UM-MAE@cb7776b`` makes them in its data loader (``mask_transform.py:7-53``); the block
+defaults are the Makefile's runs (lines 17-116).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 from flax import nnx
 
-from jaxmim.masking_ummae import SAMPLINGS
-from jaxmim.methods import register_method
+from jaxmim.methods.registry import register_method
+from jaxmim.methods.ummae.masking import SAMPLINGS
 from jaxmim.registry import create_model
 
 __all__ = ['UMMAEMethod', 'UMMAESimMIMMethod']
@@ -44,8 +45,8 @@ class UMMAEMethod:
     ``sampling`` ``'uniform'`` (balanced pool, ``--mask_regular``), ``'uniform_block'`` (i.i.d. per
     block) or ``'random'`` (RS, ViT only: the pyramids need one visible unit per block);
     ``norm_pix_loss`` True (``--norm_pix_loss``); ``official_decoder_pos`` False (True reproduces the
-    official pyramid decoder's visible pos-embed order, spec §17 #1, e.g. to run official checkpoints
-    as trained).
+    official pyramid decoder's visible pos-embed order, ``models_mae_pvt.py:358-386``, e.g. to run
+    official checkpoints as trained).
     """
 
     @classmethod

@@ -1,8 +1,8 @@
 """ViT MAE of the UM-MAE repository: masks from the data loader, optional Secondary Masking.
 
 Follows ``implus/UM-MAE@cb7776b models_mae.py`` (``MaskedAutoencoderViT`` with ``vis_mask_ratio``,
-factory ``mae_vit_base_patch16_dec512d2b``). Spec: ``ummae.md`` §3, §7, §12.3. Differences from
-``facebookresearch/mae`` (``jaxmim.methods.mae``): the mask is an input (Uniform Sampling or RS,
+factory ``mae_vit_base_patch16_dec512d2b``, :253-258). Differences from ``facebookresearch/mae``
+(:mod:`jaxmim.methods.mae.vit`): the mask is an input (Uniform Sampling or RS,
 ``mask_transform.py``), visible tokens are gathered in raster order, the decoder concatenates
 ``[cls, visible + pos, mask_token + pos]`` without unshuffling, and with ``vis_mask_ratio > 0`` a
 random ``num_secondary`` of the visible tokens become ``vis_mask_token + pos_embed``. The
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import masking_ummae as U
-from jaxmim.models.ummae_common import MaskingInputs, norm_pix_target
+from jaxmim.methods.ummae import masking as U
+from jaxmim.methods.ummae.common import MaskingInputs, norm_pix_target
 from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
 from jaxmim.registry import Backbone, register_model
 

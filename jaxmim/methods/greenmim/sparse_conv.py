@@ -1,7 +1,7 @@
 """Sparse convolutions of GreenMIM-Twins written as dense, static-shape operations on visible tokens.
 
 GreenMIM's Twins-SVT encoder (``LayneH/GreenMIM@b981012 modeling/green_twins_models.py``,
-``modeling/sparse_conv_spconv.py``; spec ``greenmim.md`` §6) uses spconv for two operations:
+``modeling/sparse_conv_spconv.py:21-60``) uses spconv for two operations:
 
 * a regular sparse convolution with kernel = stride = k and no padding (``SparsePatchEmbed``,
   k = 2; GSA spatial reduction, k = sr). Mask units are aligned with k at every stage, so every
@@ -10,9 +10,10 @@ GreenMIM's Twins-SVT encoder (``LayneH/GreenMIM@b981012 modeling/green_twins_mod
 * the positional depthwise 3x3 convolution (PEG, ``SparseDWConv2d``): densified on a
   zero-filled canvas, convolved, gathered back (:func:`masked_depthwise_conv`).
 
-The Twins encoder (:mod:`jaxmim.methods.greenmim_twins`) uses per-sample-capable versions of
+The Twins encoder (:mod:`jaxmim.methods.greenmim.twins`) uses per-sample-capable versions of
 these (``sparse_conv_visible``, ``depthwise_conv_visible``) with indices from its planner. Output
-sites are produced in raster order explicitly (the official code assumes spconv's order, §16 #7).
+sites are produced in raster order explicitly (the official code assumes spconv's order,
+``green_twins_models.py:203-204``).
 """
 
 from __future__ import annotations

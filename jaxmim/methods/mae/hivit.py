@@ -1,30 +1,36 @@
 """MAE pre-training of HiViT (the official ``HiViTMaskedAutoencoder``), trained by the ``'mae'`` method.
 
-Follows ``zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit_mae.py`` and
-``masked_autoencoder.py``; spec ``hivit.md`` §10, §16.2, §20. The model plugs into the existing
-``'mae'`` method (:class:`jaxmim.methods.mae.MAEMethod`: ``mask_ratio``, ``norm_pix_loss``; noise
+Follows ``zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit_mae.py:39-180`` and
+``self_supervised/models/masked_autoencoder.py:79-95`` (loss). The model plugs into the existing
+``'mae'`` method (:class:`jaxmim.methods.mae.method.MAEMethod`: ``mask_ratio``, ``norm_pix_loss``; noise
 input ``('noise',)``): only the model is new, registered here as ``mae_hivit_*`` with its
 fine-tuning classifier (``classifier=``).
 
-Official quirks and what jaxmim does with them (spec §10, §20):
+Official quirks (all in ``zhangxiaosong18/hivit@2718339 self_supervised/``) and what jaxmim does
+with them:
 
-* the encoder ``absolute_pos_embed`` is built as ``nn.Parameter(zeros(..., requires_grad=False))``,
-  which is trainable anyway, then set to the 2-D sin-cos table: here an ``nnx.Param`` with the
-  sin-cos init (column half first), trained and weight-decayed (timm ``add_weight_decay`` with no
-  skip list) -- reproduced, checkpoints carry the trained table;
+* the encoder ``absolute_pos_embed`` is built as ``nn.Parameter(zeros(..., requires_grad=False))``
+  (``models/models_hivit_mae.py:39-43, 110-111``), which is trainable anyway, then set to the 2-D
+  sin-cos table: here an ``nnx.Param`` with the sin-cos init (column half first), trained and
+  weight-decayed (timm ``add_weight_decay`` with no skip list) -- reproduced, checkpoints carry
+  the trained table;
 * the decoder appends ``L + 1 - len_keep`` mask tokens (one more than needed) before the gather
-  by ``ids_restore``; index ``L`` is never gathered, so the extra token has no effect --
-  reproduced (same tensor shapes);
-* ``norm_pix_loss = True`` is hard-coded and the ``--norm_pix_loss`` flag is swallowed: here
-  ``norm_pix_loss`` is an argument (default True, the official behaviour); the ``'mae'``
-  method block passes its own value, so HiViT configs set ``method.norm_pix_loss = True``;
-* ``hifeat=False`` gives the encoder output no final norm, although ``norm`` (width C) is built
-  and saved (kept: same state_dict, ``norm`` unused without hifeat);
+  by ``ids_restore`` (``models/models_hivit_mae.py:153-172``); index ``L`` is never gathered, so
+  the extra token has no effect -- reproduced (same tensor shapes);
+* ``norm_pix_loss = True`` is hard-coded and the ``--norm_pix_loss`` flag is swallowed
+  (``models/masked_autoencoder.py:18``): here ``norm_pix_loss`` is an argument (default True, the
+  official behaviour); the ``'mae'`` method block passes its own value, so HiViT configs set
+  ``method.norm_pix_loss = True``;
+* ``hifeat=False`` gives the encoder output no final norm (``models/models_hivit_mae.py:148-149``),
+  although ``norm`` (width C) is built and saved (kept: same state_dict, ``norm`` unused without
+  hifeat);
 * the LR-schedule shift by one epoch (``main_pretrain.py:190``) is a training-loop quirk, not
   reproduced (documented in the configs).
 
 mmpretrain's ``MAEHiViT`` differs (no hifeat, frozen APE re-interpolated every step, a decoder
-that assumes a class token, sin-cos halves swapped, spec §14). No mmpretrain MAE-HiViT weights
+that assumes a class token, sin-cos halves swapped: ``open-mmlab/mmpretrain@ee7f2e8
+mmpretrain/models/selfsup/mae.py:273-315, 403``, ``mmpretrain/models/necks/mae_neck.py:71-73, 128-153``,
+``mmpretrain/models/utils/position_encoding.py:123-174``). No mmpretrain MAE-HiViT weights
 are released, so no flag reproduces it.
 """
 
@@ -38,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim.methods.mae import mae_loss
+from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models.hivit import BlockWithRPE, HiViT
 from jaxmim.models.vit import dense, get_2d_sincos_pos_embed
 from jaxmim.registry import register_model
@@ -113,7 +119,7 @@ class HiViTMaskedAutoencoder(HiViT):
     Call: ``model(images, *, noise, train=False, rng=None)``: images ``(B, img_size, img_size,
     in_chans)`` float NHWC (normalised; also the target), ``noise`` ``(B, N)`` float. ``rng``
     feeds drop path when ``train`` (0 by default). Returns ``loss`` (scalar float32, mean
-    squared error over removed units, :func:`jaxmim.methods.mae.mae_loss`), ``pred`` ``(B, N,
+    squared error over removed units, :func:`jaxmim.methods.mae.vit.mae_loss`), ``pred`` ``(B, N,
     p*p*C)`` float32 in raster order with pixels in (row, col, channel) order, ``mask`` ``(B, N)``
     (1 = removed), ``latent`` ``(B, len_keep, F)``, ``ids_restore`` ``(B, N)``.
 

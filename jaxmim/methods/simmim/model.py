@@ -1,8 +1,9 @@
 """SimMIM: masked image modeling with a one-layer decoder and an L1 loss on masked pixels.
 
 Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling", CVPR 2022; follows
-``microsoft/SimMIM@d3e29bc models/simmim.py`` (``SimMIM``) and ``data/data_simmim.py``
-(``MaskGenerator``). Spec: ``simmim_swin.md`` §2-§3.
+``microsoft/SimMIM@d3e29bc models/simmim.py:98-133`` (``SimMIM``: decoder :98-112, loss
+:114-121) and ``data/data_simmim.py:21-45`` (``MaskGenerator``, here
+:class:`jaxmim.methods.simmim.masking.SimMIMMaskGenerator`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: the pred layout)
-from jaxmim.masking import SimMIMMaskGenerator
-from jaxmim.methods import register_method
+from jaxmim.methods.registry import register_method
+from jaxmim.methods.simmim.masking import SimMIMMaskGenerator
 from jaxmim.registry import Backbone, create_model
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
-    """``torch.nn.PixelShuffle(r)`` in NHWC: ``(B, h, w, C*r*r)`` -> ``(B, h*r, w*r, C)``.
+    """``torch.nn.PixelShuffle(r)`` in NHWC: ``(B, h, w, C*r*r)`` -> ``(B, h*r, w*r, C)``, any dtype.
 
     Input channel ``c*r^2 + i*r + j`` goes to output pixel ``(h*r + i, w*r + j)``, colour c
-    (colour-major, unlike TensorFlow's ``depth_to_space``).
+    (colour-major, unlike TensorFlow's ``depth_to_space``). Source: the decoder's
+    ``nn.PixelShuffle(encoder_stride)``, ``microsoft/SimMIM@d3e29bc models/simmim.py:104-109``.
     """
     b, h, w, crr = x.shape
     c = crr // (r * r)
@@ -94,14 +96,16 @@ class SimMIM(nnx.Module, Backbone):
         self.mask_generator = SimMIMMaskGenerator(encoder.img_size, mask_patch_size, self.patch_size,
                                                   mask_ratio)
 
-    # -- method protocol (jaxmim.methods) ----------------------------------------------------
+    # -- method protocol (jaxmim.methods.registry) ------------------------------------------
 
     input_keys = ('mask',)
     """The per-batch masking input: ``mask`` int32 ``(B, H/patch, W/patch)``, 1 = masked."""
 
     @classmethod
     def config_defaults(cls) -> dict[str, Any]:
-        """The ``config.method`` block: SimMIM's paper settings at 192 px (spec simmim_swin.md §2)."""
+        """The ``config.method`` block: SimMIM's paper settings at 192 px (``encoder_stride`` 32,
+        ``microsoft/SimMIM@d3e29bc models/simmim.py:138-156``; ``MaskGenerator`` defaults 32 px
+        units, ratio 0.6, ``data/data_simmim.py:21-45``)."""
         return {'encoder_stride': 32, 'mask_patch_size': 32, 'mask_ratio': 0.6}
 
     @classmethod

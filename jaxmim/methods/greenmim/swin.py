@@ -3,12 +3,13 @@
 Huang et al., "Green Hierarchical Vision Transformer for Masked Image Modeling", NeurIPS 2022
 (arXiv 2205.13515); follows ``LayneH/GreenMIM@b981012 modeling/base_green_models.py``
 (``MaskedAutoencoder``), ``modeling/green_swin_models.py`` (visible-token Swin),
-``modeling/group_window_attention.py`` and ``modeling/model_factory.py``. Spec: ``greenmim.md``.
+``modeling/group_window_attention.py`` and ``modeling/model_factory.py:25-140``. The method block
+is :class:`jaxmim.methods.greenmim.method.GreenMIMMethod`.
 
 Static shapes: one 32-px mask unit grid, ``len_keep = int(L (1 - mask_ratio))`` visible units, so
 every stage has a fixed number of visible tokens; the mask-dependent index work (window ids,
 knapsack grouping, merge indices) is one int32 ``plan`` vector of fixed length per sample made
-in NumPy by :class:`jaxmim.group_window_attention.GreenSwinPlanner` (static group size and a
+in NumPy by :class:`jaxmim.methods.greenmim.grouping.GreenSwinPlanner` (static group size and a
 provable bound on the group count). Masking inputs (``input_keys``): ``noise`` and ``plan``;
 without ``plan`` the model computes it from ``noise`` with a host callback.
 
@@ -28,14 +29,13 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim.group_window_attention import GreenSwinPlanner, group_attention_logits_bias, planner_pool
-from jaxmim.methods import register_method
-from jaxmim.methods.mae import mae_loss
+from jaxmim.methods.greenmim.grouping import GreenSwinPlanner, group_attention_logits_bias, planner_pool
+from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models import swin as swin_lib
 from jaxmim.models.vit import Block, dense, get_2d_sincos_pos_embed, xavier_uniform, xavier_uniform_flat
-from jaxmim.registry import Backbone, create_model, register_model
+from jaxmim.registry import Backbone, register_model
 
-__all__ = ['GreenSwinBlock', 'GreenSwinTransformer', 'GreenMIMSwin', 'GreenMIMMethod', 'take_tokens',
+__all__ = ['GreenSwinBlock', 'GreenSwinTransformer', 'GreenMIMSwin', 'take_tokens',
            'MASK_MODES', 'DECODER_PLACEMENTS', 'MERGE_ORDERS']
 
 MASK_MODES = ('batch', 'sample')
@@ -62,7 +62,7 @@ class GreenSwinBlock(nnx.Module):
     Variables as :class:`jaxmim.models.swin.SwinTransformerBlock` (``norm1``, ``attn.{qkv, proj,
     relative_position_bias_table}``, ``norm2``, ``mlp.{fc1, fc2}``), so dense Swin weights load
     unchanged. Call ``block(x, part, arrays, train=, rng=)`` with ``x`` ``(B, N, C)`` visible tokens
-    in raster order; ``part`` the static :class:`~jaxmim.group_window_attention.PartitionSpec`;
+    in raster order; ``part`` the static :class:`~jaxmim.methods.greenmim.grouping.WindowGrouping`;
     ``arrays`` a dict with ``gid`` ``(Bm, K)``, ``coords`` ``(Bm, N, 2)`` and, in grouping mode,
     ``idx`` ``(Bm, nG g)`` / ``inv`` ``(Bm, N)``. Returns ``(B, N, C)``.
     Source: ``green_swin_models.py:40-98`` and ``group_window_attention.py:67-105, :283-295``.
@@ -153,12 +153,14 @@ class GreenSwinTransformer(nnx.Module):
 
     Args:
       img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size, mlp_ratio,
-        qkv_bias, qk_scale, drop_path_rate, norm_eps: as the official constructor (§11.2).
+        qkv_bias, qk_scale, drop_path_rate, norm_eps: as the official constructor
+        (``green_swin_models.py:287-407``).
       mask_unit: mask-unit side in pixels (32).
       len_keep: visible units.
       merge_order: ``'swin'`` concatenates the 2x2 neighbours of a merge in Swin's order
         (0,0),(1,0),(0,1),(1,1) (HEAD); ``'v1'`` in the row-first order (0,0),(0,1),(1,0),(1,1) of
-        the first release, which the released checkpoints were trained with (spec §5, §12).
+        the first release, which the released checkpoints were trained with
+        (``LayneH/GreenMIM@e33a941 models_swin.py:244-246`` vs ``green_swin_models.py:134-137``).
 
     Call ``encoder(images, plan, train=, rng=)``: images ``(B, H, W, C)``, plan ``(Bm, P)``
     int32 (Bm 1 or B) -> ``(B, len_keep, num_features)`` final-norm features of the visible units
@@ -274,9 +276,9 @@ class GreenMIMSwin(nnx.Module, Backbone):
       mask_mode: ``'batch'`` (one mask per batch, official) or ``'sample'``.
       decoder_placement: ``'raster'`` (default, correct) puts the encoder's raster-ordered visible
         features at their units; ``'official'`` reproduces the official concatenate-and-unshuffle
-        with ``ids_restore``, which permutes visible features among visible units (spec §8, §16 #1;
-        the released checkpoints were trained with it).
-      rngs: initialisation (every Linear xavier-uniform, spec §9).
+        with ``ids_restore``, which permutes visible features among visible units
+        (``base_green_models.py:192-202``; the released checkpoints were trained with it).
+      rngs: initialisation (every Linear xavier-uniform, ``base_green_models.py:94-124``).
 
     Variables: ``encoder.*`` (official Swin names), ``decoder_embed``, ``mask_token`` (1,1,Dd),
     ``decoder_pos_embed`` (1, L, Dd) fixed sin-cos :class:`jaxmim.layers.Buffer`,
@@ -314,7 +316,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
     def _init_masking(self, img_size: int, in_chans: int, mask_unit: int, mask_ratio: float, mask_mode: str,
                       norm_pix_loss: bool, decoder_placement: str) -> None:
         """Checks and stores the wrapper's masking settings (shared with the Twins encoder,
-        :mod:`jaxmim.methods.greenmim_twins`); sets ``grid_size``, ``num_patches``, ``len_keep``.
+        :mod:`jaxmim.methods.greenmim.twins`); sets ``grid_size``, ``num_patches``, ``len_keep``.
 
         Raises:
           ValueError: a bad choice field, ratio or unit size.
@@ -453,38 +455,3 @@ class GreenMIMSwin(nnx.Module, Backbone):
         """``sum(depths) + 2``."""
         return sum(self.encoder.depths) + 2
 
-
-@register_method('greenmim')
-class GreenMIMMethod:
-    """The GreenMIM method block: ``mask_ratio`` (0.75), ``norm_pix_loss`` (False; the scripts pass
-    ``--norm_pix_loss``), ``mask_mode`` (``'batch'``), ``planner_workers`` (0: per-sample plans
-    in the input pipeline's process; N >= 2: on N host processes, :class:`PlannerPool`, for
-    ``mask_mode='sample'`` at accelerator speed; ignored in ``'batch'`` mode, one plan per step)."""
-
-    @classmethod
-    def config_defaults(cls) -> dict[str, Any]:
-        """``{'mask_ratio': 0.75, 'norm_pix_loss': False, 'mask_mode': 'batch', 'planner_workers': 0}``."""
-        return {'mask_ratio': 0.75, 'norm_pix_loss': False, 'mask_mode': 'batch', 'planner_workers': 0}
-
-    @classmethod
-    def build(cls, model_name: str, *, overrides: dict[str, Any], seed: int, mask_ratio: float,
-              norm_pix_loss: bool, mask_mode: str, planner_workers: int = 0) -> nnx.Module:
-        """``create_model(model_name, seed=seed, mask_ratio=, norm_pix_loss=, mask_mode=, **overrides)``
-        with ``planner_workers`` set on the model (a host-side setting, not a variable).
-
-        Raises:
-          ValueError: an override contradicting the method block; a negative or non-integer
-            ``planner_workers``.
-        """
-        if int(planner_workers) != planner_workers or planner_workers < 0:
-            raise ValueError(f'config.method.planner_workers must be an integer >= 0 (0 or 1: in-process; '
-                             f'N >= 2: N planner processes), got {planner_workers!r}')
-        kwargs = dict(overrides)
-        for key, value in (('mask_ratio', mask_ratio), ('norm_pix_loss', norm_pix_loss), ('mask_mode', mask_mode)):
-            if key in kwargs and kwargs[key] != value:
-                raise ValueError(f'model override {key}={kwargs[key]!r} contradicts config.method.{key}={value!r}; '
-                                 'set it in config.method')
-            kwargs[key] = value
-        model = create_model(model_name, seed=seed, **kwargs)
-        model.planner_workers = int(planner_workers)
-        return model
