@@ -6,6 +6,8 @@ name: its ``config.method`` block comes from the method's own ``config_defaults`
 misspelt key in a config file or on the command line fails at once with the close valid
 names instead of being silently ignored. Data settings left at ``None`` (image size, mean/std,
 evaluation crop ratio) take the registered model's defaults (:func:`resolve_data_config`).
+The recipe blocks config files share (data sets, optimizers, the timm fine-tuning recipe, the
+demos) are in :mod:`jaxmim.recipes`. :func:`check_config` imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import os
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""ImageNet per-channel RGB mean, in [0, 1] pixel units."""
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""ImageNet per-channel RGB standard deviation, in [0, 1] pixel units."""
+from jaxmim.augment_config import augment_config_from_fields
+from jaxmim.constants import IMAGENET_MEAN
 
 
-def _data_defaults() -> ml_collections.ConfigDict:
+def data_defaults() -> ml_collections.ConfigDict:
+    """The ``config.data`` block of every run: the single source of the data defaults (the input
+    pipeline completes a partial data config from it, :mod:`jaxmim.data.data_config`)."""
     return ml_collections.ConfigDict(dict(
         dataset='imagenet2012',        # any tfds image-classification dataset name
         data_dir=ml_collections.FieldReference(None, field_type=str),
@@ -75,7 +77,7 @@ def _optim_defaults() -> ml_collections.ConfigDict:
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-"""Accepted ``config.compute_dtype`` values (see :func:`jaxmim.train.accumulate_gradients`)."""
+"""Accepted ``config.compute_dtype`` values (see :func:`jaxmim.steps.accumulate_gradients`)."""
 
 
 def _common_defaults() -> ml_collections.ConfigDict:
@@ -96,7 +98,7 @@ def _common_defaults() -> ml_collections.ConfigDict:
         # 'bfloat16': the forward / backward run on bf16 copies of the float32 master weights and
         # images; the loss and the gradients reaching the optimizer stay float32.
         compute_dtype='float32',
-        data=_data_defaults(),
+        data=data_defaults(),
         optim=_optim_defaults(),
         model=ml_collections.ConfigDict(dict(name='', overrides=ml_collections.ConfigDict())),
     ))
@@ -127,13 +129,14 @@ def finetune_defaults() -> ml_collections.ConfigDict:
     """Defaults of a supervised fine-tuning run (``mode='finetune'``).
 
     Recipe fields (all off by default, so a config that does not set them trains as before;
-    :func:`timm_recipe` sets the papers' values):
+    :func:`jaxmim.recipes.timm_recipe` sets the papers' values):
 
     * host side, ``config.data``: ``crop_impl`` ('tf' | 'timm' random-resized-crop window),
       ``auto_augment`` ('' | timm RandAugment string 'rand-m9-mstd0.5-inc1'), ``color_jitter``
       ((b, c, s[, hue]), used only without auto_augment), ``reprob`` / ``remode`` / ``recount`` /
       ``re_scale`` / ``re_ratio`` (random erasing after normalisation), ``on_decode_error``
-      ('raise' | 'skip', image-folder datasets); see :mod:`jaxmim.data.augment`.
+      ('raise' | 'skip', image-folder datasets); checked by :mod:`jaxmim.augment_config`, applied
+      by :mod:`jaxmim.data.augment`.
     * on device, ``config.mixup``: ``mixup_alpha``, ``cutmix_alpha``, ``prob``, ``switch_prob``,
       ``mode`` ('batch'), ``correct_lam`` (:mod:`jaxmim.mixup`); ``label_smoothing`` goes into
       the soft targets; the loss is the soft-target cross entropy.
@@ -162,52 +165,12 @@ def finetune_defaults() -> ml_collections.ConfigDict:
     return _lock(c)
 
 
-def timm_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Turns on the timm / DeiT fine-tuning recipe of SimMIM, MAE, HiViT and GroupMixFormer on a
-    fine-tuning config ``c`` (in place; returns it): timm random-resized crop (scale (0.08, 1),
-    ratio (3/4, 4/3), bicubic), flip, RandAugment ``'rand-m9-mstd0.5-inc1'`` (colour jitter 0.4
-    configured but, as in timm, unused beside RandAugment), random erasing 0.25 / 'pixel' / 1
-    box, mixup 0.8, cutmix 1.0, switch probability 0.5, label smoothing 0.1, evaluation crop
-    224/256. Source: timm ``create_transform`` / ``Mixup`` as called by
-    ``microsoft/SimMIM@d3e29bc data/data_finetune.py:51-114`` and ``facebookresearch/mae
-    util/datasets.py``; spec ``simmim_swin.md`` §4.8, ``groupmixformer.md`` §10.1.
-
-    Raises:
-      ValueError: ``c`` is not a fine-tuning config.
-    """
-    if c.get('mode') != 'finetune':
-        raise ValueError(f"timm_recipe needs a fine-tuning config (mode='finetune'), got mode={c.get('mode')!r}")
-    c.data.crop_impl = 'timm'
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bicubic'
-    c.data.hflip = True
-    c.data.auto_augment = 'rand-m9-mstd0.5-inc1'
-    c.data.color_jitter = (0.4, 0.4, 0.4)
-    c.data.reprob, c.data.remode, c.data.recount = 0.25, 'pixel', 1
-    c.data.eval_crop_ratio = 224 / 256
-    c.mixup.mixup_alpha, c.mixup.cutmix_alpha = 0.8, 1.0
-    c.mixup.prob, c.mixup.switch_prob, c.mixup.mode = 1.0, 0.5, 'batch'
-    c.label_smoothing = 0.1
-    return c
-
-
 def _lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks every field except ``model.overrides`` (free-form constructor arguments, which
     ``create_model`` checks against the model's signature)."""
     c.lock()
     c.model.overrides.unlock()
     return c
-
-
-def fashion_mnist_data(data: ml_collections.ConfigDict, crop_scale: tuple[float, float]) -> None:
-    """Sets ``data`` to the local Fashion-MNIST (Debian's idx files, 28x28 grey) read at 32x32
-    RGB: random-resized crop with area range ``crop_scale`` and flips for training, a plain
-    resize for evaluation, the whole 60k-image split shuffled and cached in memory."""
-    data.update(dict(dataset='fashion_mnist_local', train_split='train', eval_split='test',
-                     image_size=32, crop_scale=crop_scale, hflip=True, eval_crop_ratio=1.0,
-                     shuffle_buffer=60_000, cache=True))
-    data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -240,9 +203,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if mode == 'finetune':
         from jaxmim.mixup import MixupConfig
         MixupConfig(**config.mixup.to_dict(), label_smoothing=float(config.label_smoothing)).check()
-    from jaxmim.data import augment    # the host-side augmentation fields, named on error
-    augment.augment_config_from_fields(config.data.to_dict(), config.data.mean or IMAGENET_MEAN,
-                                       config.data.interpolation)
+    # the host-side augmentation fields, named on error (pure Python: no TensorFlow import)
+    augment_config_from_fields(config.data.to_dict(), config.data.mean or IMAGENET_MEAN, config.data.interpolation)
     if not 0.0 <= float(config.ema_decay) < 1.0:
         raise ValueError(f'config.ema_decay must be in [0, 1) (0 disables the EMA), got {config.ema_decay}')
     if config.get('compute_dtype', 'float32') not in COMPUTE_DTYPES:

@@ -4,7 +4,8 @@ On-device (JAX) port of timm's ``Mixup`` in mode ``'batch'`` (``timm/data/mixup.
 ``Mixup._params_per_batch``, ``_mix_batch``, ``rand_bbox``, ``cutmix_bbox_and_lam``,
 ``mixup_target``) and ``SoftTargetCrossEntropy`` (``timm/loss/cross_entropy.py``); the recipe
 of DeiT, SimMIM, MAE, HiViT and GroupMixFormer fine-tuning (mixup 0.8, cutmix 1.0, switch
-probability 0.5, label smoothing 0.1; spec ``groupmixformer.md`` §10.1).
+probability 0.5, label smoothing 0.1, as ``microsoft/SimMIM@d3e29bc data/data_finetune.py:51-57`` and
+``AILab-CVC/GroupMixFormer@3d3f40977c6a data/build.py:56-62`` build it; timm 0.4.12 code).
 
 It runs inside the jitted train step on the global batch sharded over the mesh's ``data``
 axis, with a key derived from the step key. One draw per call (per batch):

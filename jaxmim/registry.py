@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from flax import nnx
 
-from jaxmim.config import IMAGENET_MEAN, IMAGENET_STD
+from jaxmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['Backbone', 'register_model', 'create_model', 'list_models', 'model_defaults',
            'model_data_defaults', 'model_class', 'classifier_for', 'DEFAULT_DATA', 'match_any']

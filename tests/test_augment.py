@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
+from jaxmim import augment_config as AC
 from jaxmim.data import augment as A
 
 FILL = (124, 116, 104)
@@ -113,20 +114,20 @@ def test_increasing_level_args():
 
 
 def test_parse_rand_augment():
-    c = A.parse_rand_augment('rand-m9-mstd0.5-inc1')
+    c = AC.parse_rand_augment('rand-m9-mstd0.5-inc1')
     assert (c.magnitude, c.num_layers, c.magnitude_std, c.magnitude_max, c.increasing, c.prob) == \
         (9.0, 2, 0.5, 10.0, True, 0.5)
-    assert c.ops == A.RAND_INCREASING_TRANSFORMS and len(c.ops) == 15
-    c = A.parse_rand_augment('rand-n3-m7-p1.0')
+    assert c.ops == AC.RAND_INCREASING_TRANSFORMS and len(c.ops) == 15
+    c = AC.parse_rand_augment('rand-n3-m7-p1.0')
     assert (c.magnitude, c.num_layers, c.prob, c.increasing) == (7.0, 3, 1.0, False)
-    assert c.ops == A.RAND_TRANSFORMS
+    assert c.ops == AC.RAND_TRANSFORMS
     for bad in ('original-mstd0.5', 'rand-x9', 'rand-m9-w0'):
         with pytest.raises(ValueError, match='auto_augment'):
-            A.parse_rand_augment(bad)
+            AC.parse_rand_augment(bad)
 
 
 def test_rand_augment_shapes_seeds_and_grid(img):
-    cfg = A.parse_rand_augment('rand-m9-mstd0.5-inc1')
+    cfg = AC.parse_rand_augment('rand-m9-mstd0.5-inc1')
     x = tf.constant(img, tf.float32) / 255.0
     outs = [A.rand_augment(x, _seed(i), cfg).numpy() for i in range(6)]
     for o in outs:
@@ -136,17 +137,17 @@ def test_rand_augment_shapes_seeds_and_grid(img):
     assert len({o.tobytes() for o in outs}) >= 4                                 # seeds differ
     np.testing.assert_array_equal(A.rand_augment(x, _seed(3), cfg).numpy(), outs[3])   # same seed, same output
     # p = 0: no op fires; the image only snaps to the 0..255 grid.
-    c0 = A.parse_rand_augment('rand-m9-mstd0.5-inc1-p0')
+    c0 = AC.parse_rand_augment('rand-m9-mstd0.5-inc1-p0')
     np.testing.assert_allclose(A.rand_augment(x, _seed(0), c0).numpy() * 255, img, atol=1e-3)
 
 
 def test_rand_augment_single_op_is_that_op(img):
     # n1, p1, mstd0: the only randomness left is which op and its sign; every output must equal one
     # of the 15 ops (either sign) applied by hand at magnitude 9.
-    cfg = A.parse_rand_augment('rand-m9-n1-p1.0-inc1')
+    cfg = AC.parse_rand_augment('rand-m9-n1-p1.0-inc1')
     x = tf.constant(img, tf.float32)
     cands = [A._apply_op(n, x, tf.constant(9.0), tf.constant(s), FILL, 'bicubic').numpy()
-             for n in A.RAND_INCREASING_TRANSFORMS for s in (1.0, -1.0)]
+             for n in AC.RAND_INCREASING_TRANSFORMS for s in (1.0, -1.0)]
     for i in range(8):
         out = A.rand_augment(x / 255.0, _seed(i, 7), cfg, FILL).numpy() * 255.0
         assert min(np.abs(out - c).max() for c in cands) < 1e-3
@@ -218,14 +219,14 @@ def test_random_erasing_box_and_noise():
 def test_augment_config_fields_are_checked():
     base = dict(crop_impl='tf', auto_augment='', color_jitter=(0.0, 0.0, 0.0), reprob=0.0, remode='pixel',
                 recount=1, re_scale=(0.02, 1 / 3), re_ratio=(0.3, 1 / 0.3))
-    cfg = A.augment_config_from_fields(base, (0.485, 0.456, 0.406), 'bicubic')
+    cfg = AC.augment_config_from_fields(base, (0.485, 0.456, 0.406), 'bicubic')
     assert cfg.fill == (124, 116, 104) and not cfg.any_color and cfg.reprob == 0
-    assert A.augment_config_from_fields(dict(base, color_jitter=0.4), (0.5,) * 3, 'bicubic').color_jitter == \
+    assert AC.augment_config_from_fields(dict(base, color_jitter=0.4), (0.5,) * 3, 'bicubic').color_jitter == \
         (0.4, 0.4, 0.4, 0.0)
     for field, value in [('crop_impl', 'torch'), ('reprob', 1.5), ('remode', 'x'), ('recount', 0),
                          ('color_jitter', 'strong'), ('re_scale', (0.5, 0.1)), ('auto_augment', 'autoaug')]:
         with pytest.raises(ValueError, match=field if field != 'auto_augment' else 'auto_augment'):
-            A.augment_config_from_fields(dict(base, **{field: value}), (0.5,) * 3, 'bicubic')
+            AC.augment_config_from_fields(dict(base, **{field: value}), (0.5,) * 3, 'bicubic')
 
 
 def test_pipeline_recipe_on_and_off(data_dir):

@@ -11,7 +11,10 @@ import pytest
 from flax import nnx
 
 from jaxmim import train
-from jaxmim.config import check_config, load_config_file, timm_recipe
+from jaxmim import rundir, steps
+from jaxmim import mesh as mesh_lib
+from jaxmim.config import check_config, load_config_file
+from jaxmim.recipes import timm_recipe
 from jaxmim.registry import Backbone, register_model
 
 
@@ -62,14 +65,14 @@ def _small(**kw):
 
 
 def _run_steps(cfg, batches, keep_params=False):
-    mesh = train.make_mesh()
-    model = train.build_model(cfg)
-    loss_fn = lambda m, b, r: train.classification_loss(m, b, r, cfg.label_smoothing, model.num_classes)  # noqa: E731
-    trainer, state = train.make_trainer(model, loss_fn, cfg, mesh,
-                                        batch_transform=train.make_mixup_transform(cfg, model.num_classes, mesh))
+    mesh = mesh_lib.make_mesh()
+    model = rundir.build_model(cfg)
+    loss_fn = lambda m, b, r: steps.classification_loss(m, b, r, cfg.label_smoothing, model.num_classes)  # noqa: E731
+    trainer, state = steps.make_trainer(model, loss_fn, cfg, mesh,
+                                        batch_transform=steps.make_mixup_transform(cfg, model.num_classes, mesh))
     params, metrics = [jax.device_get(state['params'])], []
     for b in batches:
-        state, m = trainer.train_step(state, train.global_batch(b, train.batch_sharding(mesh)))
+        state, m = trainer.train_step(state, mesh_lib.global_batch(b, mesh_lib.batch_sharding(mesh)))
         metrics.append(jax.device_get(m))
         if keep_params:
             params.append(jax.device_get(state['params']))

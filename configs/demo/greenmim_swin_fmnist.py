@@ -12,7 +12,8 @@ Fine-tune the encoder with ``configs/demo/finetune_greenmim_fmnist.py:pretrained
 ``swin_demo_patch2_window4_32``, the same Swin with a head).
 """
 
-from jaxmim.config import fashion_mnist_data, pretrain_defaults
+from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import demo_mae_pretrain
 
 
 def get_config(arg=None):
@@ -22,19 +23,4 @@ def get_config(arg=None):
     c.method.mask_ratio = 0.75
     c.method.norm_pix_loss = True
     c.method.mask_mode = 'batch'
-    fashion_mnist_data(c.data, crop_scale=(0.2, 1.0))
-    c.batch_size = 128
-    c.total_steps = 1500           # 3.2 epochs; about 2.5 minutes of `make demo` on 2 CPU cores
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 1.5e-3        # per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = 50
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0
-    c.log_every = 50
-    c.checkpoint_every = 500
-    return c
+    return demo_mae_pretrain(c, total_steps=1500)   # 3.2 epochs; about 2.5 minutes of `make demo` on 2 CPU cores

@@ -10,7 +10,8 @@ tokens), embed 128, depth 6, 4 heads; decoder 2 blocks of 128; 75% of the patche
 half-cycle cosine).
 """
 
-from jaxmim.config import fashion_mnist_data, pretrain_defaults
+from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import demo_mae_pretrain
 
 
 def get_config(arg=None):
@@ -19,19 +20,4 @@ def get_config(arg=None):
     c.model.name = 'mae_vit_demo_patch4_32_dec128d2b'
     c.method.mask_ratio = 0.75
     c.method.norm_pix_loss = True
-    fashion_mnist_data(c.data, crop_scale=(0.2, 1.0))   # MAE's pre-training crop area
-    c.batch_size = 128
-    c.total_steps = 800
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 1.5e-3        # per 256 images: 7.5e-4 at batch 128
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = 50
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0
-    c.log_every = 50
-    c.checkpoint_every = 500
-    return c
+    return demo_mae_pretrain(c, total_steps=800)

@@ -10,7 +10,8 @@ pixel-shuffle decoder reconstructs from the 1x1 final map (encoder stride 32), L
 pixels. Mask units of 8x8 pixels (2x2 tokens), ratio 0.6 (10 of 16 units masked).
 """
 
-from jaxmim.config import fashion_mnist_data, pretrain_defaults
+from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import demo_simmim_pretrain
 
 
 def get_config(arg=None):
@@ -20,14 +21,4 @@ def get_config(arg=None):
     c.method.encoder_stride = 32
     c.method.mask_patch_size = 8
     c.method.mask_ratio = 0.6
-    fashion_mnist_data(c.data, crop_scale=(0.67, 1.0))   # SimMIM's pre-training crop area
-    c.batch_size = 128
-    c.total_steps = 800
-    c.optim.base_lr = 4e-3          # per 512 images: 1e-3 at batch 128
-    c.optim.warmup_lr = 1e-5
-    c.optim.min_lr = 1e-5
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.05
-    c.log_every = 50
-    c.checkpoint_every = 500
-    return c
+    return demo_simmim_pretrain(c, total_steps=800)

@@ -8,7 +8,8 @@ Images: 28x28 grey, resized to 32x32 and repeated to 3 channels. Swin demo varia
 ratio 0.6), i.e. 2x2 model patches each.
 """
 
-from jaxmim.config import fashion_mnist_data, pretrain_defaults
+from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import demo_simmim_pretrain
 
 
 def get_config(arg=None):
@@ -18,14 +19,4 @@ def get_config(arg=None):
     c.method.encoder_stride = 16
     c.method.mask_patch_size = 8
     c.method.mask_ratio = 0.6
-    fashion_mnist_data(c.data, crop_scale=(0.67, 1.0))   # SimMIM's pre-training crop area
-    c.batch_size = 128
-    c.total_steps = 800
-    c.optim.base_lr = 4e-3          # per 512 images: 1e-3 at batch 128
-    c.optim.warmup_lr = 1e-5
-    c.optim.min_lr = 1e-5
-    c.optim.warmup_steps = 50
-    c.optim.weight_decay = 0.05
-    c.log_every = 50
-    c.checkpoint_every = 500
-    return c
+    return demo_simmim_pretrain(c, total_steps=800)

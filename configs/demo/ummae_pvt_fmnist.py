@@ -21,7 +21,8 @@ half-cycle cosine). The ``simmim`` variant trains ``simmim_pvt_demo_32`` (full r
 4/2/1, random 75 % masks, L1).
 """
 
-from jaxmim.config import fashion_mnist_data, pretrain_defaults
+from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import demo_mae_pretrain
 
 
 def get_config(arg='ummae'):
@@ -40,19 +41,4 @@ def get_config(arg='ummae'):
         c.model.name = 'simmim_pvt_demo_32'
         c.method.sampling = 'random'
     c.method.mask_ratio = 0.75
-    fashion_mnist_data(c.data, crop_scale=(0.2, 1.0))
-    c.batch_size = 128
-    c.total_steps = 2400          # 5.1 epochs; about 5 minutes of `make demo` on 2 CPU cores
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 1.5e-3        # per 256 images: 7.5e-4 at batch 128
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = 50
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0
-    c.log_every = 50
-    c.checkpoint_every = 500
-    return c
+    return demo_mae_pretrain(c, total_steps=2400)   # 5.1 epochs; about 5 minutes of `make demo` on 2 CPU cores

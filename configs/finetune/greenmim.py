@@ -4,8 +4,8 @@ r"""Fine-tuning a GreenMIM-pre-trained Swin on ImageNet-1K at 224 px through the
         --config.pretrained.workdir=<GreenMIM pre-training workdir> --workdir=<out> \
         --config.data.data_dir=/path/to/tensorflow_datasets
 
-Variants (``LayneH/GreenMIM@b981012 ft_configs/*.yaml`` run with SimMIM's ``main_finetune.py``;
-spec ``greenmim.md`` §13; per-512-image learning rates):
+Variants (``LayneH/GreenMIM@b981012 ft_configs/*.yaml`` run with ``microsoft/SimMIM@d3e29bc
+main_finetune.py``; per-512-image learning rates):
 
 ====================  ================================  ============================  ====  ========  ======
 variant               classifier                        BASE / WARMUP / MIN lr        LD    drop path  top-1
@@ -19,14 +19,15 @@ variant               classifier                        BASE / WARMUP / MIN lr  
 epochs, 20 warm-up, weight decay 0.05, and SimMIM's inherited defaults (AdamW (0.9, 0.999) eps 1e-8,
 clip 5.0, lagged cosine per iteration, label smoothing 0.1, Mixup 0.8 / CutMix 1.0, RandAugment
 rand-m9-mstd0.5-inc1, random erasing 0.25, bicubic, centre-crop evaluation;
-``jaxmim.config.timm_recipe``). Batch 768 (README: 48 x 16 GPUs); top-1 as the GreenMIM README
+``jaxmim.recipes.timm_recipe``). Batch 768 (README: 48 x 16 GPUs); top-1 as the GreenMIM README
 reports. The classifier's LayerNorm eps is 1e-5 (SimMIM's Swin) while pre-training used 1e-6; the
 pre-trained encoder (``encoder.*``, official Swin names) is unwrapped by
 ``jaxmim.train.load_pretrained`` (or extract it first with ``python -m convert.extract_backbone``);
 the window is the pre-training window, so no bias-table resize.
 """
 
-from jaxmim.config import finetune_defaults, timm_recipe
+from jaxmim.config import finetune_defaults
+from jaxmim.recipes import imagenet_data, simmim_optim, timm_recipe
 
 BATCH = 768
 ITERS_PER_EPOCH = 1_281_167 // BATCH
@@ -40,28 +41,17 @@ VARIANTS = {
 def get_config(arg='swin_base_win7'):
     if arg not in VARIANTS:
         raise ValueError(f'variant must be one of {list(VARIANTS)}, got {arg!r}')
-    model, drop_path, lrs, layer_decay = VARIANTS[arg]
+    model, drop_path, (base_lr, warmup_lr, min_lr), layer_decay = VARIANTS[arg]
     c = timm_recipe(finetune_defaults())
     c.model.name = model
     c.model.overrides.drop_path_rate = drop_path
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.interpolation = 'bicubic'
-    c.data.eval_crop_ratio = 224 / 256
+    imagenet_data(c.data, 224)
     c.batch_size = BATCH
     c.eval_batch_size = 1024
     c.total_steps = 100 * ITERS_PER_EPOCH
-    c.optim.warmup_steps = 20 * ITERS_PER_EPOCH
-    c.optim.schedule = 'cosine'
-    c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = lrs
-    c.optim.weight_decay = 0.05
+    simmim_optim(c.optim, base_lr=base_lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=20 * ITERS_PER_EPOCH)
     c.optim.layer_decay = layer_decay
-    c.optim.clip_grad = 5.0
     c.accum_steps = 1
-    c.label_smoothing = 0.1
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH
     c.checkpoint_every = 5 * ITERS_PER_EPOCH

@@ -1,4 +1,4 @@
-r"""Fine-tuning an MAE ViT-B/16 on ImageNet-1K at 224 px (facebookresearch/mae FINETUNE.md).
+r"""Fine-tuning an MAE ViT-B/16 on ImageNet-1K at 224 px (facebookresearch/mae@be47fef FINETUNE.md).
 
     python -m jaxmim.main --config=configs/finetune/mae_vit_base_100ep.py \
         --config.pretrained.workdir=<MAE pre-training workdir, or one made by convert.import> \
@@ -10,7 +10,7 @@ Recipe (``main_finetune.py``, FINETUNE.md): ViT-B/16 with global average pooling
 1024, base lr 5e-4 per 256 images (lr 2e-3), per-iteration warm-up over 5 epochs from 0 then
 half-cycle cosine to 1e-6 (MAE's schedule scales min lr by each layer's factor too), label
 smoothing 0.1, 100 epochs; evaluation: resize to 256 (bicubic) and centre crop 224; and the timm
-augmentation of ``util/datasets.py`` / ``main_finetune.py`` defaults (``jaxmim.config.timm_recipe``):
+augmentation of ``util/datasets.py`` / ``main_finetune.py`` defaults (``jaxmim.recipes.timm_recipe``):
 RandomResizedCrop (0.08, 1) bicubic, flip, RandAugment rand-m9-mstd0.5-inc1, no colour jitter
 (MAE's ``--color_jitter`` is None and unused beside RandAugment), random erasing 0.25 pixel x1,
 Mixup 0.8 / CutMix 1.0 (switch 0.5, mode batch), label smoothing 0.1 in soft targets,
@@ -22,7 +22,8 @@ raise ``--config.accum_steps``. Differences left: fp16 autocast (jaxmim float32)
 per global batch where MAE draws one per GPU.
 """
 
-from jaxmim.config import finetune_defaults, timm_recipe
+from jaxmim.config import finetune_defaults
+from jaxmim.recipes import imagenet_data, mae_optim, timm_recipe
 
 BATCH = 1024
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 1251
@@ -35,28 +36,12 @@ def get_config(arg=None):
     c.model.name = 'vit_base_patch16_224'
     c.model.overrides.drop_path_rate = 0.1
     c.model.overrides.global_pool = True
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.interpolation = 'bicubic'
-    c.data.eval_crop_ratio = 224 / 256
+    imagenet_data(c.data, 224)
     c.batch_size = BATCH
     c.eval_batch_size = 1000
     c.total_steps = 100 * ITERS_PER_EPOCH
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 5e-4                 # --blr, per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 1e-6
-    c.optim.warmup_steps = 5 * ITERS_PER_EPOCH
-    c.optim.betas = (0.9, 0.999)
-    c.optim.weight_decay = 0.05
+    mae_optim(c.optim, blr=5e-4, min_lr=1e-6, warmup_steps=5 * ITERS_PER_EPOCH, betas=(0.9, 0.999))
     c.optim.layer_decay = 0.65
-    c.optim.clip_grad = 0.0
-    c.label_smoothing = 0.1
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH
     c.checkpoint_every = 5 * ITERS_PER_EPOCH

@@ -8,10 +8,11 @@ Variants: 100ep (layer decay 0.9, after the 100-epoch pre-training; the paper's 
 83.5 %) and 800ep (layer decay 0.8, after the 800-epoch pre-training; 84.0 %), ImageNet-1K
 val, 224 px (microsoft/SimMIM@d3e29bc README.md:33-54; configs
 swin_base__{100ep,800ep}/simmim_finetune__swin_base__img224_window7__{100ep,800ep}.yaml).
-Shared (spec simmim_swin.md §4.2-4.8): 100 epochs, 20 warm-up epochs, base lr 1.25e-3,
+Shared (``config.py:13-194`` defaults, the yamls above, ``optimizer.py``, ``lr_scheduler.py:18-35``,
+``data/data_finetune.py:51-114``, ``main_finetune.py:321-334``): 100 epochs, 20 warm-up epochs, base lr 1.25e-3,
 warmup/min lr 2.5e-7 (per 512 images, x4 at batch 2048), lagged cosine per iteration, AdamW
 (0.9, 0.999), weight decay 0.05, drop path 0.1, clip 5.0, and the timm recipe
-(``jaxmim.config.timm_recipe``): RandomResizedCrop (0.08, 1) bicubic, flip, RandAugment
+(``jaxmim.recipes.timm_recipe``): RandomResizedCrop (0.08, 1) bicubic, flip, RandAugment
 rand-m9-mstd0.5-inc1 (colour jitter 0.4 configured, unused beside it as in timm), random
 erasing 0.25 pixel x1, Mixup 0.8 / CutMix 1.0 (switch 0.5, per-batch), label smoothing 0.1 in
 soft targets, soft-target cross entropy; evaluation resize 256 bicubic, centre crop 224. No EMA.
@@ -23,7 +24,8 @@ rounding; drop-path draws differ per micro-batch). Differences left: apex O1 mix
 (jaxmim runs float32), one mixup lambda per global batch where SimMIM draws one per GPU.
 """
 
-from jaxmim.config import finetune_defaults, timm_recipe
+from jaxmim.config import finetune_defaults
+from jaxmim.recipes import imagenet_data, simmim_optim, timm_recipe
 
 ITERS_PER_EPOCH = 1_281_167 // 2048
 
@@ -34,24 +36,13 @@ def get_config(arg='100ep'):
     c = timm_recipe(finetune_defaults())
     c.model.name = 'swin_base_patch4_window7_224'
     c.model.overrides.drop_path_rate = 0.1
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.interpolation = 'bicubic'
-    c.data.eval_crop_ratio = 224 / 256
+    imagenet_data(c.data, 224)
     c.batch_size = 2048
     c.eval_batch_size = 1024
     c.total_steps = 100 * ITERS_PER_EPOCH
-    c.optim.warmup_steps = 20 * ITERS_PER_EPOCH
-    c.optim.schedule = 'cosine'
-    c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = 1.25e-3, 2.5e-7, 2.5e-7
-    c.optim.weight_decay = 0.05
+    simmim_optim(c.optim, base_lr=1.25e-3, warmup_lr=2.5e-7, min_lr=2.5e-7, warmup_steps=20 * ITERS_PER_EPOCH)
     c.optim.layer_decay = 0.9 if arg == '100ep' else 0.8
-    c.optim.clip_grad = 5.0
     c.accum_steps = 1                      # raise on fewer accelerators; batch_size stays 2048
-    c.label_smoothing = 0.1
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH
     c.checkpoint_every = 5 * ITERS_PER_EPOCH

@@ -1,10 +1,11 @@
-r"""Fine-tuning of the UM-MAE (and SimMIM-baseline) encoders on ImageNet-1K (implus/UM-MAE FINETUNE.md).
+r"""Fine-tuning of the UM-MAE (and SimMIM-baseline) encoders on ImageNet-1K (implus/UM-MAE@cb7776b FINETUNE.md).
 
     python -m jaxmim.main --config=configs/finetune/ummae_finetune.py:swin_tiny_256 \
         --config.pretrained.workdir=<pre-training workdir (configs/pretrain/ummae_*.py), or convert.import> \
         --workdir=<out> --config.data.data_dir=/path/to/tensorflow_datasets
 
-Variants (Makefile ``finetune_*`` targets; spec ``ummae.md`` §10-§11):
+Variants (implus/UM-MAE@cb7776b ``Makefile`` ``finetune_*`` targets, lines 127-215;
+``main_finetune.py:244-271`` loads the encoder):
 
 | variant | classifier | layer decay | drop path | batch (GPU x accum x 8) | eval |
 |---|---|---|---|---|---|
@@ -15,18 +16,20 @@ Variants (Makefile ``finetune_*`` targets; spec ``ummae.md`` §10-§11):
 
 The same variants fine-tune the SimMIM baselines (``configs/pretrain/ummae_simmim_256.py``): the
 classifier loads ``patch_embed``, ``pos_embed`` (PVT) and every block, only ``head`` and ``fc_norm``
-start fresh (``main_finetune.py`` asserts exactly that); the pre-training ``norm``, decoder and
-mask tokens are dropped. Recipe (``main_finetune.py``): effective batch 1024, base lr 5e-4 per 256
-images (lr 2e-3), AdamW (0.9, 0.999), weight decay 0.05 (none on 1-D tensors, biases and PVT's
-``pos_embed``), layer-wise lr decay over ``len(blocks) + 2`` ids (``util/lr_decay.py``), warm-up 5
-epochs from 0 then half-cycle cosine to 1e-6, no clipping, 100 epochs; timm augmentation
-(RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothing
-0.1); ``head`` N(0, 2e-5). Reported top-1 after 200-epoch UM-MAE pre-training: PVT-S 79.31, Swin-T
-82.04, ViT-B 82.88; Swin-L (800 epochs) 85.2. The Makefile's Swin-L target loads a stale
-``..._200e`` path (spec §17 #2): point ``pretrained.workdir`` at the 800-epoch run.
+start fresh (``main_finetune.py`` asserts exactly that); the pre-training ``norm``, decoder and mask
+tokens are dropped. Recipe (``main_finetune.py``, ``util/datasets.py:77-86``): effective batch 1024,
+base lr 5e-4 per 256 images (lr 2e-3), AdamW (0.9, 0.999), weight decay 0.05 (none on 1-D tensors,
+biases and PVT's ``pos_embed``), layer-wise lr decay over ``len(blocks) + 2`` ids
+(``util/lr_decay.py:13-74``), warm-up 5 epochs from 0 then half-cycle cosine to 1e-6, no clipping,
+100 epochs; timm augmentation (RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 /
+cutmix 1.0, label smoothing 0.1); ``head`` N(0, 2e-5). Reported top-1 after 200-epoch UM-MAE
+pre-training: PVT-S 79.31, Swin-T 82.04, ViT-B 82.88; Swin-L (800 epochs) 85.2. The Makefile's
+Swin-L target loads a stale ``..._200e/checkpoint-199.pth`` path (``Makefile`` line 215): point
+``pretrained.workdir`` at the 800-epoch run.
 """
 
-from jaxmim.config import finetune_defaults, timm_recipe
+from jaxmim.config import finetune_defaults
+from jaxmim.recipes import imagenet_data, mae_optim, timm_recipe
 
 BATCH = 1024
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 1251
@@ -48,27 +51,14 @@ def get_config(arg='swin_tiny_256'):
     c.model.overrides.head_init_std = 2e-5         # main_finetune.py: trunc_normal_(head.weight, std=2e-5)
     if model.startswith('vit'):
         c.model.overrides.global_pool = True
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = size
+    imagenet_data(c.data, size)
     c.data.eval_crop_ratio = crop                  # util/datasets.py: crop_pct 1.0 at 256 px
     c.batch_size = BATCH
     c.accum_steps = accum                          # --accum_iter (memory only)
     c.eval_batch_size = 1000
     c.total_steps = 100 * ITERS_PER_EPOCH
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 5e-4                         # --blr, per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 1e-6
-    c.optim.warmup_steps = 5 * ITERS_PER_EPOCH
-    c.optim.betas = (0.9, 0.999)
-    c.optim.weight_decay = 0.05
+    mae_optim(c.optim, blr=5e-4, min_lr=1e-6, warmup_steps=5 * ITERS_PER_EPOCH, betas=(0.9, 0.999))
     c.optim.layer_decay = layer_decay
-    c.optim.clip_grad = 0.0
-    c.label_smoothing = 0.1
     c.pretrained.required = True
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH

@@ -3,7 +3,7 @@ r"""GreenMIM pre-training on ImageNet-1K at 224 px, one variant per official lau
     python -m jaxmim.main --config=configs/pretrain/greenmim.py:twins_large --workdir=gs://bucket/greenmim_twins_large \
         --config.data.data_dir=/path/to/tensorflow_datasets
 
-Variants (``LayneH/GreenMIM@b981012 scripts/*.sh``, ``main_pretrain.py``; spec ``greenmim.md`` §10):
+Variants (``LayneH/GreenMIM@b981012 scripts/*.sh``, ``main_pretrain.py:121-180``, ``util/lr_sched.py:9-21``):
 
 ===================  ==============================================  ======  ===========  ======  =======
 variant              model                                           blr     batch        epochs  warm-up
@@ -16,7 +16,7 @@ variant              model                                           blr     bat
 
 Swin: the ``srun_*`` launchers (the paper-like settings; ``srun_greenmim_swin_base.sh``'s model
 name carries the v1 typo ``_dec5121b1``), NTASKS taken as 8. Twins-L: ``run_greenmim_twins_large.sh``
-(``BS=512``, ``NPROC=8`` processes, although it exposes 4 GPUs: spec §16 #13), effective batch 4096,
+(``BS=512``, ``NPROC=8`` processes, although it exposes 4 GPUs), effective batch 4096,
 ``--save_freq 25``; GreenMIM has no Twins fine-tuning recipe and jaxmim no Twins classifier.
 Every variant (the encoder on the 12 visible of 49 32-px units, decoder 1 block x 512): mask ratio
 0.75 with one mask per batch, norm-pixel targets; AdamW betas (0.9, 0.95), weight decay 0.05 (none
@@ -28,6 +28,7 @@ official runs used fp16 autocast. Grouping / block indices are computed on the h
 """
 
 from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import imagenet_data, mae_optim
 
 IMAGENET_TRAIN = 1_281_167
 # variant: (model, blr, per-device batch, devices, epochs, warm-up epochs, checkpoint every (epochs))
@@ -51,26 +52,10 @@ def get_config(arg='swin_base_win7'):
     c.method.norm_pix_loss = True
     c.method.mask_mode = 'batch'
     c.method.inputs_from = 'pipeline'
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bicubic'
-    c.data.hflip = True
+    imagenet_data(c.data, 224, crop_scale=(0.2, 1.0), interpolation='bicubic')
     c.batch_size = batch
     c.total_steps = epochs * iters_per_epoch
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = blr                  # --blr, per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = warmup * iters_per_epoch
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0
+    mae_optim(c.optim, blr=blr, min_lr=0.0, warmup_steps=warmup * iters_per_epoch, betas=(0.9, 0.95))
     c.log_every = 100
     c.checkpoint_every = save_every * iters_per_epoch
     c.keep_checkpoints = 3

@@ -1,11 +1,12 @@
-r"""MAE pre-training of HiViT-B on ImageNet-1K, the official recipe (zhangxiaosong18/hivit self_supervised).
+r"""MAE pre-training of HiViT-B on ImageNet-1K, the official recipe (zhangxiaosong18/hivit@2718339 self_supervised).
 
     python -m jaxmim.main --config=configs/pretrain/mae_hivit_base.py:1600ep --workdir=gs://bucket/mae_hivit_base \
         --config.data.data_dir=/path/to/tensorflow_datasets
     # the 800-epoch schedule:
     python -m jaxmim.main --config=configs/pretrain/mae_hivit_base.py:800ep --workdir=...
 
-Recipe (``self_supervised/get_started.md:25-29``, ``main_pretrain.py``; spec ``hivit.md`` §10):
+Recipe (zhangxiaosong18/hivit@2718339 ``self_supervised/get_started.md:25-29``,
+``main_pretrain.py:125-190``, ``util/lr_sched.py:9-21``, ``models/models_hivit_mae.py:175-180``):
 model ``mae_hivit_base_dec512d6b`` (HiViT-B encoder 512 / [2, 2, 20] / 8 heads without RPE, hifeat
 3584-d encoder output, decoder 6 x 512, 16 heads); mask ratio 0.75 of the 16x16-px units;
 norm-pixel targets (hard-coded officially); AdamW betas (0.9, 0.95), weight decay 0.05 on
@@ -19,6 +20,7 @@ flip. 312 iterations per epoch. The official epoch loop shifts the schedule by o
 """
 
 from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import imagenet_data, mae_optim
 
 BATCH = 4096
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 312
@@ -32,26 +34,11 @@ def get_config(arg='1600ep'):
     c.model.name = 'mae_hivit_base_dec512d6b'
     c.method.mask_ratio = 0.75
     c.method.norm_pix_loss = True          # official: self.norm_pix_loss = True, hard-coded
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bicubic'
-    c.data.hflip = True
+    imagenet_data(c.data, 224, crop_scale=(0.2, 1.0), interpolation='bicubic')
     c.batch_size = BATCH
     c.total_steps = EPOCHS[arg] * ITERS_PER_EPOCH
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 1e-4                 # --blr, per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = 40 * ITERS_PER_EPOCH
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0                # no clipping (engine_pretrain.py)
+    # --blr per 256 images; no clipping (engine_pretrain.py)
+    mae_optim(c.optim, blr=1e-4, min_lr=0.0, warmup_steps=40 * ITERS_PER_EPOCH, betas=(0.9, 0.95))
     c.log_every = 100
     c.checkpoint_every = 20 * ITERS_PER_EPOCH
     c.keep_checkpoints = 3

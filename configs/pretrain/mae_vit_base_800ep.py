@@ -1,4 +1,4 @@
-r"""MAE pre-training of ViT-B/16 on ImageNet-1K, the official recipe (facebookresearch/mae PRETRAIN.md).
+r"""MAE pre-training of ViT-B/16 on ImageNet-1K, the official recipe (facebookresearch/mae@be47fef PRETRAIN.md).
 
     python -m jaxmim.main --config=configs/pretrain/mae_vit_base_800ep.py --workdir=gs://bucket/mae_vit_base_800ep \
         --config.data.data_dir=/path/to/tensorflow_datasets
@@ -16,6 +16,7 @@ ImageNet must be prepared with tfds first (manual download; ``tfds build imagene
 """
 
 from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import imagenet_data, mae_optim
 
 BATCH = 4096
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 312
@@ -29,26 +30,11 @@ def get_config(arg='800ep'):
     c.model.name = 'mae_vit_base_patch16_dec512d8b'
     c.method.mask_ratio = 0.75
     c.method.norm_pix_loss = True
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bicubic'
-    c.data.hflip = True
+    imagenet_data(c.data, 224, crop_scale=(0.2, 1.0), interpolation='bicubic')
     c.batch_size = BATCH
     c.total_steps = epochs[arg] * ITERS_PER_EPOCH
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 1.5e-4               # --blr, per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = 40 * ITERS_PER_EPOCH
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0                # MAE pre-training does not clip
+    # --blr per 256 images; MAE pre-training does not clip
+    mae_optim(c.optim, blr=1.5e-4, min_lr=0.0, warmup_steps=40 * ITERS_PER_EPOCH, betas=(0.9, 0.95))
     c.log_every = 100
     c.checkpoint_every = 20 * ITERS_PER_EPOCH
     c.keep_checkpoints = 3

@@ -6,7 +6,8 @@ r"""SimMIM-style masked pre-training of GroupMixFormer-S on ImageNet-1K at 224 p
     #   --config.pretrained.workdir=<out> --config.optim.layer_decay=0.9 (the SimMIM fine-tuning habit)
 
 No published code pre-trains GroupMixFormer with masking. This config applies SimMIM's 100-epoch
-Swin-B recipe (microsoft/SimMIM@d3e29bc, spec simmim_swin.md §4.2) to ``simmim_groupmixformer_small``
+Swin-B recipe (microsoft/SimMIM@d3e29bc
+``configs/swin_base__100ep/simmim_pretrain__swin_base__img192_window6__100ep.yaml``) to ``simmim_groupmixformer_small``
 (``jaxmim.models.groupmixformer.GroupMixFormerForSimMIM``): masked pixels zeroed before the stem,
 stem outputs at masked positions (the stride-4 token grid) replaced by a learnable mask token,
 encoder stride 32 (7x7 final map), one-layer 1x1-conv + pixel-shuffle decoder, L1 loss on masked
@@ -18,6 +19,7 @@ this scale: no result is claimed.
 """
 
 from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import imagenet_data, simmim_optim
 
 ITERS_PER_EPOCH = 1_281_167 // 2048   # 625
 
@@ -29,21 +31,10 @@ def get_config(arg=None):
     c.method.encoder_stride = 32
     c.method.mask_patch_size = 32
     c.method.mask_ratio = 0.6
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.crop_scale = (0.67, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bilinear'
-    c.data.hflip = True
+    imagenet_data(c.data, 224, crop_scale=(0.67, 1.0), interpolation='bilinear')
     c.batch_size = 2048
     c.total_steps = 100 * ITERS_PER_EPOCH
-    c.optim.schedule = 'cosine'
-    c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = 2e-4, 1e-6, 1e-5
-    c.optim.warmup_steps = 10 * ITERS_PER_EPOCH
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 5.0
+    simmim_optim(c.optim, base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=10 * ITERS_PER_EPOCH)
     c.log_every = 100
     c.checkpoint_every = 5 * ITERS_PER_EPOCH
     c.keep_checkpoints = 3

@@ -3,7 +3,8 @@ r"""SimMIM pre-training of Swin-B on ImageNet-1K, the official recipe (microsoft
     python -m jaxmim.main --config=configs/pretrain/simmim_swin_base_img192_window6.py:100ep \
         --workdir=gs://bucket/simmim_swin_base_100ep --config.data.data_dir=/path/to/tensorflow_datasets
 
-Variants (spec simmim_swin.md §4.2; configs/swin_base__{100,800}ep/simmim_pretrain__swin_base__img192_window6__*.yaml):
+Variants (``configs/swin_base__{100,800}ep/simmim_pretrain__swin_base__img192_window6__*.yaml``;
+``config.py:13-194`` defaults; lr scaling ``main_simmim.py:217-230``):
   100ep: cosine, base lr 2e-4, warmup lr 1e-6, min lr 1e-5 (per 512 images), 10 warm-up epochs.
   800ep: multistep (x0.1 at epoch 700), base lr 1e-4, warmup lr 5e-7, 10 warm-up epochs.
 Shared: 192 px, window 6, mask units 32 px at ratio 0.6 (22 of 36 masked), encoder stride 32,
@@ -16,6 +17,7 @@ Reported ImageNet-1K top-1 after fine-tuning at 224: 83.5 (100 ep), 84.0 (800 ep
 """
 
 from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import imagenet_data, simmim_optim
 
 ITERS_PER_EPOCH = 1_281_167 // 2048   # 625
 
@@ -28,28 +30,17 @@ def get_config(arg='100ep'):
     c.method.encoder_stride = 32
     c.method.mask_patch_size = 32
     c.method.mask_ratio = 0.6
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 192
-    c.data.crop_scale = (0.67, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bilinear'
-    c.data.hflip = True
+    imagenet_data(c.data, 192, crop_scale=(0.67, 1.0), interpolation='bilinear')
     c.batch_size = 2048
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 5.0
-    c.optim.warmup_steps = 10 * ITERS_PER_EPOCH
     if arg == '100ep':
         c.total_steps = 100 * ITERS_PER_EPOCH
-        c.optim.schedule = 'cosine'
-        c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = 2e-4, 1e-6, 1e-5
+        simmim_optim(c.optim, base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=10 * ITERS_PER_EPOCH)
     else:
         c.total_steps = 800 * ITERS_PER_EPOCH
+        simmim_optim(c.optim, base_lr=1e-4, warmup_lr=5e-7, min_lr=5e-6, warmup_steps=10 * ITERS_PER_EPOCH)
         c.optim.schedule = 'multistep'
         c.optim.milestones = (700 * ITERS_PER_EPOCH,)
         c.optim.gamma = 0.1
-        c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = 1e-4, 5e-7, 5e-6
     c.log_every = 100
     c.checkpoint_every = 5 * ITERS_PER_EPOCH
     c.keep_checkpoints = 3

@@ -1,9 +1,9 @@
 r"""SimMIM Swin-B pre-training at 224 px / window 7: a BENCHMARK config, not an official recipe.
 
 SimMIM pre-trains Swin-B at 192 px with window 6 (``simmim_swin_base_img192_window6.py``); HiViT's
-speed claim (1.9x over Swin-B, spec ``hivit.md`` §18) compares models at 224 px, so this config is
-that recipe with the input at 224 px and window 7 (the fine-tuning geometry; 7x7 mask units of
-32 px, 60% masked) for ``jaxmim.benchmark``:
+speed claim (1.9x over Swin-B, HiViT paper, arXiv 2205.14949 v1 abstract) compares models at
+224 px, so this config is that recipe with the input at 224 px and window 7 (the fine-tuning
+geometry; 7x7 mask units of 32 px, 60% masked) for ``jaxmim.benchmark``:
 
     python -m jaxmim.benchmark --config=configs/pretrain/mae_hivit_base.py:1600ep --kinds=pretrain \
         --also=configs/pretrain/simmim_swin_base_img192_window6.py:100ep \

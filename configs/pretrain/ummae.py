@@ -5,7 +5,7 @@ r"""UM-MAE pre-training on ImageNet-1K, one variant per target of the official M
     # masks made by the input pipeline, as the official data loader does:
     ... --config.method.inputs_from=pipeline
 
-Variants (``<model>_<epochs>``; spec ``ummae.md`` §7, §10):
+Variants (``<model>_<epochs>``; implus/UM-MAE@cb7776b ``Makefile``, lines as below):
 
 =====================  ==================================  ====================================================
 variant                model                               official target; reported top-1 after 100-ep fine-tune
@@ -24,16 +24,19 @@ variant                model                               official target; repo
 
 Common recipe: Uniform Sampling of the mask units (``--mask_regular``; 16-px units on the 256-px
 pyramids, the 14 x 14 patch grid on ViT), mask ratio 0.75, Secondary Masking 0.25 (a quarter of the
-visible units become ``vis_mask_token``), norm-pix MSE on the masked units; AdamW betas (0.9,
-0.95), weight decay 0.05 (none on 1-D tensors and biases; mask tokens decayed, posmlp conv kernels
-too), no clipping; effective batch 4096 (128 x accum 4 x 8 GPUs), base lr 1.5e-4 per 256 images
-(lr 2.4e-3), per-iteration warm-up 10 epochs (40 for 800) from 0 then half-cycle cosine to 0;
+visible units become ``vis_mask_token``), norm-pix MSE on the masked units; AdamW betas (0.9, 0.95),
+weight decay 0.05 (none on 1-D tensors and biases; mask tokens decayed, posmlp conv kernels too), no
+clipping; effective batch 4096 (128 x accum 4 x 8 GPUs), base lr 1.5e-4 per 256 images (lr 2.4e-3),
+per-iteration warm-up 10 epochs (40 for 800) from 0 then half-cycle cosine to 0;
 RandomResizedCrop(size, scale (0.2, 1), bicubic) + flip. ``official_decoder_pos`` is False (the
-corrected decoder placement, spec §17 #1). The SimMIM baselines are ``configs/pretrain/ummae_simmim_256.py``;
-the facebookresearch/mae recipe (8-block decoder, argsort masking) is ``configs/pretrain/mae_vit_base_800ep.py``.
+corrected decoder placement; the official ``models_mae_pvt.py:358-407`` and
+``models_mae_swin.py:499-548`` give visible tokens raster-order decoder positions). The SimMIM
+baselines are ``configs/pretrain/ummae_simmim_256.py``; the facebookresearch/mae recipe (8-block
+decoder, argsort masking) is ``configs/pretrain/mae_vit_base_800ep.py``.
 """
 
 from jaxmim.config import pretrain_defaults
+from jaxmim.recipes import imagenet_data, mae_optim
 
 BATCH = 4096
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 312
@@ -59,27 +62,11 @@ def get_config(arg='swin_tiny_200ep'):
     c.method.vis_mask_ratio = vis_mask_ratio
     c.method.sampling = sampling
     c.method.norm_pix_loss = True
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = size
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
-    c.data.interpolation = 'bicubic'
-    c.data.hflip = True
+    imagenet_data(c.data, size, crop_scale=(0.2, 1.0), interpolation='bicubic')
     c.batch_size = BATCH
     c.accum_steps = 1     # official --accum_iter 4 (8 for Swin-L): memory only, raise it if needed
     c.total_steps = epochs * ITERS_PER_EPOCH
-    c.optim.schedule = 'mae_cosine'
-    c.optim.base_lr = 1.5e-4               # --blr, per 256 images
-    c.optim.lr_scale_batch = 256
-    c.optim.lr_scale_fields = ('base_lr',)
-    c.optim.warmup_lr = 0.0
-    c.optim.min_lr = 0.0
-    c.optim.warmup_steps = warmup * ITERS_PER_EPOCH
-    c.optim.betas = (0.9, 0.95)
-    c.optim.weight_decay = 0.05
-    c.optim.clip_grad = 0.0
+    mae_optim(c.optim, blr=1.5e-4, min_lr=0.0, warmup_steps=warmup * ITERS_PER_EPOCH, betas=(0.9, 0.95))
     c.log_every = 100
     c.checkpoint_every = 20 * ITERS_PER_EPOCH
     c.keep_checkpoints = 3

@@ -8,16 +8,17 @@ Variants ``mini`` (the official ``miny``), ``tiny``, ``small``, ``base``, ``larg
 (0.1 / 0.1 / 0.2 / 0.5 / 0.1). Reported (README, params / FLOPs / top-1): M 5.7M / 1.4G / 79.6,
 T 11.0M / 3.7G / 82.6, S 22.4M / 5.2G / 83.4, B 45.8M / 17.6G / 84.7, L 70.3M / 36.1G / 85.0.
 The L yaml starts with "# need to adjust" and its shapes give 71.83M / 38.25G, not the README's
-figures (spec §17 #1); ``groupmixformer_large`` follows the yaml.
+figures; ``groupmixformer_large`` follows the yaml.
 
-AILab-CVC/GroupMixFormer@3d3f40977c6a ``configs/groupmixformer_*.yaml``, ``config.py``, ``train.py``,
-``optimizer.py``, ``lr_scheduler.py``, ``data/build.py`` (spec ``groupmixformer.md`` §10-11):
+AILab-CVC/GroupMixFormer@3d3f40977c6a ``configs/groupmixformer_*.yaml``, ``config.py``,
+``train.py:432-445`` (lr scaling), ``optimizer.py:4-42``, ``lr_scheduler.py:7-23``,
+``data/build.py:56-62, 149-186`` (mixup, train and evaluation transforms):
 batch 512 (8 GPUs x 64, README / ``run_train.sh``; which batch produced each released model is not
 stated); AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.05 (none on 1-D tensors and biases;
 conv kernels, depthwise included, are decayed); base lr 5e-4, warm-up lr 5e-7 and min lr 5e-6, all
 three scaled by batch / 512; 20 warm-up epochs then timm's per-iteration cosine (jaxmim's
 ``'cosine'``), 300 epochs in all; gradient clipping at global norm 5.0; timm augmentation
-(``jaxmim.config.timm_recipe``): RandomResizedCrop (0.08, 1) bicubic, flip, RandAugment
+(``jaxmim.recipes.timm_recipe``): RandomResizedCrop (0.08, 1) bicubic, flip, RandAugment
 rand-m9-mstd0.5-inc1 (colour jitter 0.4 ignored beside it), random erasing 0.25 'pixel' x1, mixup
 0.8 / cutmix 1.0 (switch 0.5, per batch), label smoothing 0.1 in the soft targets; evaluation
 resize 256 bicubic + centre crop 224; no EMA, dropout 0. BatchNorm statistics (the official
@@ -27,7 +28,8 @@ Differences left: apex O1 mixed precision (``--config.compute_dtype=bfloat16`` i
 counterpart; float32 by default); one mixup lambda per global batch (timm draws one per GPU).
 """
 
-from jaxmim.config import finetune_defaults, timm_recipe
+from jaxmim.config import finetune_defaults
+from jaxmim.recipes import imagenet_data, simmim_optim, timm_recipe
 
 BATCH = 512
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 2502
@@ -41,26 +43,12 @@ def get_config(arg='small'):
     c = timm_recipe(finetune_defaults())
     c.model.name = f'groupmixformer_{arg}'
     c.model.overrides.drop_path_rate = DROP_PATH[arg]
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
-    c.data.interpolation = 'bicubic'
-    c.data.eval_crop_ratio = 224 / 256
+    imagenet_data(c.data, 224)
     c.batch_size = BATCH
     c.eval_batch_size = 1000
     c.total_steps = EPOCHS * ITERS_PER_EPOCH
-    c.optim.warmup_steps = 20 * ITERS_PER_EPOCH
-    c.optim.schedule = 'cosine'            # timm CosineLRScheduler per iteration (lr_scheduler.py:7-23)
-    c.optim.base_lr, c.optim.warmup_lr, c.optim.min_lr = 5e-4, 5e-7, 5e-6
-    c.optim.lr_scale_batch = 512           # train.py:432-445: lr x total batch / 512
-    c.optim.lr_scale_fields = ('base_lr', 'warmup_lr', 'min_lr')
-    c.optim.betas = (0.9, 0.999)
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.05
-    c.optim.layer_decay = 1.0
-    c.optim.clip_grad = 5.0
-    c.label_smoothing = 0.1
+    # timm CosineLRScheduler per iteration (lr_scheduler.py:7-23); train.py:432-445: all three lrs x batch / 512
+    simmim_optim(c.optim, base_lr=5e-4, warmup_lr=5e-7, min_lr=5e-6, warmup_steps=20 * ITERS_PER_EPOCH)
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH
     c.checkpoint_every = 5 * ITERS_PER_EPOCH

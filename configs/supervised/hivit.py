@@ -10,29 +10,33 @@ Variants ``tiny``, ``small``, ``base`` (the repository's recipe, model ``hivit_<
 ``tiny_mmpretrain``, ``small_mmpretrain``, ``base_mmpretrain`` (mmpretrain's, model
 ``hivit_<size>_mmpretrain``); drop path 0.05 / 0.3 / 0.5 by size.
 
-Official (``supervised/configs/hivit_<size>_224.yaml``, ``config.py`` defaults, ``get_started.md``;
-spec ``hivit.md`` §12): APE + RPE, tables N(0, .02), LN eps 1e-6, ``fc_norm``; batch 1024
-(8 x 128); AdamW eps 1e-8, betas (0.9, 0.999), weight decay 0.05 (none on 1-D tensors, biases,
-``absolute_pos_embed``, ``*relative_position_bias_table``); base lr 5e-4, warm-up lr 5e-7, min lr
-5e-6, all three scaled by batch / 512 (lr 1e-3); 20 warm-up epochs then timm's per-iteration cosine
-(the Swin code base's scheduler: jaxmim's ``'cosine'``); no gradient clipping (``CLIP_GRAD: None``
-in every HiViT yaml); label smoothing 0.1; timm augmentation (RandAugment rand-m9-mstd0.5-inc1 with
-the 0.4 colour jitter ignored, random erasing 0.25 'pixel', mixup 0.8 / cutmix 1.0, switch 0.5);
-evaluation resize 256 + centre crop 224; no EMA.
+Official (zhangxiaosong18/hivit@2718339 ``supervised/configs/hivit_<size>_224.yaml``,
+``supervised/config.py:110-172`` defaults, ``supervised/get_started.md:27-44``,
+``supervised/main.py:349-351`` lr scaling, ``supervised/data/build.py:100-137``): APE + RPE, tables
+N(0, .02), LN eps 1e-6, ``fc_norm``; batch 1024 (8 x 128); AdamW eps 1e-8, betas (0.9, 0.999),
+weight decay 0.05 (none on 1-D tensors, biases, ``absolute_pos_embed``,
+``*relative_position_bias_table``); base lr 5e-4, warm-up lr 5e-7, min lr 5e-6, all three scaled by
+batch / 512 (lr 1e-3); 20 warm-up epochs then timm's per-iteration cosine (the Swin code base's
+scheduler: jaxmim's ``'cosine'``); no gradient clipping (``CLIP_GRAD: None`` in every HiViT yaml);
+label smoothing 0.1; timm augmentation (RandAugment rand-m9-mstd0.5-inc1 with the 0.4 colour jitter
+ignored, random erasing 0.25 'pixel', mixup 0.8 / cutmix 1.0, switch 0.5); evaluation resize 256 +
+centre crop 224; no EMA.
 
-mmpretrain (spec §13): LN eps 1e-5, no final LayerNorm (GAP neck + linear head); its base is
-512 / [2, 2, 24] / 8 heads, NOT the paper's HiViT-B; batch 1024 (16 x 64); AdamW lr
-5e-4 x 1024 / 512 = 1e-3, weight decay 0.05 (none on norms, biases, 1-D tensors, ``pos_embed``,
-RPE tables); gradient clipping at global norm 5.0; linear warm-up over 20 epochs per iteration
-(mmpretrain starts it at 1e-3 x lr, here at 0), then cosine to 1e-5 (mmpretrain steps it per
-epoch, here per iteration: ``'mae_cosine'``, the re-based half cycle); same augmentation family
+mmpretrain (open-mmlab/mmpretrain@ee7f2e88501f ``configs/hivit/hivit-tiny-p16_16xb64_in1k.py``,
+``configs/_base_/schedules/imagenet_bs1024_adamw_hivit.py``): LN eps 1e-5, no final LayerNorm (GAP
+neck + linear head); its base is 512 / [2, 2, 24] / 8 heads, NOT the paper's HiViT-B; batch 1024 (16
+x 64); AdamW lr 5e-4 x 1024 / 512 = 1e-3, weight decay 0.05 (none on norms, biases, 1-D tensors,
+``pos_embed``, RPE tables); gradient clipping at global norm 5.0; linear warm-up over 20 epochs per
+iteration (mmpretrain starts it at 1e-3 x lr, here at 0), then cosine to 1e-5 (mmpretrain steps it
+per epoch, here per iteration: ``'mae_cosine'``, the re-based half cycle); same augmentation family
 (its RandomErasing mode 'rand' equals timm 'pixel'; Mixup or CutMix chosen with equal probability).
 
 Reported: mmpretrain tiny from scratch 82.1 top-1 (``configs/hivit/README.md``); the paper's
-supervised S / B accuracies are not in the repositories (spec §18).
+supervised S / B accuracies are in neither repository.
 """
 
-from jaxmim.config import finetune_defaults, timm_recipe
+from jaxmim.config import finetune_defaults
+from jaxmim.recipes import imagenet_data, mae_optim, simmim_optim, timm_recipe
 
 BATCH = 1024
 ITERS_PER_EPOCH = 1_281_167 // BATCH   # 1251
@@ -49,32 +53,18 @@ def get_config(arg='tiny'):
     c = timm_recipe(finetune_defaults())
     c.model.name = f'hivit_{size}' if official else f'hivit_{size}_mmpretrain'
     c.model.overrides.drop_path_rate = DROP_PATH[size]
-    c.data.dataset = 'imagenet2012'
-    c.data.train_split = 'train'
-    c.data.eval_split = 'validation'
-    c.data.image_size = 224
+    imagenet_data(c.data, 224)
     c.batch_size = BATCH
     c.eval_batch_size = 1000
     c.total_steps = EPOCHS * ITERS_PER_EPOCH
-    c.optim.warmup_steps = 20 * ITERS_PER_EPOCH
-    c.optim.betas = (0.9, 0.999)
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.05
-    c.optim.layer_decay = 1.0
-    c.label_smoothing = 0.1
-    c.optim.base_lr = 5e-4
-    c.optim.lr_scale_batch = 512
     if official:
-        c.optim.schedule = 'cosine'        # timm CosineLRScheduler, per iteration (supervised/lr_scheduler.py)
-        c.optim.warmup_lr = 5e-7
-        c.optim.min_lr = 5e-6
-        c.optim.lr_scale_fields = ('base_lr', 'warmup_lr', 'min_lr')
-        c.optim.clip_grad = 0.0            # CLIP_GRAD: None
+        # timm CosineLRScheduler, per iteration (supervised/lr_scheduler.py); CLIP_GRAD: None
+        simmim_optim(c.optim, base_lr=5e-4, warmup_lr=5e-7, min_lr=5e-6, warmup_steps=20 * ITERS_PER_EPOCH,
+                     clip_grad=0.0)
     else:
-        c.optim.schedule = 'mae_cosine'
-        c.optim.warmup_lr = 0.0
-        c.optim.min_lr = 1e-5
-        c.optim.lr_scale_fields = ('base_lr',)
+        # mmpretrain: lr 5e-4 x batch / 512, linear warm-up from 0, re-based cosine to 1e-5, clip 5.0
+        mae_optim(c.optim, blr=5e-4, min_lr=1e-5, warmup_steps=20 * ITERS_PER_EPOCH, betas=(0.9, 0.999))
+        c.optim.lr_scale_batch = 512
         c.optim.clip_grad = 5.0
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH

@@ -5,16 +5,21 @@ Every op here is TensorFlow graph code on ONE example, driven by a stateless see
 stays deterministic and resumable. TensorFlow runs on the host CPU only (``jaxmim.data``
 hides the accelerators from it).
 
-Ops (timm names; source: ``huggingface/pytorch-image-models`` ``timm/data/transforms.py``,
-``auto_augment.py``, ``random_erasing.py``, ``transforms_factory.py``; spec
-``groupmixformer.md`` §10.1 / ``hivit.md`` §17.1):
+Ops (timm names; source: timm 0.4.12 ``timm/data/transforms.py``, ``auto_augment.py``,
+``random_erasing.py``, ``transforms_factory.py``, the train transform the recipes build with
+``create_transform``: ``microsoft/SimMIM@d3e29bc data/data_finetune.py:81-90``,
+``AILab-CVC/GroupMixFormer@3d3f40977c6a data/build.py:149-167``,
+``zhangxiaosong18/hivit@2718339 self_supervised/util/datasets.py:31-49``). The config fields are
+parsed and checked, without TensorFlow, by :mod:`jaxmim.augment_config` (:class:`AugmentConfig`,
+:func:`~jaxmim.augment_config.augment_config_from_fields`,
+:func:`~jaxmim.augment_config.parse_rand_augment`):
 
 * :func:`sample_crop_window_timm` — ``RandomResizedCropAndInterpolation.get_params``: 10
   attempts of area ~ U(scale)·H·W and log-uniform aspect ratio, then the centre-crop fallback.
   Written by hand: ``tf.image.sample_distorted_bounding_box`` samples differently (uniform
   aspect, its own rejection rule, whole image as fallback).
 * :func:`rand_augment` — ``RandAugment`` from a ``'rand-m9-mstd0.5-inc1'`` string
-  (:func:`parse_rand_augment`). Written by hand: no maintained TF library implements timm's
+  (:func:`~jaxmim.augment_config.parse_rand_augment`). Written by hand: no maintained TF library implements timm's
   op set, its magnitude noise and its PIL pixel semantics (``tensorflow_addons`` is
   unmaintained and its image ops differ: no bicubic fill-aware warps, no ``*Increasing`` ops);
   every op works on the 0..255 grid and reproduces Pillow's uint8 result (checked against
@@ -35,32 +40,12 @@ Images are float32 ``(H, W, 3)`` RGB: in [0, 1] for the crop / colour ops, norma
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
-from typing import Optional, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 
-LEVEL_DENOM = 10.0
-"""timm ``_LEVEL_DENOM``: magnitudes are on a 0..10 scale."""
-
-RAND_INCREASING_TRANSFORMS = (
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing', 'SolarizeIncreasing',
-    'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing',
-    'SharpnessIncreasing', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel',
-)
-"""timm ``_RAND_INCREASING_TRANSFORMS`` (the op set of ``inc1``), in timm's order."""
-
-RAND_TRANSFORMS = (
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd',
-    'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel',
-    'TranslateYRel',
-)
-"""timm ``_RAND_TRANSFORMS`` (the op set without ``inc1``), in timm's order."""
-
-ERASE_MODES = ('pixel', 'rand', 'const')
-"""Accepted ``remode`` values of :func:`random_erasing` (timm ``RandomErasing.mode``)."""
+from jaxmim.augment_config import ERASE_MODES, LEVEL_DENOM, AugmentConfig, RandAugmentConfig
 
 
 # ------------------------------------------------------------------------------------------
@@ -322,73 +307,6 @@ def sharpness(image, factor):
 # RandAugment.
 
 
-@dataclasses.dataclass(frozen=True)
-class RandAugmentConfig:
-    """A parsed timm RandAugment string (``rand-m9-mstd0.5-inc1``).
-
-    Attributes:
-      magnitude: ``m``, on the 0..10 scale.
-      num_layers: ``n``, ops per image (timm default 2).
-      magnitude_std: ``mstd``, std of the per-call Gaussian magnitude noise (``inf``: uniform in
-        [0, m]).
-      magnitude_max: ``mmax``, upper clip of the magnitude (timm default 10).
-      increasing: ``inc1`` selects :data:`RAND_INCREASING_TRANSFORMS`.
-      prob: ``p``, probability each chosen op is applied (timm default 0.5).
-      ops: the op names drawn from.
-    """
-
-    magnitude: float = 10.0
-    num_layers: int = 2
-    magnitude_std: float = 0.0
-    magnitude_max: float = LEVEL_DENOM
-    increasing: bool = False
-    prob: float = 0.5
-
-    @property
-    def ops(self) -> tuple[str, ...]:
-        """The op names drawn from (timm's order)."""
-        return RAND_INCREASING_TRANSFORMS if self.increasing else RAND_TRANSFORMS
-
-
-def parse_rand_augment(spec: str) -> RandAugmentConfig:
-    """Parses timm's RandAugment string ``rand-mX-nY-mstdZ-mmaxW-incB-pP`` (any order after
-    ``rand``), as ``timm.data.auto_augment.rand_augment_transform``.
-
-    Raises:
-      ValueError: not a ``rand-...`` string, an unknown or malformed section (named).
-    """
-    if not isinstance(spec, str) or not spec.startswith('rand'):
-        raise ValueError(f"data.auto_augment must be '' or a timm RandAugment string such as "
-                         f"'rand-m9-mstd0.5-inc1', got {spec!r} (AutoAugment/AugMix policies are not supported)")
-    kw = {}
-    for part in spec.split('-')[1:]:
-        m = re.match(r'^(mstd|mmax|inc|m|n|p|w)([\d.]+|inf)$', part)
-        if not m:
-            raise ValueError(f'data.auto_augment={spec!r}: unknown section {part!r}; accepted: '
-                             'mX (magnitude), nY (ops), mstdZ (magnitude std), mmaxW, incB (0/1), pP')
-        key, val = m.groups()
-        try:
-            if key == 'mstd':
-                kw['magnitude_std'] = float(val)
-            elif key == 'mmax':
-                kw['magnitude_max'] = float(val)
-            elif key == 'inc':
-                kw['increasing'] = bool(int(val))
-            elif key == 'm':
-                kw['magnitude'] = float(val)
-            elif key == 'n':
-                kw['num_layers'] = int(val)
-            elif key == 'p':
-                kw['prob'] = float(val)
-            else:
-                raise ValueError('choice weights (w) are not supported')
-        except ValueError as e:
-            raise ValueError(f'data.auto_augment={spec!r}: bad section {part!r}: {e}') from e
-    cfg = RandAugmentConfig(**kw)
-    if cfg.num_layers < 0 or not 0.0 <= cfg.prob <= 1.0 or cfg.magnitude < 0 or cfg.magnitude_std < 0:
-        raise ValueError(f'data.auto_augment={spec!r}: need n >= 0, 0 <= p <= 1, m >= 0, mstd >= 0')
-    return cfg
-
 
 def _apply_op(name: str, img, mag, sign, fill, interpolation, translate_pct=0.45):
     """One timm op at magnitude ``mag`` (0..10, float tensor) with ``sign`` (+1 / -1)."""
@@ -567,91 +485,6 @@ def random_erasing(image, seed, prob: float = 0.25, mode: str = 'pixel', count: 
 # ------------------------------------------------------------------------------------------
 # The per-example train-time chain used by the pipeline.
 
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """The checked augmentation fields of a data config (see
-    :func:`jaxmim.config.finetune_defaults` and :func:`jaxmim.data.pipeline.create_split`).
-
-    Attributes:
-      crop_impl: 'tf' (``tf.image.stateless_sample_distorted_bounding_box``) or 'timm'
-        (:func:`sample_crop_window_timm`).
-      rand_augment: parsed ``auto_augment`` (None: off).
-      color_jitter: (brightness, contrast, saturation, hue); used only without auto-augment.
-      reprob, remode, recount, re_scale, re_ratio: :func:`random_erasing`.
-      fill: RandAugment fill colour, ``round(255 * mean)``.
-      interpolation: the pipeline's interpolation.
-    """
-
-    crop_impl: str = 'tf'
-    rand_augment: Optional[RandAugmentConfig] = None
-    color_jitter: tuple = (0.0, 0.0, 0.0, 0.0)
-    reprob: float = 0.0
-    remode: str = 'pixel'
-    recount: int = 1
-    re_scale: tuple = (0.02, 1 / 3)
-    re_ratio: tuple = (0.3, 1 / 0.3)
-    fill: tuple = (124, 116, 104)
-    interpolation: str = 'bicubic'
-
-    @property
-    def any_color(self) -> bool:
-        """Whether the colour stage (RandAugment or colour jitter) does anything."""
-        return self.rand_augment is not None or any(v > 0 for v in self.color_jitter)
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def augment_config_from_fields(values: dict, mean: Sequence[float], interpolation: str) -> AugmentConfig:
-    """Checks the augmentation fields of a completed data config dict (``crop_impl``,
-    ``auto_augment``, ``color_jitter``, ``reprob``, ``remode``, ``recount``, ``re_scale``,
-    ``re_ratio``) and returns the :class:`AugmentConfig`.
-
-    Raises:
-      ValueError: naming the bad field and what is accepted.
-    """
-    def bad(name, accepted):
-        return ValueError(f'Invalid data config field {name!r} = {values[name]!r}: expected {accepted}.')
-
-    crop_impl = values.get('crop_impl', 'tf')
-    if crop_impl not in ('tf', 'timm'):
-        raise bad('crop_impl', "'tf' or 'timm'")
-    aa = values.get('auto_augment', '') or ''
-    if not isinstance(aa, str):
-        raise bad('auto_augment', "'' or a timm RandAugment string such as 'rand-m9-mstd0.5-inc1'")
-    ra = parse_rand_augment(aa) if aa else None
-    cj = values.get('color_jitter', 0.0)
-    if _num(cj):
-        cj = (float(cj),) * 3 + (0.0,)
-    elif isinstance(cj, (tuple, list)) and len(cj) in (3, 4) and all(_num(v) for v in cj):
-        cj = tuple(float(v) for v in cj) + ((0.0,) if len(cj) == 3 else ())
-    else:
-        raise bad('color_jitter', 'a number >= 0 or a (brightness, contrast, saturation[, hue]) tuple')
-    if any(v < 0 for v in cj) or cj[3] > 0.5:
-        raise bad('color_jitter', 'values >= 0 (hue <= 0.5)')
-    reprob = values.get('reprob', 0.0)
-    if not _num(reprob) or not 0.0 <= reprob <= 1.0:
-        raise bad('reprob', 'a probability in [0, 1]')
-    remode = values.get('remode', 'pixel')
-    if remode not in ERASE_MODES:
-        raise bad('remode', f'one of {ERASE_MODES}')
-    recount = values.get('recount', 1)
-    if not isinstance(recount, int) or isinstance(recount, bool) or recount < 1:
-        raise bad('recount', 'an int >= 1')
-    re_scale = values.get('re_scale', (0.02, 1 / 3))
-    if not (isinstance(re_scale, (tuple, list)) and len(re_scale) == 2 and all(_num(v) for v in re_scale)
-            and 0 < re_scale[0] <= re_scale[1] <= 1):
-        raise bad('re_scale', '(min, max) area fractions with 0 < min <= max <= 1')
-    re_ratio = values.get('re_ratio', (0.3, 1 / 0.3))
-    if not (isinstance(re_ratio, (tuple, list)) and len(re_ratio) == 2 and all(_num(v) for v in re_ratio)
-            and 0 < re_ratio[0] <= re_ratio[1]):
-        raise bad('re_ratio', '(min, max) aspect ratios with 0 < min <= max')
-    fill = tuple(min(255, round(255 * m)) for m in mean)
-    return AugmentConfig(crop_impl=crop_impl, rand_augment=ra, color_jitter=cj, reprob=float(reprob),
-                         remode=remode, recount=int(recount), re_scale=tuple(float(v) for v in re_scale),
-                         re_ratio=tuple(float(v) for v in re_ratio), fill=fill, interpolation=interpolation)
 
 
 def color_ops(image, seed, cfg: AugmentConfig):
