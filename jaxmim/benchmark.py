@@ -23,7 +23,7 @@ own functions. For a pre-training config (``mode='pretrain'``) two steps are mea
 A fine-tuning config (``mode='finetune'``) measures the ``finetune`` step only (built as
 :func:`jaxmim.train.finetune` builds it, without loading pre-trained weights).
 
-Every step is the real jitted train step of :func:`jaxmim.train.make_trainer` (optimizer,
+Every step is the real jitted train step of :func:`jaxmim.steps.make_trainer` (optimizer,
 replicated state, ``data``-sharded batch, donated state), fed one synthetic device-resident
 batch of the config's ``image_size`` (standard-normal images, uniform integer labels): no data
 pipeline is involved, so the figures are the accelerator's upper bound for a real run.
@@ -41,7 +41,7 @@ Measured per step kind:
   JSON also keeps the unpartitioned program's count (``lowered.cost_analysis()``) as a
   cross-check;
 * ``memory GiB``: the compiled step's device memory from XLA's memory analysis (arguments +
-  outputs + temporaries - aliased donations), per device;
+  outputs + temporaries - aliased donations), per device (:func:`jaxmim.profiling.memory_gib`);
 * ``achieved TFLOP/s`` = GFLOPs/img x img/s over all devices, and ``MFU`` = achieved /
   (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
   989, A100 312, TPU v4 275, v5p 459).
@@ -50,8 +50,8 @@ Measured per step kind:
 (50 warm-up then 30 timed passes of one batch, as GroupMixFormer's and Swin's ``throughput``),
 next to the training steps.
 
-``--compare_torch`` also times the PyTorch twin of each step's model (the conversion family in
-``convert/`` that describes it, holding the same weights): eager and, unless
+``--compare_torch`` also times the PyTorch twin of each step's model (:mod:`jaxmim.torch_compare`:
+the conversion family in ``convert/`` that describes it, holding the same weights): eager and, unless
 ``--notorch_compile``, ``torch.compile``-d, each train step (AdamW, ``clip_grad_norm_``) timed
 in the same loop as the JAX step, one of each per round; the table adds their images/s and the
 JAX / PyTorch ratios. Run it from the repository root (``convert`` is imported from there)::
@@ -70,14 +70,20 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import statistics
 import sys
 import time
 from typing import Any, Callable, Sequence
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxmim import config as config_lib
+from jaxmim import mesh as mesh_lib
+from jaxmim import profiling, registry, rundir, torch_compare
+from jaxmim import steps as steps_lib
+from jaxmim.profiling import counted, host_counter_means
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, path[:variant].',
@@ -126,11 +132,6 @@ def _finetune_config_from_pretrain(config, num_classes: int, layer_decay: float)
     Raises:
       ValueError: the pre-training model registered no classifier.
     """
-    import ml_collections
-
-    from jaxmim import config as config_lib
-    from jaxmim import registry
-
     classifier = registry.classifier_for(config.model.name)
     if classifier is None:
         raise ValueError(f'model {config.model.name!r} registers no fine-tuning classifier '
@@ -153,71 +154,16 @@ def _build_step(kind: str, config, mesh, *, with_twin: bool = False):
     """``(model_name, trainer, state, num_classes, in_chans, twin)`` of one step kind, built as
     the training loops of :mod:`jaxmim.train` build them (the model's hooks included); ``twin``
     is ``(torch module holding the same weights, source name)`` when ``with_twin`` (else None)."""
-    from jaxmim import train
 
-    model = train.build_model(config)
-    twin = _torch_twin(model) if with_twin else None
+    model = rundir.build_model(config)
+    twin = torch_compare.torch_twin(model) if with_twin else None
     if kind == 'pretrain':
-        trainer, state = train.make_trainer(model, train.mim_loss, config, mesh)
+        trainer, state = steps_lib.make_trainer(model, steps_lib.mim_loss, config, mesh)
         return config.model.name, trainer, state, 1, getattr(model, 'in_chans', 3), twin
-    loss_fn = functools.partial(train.classification_loss, label_smoothing=config.label_smoothing,
+    loss_fn = functools.partial(steps_lib.classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
-    trainer, state = train.make_trainer(model, loss_fn, config, mesh)
+    trainer, state = steps_lib.make_trainer(model, loss_fn, config, mesh)
     return config.model.name, trainer, state, model.num_classes, getattr(model, 'in_chans', 3), twin
-
-
-def _torch_twin(model):
-    """``(twin, source)`` from the conversion families of ``convert/`` (None when no family has a
-    twin of this model: the comparison is then reported as unavailable)."""
-    try:
-        from convert import official
-    except ImportError as e:  # run from outside the repository root
-        logging.warning('benchmark: cannot import convert/ (%s); no PyTorch comparison', e)
-        return None
-    try:
-        return official.torch_twin(model)
-    except LookupError as e:
-        logging.warning('benchmark: %s', e)
-        return None
-
-
-class TorchStep:
-    """One PyTorch train step of a twin, as the official trainers run it: forward, loss,
-    ``backward``, ``clip_grad_norm_`` (the config's ``optim.clip_grad``, when set), ``AdamW.step``.
-
-    The batch is the JAX benchmark's synthetic batch moved to the host (NCHW float32 images,
-    int64 labels) with the JAX model's masking inputs drawn once by its ``host_inputs``; a
-    classifier's loss is cross entropy with the config's label smoothing, a pre-training twin
-    returns its own loss. ``compile=True`` wraps the twin in ``torch.compile`` (default inductor).
-    """
-
-    def __init__(self, twin, config, images, labels, inputs: dict, *, compile: bool = False):
-        import torch
-
-        self.torch = torch
-        self.module = twin.train()
-        self.fn = torch.compile(self.module) if compile else self.module
-        self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4, weight_decay=float(config.optim.weight_decay))
-        self.clip = config.optim.get('clip_grad')
-        self.smoothing = float(config.get('label_smoothing', 0.0) or 0.0)
-        self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-        self.labels = torch.from_numpy(labels.astype('int64'))
-        self.inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
-        self.classifier = not inputs
-
-    def __call__(self) -> float:
-        torch = self.torch
-        self.opt.zero_grad(set_to_none=True)
-        out = self.fn(self.images, **self.inputs)
-        if self.classifier:
-            loss = torch.nn.functional.cross_entropy(out, self.labels, label_smoothing=self.smoothing)
-        else:
-            loss = out['loss'] if isinstance(out, dict) else out
-        loss.backward()
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), float(self.clip))
-        self.opt.step()
-        return float(loss.detach())
 
 
 def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_classes: int,
@@ -228,9 +174,8 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_c
     import jax
     import jax.numpy as jnp
 
-    from jaxmim import train
 
-    sharding = train.batch_sharding(mesh)
+    sharding = mesh_lib.batch_sharding(mesh)
 
     @functools.partial(jax.jit, out_shardings={'image': sharding, 'label': sharding})
     def make(key):
@@ -239,79 +184,6 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_c
                 'label': jax.random.randint(k_lab, (batch_size,), 0, max(num_classes, 1), jnp.int32)}
 
     return make(jax.random.key(seed))
-
-
-def _total_flops(cost: Any) -> float | None:
-    """The ``flops`` of a cost analysis (a dict, a list of dicts, or None); None if absent."""
-    if cost is None:
-        return None
-    entries = [cost] if isinstance(cost, dict) else list(cost)
-    values = [float(e['flops']) for e in entries if isinstance(e, dict) and e.get('flops') is not None]
-    if not values or not all(math.isfinite(v) for v in values):
-        return None
-    return sum(values) if sum(values) > 0 else None
-
-
-def _safe(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001  (cost/memory analyses are optional on some backends)
-        logging.warning('benchmark: analysis unavailable: %s', e)
-        return None
-
-
-def _memory_gib(compiled) -> float | None:
-    m = _safe(compiled.memory_analysis)
-    if m is None:
-        return None
-    try:
-        total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                 - m.alias_size_in_bytes)
-    except AttributeError:
-        return None
-    return total / 2 ** 30
-
-
-def host_counters() -> tuple[int, float, float] | None:
-    """This process's ``(minor page faults, kernel CPU s, user CPU s)`` so far, summed over all
-    its threads (``getrusage(RUSAGE_SELF)``), or None where the ``resource`` module is missing
-    (Windows). Differences around a step give its page faults and CPU time: on the CPU backend
-    XLA maps a step's temporaries afresh every step, and the faults show up here
-    (docs/performance.md, "Session 8")."""
-    try:
-        import resource  # noqa: PLC0415  (Unix only)
-    except ImportError:
-        return None
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return int(r.ru_minflt), float(r.ru_stime), float(r.ru_utime)
-
-
-def host_counter_means(deltas: Sequence[tuple[int, float, float]]) -> dict[str, float] | None:
-    """Per-step means of :func:`host_counters` differences: ``{'page_faults': ..., 'sys_s': ...,
-    'user_s': ...}`` (faults per step, kernel and user CPU seconds per step, all threads), or None
-    for no steps."""
-    if not deltas:
-        return None
-    n = len(deltas)
-    return {'page_faults': sum(d[0] for d in deltas) / n, 'sys_s': sum(d[1] for d in deltas) / n,
-            'user_s': sum(d[2] for d in deltas) / n}
-
-
-def _counted(fn: Callable[[], Any], into: list) -> Any:
-    """Runs ``fn()`` and appends its :func:`host_counters` difference to ``into`` (when known)."""
-    before = host_counters()
-    out = fn()
-    after = host_counters()
-    if before is not None and after is not None:
-        into.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
-    return out
-
-
-def _fmt_host(c: dict[str, float] | None, before: str = '; ', after: str = '') -> str:
-    if not c:
-        return ''
-    return (f'{before}{c["page_faults"]:,.0f} page faults, {c["sys_s"]:.2f} s kernel + {c["user_s"]:.2f} s '
-            f'user CPU{after}')
 
 
 def _wait(out):
@@ -344,7 +216,6 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     import jax
     import numpy as np
 
-    from jaxmim import config as config_lib
 
     name, trainer, state, num_classes, in_chans, twin = _build_step(kind, config, mesh, with_twin=compare_torch)
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state['params'])))
@@ -359,8 +230,8 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    step_flops_device = _total_flops(_safe(compiled.cost_analysis))
-    step_flops_global = _total_flops(_safe(lowered.cost_analysis))
+    step_flops_device = profiling.total_flops(profiling.safe_analysis(compiled.cost_analysis))
+    step_flops_global = profiling.total_flops(profiling.safe_analysis(lowered.cost_analysis))
     per_device_batch = batch_size // n_dev
     flops_per_image = step_flops_device / per_device_batch if step_flops_device else None
 
@@ -374,8 +245,8 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         variants = ['eager'] + (['compile'] if torch_compile else [])
         for v in variants:
             try:
-                step = TorchStep(twin[0], config, np.asarray(host['image']), np.asarray(host['label']), inputs,
-                                 compile=v == 'compile')
+                step = torch_compare.TorchStep(twin[0], config, np.asarray(host['image']),
+                                               np.asarray(host['label']), inputs, compile=v == 'compile')
                 t = time.perf_counter()
                 step()   # first call: torch.compile compiles here
                 log(f'[{kind}] torch {v} ({twin[1]}): first step {time.perf_counter() - t:.1f}s')
@@ -396,12 +267,12 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
                 step()
         for _ in range(steps):
             t = time.perf_counter()
-            out = _counted(lambda: _wait(compiled(state, batch)), host)
+            out = counted(lambda: _wait(compiled(state, batch)), host)
             times.append(time.perf_counter() - t)
             state = out[0]
             for v, step in torch_steps.items():
                 t = time.perf_counter()
-                _counted(step, torch_host[v])
+                counted(step, torch_host[v])
                 torch_times[v].append(time.perf_counter() - t)
     except jax.errors.JaxRuntimeError as e:
         if 'RESOURCE_EXHAUSTED' not in str(e):
@@ -409,13 +280,12 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         oom = str(e).splitlines()[0][:200]
         times, torch_times, profile_dir = [], {}, None
         log(f'[{kind}] {name}: out of memory at batch {batch_size} ({oom}); the compiled step needs '
-            f'{_memory_gib(compiled) or float("nan"):.2f} GiB; the row keeps FLOPs and memory, no timings')
+            f'{profiling.memory_gib(compiled) or float("nan"):.2f} GiB; the row keeps FLOPs and memory, no timings')
     loss = float(out[1]['loss']) if times else None
     profile = {}
     if profile_dir:
         import os
 
-        from jaxmim import profiling
         profile['profile_jax'], state = profiling.profile_jax_step(
             compiled, state, batch, steps=profile_steps, trace_dir=os.path.join(profile_dir, kind))
         log(profiling.format_costs(f'[{kind}] JAX {name}: the {profile_top} largest costs (thread time per step)',
@@ -445,7 +315,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         'achieved_tflops_per_device': achieved / 1e12 / n_dev if achieved else None,
         'peak_tflops_per_device': peak_tflops,
         'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
-        'device_memory_gib': _memory_gib(compiled),
+        'device_memory_gib': profiling.memory_gib(compiled),
         'host_per_step': host_counter_means(host) if times else None,
         'final_loss': loss, 'out_of_memory': oom,
         **profile,
@@ -458,9 +328,11 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             row[f'jax_over_torch_{v}'] = img_s / row[f'torch_{v}_img_s'] if ts else None
             row[f'torch_{v}_host_per_step'] = host_counter_means(torch_host.get(v, [])) if ts else None
     if times:
-        log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms{_fmt_host(row["host_per_step"])})'
+        log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms'
+            f'{profiling.format_host(row["host_per_step"])})'
             + ''.join(f'; torch {v} {batch_size / statistics.median(ts):.1f} img/s'
-                      f'{_fmt_host(row[f"torch_{v}_host_per_step"], " (", ")")}' for v, ts in torch_times.items()))
+                      f'{profiling.format_host(row[f"torch_{v}_host_per_step"], " (", ")")}'
+                      for v, ts in torch_times.items()))
     return row
 
 
@@ -474,24 +346,22 @@ def benchmark_inference(config, mesh, *, warmup: int = INFERENCE_WARMUP, steps: 
     import jax
     import numpy as np
 
-    from jaxmim import config as config_lib
-    from jaxmim import train
 
-    model = train.build_model(config)
-    graphdef, params, model_state = train.split_variables(model)
+    model = rundir.build_model(config)
+    graphdef, params, model_state = rundir.split_variables(model)
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-    rep = train.replicated(mesh)
+    rep = mesh_lib.replicated(mesh)
     variables = jax.device_put({'params': params, 'model_state': model_state}, rep)
     batch_size, n_dev = int(config.batch_size), mesh.devices.size
     image_size = int(config_lib.resolve_data_config(config).image_size)
     images = synthetic_batch(mesh, batch_size, image_size, getattr(model, 'in_chans', 3), 1, seed=config.seed)['image']
 
     def forward(v, x):
-        return train.merge_variables(graphdef, v['params'], v['model_state'])(x, train=False)
+        return rundir.merge_variables(graphdef, v['params'], v['model_state'])(x, train=False)
 
     log(f'[inference] {config.model.name}: {num_params / 1e6:.2f}M params; compiling the forward ...')
     t0 = time.perf_counter()
-    lowered = jax.jit(forward, in_shardings=(rep, train.batch_sharding(mesh))).lower(variables, images)
+    lowered = jax.jit(forward, in_shardings=(rep, mesh_lib.batch_sharding(mesh))).lower(variables, images)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -503,7 +373,7 @@ def benchmark_inference(config, mesh, *, warmup: int = INFERENCE_WARMUP, steps: 
         out = compiled(variables, images)
     jax.block_until_ready(out)
     elapsed = time.perf_counter() - t
-    flops = _total_flops(_safe(compiled.cost_analysis))
+    flops = profiling.total_flops(profiling.safe_analysis(compiled.cost_analysis))
     fpi = flops / (batch_size // n_dev) if flops else None
     img_s = steps * batch_size / elapsed
     achieved = fpi * img_s if fpi else None
@@ -520,7 +390,7 @@ def benchmark_inference(config, mesh, *, warmup: int = INFERENCE_WARMUP, steps: 
         'achieved_tflops_per_device': achieved / 1e12 / n_dev if achieved else None,
         'peak_tflops_per_device': peak_tflops,
         'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
-        'device_memory_gib': _memory_gib(compiled), 'final_loss': None,
+        'device_memory_gib': profiling.memory_gib(compiled), 'final_loss': None,
     }
 
 
@@ -528,8 +398,7 @@ def _build_model_shape(config):
     """The config's model with abstract weights (for its ``host_inputs``; nothing allocated)."""
     from flax import nnx
 
-    from jaxmim import train
-    return nnx.eval_shape(lambda: train.build_model(config))
+    return nnx.eval_shape(lambda: rundir.build_model(config))
 
 
 def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
@@ -566,7 +435,7 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       ``batch_size``, ``devices``, ``device_kind``, ``compile_s``, ``img_s`` (batch / median
       step time), ``img_s_overall``, ``flops_per_image`` (None when XLA reports no FLOPs),
       ``achieved_tflops``, ``mfu``, ``device_memory_gib``, ``host_per_step`` (the timed steps'
-      mean host page faults and kernel / user CPU seconds, :func:`host_counter_means`; None
+      mean host page faults and kernel / user CPU seconds, :func:`jaxmim.profiling.host_counter_means`; None
       without timings) and ``out_of_memory`` (None, or the
       device's message when the compiled step did not fit: that row keeps its FLOPs and the
       compiled memory, its timings are None, and the run goes on with the next config).
@@ -576,8 +445,6 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
     """
     import jax
 
-    from jaxmim import config as config_lib
-    from jaxmim import train
 
     config_lib.check_config(config)
     if steps < 1 or warmup < 0:
@@ -596,7 +463,7 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
     bad = [k for k in kinds if k not in allowed]
     if bad:
         raise ValueError(f'step kinds {bad} not available for a {config.mode!r} config; choose from {list(allowed)}')
-    mesh = train.make_mesh(devices)
+    mesh = mesh_lib.make_mesh(devices)
     rows = []
     for kind in kinds:
         if kind in ('finetune', INFERENCE) and config.mode == 'pretrain':

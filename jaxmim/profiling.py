@@ -1,6 +1,7 @@
-r"""Where a train step's time goes: per-op cost tables of the JAX step and of its PyTorch twin.
+r"""Where a train step's time goes: per-op cost tables, host counters and XLA's step analyses.
 
-Used by ``python -m jaxmim.benchmark --profile=DIR`` (see :mod:`jaxmim.benchmark`)::
+Used by ``python -m jaxmim.benchmark`` (see :mod:`jaxmim.benchmark`); the per-op tables by its
+``--profile=DIR``::
 
     python -m jaxmim.benchmark --config=configs/demo/simmim_swin_fmnist.py --kinds=finetune \
         --compare_torch --notorch_compile --profile=work/profile --profile_top=12
@@ -17,15 +18,23 @@ operator's *self* CPU time (``key_averages()``), so nested operators are not cou
 
 The tables group costs by what a reader can act on: JAX rows by ``(primitive, source line)``
 (``dot_general @ swin.py:131``), PyTorch rows by ATen operator (``aten::mm``).
+
+Every timed step also gets its host counters (:func:`host_counters`, :func:`counted`): minor page
+faults and kernel / user CPU time of the process, and every compiled step XLA's own FLOP count
+(:func:`total_flops`) and device memory (:func:`memory_gib`).
 """
 
 from __future__ import annotations
 
 import collections
 import glob
+import math
 import os
 import re
 from typing import Any, Callable, Sequence
+
+from absl import logging
+
 
 def _frame_source(index, frame_id: int) -> str:
     """``file:line`` of the innermost frame of ``frame_id`` outside JAX / Flax / the standard
@@ -184,3 +193,93 @@ def format_costs(title: str, rows: Sequence[dict], top: int = 10) -> str:
         lines.append(f"{i:>2}  {1e3 * r['seconds_per_step']:8.2f}  {100 * r['share']:5.1f}%  {100 * cum:5.1f}%  "
                      f"{r['count']:>6g}  {r['name']}{extra}")
     return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Host counters of a step.
+# ----------------------------------------------------------------------------------------
+
+def host_counters() -> tuple[int, float, float] | None:
+    """This process's ``(minor page faults, kernel CPU s, user CPU s)`` so far, summed over all
+    its threads (``getrusage(RUSAGE_SELF)``), or None where the ``resource`` module is missing
+    (Windows). Differences around a step give its page faults and CPU time: on the CPU backend
+    XLA maps a step's temporaries afresh every step, and the faults show up here
+    (docs/performance.md, "Session 8")."""
+    try:
+        import resource  # noqa: PLC0415  (Unix only)
+    except ImportError:
+        return None
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return int(r.ru_minflt), float(r.ru_stime), float(r.ru_utime)
+
+
+def host_counter_means(deltas: Sequence[tuple[int, float, float]]) -> dict[str, float] | None:
+    """Per-step means of :func:`host_counters` differences: ``{'page_faults': ..., 'sys_s': ...,
+    'user_s': ...}`` (faults per step, kernel and user CPU seconds per step, all threads), or None
+    for no steps."""
+    if not deltas:
+        return None
+    n = len(deltas)
+    return {'page_faults': sum(d[0] for d in deltas) / n, 'sys_s': sum(d[1] for d in deltas) / n,
+            'user_s': sum(d[2] for d in deltas) / n}
+
+
+def counted(fn: Callable[[], Any], into: list) -> Any:
+    """Runs ``fn()`` and appends its :func:`host_counters` difference ``(faults, sys_s, user_s)``
+    to ``into`` (nothing where the counters are unknown); returns ``fn()``'s result."""
+    before = host_counters()
+    out = fn()
+    after = host_counters()
+    if before is not None and after is not None:
+        into.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
+    return out
+
+
+def format_host(c: dict[str, float] | None, before: str = '; ', after: str = '') -> str:
+    """One log fragment for :func:`host_counter_means`' dict, ``before`` and ``after`` around
+    ``'N page faults, X s kernel + Y s user CPU'``; '' for None or an empty dict."""
+    if not c:
+        return ''
+    return (f'{before}{c["page_faults"]:,.0f} page faults, {c["sys_s"]:.2f} s kernel + {c["user_s"]:.2f} s '
+            f'user CPU{after}')
+
+
+# ----------------------------------------------------------------------------------------
+# XLA's analyses of a compiled step.
+# ----------------------------------------------------------------------------------------
+
+def total_flops(cost: Any) -> float | None:
+    """The ``flops`` of a cost analysis (``compiled.cost_analysis()`` or
+    ``lowered.cost_analysis()``: a dict, a list of dicts, or None), summed; None if absent,
+    non-finite or not positive."""
+    if cost is None:
+        return None
+    entries = [cost] if isinstance(cost, dict) else list(cost)
+    values = [float(e['flops']) for e in entries if isinstance(e, dict) and e.get('flops') is not None]
+    if not values or not all(math.isfinite(v) for v in values):
+        return None
+    return sum(values) if sum(values) > 0 else None
+
+
+def safe_analysis(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or None with a logged warning when it raises: XLA's cost and memory analyses
+    are optional on some backends."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001  (cost/memory analyses are optional on some backends)
+        logging.warning('benchmark: analysis unavailable: %s', e)
+        return None
+
+
+def memory_gib(compiled) -> float | None:
+    """Device memory of a compiled executable per device, GiB: arguments + outputs + temporaries
+    - aliased (donated) buffers from ``compiled.memory_analysis()``; None when unavailable."""
+    m = safe_analysis(compiled.memory_analysis)
+    if m is None:
+        return None
+    try:
+        total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                 - m.alias_size_in_bytes)
+    except AttributeError:
+        return None
+    return total / 2 ** 30

@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from jaxmim import benchmark
+from jaxmim import benchmark, profiling
 from jaxmim.registry import model_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +106,7 @@ def test_host_counters_count_the_pages_a_step_touches():
     deltas = []
     buf = mmap.mmap(-1, size)
     try:
-        benchmark._counted(lambda: [buf.__setitem__(i, 1) for i in range(0, size, mmap.PAGESIZE)], deltas)
+        profiling.counted(lambda: [buf.__setitem__(i, 1) for i in range(0, size, mmap.PAGESIZE)], deltas)
     finally:
         buf.close()
     (faults, sys_s, user_s), = deltas
@@ -114,14 +114,14 @@ def test_host_counters_count_the_pages_a_step_touches():
     assert sys_s >= 0 and user_s >= 0
     # nothing touched: (almost) no faults
     quiet = []
-    benchmark._counted(lambda: None, quiet)
+    profiling.counted(lambda: None, quiet)
     assert quiet[0][0] < 64
 
 
 def test_host_counter_means_are_per_step_means():
-    means = benchmark.host_counter_means([(100, 0.5, 2.0), (300, 0.25, 1.0)])
+    means = profiling.host_counter_means([(100, 0.5, 2.0), (300, 0.25, 1.0)])
     assert means == {'page_faults': 200.0, 'sys_s': 0.375, 'user_s': 1.5}
-    assert benchmark.host_counter_means([]) is None
+    assert profiling.host_counter_means([]) is None
 
 
 def test_finetune_step_uses_the_registered_classifier_and_errors():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxmim import data
+from jaxmim.data import data_config
 
 FMNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -355,7 +356,7 @@ def test_unknown_split_names_the_field(data_dir):
 
 
 # --------------------------------------------------------------------------
-# Defaults: a partial data config is completed from jaxmim.config._data_defaults().
+# Defaults: a partial data config is completed from jaxmim.config.data_defaults().
 
 
 # The fields jaxmim.config may leave to the model (None there until resolve_data_config).
@@ -364,9 +365,8 @@ _MODEL_FIELDS = dict(image_size=28, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
 
 def test_partial_config_takes_the_defaults_of_jaxmim_config(monkeypatch):
     from jaxmim import config as config_lib
-    from jaxmim.data import pipeline
 
-    base = config_lib._data_defaults
+    base = config_lib.data_defaults
 
     def changed():
         d = base()
@@ -375,14 +375,14 @@ def test_partial_config_takes_the_defaults_of_jaxmim_config(monkeypatch):
         d.crop_scale = (0.5, 0.75)
         return d
 
-    monkeypatch.setattr(config_lib, '_data_defaults', changed)
-    cfg = pipeline._validate_config({'dataset': 'fashion_mnist_local', **_MODEL_FIELDS})
+    monkeypatch.setattr(config_lib, 'data_defaults', changed)
+    cfg = data_config.validate_config({'dataset': 'fashion_mnist_local', **_MODEL_FIELDS})
     # The caller's fields win; every other field follows jaxmim.config, even when it changes.
     assert (cfg.dataset, cfg.image_size, cfg.mean, cfg.std) == (
         'fashion_mnist_local', 28, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert (cfg.eval_split, cfg.shuffle_buffer, cfg.crop_scale) == ('test[:10]', 7, (0.5, 0.75))
-    monkeypatch.setattr(config_lib, '_data_defaults', base)
-    cfg = pipeline._validate_config(ml_collections.ConfigDict(_MODEL_FIELDS))
+    monkeypatch.setattr(config_lib, 'data_defaults', base)
+    cfg = data_config.validate_config(ml_collections.ConfigDict(_MODEL_FIELDS))
     ref = base()
     for field in ref:
         if field not in _MODEL_FIELDS:
@@ -391,34 +391,33 @@ def test_partial_config_takes_the_defaults_of_jaxmim_config(monkeypatch):
 
 def test_none_field_says_to_resolve_it_from_the_model(monkeypatch):
     from jaxmim import config as config_lib
-    from jaxmim.data import pipeline
 
-    base = config_lib._data_defaults
+    base = config_lib.data_defaults
 
     def unresolved():
         d = base()
         d.image_size = None
         return d
 
-    monkeypatch.setattr(config_lib, '_data_defaults', unresolved)
+    monkeypatch.setattr(config_lib, 'data_defaults', unresolved)
     with pytest.raises(ValueError, match=r"'image_size' is None.*resolve_data_config"):
-        pipeline._validate_config({'dataset': 'fashion_mnist_local', 'mean': (0.5,) * 3, 'std': (0.25,) * 3,
+        data_config.validate_config({'dataset': 'fashion_mnist_local', 'mean': (0.5,) * 3, 'std': (0.25,) * 3,
                                    'eval_crop_ratio': 1.0})
 
 
 def test_partial_config_reads_like_the_full_one(data_dir):
-    from jaxmim.config import _data_defaults
+    from jaxmim.config import data_defaults
 
     # Fashion-MNIST has only 'train' and 'test': jaxmim.config's default eval split (ImageNet's
     # 'validation') is the one the pipeline reads.
-    default_split = _data_defaults().eval_split
+    default_split = data_defaults().eval_split
     assert default_split not in ('train', 'test')
     with pytest.raises(ValueError, match=f"'eval_split' = {default_split!r}"):
         next(data.create_split({'dataset': 'fashion_mnist_local', 'data_dir': data_dir, **_MODEL_FIELDS},
                                train=False, batch_size=8, process_index=0, process_count=1))
     partial = {'dataset': 'fashion_mnist_local', 'data_dir': data_dir, **_MODEL_FIELDS, 'image_size': 24,
                'eval_crop_ratio': 0.875, 'eval_split': 'test[:16]'}
-    full = _data_defaults()
+    full = data_defaults()
     full.update(partial)
     got = next(data.create_split(partial, train=False, batch_size=16, process_index=0, process_count=1))
     want = next(data.create_split(full, train=False, batch_size=16, process_index=0, process_count=1))

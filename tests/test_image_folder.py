@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmim.data import image_folder, pipeline
+from jaxmim.data import datasets, image_folder, pipeline
 
 CLASSES = ('ant', 'bee', 'cat')
 
@@ -41,7 +41,7 @@ def test_corrupt_image_raises_with_its_name(root):
 def test_corrupt_image_is_skipped_and_counted(root, caplog):
     cfg = _cfg(root, on_decode_error='skip')
     with caplog.at_level('WARNING'):
-        assert pipeline.num_examples(cfg, 'train') == 12             # 13 image files, 1 corrupt
+        assert datasets.num_examples(cfg, 'train') == 12             # 13 image files, 1 corrupt
     assert 'skipped 1 corrupt image' in caplog.text and 'broken.jpg' in caplog.text
     builder = pipeline.get_dataset_builder('image_folder', root, 'skip')
     builder.files('train')
@@ -60,7 +60,7 @@ def test_corrupt_image_is_skipped_and_counted(root, caplog):
     it = pipeline.create_split(cfg_t, train=True, batch_size=4, process_index=0, process_count=1)
     seen = np.concatenate([next(it)['label'] for _ in range(3)])
     assert sorted(seen.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
-    sizes = [pipeline.num_examples(dict(cfg, train_split=s), s) for s in ('train[:50%]', 'train[50%:]')]
+    sizes = [datasets.num_examples(dict(cfg, train_split=s), s) for s in ('train[:50%]', 'train[50%:]')]
     assert sizes == [6, 6]
 
 
