@@ -34,15 +34,15 @@ def export_run(workdir: str, source: str, output: str, step: int | None = None, 
       run's model is not a model of ``source``. ValueError: unknown output suffix, or NaN / inf
       values without ``allow_nonfinite`` (nothing is written).
     """
-    from jaxmim import train
+    from jaxmim import rundir
 
     from convert import _cli, official
 
     src = official.get_source(source)
-    config = train.load_run_config(workdir)
-    model = train.build_model(config)
+    config = rundir.load_run_config(workdir)
+    model = rundir.build_model(config)
     src.entries(model)   # fails early (TypeError) when the run's model is not one of this source
-    restored = train.restore_model(model, workdir, step)
+    restored = rundir.restore_model(model, workdir, step)
     rows = official.describe(model, src)
     sd = official.state_dict(model, src)
     _cli.check_finite(sd, f'run {workdir} step {restored}', allow_nonfinite)

@@ -16,19 +16,19 @@ Usage::
 ``--out`` ending in ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` / ``.safetensors`` is a file, anything
 else a run directory.
 
-File output (``LayneH/GreenMIM@b981012 util/extract_backbone.py:8-53``; spec ``greenmim.md`` §12,
-§16 #15): the state_dict is unwrapped from ``{'model': ...}``; when any key starts with
-``encoder.`` only those keys are kept, the prefix stripped (decoder, ``mask_token`` and
-``decoder_pos_embed`` dropped); every ``relative_position_index``, ``relative_coords_table`` and
-``attn_mask`` key is deleted; the flat dict is written without a ``'model'`` wrapper. The result
-loads into the official Swin with ``strict=False`` (missing: ``head.*``, ``attn_mask``,
-``relative_position_index``). SimMIM's fine-tuning ``load_pretrained`` wants the raw checkpoint
-(with ``'model'``), not this file.
+File output (``LayneH/GreenMIM@b981012 util/extract_backbone.py:8-53``; ``load_pretrained`` :8-34,
+``remap_pretrained_keys_swin`` :37-53): the state_dict is unwrapped from ``{'model': ...}``; when
+any key starts with ``encoder.`` only those keys are kept, the prefix stripped (decoder,
+``mask_token`` and ``decoder_pos_embed`` dropped); every ``relative_position_index``,
+``relative_coords_table`` and ``attn_mask`` key is deleted; the flat dict is written without a
+``'model'`` wrapper. The result loads into the official Swin with ``strict=False`` (missing:
+``head.*``, ``attn_mask``, ``relative_position_index``). SimMIM's fine-tuning ``load_pretrained``
+wants the raw checkpoint (with ``'model'``), not this file.
 
 Run-directory output: the pre-training model's ``encoder`` variables written as a jaxmim run
 (orbax checkpoint, step 0, names without the ``encoder.`` prefix) plus ``config.json`` (the
 pre-training config, for provenance) and ``extract_backbone.json`` (what was extracted).
-``jaxmim.train.load_pretrained`` loads it into the registered classifier of the pre-training
+``jaxmim.rundir.load_pretrained`` loads it into the registered classifier of the pre-training
 model (e.g. ``swin_base_patch4_window7_224`` for ``green_mim_swin_base_patch4_dec512b1``); only the
 head starts fresh. jaxmim has no Twins-SVT classifier, so a GreenMIM-Twins backbone run can be
 written but no registered model fine-tunes from it yet.
@@ -102,10 +102,10 @@ def extract_backbone(src: str, out: str, *, source: str | None = None, model: st
         raise FileNotFoundError(f'--src {src!r} is neither a checkpoint file nor a run directory')
     jm, config = None, None
     if from_run:
-        from jaxmim import train
-        config = train.load_run_config(src)
-        jm = train.build_model(config)
-        train.restore_model(jm, src, step)
+        from jaxmim import rundir
+        config = rundir.load_run_config(src)
+        jm = rundir.build_model(config)
+        rundir.restore_model(jm, src, step)
     if _is_file(out):
         if from_run:
             src_name = source or _single_source(jm)
@@ -125,13 +125,13 @@ def extract_backbone(src: str, out: str, *, source: str | None = None, model: st
 
             from flax import nnx
 
-            from jaxmim import train
+            from jaxmim import rundir
             from jaxmim.registry import create_model
             import_cli = importlib.import_module('convert.import')
             if source is None:
                 source = _single_source(nnx.eval_shape(lambda: create_model(model, **dict(model_overrides or {}))))
             config = import_cli.run_config(source, model, model_overrides)
-            jm = train.build_model(config)
+            jm = rundir.build_model(config)
             sd = official.unwrap_state_dict(_cli.read_checkpoint(src, allow_pickle=allow_pickle))
             official.load_state_dict(jm, source, sd)
         encoder = getattr(jm, 'encoder', None)
@@ -139,8 +139,9 @@ def extract_backbone(src: str, out: str, *, source: str | None = None, model: st
             raise ValueError(f'{src}: model {type(jm).__name__} has no encoder (not a pre-training wrapper)')
         from flax import nnx
 
-        from jaxmim import train, tree_util
-        train.save_model_checkpoint(encoder, out, config, step=0)
+        from jaxmim import tree_util
+        from jaxmim import rundir
+        rundir.save_model_checkpoint(encoder, out, config, step=0)
         names = sorted(tree_util.flatten_names(nnx.to_pure_dict(nnx.state(encoder))))
         with open(os.path.join(out, 'extract_backbone.json'), 'w') as f:
             json.dump({'src': os.path.abspath(src), 'pretrain_model': config.model.name,

@@ -8,7 +8,7 @@ Usage::
 
 (the module is named ``import``, so it runs with ``python -m convert.import``). Builds the
 registered jaxmim model ``--model`` with ``--model_overrides`` (JSON) the way a run does
-(``jaxmim.train.build_model``): for a source of a pre-training model (e.g. ``mae_vit``,
+(``jaxmim.rundir.build_model``): for a source of a pre-training model (e.g. ``mae_vit``,
 ``simmim_swin_pretrain``) the run is a pre-training run of that source's method (block settings
 from ``--method_overrides``), for a classifier source (``mae_vit_cls``, ``simmim_swin``) a
 fine-tuning run. It then strict-loads the checkpoint through the source (every official key
@@ -82,7 +82,7 @@ def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
       not match the model (one message naming every missing, unexpected and mis-shaped key), or
       it holds NaN / inf values and not ``allow_nonfinite`` (the keys named).
     """
-    from jaxmim import train
+    from jaxmim import rundir
 
     from convert import _cli, official
 
@@ -91,9 +91,9 @@ def import_checkpoint(checkpoint: str, source: str, workdir: str, model: str,
     raw = _cli.read_checkpoint(checkpoint, allow_pickle=allow_pickle)
     sd = official.unwrap_state_dict(raw)
     _cli.check_finite(sd, checkpoint, allow_nonfinite)
-    jm = train.build_model(config)
+    jm = rundir.build_model(config)
     official.load_state_dict(jm, src, sd, require_buffers=require_buffers)
-    train.save_model_checkpoint(jm, workdir, config, step=0)
+    rundir.save_model_checkpoint(jm, workdir, config, step=0)
     rows = official.describe(jm, src)
     loaded = {k for k, path in src.key_map(jm).items() if path is not None}
     ignored = [k for k in sd if k not in loaded]

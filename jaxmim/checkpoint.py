@@ -16,8 +16,9 @@ by a writing ``Checkpointer`` (in the background after it opens, at the latest b
 save).
 
 Restoring always takes an abstract target of ``jax.ShapeDtypeStruct`` with shardings
-(:func:`abstract_like`), so a checkpoint saved on N devices restores onto any mesh
-(spec ``jax_practices.md`` section 1.6; orbax#648).
+(:func:`abstract_like`), so a checkpoint saved on N devices restores onto any mesh (orbax
+``CheckpointManager`` / ``StandardRestore`` documentation; google/orbax#648 is the failure mode of
+restoring without one; design notes in ``docs/design.md``, "Checkpoints").
 
 All processes of a multi-host job must call ``save`` / ``restore`` (orbax requirement).
 
@@ -134,8 +135,9 @@ class Checkpointer:
             for step in ...:
                 ckpt.save(step, {'params': params, 'opt_state': opt_state, 'step': step_arr})
 
-    Source: spec ``jax_practices.md`` section 1.6 (orbax v0 ``CheckpointManager`` with
-    ``save_decision_policy`` / ``preservation_policy``, async saving).
+    Source: orbax v0 ``ocp.CheckpointManager`` with ``CheckpointManagerOptions(
+    save_decision_policy=..., preservation_policy=..., enable_async_checkpointing=True)`` (orbax
+    API reference); why orbax is wrapped: ``docs/design.md``, "Checkpoints".
     """
 
     def __init__(
@@ -229,7 +231,12 @@ class Checkpointer:
         args = ocp.args.Composite(**{k: ocp.args.PyTreeSave(v) for k, v in state.items()})
         return bool(self._manager.save(int(step), args=args, force=force))
 
-    def _resolve_step(self, step: int | None) -> int:
+    def resolve_step(self, step: int | None) -> int:
+        """The step ``step`` names: the latest finalized one for ``None``.
+
+        Raises:
+            FileNotFoundError: no complete checkpoint, or ``step`` is not one (available steps listed).
+        """
         steps = self.all_steps()
         if not steps:
             raise FileNotFoundError(f'no complete checkpoint found in {self.directory}')
@@ -272,7 +279,7 @@ class Checkpointer:
             raise ValueError(
                 'target must be a non-empty mapping from item names to abstract pytrees')
         self._manager.wait_until_finished()   # a step saved just before is complete on disk
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         step_dir = self.directory / str(step)
         missing = [k for k in target if not (step_dir / k).exists()]
         if missing:
@@ -411,8 +418,9 @@ def restore_subtree(
         ValueError: for an empty ``key_path``; from orbax if the sub-tree does not exist or does
             not match ``target``.
 
-    Source: jaxmim; spec ``simmim_swin.md`` section 5 (keep only ``encoder.*`` of the
-    pre-training model) and orbax ``PyTreeRestore(partial_restore=True)``.
+    Source: jaxmim; keeping only ``encoder.*`` of the pre-training model follows
+    ``microsoft/SimMIM@d3e29bc utils.py:98-123`` (``load_pretrained``, prefix filter at
+    ``:103-107``), and orbax ``PyTreeRestore(partial_restore=True)``.
     """
     if not key_path:
         raise ValueError('key_path must name at least the item (e.g. ("params",))')
@@ -449,8 +457,9 @@ def restore_params(
 
     Unlike :func:`restore_subtree` no target is needed, which is what loading a pre-trained
     encoder into a model of another shape requires (e.g. SimMIM window 6 -> fine-tuning window 7:
-    the relative-position tables differ and are resized after loading, spec ``simmim_swin.md``
-    section 5). Only the leaves under ``key_path`` are read (orbax partial restore).
+    the relative-position tables differ and are resized after loading, as in
+    ``microsoft/SimMIM@d3e29bc utils.py:126-204``, ``remap_pretrained_keys_swin``). Only the
+    leaves under ``key_path`` are read (orbax partial restore).
 
     Args:
         directory: checkpoint root written by :class:`Checkpointer`.
@@ -479,7 +488,7 @@ def restore_params(
     item, *keys = key_path
     ckpt = Checkpointer(directory, async_save=False, read_only=True)
     try:
-        step = ckpt._resolve_step(step)
+        step = ckpt.resolve_step(step)
         item_dir = ckpt.directory / str(step) / str(item)
         if not item_dir.exists():
             raise FileNotFoundError(f'item {item!r} not in checkpoint {item_dir.parent}')

@@ -116,10 +116,10 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value:
         jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                    process_id=_PID.value)
-    from jaxmim import train
+    from jaxmim import train, visualize
     logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(), jax.process_count())
     try:
-        _, summary = train.run(_CONFIG.value, _WORKDIR.value)
+        _, summary = train.run(_CONFIG.value, _WORKDIR.value, picture_hook=visualize.tensorboard_hook)
     except (ValueError, FileNotFoundError) as e:   # bad input: one clear line, no traceback
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(resilience.EXIT_BAD_INPUT)

@@ -1,8 +1,8 @@
 r"""Reconstruction pictures for any masked-image-modeling run.
 
 For a few evaluation images, a grid with one row per image and four columns, as the UM-MAE
-notebook draws them (``implus/UM-MAE@cb7776b visual/ummae_visualize.ipynb``; spec ``ummae.md``
-§13) and MAE's demo notebook:
+notebook draws them (``implus/UM-MAE@cb7776b visual/ummae_visualize.ipynb``) and MAE's demo
+notebook (``facebookresearch/mae@be47fef demo/mae_visualize.ipynb``):
 
   original | masked input | reconstruction | reconstruction with the visible units pasted back
 
@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+
+from jaxmim import rundir
 
 __all__ = ['COLUMNS', 'SECONDARY_KEYS', 'TENSORBOARD_IMAGES', 'unit_size', 'norm_pix_flag', 'denormalize_units', 'reconstruct',
            'panels', 'grid_image', 'save_png', 'eval_images', 'visualize_run', 'tensorboard_hook', 'main']
@@ -105,7 +107,7 @@ def denormalize_units(pred: np.ndarray, images: np.ndarray, u: int, eps: float =
     statistics: ``pred * sqrt(var + eps) + mean``, mean and unbiased variance (``ddof=1``) over
     the ``u*u*C`` values of the same unit of ``images``. Exact inverse of the norm-pix target
     ``(t - mean) / sqrt(var + eps)`` (MAE ``models_mae.py:195-212``, UM-MAE
-    ``models_mae_pvt.py:398-401``; spec §9).
+    ``implus/UM-MAE@cb7776b models_mae_pvt.py:398-401``).
 
     Args:
       pred: (B, L, u*u*C) float, units in raster order.
@@ -270,8 +272,8 @@ def visualize_run(workdir: str, num_images: int = 8, step: int | None = None, ou
                   seed: int = 0) -> str:
     """Writes the reconstruction grid of a pre-training run's checkpoint as a PNG.
 
-    Loads ``<workdir>/config.json`` (:func:`jaxmim.train.load_run_config`), builds the model
-    and restores checkpoint ``step`` (default latest; :func:`jaxmim.train.restore_model`), takes
+    Loads ``<workdir>/config.json`` (:func:`jaxmim.rundir.load_run_config`), builds the model
+    and restores checkpoint ``step`` (default latest; :func:`jaxmim.rundir.restore_model`), takes
     the first ``num_images`` evaluation images, draws masks from ``seed``.
 
     Returns:
@@ -281,14 +283,13 @@ def visualize_run(workdir: str, num_images: int = 8, step: int | None = None, ou
       ValueError: not a pre-training run, or ``num_images < 1``. FileNotFoundError: no config
       or checkpoint.
     """
-    from jaxmim import train
     if num_images < 1:
         raise ValueError(f'num_images must be >= 1, got {num_images}')
-    config = train.load_run_config(workdir)
+    config = rundir.load_run_config(workdir)
     if config.get('mode') != 'pretrain':
         raise ValueError(f"{workdir!r} is a {config.get('mode')!r} run; reconstructions need a pre-training run")
-    model = train.build_model(config)
-    step = train.restore_model(model, workdir, step)
+    model = rundir.build_model(config)
+    step = rundir.restore_model(model, workdir, step)
     images, mean, std = eval_images(config, num_images)
     p = _model_panels(model, config, images, mean, std, jax.random.key(seed))
     output = output or os.path.join(workdir, f'reconstructions_step{step}.png')

@@ -80,13 +80,13 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from jaxmim import train
+    from jaxmim import rundir
     from jaxmim.config import resolve_data_config
     from jaxmim.data import pipeline
     from jaxmim.layers import patchify, unpatchify
 
-    model = train.build_model(cfg)
-    train.restore_model(model, pretrain_dir)
+    model = rundir.build_model(cfg)
+    rundir.restore_model(model, pretrain_dir)
     data_cfg = resolve_data_config(cfg)
     batch = next(pipeline.create_split(data_cfg, train=False, batch_size=n, seed=0,
                                        process_index=0, process_count=1))

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmim import train
+from jaxmim import steps
+from jaxmim import mesh as mesh_lib
 from jaxmim.config import load_config_file
 from jaxmim.methods import create_mim_model
 from jaxmim.registry import create_model
@@ -24,9 +25,9 @@ STEPS = 12
 
 
 def _run(model_fn, loss_fn, cfg, batch):
-    mesh = train.make_mesh(jax.devices()[:1])
-    trainer, state = train.make_trainer(model_fn(), loss_fn, cfg, mesh)
-    batch = train.global_batch(batch, train.batch_sharding(mesh))
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    trainer, state = steps.make_trainer(model_fn(), loss_fn, cfg, mesh)
+    batch = mesh_lib.global_batch(batch, mesh_lib.batch_sharding(mesh))
     text = trainer.train_step.lower(state, batch).as_text()
     losses = []
     for _ in range(STEPS):
@@ -56,7 +57,7 @@ def test_bf16_simmim_pretraining_tracks_float32():
     images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     make = lambda: create_mim_model(cfg.method.to_dict(), cfg.model.name,   # noqa: E731
                                     overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
-    _compare(make, train.mim_loss, cfg, {'image': images})
+    _compare(make, steps.mim_loss, cfg, {'image': images})
 
 
 def test_bf16_classifier_tracks_float32():
@@ -67,7 +68,7 @@ def test_bf16_classifier_tracks_float32():
     rng = np.random.default_rng(1)
     batch = {'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
              'label': np.arange(8, dtype=np.int32) % 10}
-    loss_fn = lambda m, b, r: train.classification_loss(m, b, r, label_smoothing=0.0, num_classes=10)  # noqa: E731
+    loss_fn = lambda m, b, r: steps.classification_loss(m, b, r, label_smoothing=0.0, num_classes=10)  # noqa: E731
     _compare(lambda: create_model(cfg.model.name, num_classes=10, embed_dim=32, depth=2, num_heads=2,
                                   drop_path_rate=0.0), loss_fn, cfg, batch)
 

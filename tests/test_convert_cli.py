@@ -1,6 +1,6 @@
 """Tests for the conversion command-line tools ``python -m convert.export`` / ``convert.import``.
 
-Tiny runs are written with ``jaxmim.train.save_model_checkpoint`` (weights perturbed first, so no
+Tiny runs are written with ``jaxmim.rundir.save_model_checkpoint`` (weights perturbed first, so no
 tensor is trivially 0 or 1), exported, loaded strictly into the PyTorch twins of ``convert.vit`` /
 ``convert.swin`` (outputs compared with the JAX model) and imported back (variables compared
 bit-exactly). The ViT classifier goes through the real command lines (subprocesses); the MAE and
@@ -30,7 +30,7 @@ from helpers import assert_close, variables_of  # noqa: E402
 from convert import swin as S  # noqa: E402
 from convert import vit as V  # noqa: E402
 from jaxmim import config as config_lib  # noqa: E402
-from jaxmim import train  # noqa: E402
+from jaxmim import rundir
 
 export_cli = importlib.import_module('convert.export')
 import_cli = importlib.import_module('convert.import')
@@ -61,8 +61,8 @@ def perturb(model, seed):
 
 
 def make_run(workdir, config, seed):
-    model = perturb(train.build_model(config), seed)
-    train.save_model_checkpoint(model, str(workdir), config, step=3)
+    model = perturb(rundir.build_model(config), seed)
+    rundir.save_model_checkpoint(model, str(workdir), config, step=3)
     return model
 
 
@@ -133,11 +133,11 @@ def test_import_cli_round_trip_is_bit_exact(vit_run, tmp_path):
                                  '--model_overrides={"depth": 2, "embed_dim": 32, "num_heads": 2}')
     assert rc == 0, stderr[-3000:]
     assert 'cls_token' in stdout and ' -> ' in stdout and f'--config.pretrained.workdir={target}' in stdout
-    config = train.load_run_config(str(target))
+    config = rundir.load_run_config(str(target))
     assert config.mode == 'finetune' and config.model.name == 'vit_demo_patch4_32'
     assert dict(config.model.overrides) == VIT_OVERRIDES
-    fresh = train.build_model(config)
-    assert train.restore_model(fresh, str(target)) == 0
+    fresh = rundir.build_model(config)
+    assert rundir.restore_model(fresh, str(target)) == 0
     a, b = variables_of(model), variables_of(fresh)
     assert a.keys() == b.keys()
     for k in a:
@@ -177,10 +177,10 @@ def test_mae_run_export_and_import(tmp_path):
                                           'mae_vit_demo_patch4_32_dec128d2b', MAE_OVERRIDES,
                                           {'norm_pix_loss': True}, verbose=False)
     assert report['mode'] == 'pretrain' and report['ignored'] == []
-    config2 = train.load_run_config(str(tmp_path / 'imp'))
+    config2 = rundir.load_run_config(str(tmp_path / 'imp'))
     assert config2.method.name == 'mae' and config2.method.norm_pix_loss is True
-    fresh = train.build_model(config2)
-    train.restore_model(fresh, str(tmp_path / 'imp'))
+    fresh = rundir.build_model(config2)
+    rundir.restore_model(fresh, str(tmp_path / 'imp'))
     a, b = variables_of(model), variables_of(fresh)
     assert a.keys() == b.keys() and ('pos_embed',) in a
     for k in a:
@@ -204,8 +204,8 @@ def test_swin_run_export_and_import(tmp_path):
     report = import_cli.import_checkpoint(str(tmp_path / 'swin.safetensors'), 'simmim_swin', str(tmp_path / 'imp'),
                                           'swin_demo_patch4_window4_32', SWIN_OVERRIDES, verbose=False)
     assert 'layers.0.blocks.1.attn_mask' in report['ignored']   # checked, never loaded
-    fresh = train.build_model(train.load_run_config(str(tmp_path / 'imp')))
-    train.restore_model(fresh, str(tmp_path / 'imp'))
+    fresh = rundir.build_model(rundir.load_run_config(str(tmp_path / 'imp')))
+    rundir.restore_model(fresh, str(tmp_path / 'imp'))
     a, b = variables_of(model), variables_of(fresh)
     assert a.keys() == b.keys()
     for k in a:

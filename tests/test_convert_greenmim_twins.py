@@ -35,7 +35,7 @@ _fwd = nnx.jit(lambda m, x, noise: m(x, noise=noise, train=False))
 
 def test_official_key_table_twins_large():
     """green_mim_twins_large_patch4_dec512b1 (``model_factory.py:142-175``) key names and shapes
-    (spec §11.3; spconv 2.x weights (C_out, kh, kw, C_in))."""
+    (``green_twins_models.py:386-389``; spconv 2.x weights (C_out, kh, kw, C_in))."""
     model = nnx.eval_shape(lambda: official.build('greenmim_twins', **TWINS_L))
     sd = {e.key: e for e in official.get_source('greenmim_twins').entries(model)}
     keys = list(sd)
@@ -129,14 +129,14 @@ def test_extract_backbone_run_is_loaded_by_the_swin_classifier(tmp_path):
     """Official GreenMIM-Swin checkpoint -> backbone-only jaxmim run: the registered classifier
     loads every variable but its head from it, equal to the checkpoint's encoder tensors."""
     from convert.extract_backbone import extract_backbone
-    from jaxmim import train
+    from jaxmim import rundir
     from jaxmim.registry import classifier_for, create_model
     sd = _official_swin_checkpoint(tmp_path)
     res = extract_backbone(str(tmp_path / 'green.pth'), str(tmp_path / 'bb'), model=SWIN_DEMO,
                            model_overrides=SWIN_OVR, verbose=False)
     assert res['kind'] == 'run'
     clf = create_model(classifier_for(SWIN_DEMO), embed_dim=16, num_heads=(1, 2, 4))
-    report = train.load_pretrained(clf, str(tmp_path / 'bb'))
+    report = rundir.load_pretrained(clf, str(tmp_path / 'bb'))
     assert sorted(report['fresh']) == ['head.bias', 'head.kernel'] and not report['resized']
     assert not report['unused']
     w = np.asarray(clf.layers[1].blocks[0].attn.qkv.kernel[...])

@@ -260,15 +260,15 @@ def test_benchmark_profile_attributes_the_step_time_to_ops(tmp_path):
 
 
 def test_cpu_steps_keep_ynnpack_to_matrix_products(monkeypatch):
-    from jaxmim import train
-    mesh = train.make_mesh(jax.devices()[:1])
+    from jaxmim import mesh as mesh_lib
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     monkeypatch.setenv('XLA_FLAGS', '')
-    assert train.step_compiler_options(mesh) == {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
+    assert mesh_lib.step_compiler_options(mesh) == {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
     # the option is accepted by the CPU compiler, and the step computes the same numbers
     f = lambda x: (jax.nn.gelu(x) * 2.0).sum(0)
     x = jnp.asarray(RNG.randn(64, 32).astype(np.float32))
-    with_opts = jax.jit(f, compiler_options=train.step_compiler_options(mesh))(x)
+    with_opts = jax.jit(f, compiler_options=mesh_lib.step_compiler_options(mesh))(x)
     np.testing.assert_allclose(np.asarray(with_opts), np.asarray(jax.jit(f)(x)), rtol=1e-6, atol=1e-6)
     # an explicit XLA flag is the user's choice: no override
     monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise')
-    assert train.step_compiler_options(mesh) is None
+    assert mesh_lib.step_compiler_options(mesh) is None

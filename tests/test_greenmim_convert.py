@@ -25,7 +25,8 @@ _fwd = nnx.jit(lambda m, x, noise: m(x, noise=noise, train=False))
 
 
 def test_official_key_table_swin_base():
-    """Key names and shapes of green_mim_swin_base_patch4_dec512b1 (spec §11.1-§11.2)."""
+    """Key names and shapes of green_mim_swin_base_patch4_dec512b1 (LayneH/GreenMIM@b981012
+    ``modeling/base_green_models.py:60-92``, ``modeling/green_swin_models.py:313-318``)."""
     cfg = dict(encoder=dict(img_size=224, patch_size=4, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
                             window_size=7, norm_layer=LN6),
                embed_dim=1024, patch_size=32, decoder_num_patches=49, decoder_embed_dim=512, decoder_depth=1,
@@ -73,7 +74,7 @@ def test_import_official_checkpoint_as_a_pretraining_run(tmp_path):
     import importlib
 
     from helpers import variables_of
-    from jaxmim import train
+    from jaxmim import rundir
     from jaxmim.registry import create_model
 
     import_cli = importlib.import_module('convert.import')
@@ -85,10 +86,10 @@ def test_import_official_checkpoint_as_a_pretraining_run(tmp_path):
                                           'green_mim_swin_demo_patch2_32_dec64b1', overrides,
                                           {'norm_pix_loss': True}, verbose=False)
     assert report['mode'] == 'pretrain'
-    config = train.load_run_config(str(tmp_path / 'imp'))
+    config = rundir.load_run_config(str(tmp_path / 'imp'))
     assert config.method.name == 'greenmim' and config.model.overrides.merge_order == 'v1'
-    fresh = train.build_model(config)
-    train.restore_model(fresh, str(tmp_path / 'imp'))
+    fresh = rundir.build_model(config)
+    rundir.restore_model(fresh, str(tmp_path / 'imp'))
     official.load_state_dict(ref, 'greenmim_swin', twin.state_dict())
     a, b = variables_of(ref), variables_of(fresh)
     assert a.keys() == b.keys()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmim import train
+from jaxmim import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,9 +53,9 @@ def test_greenmim_encoder_fine_tunes_as_its_registered_swin_classifier(data_dir,
     name = classifier_for(cfg.model.name)
     assert name == 'swin_demo_patch2_window4_32'
     clf = create_model(name, embed_dim=16, num_heads=(1, 2, 4))
-    report = train.load_pretrained(clf, str(tmp_path / 'pre'))
+    report = rundir.load_pretrained(clf, str(tmp_path / 'pre'))
     assert sorted(report['fresh']) == ['head.bias', 'head.kernel'] and not report['resized']
-    saved = train._read_checkpoint_variables(str(tmp_path / 'pre'), None)
+    saved = rundir.read_checkpoint_variables(str(tmp_path / 'pre'), None)
     got = tree_util.flatten_names(nnx.to_pure_dict(nnx.state(clf)))
     assert len(got) > 40
     for key, value in got.items():

@@ -1,11 +1,13 @@
-"""HiViT backbone and its MAE pre-training (jaxmim/models/hivit.py, jaxmim/methods/mae_hivit.py).
+"""HiViT backbone and its MAE pre-training (jaxmim/models/hivit.py, jaxmim/methods/mae/hivit.py).
 
-Expectations are written out independently: brute-force index loops for the unit regrouping,
-the Swin merge order and the relative-position index, NumPy LayerNorm / matmul for PatchMerge,
-the published parameter counts and fvcore FLOPs (spec ``hivit.md`` §7), the official
-drop-path / layer-id / weight-decay rules (§8, §11). The MAE loop test runs the real
-``jaxmim.train.pretrain`` on synthetic batches (no dataset preparation). Sizes are tiny except
-for the counts, which need only ``nnx.eval_shape`` / ``jax.make_jaxpr``.
+Expectations are written out independently: brute-force index loops for the unit regrouping, the
+Swin merge order and the relative-position index, NumPy LayerNorm / matmul for PatchMerge, the
+parameter counts and fvcore FLOPs of the official classes (``zhangxiaosong18/hivit@2718339
+supervised/configs/hivit_*_224.yaml``; 66.42M / 15.85G for base is also the comment at
+``self_supervised/models/models_hivit.py:282``), the official drop-path / layer-id / weight-decay
+rules (``models_hivit.py:187``, ``:201``; ``self_supervised/util/lr_decay.py:16-84``). The MAE loop
+test runs the real ``jaxmim.train.pretrain`` on synthetic batches (no dataset preparation). Sizes
+are tiny except for the counts, which need only ``nnx.eval_shape`` / ``jax.make_jaxpr``.
 """
 
 import math
@@ -20,7 +22,7 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim.methods import create_mim_model
-from jaxmim.methods.mae_hivit import HiViTMaskedAutoencoder, masking_ids
+from jaxmim.methods.mae.hivit import HiViTMaskedAutoencoder, masking_ids
 from jaxmim.models import hivit as H
 from jaxmim.registry import classifier_for, create_model, model_data_defaults
 
@@ -72,8 +74,9 @@ def test_patch_embed_regroups_the_conv_map_per_unit():
 
 def test_in_unit_patch_merge_equals_the_dense_definition():
     """Swin PatchMerging on the dense 4x4-px map, then regrouped per unit, equals HiViT's merge
-    inside each unit (spec §4): x0 = (even row, even col), x1 = (odd row, even col), x2 = (even
-    row, odd col), x3 = (odd row, odd col), LayerNorm(4C), bias-free reduction."""
+    inside each unit (``zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit.py:121-136``):
+    x0 = (even row, even col), x1 = (odd row, even col), x2 = (even row, odd col), x3 = (odd row,
+    odd col), LayerNorm(4C), bias-free reduction."""
     rng = np.random.RandomState(1)
     b, hp, wp, i, c = 2, 2, 3, 4, 5
     dense = rng.randn(b, hp * i, wp * i, c).astype(np.float32)
@@ -176,7 +179,9 @@ def test_unmasked_pretraining_encoder_equals_the_classification_backbone(rpe):
 
 def test_masked_encoder_early_features_equal_the_unmasked_ones():
     """Nothing before the main stage mixes units: with 75% masking the kept units' stage-1/2
-    features (hifeat inputs) equal the unmasked ones gathered at the same units (spec §22)."""
+    features (hifeat inputs) equal the unmasked ones gathered at the same units (the official
+    encoder gathers the kept units right after the patch embedding,
+    ``zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit.py:236-239``)."""
     mae, cls = _mae_and_classifier(True, 0.75)
     x = _images(seed=4)
     noise = jax.random.uniform(jax.random.key(5), (2, 16))
@@ -213,7 +218,7 @@ def test_mae_output_protocol_and_loss_formula():
 
 
 # ------------------------------------------------------------------------------------------------
-# Sizes: parameters and FLOPs (published, spec §7), drop path, hooks
+# Sizes: parameters and FLOPs (of the official classes, fvcore), drop path, hooks
 # ------------------------------------------------------------------------------------------------
 
 def _count(m, kind=nnx.Param):
@@ -229,7 +234,8 @@ def test_parameter_counts_equal_the_published_ones(name, params):
 
 def test_mmpretrain_and_mae_parameter_counts():
     base = nnx.eval_shape(lambda: create_model('hivit_base_mmpretrain'))
-    assert round(_count(base) / 1e6, 2) == 79.05         # mmpretrain base [2, 2, 24] (spec §7)
+    assert round(_count(base) / 1e6, 2) == 79.05         # mmpretrain base [2, 2, 24] (arch_zoo,
+    # open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py:385-402)
     mae = nnx.eval_shape(lambda: create_model('mae_hivit_base_dec512d6b'))
     # 87.04M with the fixed decoder_pos_embed (a Buffer here, nn.Parameter officially)
     assert round((_count(mae) + _count(mae, L.Buffer)) / 1e6, 2) == 87.04
@@ -274,7 +280,8 @@ def _layer_norm_elements(embed_dim, depths, grid=14, inner=4):
 
 @pytest.mark.parametrize('name,gflops', [('hivit_tiny', 4.60), ('hivit_small', 9.07), ('hivit_base', 15.85)])
 def test_flops_match_the_published_fvcore_counts(name, gflops):
-    """fvcore convention (spec §7): one multiply-add = one FLOP for matmuls / convs, 5 per
+    """fvcore ``flop_count`` convention (the counter called at ``zhangxiaosong18/hivit@2718339
+    supervised/main.py:86``): one multiply-add = one FLOP for matmuls / convs, 5 per
     LayerNorm element, GELU / softmax / adds free."""
     m = nnx.eval_shape(lambda: create_model(name))
     graphdef, state = nnx.split(m)
@@ -359,6 +366,7 @@ def test_train_mode_draws_stochastic_depth_over_every_block():
 
 def test_tiny_mae_run_lowers_the_loss_compiles_once_and_fine_tunes_by_name(tmp_path, monkeypatch):
     from jaxmim import train
+    from jaxmim import rundir
     from jaxmim.config import load_config_file
 
     cfg = load_config_file(os.path.join(ROOT, 'configs/demo/mae_hivit_fmnist.py'))
@@ -388,7 +396,7 @@ def test_tiny_mae_run_lowers_the_loss_compiles_once_and_fine_tunes_by_name(tmp_p
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
     cls = create_model('hivit_demo_patch4_32', embed_dim=32, depths=(1, 1, 1), num_heads=2)
-    report = train.load_pretrained(cls, str(tmp_path / 'pre'))
+    report = rundir.load_pretrained(cls, str(tmp_path / 'pre'))
     assert sorted(report['fresh']) == ['blocks.6.attn.relative_position_bias_table', 'fc_norm.bias',
                                        'fc_norm.scale', 'head.bias', 'head.kernel']
     assert 'absolute_pos_embed' in report['loaded'] and 'blocks.6.attn.qkv.kernel' in report['loaded']
@@ -420,14 +428,17 @@ def test_configs_are_the_recipes(spec, model, steps):
     c = load_config_file(os.path.join(ROOT, path) + (f':{variant}' if variant else ''))
     check_config(c)
     assert c.model.name == model and c.total_steps == steps
-    if 'pretrain/' in path:   # spec §10: 4096 x blr 1e-4 / 256 = 1.6e-3, betas (0.9, 0.95), 40 warm-up epochs
+    # official commands (zhangxiaosong18/hivit@2718339): self_supervised/get_started.md:25-29
+    # (pre-training), :33-38 (fine-tuning), supervised/get_started.md:27-44; mmpretrain@ee7f2e8
+    # configs/_base_/schedules/imagenet_bs1024_adamw_hivit.py
+    if 'pretrain/' in path:   # 4096 x blr 1e-4 / 256 = 1.6e-3, betas (0.9, 0.95), 40 warm-up epochs
         assert c.batch_size * c.optim.base_lr / c.optim.lr_scale_batch == pytest.approx(1.6e-3)
         assert c.optim.betas == (0.9, 0.95) and c.optim.warmup_steps == 40 * 312 and c.method.norm_pix_loss
-    if 'finetune/' in path:   # spec §11: lr 2e-3, layer decay 0.85, drop path 0.2, zero RPE tables
+    if 'finetune/' in path:   # lr 2e-3, layer decay 0.85, drop path 0.2, zero RPE tables
         assert c.batch_size * c.optim.base_lr / c.optim.lr_scale_batch == pytest.approx(2e-3)
         assert c.optim.layer_decay == 0.85 and c.model.overrides.drop_path_rate == 0.2
         assert c.model.overrides.rpe_init == 'zeros' and c.mixup.mixup_alpha == 0.8 and c.data.reprob == 0.25
-    if 'supervised/' in path:  # spec §12 / §13: lr 1e-3 at batch 1024; clipping only in mmpretrain's
+    if 'supervised/' in path:  # lr 1e-3 at batch 1024; clipping only in mmpretrain's
         assert c.batch_size * c.optim.base_lr / c.optim.lr_scale_batch == pytest.approx(1e-3)
         assert c.optim.clip_grad == (5.0 if variant.endswith('mmpretrain') else 0.0)
         assert c.data.auto_augment == 'rand-m9-mstd0.5-inc1' and c.mixup.cutmix_alpha == 1.0

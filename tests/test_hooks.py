@@ -71,16 +71,16 @@ def test_official_finetuning_path_resizes_windows_and_names_what_cannot_load(tmp
     3x3), tables resized on load."""
     import ml_collections
 
-    from jaxmim import train
+    from jaxmim import rundir
     from jaxmim.models.swin import resize_rel_pos_table
 
     pre_cfg = ml_collections.ConfigDict(dict(
         mode='pretrain', seed=0, model=dict(name='simmim_swin_demo_patch4_window4_32', overrides=dict(img_size=48, window_size=3)),
         method=dict(name='simmim', inputs_from='step', encoder_stride=16, mask_patch_size=8, mask_ratio=0.6)))
-    pre = train.build_model(pre_cfg)
-    train.save_model_checkpoint(pre, str(tmp_path / 'pre'), pre_cfg)
+    pre = rundir.build_model(pre_cfg)
+    rundir.save_model_checkpoint(pre, str(tmp_path / 'pre'), pre_cfg)
     clf = create_model('swin_demo_patch4_window4_32', img_size=48, window_size=6)
-    report = train.load_pretrained(clf, str(tmp_path / 'pre'))
+    report = rundir.load_pretrained(clf, str(tmp_path / 'pre'))
     src = np.asarray(pre.encoder.layers[0].blocks[1].attn.relative_position_bias_table[...])
     got = np.asarray(clf.layers[0].blocks[1].attn.relative_position_bias_table[...])
     assert src.shape == (25, 2) and got.shape == (121, 2)
@@ -96,4 +96,4 @@ def test_official_finetuning_path_resizes_windows_and_names_what_cannot_load(tmp
     wide = create_model('swin_demo_patch4_window4_32', img_size=48, window_size=6, embed_dim=32,
                         num_heads=(1, 2, 4))
     with pytest.raises(ValueError, match=r'patch_embed.proj.kernel.*\(4, 4, 3, 64\).*\(4, 4, 3, 32\)'):
-        train.load_pretrained(wide, str(tmp_path / 'pre'))
+        rundir.load_pretrained(wide, str(tmp_path / 'pre'))

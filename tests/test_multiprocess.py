@@ -25,20 +25,21 @@ def run_steps(devices, local_images, steps=2):
     losses and a checksum of the final parameters."""
     import jax
 
-    from jaxmim import train
+    from jaxmim import mesh as mesh_lib
+    from jaxmim import steps as steps_lib
     from jaxmim.methods import create_mim_model
 
     from jaxmim.config import load_config_file
     cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
     cfg.batch_size, cfg.total_steps, cfg.optim.warmup_steps = 8, 10, 2
-    mesh = train.make_mesh(devices)
+    mesh = mesh_lib.make_mesh(devices)
     model = create_mim_model(cfg.method.to_dict(), cfg.model.name,
                              overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
-    trainer, state = train.make_trainer(model, train.mim_loss, cfg, mesh)
+    trainer, state = steps_lib.make_trainer(model, steps_lib.mim_loss, cfg, mesh)
     losses = []
     for _ in range(steps):
-        state, metrics = trainer.train_step(state, train.global_batch({'image': local_images},
-                                                                      train.batch_sharding(mesh)))
+        state, metrics = trainer.train_step(state, mesh_lib.global_batch({'image': local_images},
+                                                                      mesh_lib.batch_sharding(mesh)))
         losses.append(float(metrics['loss']))
     leaves = jax.tree.leaves(jax.device_get(state['params']))
     return losses, float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))

@@ -15,7 +15,10 @@ from flax import nnx
 
 from helpers import run_interrupted
 from jaxmim import train
-from jaxmim.config import finetune_defaults, pretrain_defaults, fashion_mnist_data
+from jaxmim import rundir, steps
+from jaxmim import mesh as mesh_lib
+from jaxmim.config import finetune_defaults, pretrain_defaults
+from jaxmim.recipes import fashion_mnist_data
 from jaxmim.methods import register_method
 from jaxmim.registry import Backbone, create_model, register_model
 
@@ -164,11 +167,11 @@ def test_data_defaults_come_from_the_model():
 
 
 def test_batch_norm_model_trains_resumes_and_agrees_across_devices(data_dir, tmp_path, monkeypatch):
-    init = train.build_model(finetune_cfg(data_dir))
+    init = rundir.build_model(finetune_cfg(data_dir))
     init_mean = np.asarray(init.bn.mean[...])
     results = {}
     for n in (1, 8):
-        monkeypatch.setattr(train, 'make_mesh', lambda devices=None, n=n: train.jax.make_mesh(
+        monkeypatch.setattr(mesh_lib, 'make_mesh', lambda devices=None, n=n: jax.make_mesh(
             (n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n]))
         state, summary = train.finetune(finetune_cfg(data_dir), str(tmp_path / f'dev{n}'))
         results[n] = (jax.device_get(state), summary)
@@ -181,8 +184,8 @@ def test_batch_norm_model_trains_resumes_and_agrees_across_devices(data_dir, tmp
     assert sum1['final_eval']['top1'] == pytest.approx(sum8['final_eval']['top1'], abs=1e-6)
 
     # Saved and restored: the statistics of the checkpoint are the final state's.
-    model = train.build_model(finetune_cfg(data_dir))
-    assert train.restore_model(model, str(tmp_path / 'dev8')) == 4
+    model = rundir.build_model(finetune_cfg(data_dir))
+    assert rundir.restore_model(model, str(tmp_path / 'dev8')) == 4
     np.testing.assert_array_equal(np.asarray(model.bn.mean[...]), s8['model_state']['bn']['mean'])
 
     # Interrupted after step 2 (its data iterator raises), then resumed: identical to the full run.
@@ -197,14 +200,14 @@ def test_batch_norm_model_trains_resumes_and_agrees_across_devices(data_dir, tmp
 
 
 def test_eval_uses_running_statistics(data_dir):
-    model = train.build_model(finetune_cfg(data_dir))
+    model = rundir.build_model(finetune_cfg(data_dir))
     model.bn.mean[...] = jnp.full_like(model.bn.mean[...], 3.0)    # running statistics far from any batch's
-    graphdef, params, model_state = train.split_variables(model)
-    mesh = train.make_mesh()
-    step = train.make_eval_step(graphdef, mesh)
+    graphdef, params, model_state = rundir.split_variables(model)
+    mesh = mesh_lib.make_mesh()
+    step = steps.make_eval_step(graphdef, mesh)
     x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     batch = {'image': x, 'label': np.zeros(8, np.int32), 'mask': np.ones(8, np.float32)}
-    out = step({'params': params, 'model_state': model_state}, train.global_batch(batch, train.batch_sharding(mesh)))
+    out = step({'params': params, 'model_state': model_state}, mesh_lib.global_batch(batch, mesh_lib.batch_sharding(mesh)))
     # Expected: the same network written out in NumPy with the running mean 3 and var 1.
     k = np.asarray(model.stem.kernel[...]).reshape(48, -1)
     patches = x.reshape(8, 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(8, 8, 8, 48)
@@ -218,25 +221,25 @@ def test_eval_uses_running_statistics(data_dir):
 
 
 def test_masking_inputs_from_batch_or_step():
-    model = train.build_model(ml_collections.ConfigDict(dict(
+    model = rundir.build_model(ml_collections.ConfigDict(dict(
         mode='pretrain', seed=0, model=dict(name='test_bn_net_32', overrides={}),
         method=dict(name='test_masked_denoise', inputs_from='step', mask_ratio=0.5))))
     key = jax.random.key(3)
     images = jnp.zeros((4, 32, 32, 3))
-    drawn = train.masking_inputs(model, {'image': images}, key)
+    drawn = steps.masking_inputs(model, {'image': images}, key)
     np.testing.assert_array_equal(drawn['mask'], model.sample_inputs(key, 4)['mask'])
     given = model.host_inputs(np.random.default_rng(0), 4)
-    taken = train.masking_inputs(model, {'image': images, **given}, key)
+    taken = steps.masking_inputs(model, {'image': images, **given}, key)
     np.testing.assert_array_equal(taken['mask'], given['mask'])
     assert taken['mask'].sum() == 4 * 32 and drawn['mask'].sum() == 4 * 32
     with pytest.raises(ValueError, match='mask'):
-        train.masking_inputs(type('M', (), {'input_keys': ('mask', 'ids')})(), {'image': images, **given}, key)
+        steps.masking_inputs(type('M', (), {'input_keys': ('mask', 'ids')})(), {'image': images, **given}, key)
 
 
 @pytest.mark.parametrize('inputs_from', ['step', 'pipeline'])
 def test_method_pretrains_through_the_real_loop(data_dir, tmp_path, inputs_from, monkeypatch):
     seen = []
-    real_step = train.make_trainer
+    real_step = steps.make_trainer
 
     def recording(*a, **k):                 # record the batches the jitted step receives
         trainer, state = real_step(*a, **k)
@@ -245,17 +248,16 @@ def test_method_pretrains_through_the_real_loop(data_dir, tmp_path, inputs_from,
         def wrapped(state, batch):
             seen.append({k: np.asarray(v) for k, v in batch.items()})
             return step(state, batch)
-        wrapped._cache_size = step._cache_size
         trainer.train_step = wrapped
         return trainer, state
 
-    monkeypatch.setattr(train, 'make_trainer', recording)
+    monkeypatch.setattr(steps, 'make_trainer', recording)
     state, summary = train.pretrain(pretrain_cfg(data_dir, 4, inputs_from), str(tmp_path))
     assert summary['compilations'] == 1 and len(summary['history']) == 4
     assert all(np.isfinite(h['loss']) for h in summary['history'])
     assert np.abs(np.asarray(state['model_state']['encoder']['bn']['mean'])).max() > 0
     if inputs_from == 'pipeline':
-        model = train.build_model(pretrain_cfg(data_dir))
+        model = rundir.build_model(pretrain_cfg(data_dir))
         for step, batch in enumerate(seen, start=1):
             want = model.host_inputs(np.random.default_rng((0, 0, step - 1)), 16)['mask']
             np.testing.assert_array_equal(batch['mask'], want)
@@ -271,13 +273,13 @@ def test_ema_and_weight_decay_patterns_follow_the_hooks():
     cfg.ema_decay = 0.5
     cfg.optim.update(dict(base_lr=0.1, warmup_lr=0.1, min_lr=0.1, warmup_steps=0, lr_scale_batch=0,
                           weight_decay=0.5, clip_grad=0.0))
-    model = train.build_model(cfg)
-    trainer, state = train.make_trainer(model, lambda m, b, r: (jnp.float32(0.0), {}), cfg, train.make_mesh())
+    model = rundir.build_model(cfg)
+    trainer, state = steps.make_trainer(model, lambda m, b, r: (jnp.float32(0.0), {}), cfg, mesh_lib.make_mesh())
     history = [jax.device_get(state['params'])]
     ema = jax.device_get(state['ema']['params'])
     for _ in range(3):
-        state, _ = trainer.train_step(state, train.global_batch({'image': np.zeros((8, 32, 32, 3), np.float32)},
-                                                                train.batch_sharding(trainer.mesh)))
+        state, _ = trainer.train_step(state, mesh_lib.global_batch({'image': np.zeros((8, 32, 32, 3), np.float32)},
+                                                                mesh_lib.batch_sharding(trainer.mesh)))
         history.append(jax.device_get(state['params']))
         ema = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, ema, history[-1])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), jax.device_get(state['ema']['params']), ema)
@@ -299,7 +301,7 @@ def test_loop_scales_lr_by_batch():
         cfg.total_steps = 100
         cfg.optim.update(dict(base_lr=1e-3, warmup_lr=1e-4, min_lr=1e-4, warmup_steps=10,
                               lr_scale_batch=ref, lr_scale_fields=fields, schedule='cosine'))
-        trainer, _ = train.make_trainer(train.build_model(cfg), lambda m, b, r: (0.0, {}), cfg, train.make_mesh())
+        trainer, _ = steps.make_trainer(rundir.build_model(cfg), lambda m, b, r: (0.0, {}), cfg, mesh_lib.make_mesh())
         # SimMIM's lagged schedule: step 0 runs at warmup_lr; step 11 at the cosine of t = 10.
         np.testing.assert_allclose(float(trainer.lr_fn(0)), warm, rtol=1e-6)
         np.testing.assert_allclose(float(trainer.lr_fn(11)),
@@ -308,13 +310,13 @@ def test_loop_scales_lr_by_batch():
 
 def test_nan_guard_stops_the_run_and_keeps_checkpoints(data_dir, tmp_path, monkeypatch):
     cfg = finetune_cfg(data_dir, steps=6)
-    real = train.classification_loss
+    real = steps.classification_loss
 
     def poisoned(model, batch, rng, **kw):
         loss, metrics = real(model, batch, rng, **kw)
         return jnp.where(metrics['train_top1'] >= 0, jnp.nan, loss), metrics   # NaN from the start
 
-    monkeypatch.setattr(train, 'classification_loss', poisoned)
+    monkeypatch.setattr(steps, 'classification_loss', poisoned)
     cfg.log_every = 3
     # the first bad step is named; the guard is read at the step-2 checkpoint boundary, before
     # the save, so no non-finite state reaches the disk
@@ -360,8 +362,8 @@ def test_tiny_mae_pretraining_then_finetuning_through_the_cli(data_dir, tmp_path
     assert 'pos_embed' in report['loaded'] and summary['evals'][-1]['count'] == 800
     # The classifier started from the fixed sin-cos table of the MAE checkpoint (a buffer there, a
     # parameter here): at step 0 it equals MAE's formula; fine-tuning moved it by at most 3 lr steps.
-    model = train.build_model(train.load_run_config(str(ft)))
-    train.restore_model(model, str(ft))
+    model = rundir.build_model(rundir.load_run_config(str(ft)))
+    rundir.restore_model(model, str(ft))
     table = get_2d_sincos_pos_embed(32, 8, cls_token=True)[None]
     assert np.abs(np.asarray(model.pos_embed[...]) - table).max() < 0.05
 
@@ -374,4 +376,4 @@ def test_layer_decay_on_a_backbone_without_layer_ids_is_a_config_error():
     cfg = finetune_defaults()
     cfg.optim.layer_decay = 0.75
     with pytest.raises(ValueError, match=r'config.optim.layer_decay=0.75: NoIds defines no layer ids'):
-        train.make_trainer(NoIds(), lambda m, b, r: (0.0, {}), cfg, train.make_mesh())
+        steps.make_trainer(NoIds(), lambda m, b, r: (0.0, {}), cfg, mesh_lib.make_mesh())

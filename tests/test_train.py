@@ -17,6 +17,8 @@ from flax import nnx
 
 from helpers import run_interrupted
 from jaxmim import train
+from jaxmim import rundir, steps
+from jaxmim import mesh as mesh_lib
 from jaxmim.config import check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +84,22 @@ def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path, monkeypatch):
         np.testing.assert_allclose(got[step], want[step], rtol=1e-5)
 
 
+def test_logged_train_metrics_are_window_means(data_dir, tmp_path):
+    # Per-step values from a run that logs every step, against the same run logging every 4 steps:
+    # each logged loss / grad_norm is the mean of its window's 4 steps; lr is the boundary step's.
+    every = train.pretrain(pretrain_cfg(data_dir, 8), str(tmp_path / 'every'))[1]['history']
+    cfg = pretrain_cfg(data_dir, 8)
+    cfg.log_every = 4
+    windows = train.pretrain(cfg, str(tmp_path / 'windows'))[1]['history']
+    assert [h['step'] for h in windows] == [4, 8]
+    for h in windows:
+        steps_in = [e for e in every if h['step'] - 4 < e['step'] <= h['step']]
+        for key in ('loss', 'grad_norm'):
+            np.testing.assert_allclose(h[key], sum(e[key] for e in steps_in) / 4, rtol=1e-5)
+        np.testing.assert_allclose(h['lr'], steps_in[-1]['lr'], rtol=1e-6)
+    assert windows[0]['loss'] != pytest.approx(every[3]['loss'], rel=1e-4)   # not the last step's value
+
+
 def test_step_is_identical_on_1_and_8_devices():
     assert jax.device_count() == 8, 'tests/conftest.py sets 8 fake CPU devices'
     from jaxmim.methods import create_mim_model
@@ -90,11 +108,11 @@ def test_step_is_identical_on_1_and_8_devices():
     batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32)}
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        mesh = train.make_mesh(devices)
+        mesh = mesh_lib.make_mesh(devices)
         model = create_mim_model(cfg.method.to_dict(), cfg.model.name, overrides=TINY_ENC)
-        trainer, state = train.make_trainer(model, train.mim_loss, cfg, mesh)
+        trainer, state = steps.make_trainer(model, steps.mim_loss, cfg, mesh)
         for _ in range(2):
-            state, metrics = trainer.train_step(state, train.global_batch(batch, train.batch_sharding(mesh)))
+            state, metrics = trainer.train_step(state, mesh_lib.global_batch(batch, mesh_lib.batch_sharding(mesh)))
         assert len(state['params']['encoder']['layers'][0]['blocks'][0]['attn']['qkv']['kernel'].sharding
                    .device_set) == len(devices)
         results.append((jax.device_get(metrics), jax.device_get(state['params'])))
@@ -114,9 +132,9 @@ def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
     cfg.eval_every = 2
     cfg.eval_batch_size = 1000
     cfg.data.eval_split = 'test[:2000]'
-    model = train.build_model(cfg)
+    model = rundir.build_model(cfg)
     head_before = np.asarray(model.head.kernel[...])
-    report = train.load_pretrained(model, pre_dir)
+    report = rundir.load_pretrained(model, pre_dir)
     loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     np.testing.assert_array_equal(loaded['layers'][1]['blocks'][1]['attn']['qkv']['kernel'],
                                   enc['layers'][1]['blocks'][1]['attn']['qkv']['kernel'])
@@ -130,8 +148,8 @@ def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
     # The reported accuracy is the fine-tuned model's, recomputed here on the same 2000 images.
     from jaxmim.config import resolve_data_config
     from jaxmim.data import pipeline
-    tuned = train.build_model(cfg)
-    train.restore_model(tuned, str(tmp_path / 'ft'))
+    tuned = rundir.build_model(cfg)
+    rundir.restore_model(tuned, str(tmp_path / 'ft'))
     hits = count = 0
     for b in pipeline.create_split(resolve_data_config(cfg), train=False, batch_size=1000, seed=0):
         pred = np.asarray(tuned(jnp.asarray(b['image']))).argmax(-1)
@@ -143,16 +161,16 @@ def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
 
 def test_eval_step_counts_against_numpy():
     from jaxmim.registry import create_model
-    mesh = train.make_mesh()
+    mesh = mesh_lib.make_mesh()
     model = create_model('swin_demo_patch4_window4_32', **TINY_ENC)
-    graphdef, params, model_state = train.split_variables(model)
-    step = train.make_eval_step(graphdef, mesh)
+    graphdef, params, model_state = rundir.split_variables(model)
+    step = steps.make_eval_step(graphdef, mesh)
     rng = np.random.default_rng(0)
     batch = {'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
              'label': rng.integers(0, 10, 16).astype(np.int32),
              'mask': np.array([1.0] * 13 + [0.0] * 3, np.float32)}
-    out = train.evaluate(step, {'params': params, 'model_state': model_state}, [batch],
-                         train.batch_sharding(mesh))
+    out = steps.evaluate(step, {'params': params, 'model_state': model_state}, [batch],
+                         mesh_lib.batch_sharding(mesh))
     logits = np.asarray(model(jnp.asarray(batch['image'])))
     order = np.argsort(-logits, axis=1)
     real = batch['mask'] == 1

@@ -9,6 +9,8 @@ import pytest
 from flax import nnx
 
 from jaxmim import train
+from jaxmim import rundir, steps
+from jaxmim import mesh as mesh_lib
 from jaxmim.config import load_config_file, pretrain_defaults
 from jaxmim.tree_util import flatten_names
 
@@ -44,11 +46,11 @@ TINY_SWIN_DEC = dict(TINY_SWIN, decoder_embed_dim=16, decoder_depth=1, decoder_n
 ])
 def test_tiny_runs_lower_the_loss_and_compile_once(method, name, overrides, size):
     cfg = _cfg(method, name, overrides)
-    model = train.build_model(cfg)
-    trainer, state = train.make_trainer(model, train.mim_loss, cfg, train.make_mesh())
+    model = rundir.build_model(cfg)
+    trainer, state = steps.make_trainer(model, steps.mim_loss, cfg, mesh_lib.make_mesh())
     rng = np.random.default_rng(0)
     batch = {'image': rng.standard_normal((8, size, size, 3)).astype(np.float32), **model.host_inputs(rng, 8)}
-    batch = train.global_batch(batch, train.batch_sharding(trainer.mesh))
+    batch = mesh_lib.global_batch(batch, mesh_lib.batch_sharding(trainer.mesh))
     losses = []
     for _ in range(6):
         state, metrics = trainer.train_step(state, batch)
@@ -73,8 +75,8 @@ def test_demo_pair_pretrains_with_pipeline_masks_then_finetuning_loads_the_encod
     assert summary['compilations'] == 1 and all(np.isfinite(h['loss']) for h in summary['history'])
     ft = load_config_file('configs/demo/finetune_pvt_fmnist.py:pretrained')
     ft.model.overrides.update(enc)
-    clf = train.build_model(ft)
-    report = train.load_pretrained(clf, str(tmp_path / 'pre'))
+    clf = rundir.build_model(ft)
+    report = rundir.load_pretrained(clf, str(tmp_path / 'pre'))
     assert sorted(report['fresh']) == ['fc_norm.bias', 'fc_norm.scale', 'head.bias', 'head.kernel']
     assert {'vis_mask_token', 'mask_token', 'norm.scale', 'decoder_pred.kernel', 'decoder_pos_embed'} \
         <= set(report['unused'])

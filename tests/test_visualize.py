@@ -94,7 +94,7 @@ def _tiny_run(config_file, overrides, data_dir, workdir):
     cfg.checkpoint_every = 2
     cfg.progress_bar = False
     cfg.visualize_every = 2
-    train.pretrain(cfg, workdir)
+    train.pretrain(cfg, workdir, picture_hook=V.tensorboard_hook)   # the hook main.py passes
     return cfg
 
 
@@ -119,8 +119,8 @@ def test_png_and_tensorboard_for_demo_runs(data_dir, tmp_path, config_file, over
     import matplotlib.image as mpimg
     workdir = str(tmp_path / 'run')
     cfg = _tiny_run(config_file, overrides, data_dir, workdir)
-    from jaxmim import train
-    assert V.norm_pix_flag(train.build_model(cfg), cfg) is norm_pix
+    from jaxmim import rundir
+    assert V.norm_pix_flag(rundir.build_model(cfg), cfg) is norm_pix
     # the loop logged one grid of 8 rows x 4 columns of 32x32 tiles at step 2
     assert _tb_image_tags(workdir) == [(2, 4 * 34 + 2, 8 * 34 + 2)]
     out = V.main(['--workdir', workdir, '--num_images', '3'])
