@@ -3,13 +3,13 @@
 Two halves, one file:
 
 * **PyTorch twin** (``torch`` and ``einops``-free, no timm): :class:`GroupMixFormer`, the classifier
-  of ``AILab-CVC/GroupMixFormer@3d3f40977c6a models/groupmixformer.py`` (spec ``groupmixformer.md``),
-  built from the official constructor arguments. Module names and registration order follow the
-  official code, so ``state_dict()`` keys, shapes and order equal the official model's (BatchNorm
-  ``running_mean`` / ``running_var`` / ``num_batches_tracked`` included) and the official
-  checkpoints' ``model`` entry loads with ``load_state_dict(strict=True)``. The official
-  ``nn.SyncBatchNorm`` is an ``nn.BatchNorm2d`` here: identical state_dict, identical in evaluation;
-  in training it is SyncBatchNorm on one process (no process group needed).
+  of ``AILab-CVC/GroupMixFormer@3d3f40977c6a models/groupmixformer.py`` (bare ``:L`` references
+  below point into that file), built from the official constructor arguments. Module names and
+  registration order follow the official code, so ``state_dict()`` keys, shapes and order equal the
+  official model's (BatchNorm ``running_mean`` / ``running_var`` / ``num_batches_tracked`` included)
+  and the official checkpoints' ``model`` entry loads with ``load_state_dict(strict=True)``. The
+  official ``nn.SyncBatchNorm`` is an ``nn.BatchNorm2d`` here: identical state_dict, identical in
+  evaluation; in training it is SyncBatchNorm on one process (no process group needed).
 * **Conversion source** ``'groupmixformer'`` registered with :mod:`convert.official`:
   ``GroupMixFormer(...)`` built as :class:`jaxmim.models.groupmixformer.GroupMixFormer`
   (:func:`build_groupmixformer`), key table :func:`groupmixformer_entries`. BatchNorm
@@ -17,9 +17,10 @@ Two halves, one file:
   ``num_batches_tracked`` is a :class:`convert.official.ConstantEntry` (0 on export, ignored on
   import).
 
-Twin layouts: images NCHW float; tokens (B, N, C) raster order. Official quirks kept (spec §17): the
-attention scale ``(C // 8)^-0.5`` from the full stage width; the CRPE head split 2/3/3 against the
-aggregator split 2/2/2/2; ``Agg_0``'s LayerNorm eps 1e-5 against 1e-6 in the blocks.
+Twin layouts: images NCHW float; tokens (B, N, C) raster order. Official quirks kept: the
+attention scale ``(C // 8)^-0.5`` from the full stage width (:163-165); the CRPE head split 2/3/3
+against the aggregator split 2/2/2/2 (:174-175); ``Agg_0``'s LayerNorm eps 1e-5 (:45) against
+1e-6 in the blocks (:346).
 Differences of the twin from the official code: no ``import ipdb``; invalid configurations raise
 ``ValueError`` at construction; ``return_interm_layers`` and the broken ``reset_classifier`` are
 not provided.
@@ -381,10 +382,11 @@ def _block_entries(blk: nnx.Module, key: str, path: tuple) -> list:
 
 
 def groupmixformer_entries(model: nnx.Module) -> list:
-    """Official state_dict entries of a jaxmim GroupMixFormer classifier, in official order (spec
-    §13): ``conv_stem.{proj1, norm1, proj2, norm2}``, ``patch_embed_layers.i.{proj.conv1,
-    proj.pointwise_conv, norm}``, ``groupmixformer_backbone.i.gma_stage.j.{cpe.proj, norm1, att.qkv,
-    att.proj, att.aggregator.{norm0, agg1, norm1, agg2, norm2, agg3, norm3, agg0.conv, agg0.norm},
+    """Official state_dict entries of a jaxmim GroupMixFormer classifier, in official order (module
+    registration order of the official classes; 1149 keys for S): ``conv_stem.{proj1, norm1, proj2,
+    norm2}``, ``patch_embed_layers.i.{proj.conv1, proj.pointwise_conv, norm}``,
+    ``groupmixformer_backbone.i.gma_stage.j.{cpe.proj, norm1, att.qkv, att.proj,
+    att.aggregator.{norm0, agg1, norm1, agg2, norm2, agg3, norm3, agg0.conv, agg0.norm},
     att.crpe.conv_list.{0,1,2}, norm2, mlp.fc1, mlp.fc2}``, ``norm4``, ``head``. Each BatchNorm is
     ``weight, bias, running_mean, running_var, num_batches_tracked``.
 
@@ -418,8 +420,9 @@ def arch_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     ``serial_depths`` (the ``gma_stage.j`` indices), ``mlp_ratios`` (``mlp.fc1`` rows / width),
     ``num_classes`` (``head.weight``), ``qkv_bias``, ``num_stages``.
 
-    The released L checkpoint is the ground truth for L (spec §7: the official yaml gives 71.83 M
-    parameters, the README 70.3 M): build with these arguments, then load strictly::
+    The released L checkpoint is the ground truth for L (the official
+    ``configs/groupmixformer_large.yaml``, marked "# need to adjust", gives 71.83 M parameters, the
+    README 70.3 M): build with these arguments, then load strictly::
 
         sd = official.unwrap_state_dict(torch.load(path))
         model = official.build('groupmixformer', **arch_from_state_dict(sd))

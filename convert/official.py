@@ -36,7 +36,8 @@ e.g. ``convert/swin.py``, ``convert/vit.py``), each registering its sources with
 (``pkgutil``; core = :data:`CORE_MODULES` and names starting with ``_``), so adding a family is
 one new file.
 
-Tensor layout rules (spec ``pytorch_layouts.md`` §7): ``nn.Linear.weight`` (out, in) <-> Dense
+Tensor layout rules (PyTorch's ``nn.Linear`` / ``nn.Conv2d`` weight layouts against Flax's
+``nnx.Linear`` / ``nnx.Conv`` kernels): ``nn.Linear.weight`` (out, in) <-> Dense
 ``kernel`` (in, out) (a fused qkv Linear is a plain transpose too); ``nn.Conv2d.weight``
 (O, I, kh, kw) <-> Conv ``kernel`` (kh, kw, I, O); LayerNorm / BatchNorm ``weight``/``bias`` <->
 ``scale``/``bias``; BatchNorm ``running_mean``/``running_var`` <-> ``nnx.BatchStat``

@@ -278,7 +278,8 @@ class SwinTransformerBlock(nn.Module):
         if H % self.window_size or W % self.window_size:
             raise ValueError(f"window size {self.window_size} does not divide the stage resolution {H}x{W}")
 
-        # buffers of a module precede its children in state_dict(); registered first as in the spec
+        # buffers of a module precede its children in state_dict(); registered first, as the
+        # official block does (microsoft/SimMIM@d3e29bc models/swin_transformer.py:209-232)
         attn_mask = (make_shift_attn_mask(self.input_resolution, self.window_size, self.shift_size)
                      if self.shift_size > 0 else None)
         self.register_buffer("attn_mask", attn_mask)

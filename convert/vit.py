@@ -77,7 +77,8 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = Fa
 
     ``np.meshgrid(grid_w, grid_h)`` puts the column index first: for the patch at raster index
     ``i * G + j`` the first D/2 channels embed the column ``j`` and the last D/2 the row ``i``
-    (spec ``ummae.md`` §9). With ``cls_token`` a zero row is prepended.
+    (the ``emb_h`` of the official code is the column half). With ``cls_token`` a zero row is
+    prepended.
     Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py:20-71``.
 
     Returns:

@@ -1,7 +1,8 @@
 """Test-wide setup: 8 fake CPU devices so sharding/mesh code runs on a laptop or CI.
 
 Must take effect before JAX initialises its backends, hence an environment variable set at
-conftest import time (spec jax_practices.md section 1.9).
+conftest import time (XLA reads ``--xla_force_host_platform_device_count`` once, when the CPU
+backend starts; see ``docs/design.md``, "Tests").
 """
 
 import os

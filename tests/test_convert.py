@@ -269,7 +269,8 @@ def test_swin_b_224_parameter_count_and_layout():
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert n == 87_768_224
     entries = official.get_source('simmim_swin').entries(model)
-    assert len(entries) == 364   # 329 parameters + 24 indices + 11 masks (spec §1.10)
+    assert len(entries) == 364   # 329 parameters + 24 indices + 11 masks (persistent buffers of
+    # microsoft/SimMIM@d3e29bc models/swin_transformer.py, :94-104 and :209-232)
     with torch.device('meta'):
         tm = T.SwinTransformer(**SWIN_B_224)
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))

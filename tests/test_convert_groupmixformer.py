@@ -1,11 +1,12 @@
 """Tests for convert/groupmixformer.py: the official GroupMixFormer state_dict <-> jaxmim, and the
 PyTorch twin.
 
-References: the spec's key table (``groupmixformer.md`` §13: 1149 keys for S, shapes written out)
-and official parameter counts (§7) for the twin; the twin itself (perturbed weights: every parameter
-+ N(0, 0.05²), running means N(0, 0.3²), running variances U(0.5, 2)) for the JAX model, in
-evaluation and in training mode (batch statistics; the running variance compared after PyTorch's
-unbiased n/(n-1) correction). Small configurations, CPU only; S is built on the meta device.
+References: the official key table (the state_dict of ``AILab-CVC/GroupMixFormer@3d3f40977c6a
+models/groupmixformer.py``: 1149 keys for S, shapes written out) and the parameter counts of the
+official classes for the twin; the twin itself (perturbed weights: every parameter + N(0, 0.05²),
+running means N(0, 0.3²), running variances U(0.5, 2)) for the JAX model, in evaluation and in
+training mode (batch statistics; the running variance compared after PyTorch's unbiased n/(n-1)
+correction). Small configurations, CPU only; S is built on the meta device.
 """
 
 import sys

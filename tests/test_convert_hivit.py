@@ -3,7 +3,10 @@
 Sources: ``hivit`` (supervised copy), ``hivit_ssl`` (self-supervised fine-tuning copy),
 ``hivit_mae`` (``HiViTMaskedAutoencoder``) and ``mmpretrain_hivit`` (mmpretrain backbone). Twin
 weights are perturbed (N(0, 0.05^2) on every parameter) so no norm is 1, no bias or RPE table 0;
-twin key lists are checked against the spec's tables (``hivit.md`` §16) written out here.
+twin key lists are checked against tables of the official state_dicts
+(``zhangxiaosong18/hivit@2718339`` ``supervised/models/hivit.py``,
+``self_supervised/models/models_hivit.py``, ``models_hivit_mae.py``; mmpretrain@ee7f2e8
+``backbones/hivit.py``) written out here.
 CPU only, tiny configurations; the official base sizes through shapes only (``nnx.eval_shape``
 and meta-device twins).
 """
@@ -77,7 +80,7 @@ def _nhwc(x):
 
 
 # ------------------------------------------------------------------------------------------------
-# Layouts against the spec tables (§16)
+# Layouts against the official state_dict tables
 # ------------------------------------------------------------------------------------------------
 
 def _ln(key, d):
@@ -284,7 +287,7 @@ def test_registered_variants_have_the_official_layout(registry_name, source, cfg
     assert _shape_layout(source, jm) == _layout(tm)
     eps = {n.epsilon for _, n in nnx.iter_graph(jm) if isinstance(n, nnx.LayerNorm)}
     assert eps == ({1e-5} if source == 'mmpretrain_hivit' else {1e-6})
-    if registry_name == 'hivit_base':   # spec §16.1: 0-3 MLP, 4 merge, 5-8 MLP, 9 merge, 10-29 attention
+    if registry_name == 'hivit_base':   # official: 0-3 MLP, 4 merge, 5-8 MLP, 9 merge, 10-29 attention
         keys = [k for k, _ in _layout(tm)]
         assert 'blocks.4.reduction.weight' in keys and 'blocks.9.reduction.weight' in keys
         assert 'blocks.10.attn.qkv.weight' in keys and 'blocks.29.attn.relative_position_index' in keys

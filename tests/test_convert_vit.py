@@ -1,7 +1,8 @@
 """Tests for convert/vit.py: facebookresearch/mae ViT and MAE <-> jaxmim, and the PyTorch twins.
 
 References: the pure-PyTorch twins in ``convert.vit`` (official state_dict layout; their key lists
-are checked against the spec tables written out here, their sin-cos tables and loss against
+are checked against the official tables written out here (``facebookresearch/mae@efb2a80``
+``models_mae.py`` / ``models_vit.py``), their sin-cos tables and loss against
 NumPy formulas). Twin weights are perturbed (N(0, 0.05²) on every parameter, the fixed sin-cos
 tables included) so that no LayerNorm weight is 1 and no bias 0. CPU only, small configurations;
 ViT-B is checked through shapes only (``nnx.eval_shape`` and a meta-device twin).
@@ -95,7 +96,8 @@ def _images(cfg, batch=2, seed=1):
 
 
 # ------------------------------------------------------------------------------------------------
-# Twin layout against the spec (ummae.md §12.3, pytorch_layouts.md §6)
+# Twin layout against the official state_dicts (MAE ``models_mae.py``, ``models_vit.py``; UM-MAE's
+# ``implus/UM-MAE@cb7776b models_mae.py:24-28`` adds ``vis_mask_token``)
 # ------------------------------------------------------------------------------------------------
 
 def _block_layout(prefix, d, hidden, qkv_bias=True):

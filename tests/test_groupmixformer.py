@@ -4,9 +4,10 @@ vs eval, statistics shared by q/k/v, global statistics over 1 and 8 devices), th
 pre-training encoder, and tiny supervised and SimMIM runs through the real loops.
 
 Expectations: dense reference convolutions written as loops over kernel offsets (depthwise kernels
-expanded to block-diagonal dense ones), the factorised attention formula of spec §5, BatchNorm /
-LayerNorm formulas, the official parameter counts (spec §7, computed from the official classes) and
-fvcore FLOPs (spec §7 ✓ column).
+expanded to block-diagonal dense ones), the factorised attention formula of the official
+``EfficientAtt`` (``AILab-CVC/GroupMixFormer@3d3f40977c6a models/groupmixformer.py:159-200``),
+BatchNorm / LayerNorm formulas, the parameter counts of the official classes and their fvcore FLOPs
+(counted as the official ``cal_flops.py`` does).
 """
 
 import os
@@ -157,9 +158,10 @@ def test_stride_two_patch_embedding_pads_symmetrically():
 
 OFFICIAL_PARAMS = {'groupmixformer_mini': 5_733_120, 'groupmixformer_tiny': 10_949_152,
                    'groupmixformer_small': 22_421_320, 'groupmixformer_base': 45_827_272,
-                   'groupmixformer_large': 71_833_648}     # L: the official yaml (spec §7)
-# fvcore FLOPs (1 multiply-add = 1 FLOP) of the official classes, 2 decimals (spec §7 ✓ column), and
-# the README's rounded figures (L: the yaml's, see spec §17 #1).
+                   'groupmixformer_large': 71_833_648}     # L: configs/groupmixformer_large.yaml
+# fvcore FLOPs (1 multiply-add = 1 FLOP) of the official classes, 2 decimals (``cal_flops.py``'s
+# counter), and the README's rounded figures (L: the yaml's; the official L yaml, marked "# need to
+# adjust", does not reproduce the README's 70.3M / 36.1G).
 FVCORE_GFLOPS = {'groupmixformer_mini': 1.35, 'groupmixformer_tiny': 3.72, 'groupmixformer_small': 5.16,
                  'groupmixformer_base': 17.55, 'groupmixformer_large': 38.25}
 README_GFLOPS = {'groupmixformer_mini': 1.4, 'groupmixformer_tiny': 3.7, 'groupmixformer_small': 5.2,
@@ -422,7 +424,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                                             ('large', 0.1)])
 def test_supervised_configs_are_the_official_recipe(size, drop_path):
     """configs/supervised/groupmixformer.py:<size>: the yaml's drop path, lr 5e-4 x batch / 512,
-    300 epochs with 20 of warm-up at batch 512, clip 5, the timm recipe (spec §10)."""
+    300 epochs with 20 of warm-up at batch 512, clip 5, the timm recipe (official ``config.py``,
+    ``train.py:432-445``, ``optimizer.py:4-42``, ``lr_scheduler.py:7-23``)."""
     import os
     from jaxmim.config import check_config, load_config_file
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,11 @@
 """Tests for jaxmim.optim against hand-written expectations.
 
-Specs: simmim_swin.md 4.3-4.7 (SimMIM), ummae.md 10 (MAE recipe; facebookresearch/mae
-util/lr_sched.py, util/lr_decay.py).
+Sources: SimMIM ``microsoft/SimMIM@d3e29bc`` lr scaling (``main_simmim.py:217-230``,
+``main_finetune.py:321-334``), ``optimizer.py`` (parameter groups :47-66, layer decay :69-183),
+``lr_scheduler.py`` (warm-up and non-shifted cosine :18-35, multistep :119-141), the step order of
+``main_simmim.py:156-171`` and clipping at :160-169; the MAE recipe of UM-MAE's Makefile
+(``implus/UM-MAE@cb7776b``) and ``facebookresearch/mae@efb2a80`` ``util/lr_sched.py``,
+``util/lr_decay.py``.
 """
 
 import functools
@@ -207,7 +211,8 @@ def test_cosine_schedule_vectorised_and_jittable():
 
 
 def test_group_base_lr_below_warmup_lr():
-    # Swin-L layer decay side effect (spec 4.5): warmup_lr/min_lr absolute, group base lr smaller.
+    # Swin-L layer decay side effect (microsoft/SimMIM@d3e29bc optimizer.py:165-177 keeps warmup_lr /
+    # min_lr absolute while the group base lr is scaled down): the group base lr is smaller.
     f = optim.simmim_lr_schedule(5e-7, 1e-6, 1e-6, 100, 20, lag=False)
     assert float(f(0)) == pytest.approx(1e-6, rel=1e-6)
     assert float(f(10)) == pytest.approx(1e-6 + 10 * (5e-7 - 1e-6) / 20, rel=1e-5)
@@ -409,7 +414,8 @@ def test_scale_lrs():
 
 
 def test_scaled_optim_config_simmim_and_mae():
-    # SimMIM: all three lrs times batch / 512 (spec simmim_swin.md 4.3; 2048 -> factor 4)
+    # SimMIM: all three lrs times batch / 512 (microsoft/SimMIM@d3e29bc main_simmim.py:217-230;
+    # 2048 -> factor 4)
     simmim = ml_collections.ConfigDict(dict(
         base_lr=2e-4, warmup_lr=1e-6, min_lr=1e-5, lr_scale_batch=512,
         lr_scale_fields=('base_lr', 'warmup_lr', 'min_lr'), weight_decay=0.05))

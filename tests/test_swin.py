@@ -171,7 +171,8 @@ def test_registry():
         jaxmim.create_model('swin_tiny_patch4_window7')
     with pytest.raises(TypeError, match="did you mean \\['window_size'"):
         jaxmim.create_model('swin_demo_patch4_window4_32', window_sise=4)
-    # parameter counts from the official shapes (spec simmim_swin.md 1.10), without materialising
+    # parameter counts from the official shapes (microsoft/SimMIM@d3e29bc models/swin_transformer.py
+    # state_dict, buffers excluded), without materialising
     abstract = nnx.eval_shape(lambda: jaxmim.create_model('swin_base_patch4_window7_224'))
     n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert n == 87_768_224
@@ -181,7 +182,8 @@ def test_registry():
 
 
 def _spec_source_axis(src: int, dst: int) -> np.ndarray:
-    """Source offsets of spec simmim_swin.md §5 (utils.py:148-169): q by bisection on [1.01, 1.5]
+    """Source offsets of ``remap_pretrained_keys_swin`` (``microsoft/SimMIM@d3e29bc
+    utils.py:148-169``): q by bisection on [1.01, 1.5]
     until the bracket is <= 1e-6 wide (the last midpoint), d_k = sum_{j<=k} q^j, axis
     (-d_{n-1}, ..., -d_0, 0, d_0, ..., d_{n-1})."""
     n, m = src // 2, dst // 2
@@ -210,7 +212,8 @@ def test_resize_rel_pos_table_identity_and_bad_lengths():
 def test_resize_rel_pos_table_linear_function_goes_to_target_offsets(src, dst, q_spec, outer_spec):
     # Window 6 -> 7 (11x11 -> 13x13; Swin-B 192 -> 224) and 12 -> 14 (23x23 -> 27x27; Swin-L).
     axis, q = _spec_source_axis(src, dst)
-    assert abs(q - q_spec) < 1e-6 and abs(axis[-1] - outer_spec) < 1e-5      # the numbers the spec quotes
+    # reference values of the official bisection (microsoft/SimMIM@d3e29bc utils.py:148-169), rerun
+    assert abs(q - q_spec) < 1e-6 and abs(axis[-1] - outer_spec) < 1e-5
     # Head h holds a_h * dy + b_h * dx + c_h at the source's geometric offsets (rows = dy,
     # columns = dx, row-major). A bicubic interpolating spline reproduces a linear function
     # exactly, so the result is the same function at the target's integer offsets (FITPACK

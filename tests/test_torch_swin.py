@@ -1,9 +1,10 @@
 """Tests for the PyTorch twin in convert/swin.py (pure-PyTorch microsoft/SimMIM Swin + SimMIM).
 
-Every expectation here is computed independently of the code under test: key lists and shapes
-from the spec tables (shared/spec/simmim_swin.md §1.10, §2), masks / indices / channel orders by
-explicit loops over coordinates, attention by a per-token brute-force reference, the loss by a
-NumPy float64 re-computation.  CPU only and small; the CUDA test runs only where CUDA exists.
+Every expectation here is computed independently of the code under test: key lists and shapes from
+the official modules' registration order (``microsoft/SimMIM@d3e29bc models/swin_transformer.py``,
+``models/simmim.py:19-54``), written out by hand, masks / indices / channel orders by explicit loops
+over coordinates, attention by a per-token brute-force reference, the loss by a NumPy float64
+re-computation.  CPU only and small; the CUDA test runs only where CUDA exists.
 """
 
 import math
@@ -35,7 +36,7 @@ SWIN_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
 
 
 # ------------------------------------------------------------------------------------------------
-# Expected state_dict layout, written out from the spec table (not from the module tree)
+# Expected state_dict layout, written out from the official code by hand (not from the module tree)
 # ------------------------------------------------------------------------------------------------
 
 

@@ -432,7 +432,7 @@ class _TVit(torch.nn.Module):
 
 def _to_torch_state(model):
     """Official state-dict from the NNX state: Dense kernel (in,out) -> weight (out,in), conv HWIO ->
-    OIHW, LayerNorm scale -> weight (pytorch_layouts.md §7)."""
+    OIHW, LayerNorm scale -> weight (the rules of :mod:`convert.official`)."""
     out = {}
     for name, value in flatten_names(nnx.to_pure_dict(nnx.state(model))).items():
         value = np.asarray(value)
