@@ -232,9 +232,10 @@ def test_augment_config_fields_are_checked():
 def test_pipeline_recipe_on_and_off(data_dir):
     from jaxmim import config as C
     from jaxmim.data import pipeline
+    from jaxmim.recipes import fashion_mnist_data
     d = data_dir
     c = C.finetune_defaults()
-    C.fashion_mnist_data(c.data, (0.08, 1.0))
+    fashion_mnist_data(c.data, (0.08, 1.0))
     c.data.data_dir, c.data.cache, c.data.shuffle_buffer = d, False, 100
     first = lambda: next(pipeline.create_split(c.data, train=True, batch_size=16, seed=0,  # noqa: E731
                                                process_index=0, process_count=1))
