@@ -81,7 +81,7 @@ from ml_collections import config_flags
 
 from jaxmim import config as config_lib
 from jaxmim import mesh as mesh_lib
-from jaxmim import profiling, registry, rundir, torch_compare
+from jaxmim import ops, profiling, registry, rundir, torch_compare
 from jaxmim import steps as steps_lib
 from jaxmim.profiling import counted, host_counter_means
 
@@ -361,6 +361,7 @@ def benchmark_inference(config, mesh, *, warmup: int = INFERENCE_WARMUP, steps: 
 
     log(f'[inference] {config.model.name}: {num_params / 1e6:.2f}M params; compiling the forward ...')
     t0 = time.perf_counter()
+    forward = ops.traced_on(ops.mesh_platform(mesh), forward)   # the ops' forms of the mesh's platform
     lowered = jax.jit(forward, in_shardings=(rep, mesh_lib.batch_sharding(mesh))).lower(variables, images)
     t1 = time.perf_counter()
     compiled = lowered.compile()

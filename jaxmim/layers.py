@@ -4,11 +4,15 @@ Every layer takes and returns channels-last arrays. Randomness (dropout, stochas
 depth) is explicit: layers receive a ``jax.random`` key and a ``train`` flag instead of
 holding RNG state, so a module is a plain tree of parameters (no RNG variables) and a
 jitted step is a pure function of ``(params, batch, key)``.
+
+The backend-specific computations (the hand-written backward passes, the CPU forms of the
+reductions and of GELU) live in :mod:`jaxmim.ops`, each next to its portable form; the layers
+here call the dispatching ops and never ask which backend they are on. ``layer_norm_last``,
+``sum_rows``, ``sum_squares``, ``linear_apply`` and ``gelu`` are re-exported from there.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable
 
@@ -16,6 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from jaxmim import ops
+from jaxmim.ops import gelu, layer_norm_last, linear_apply, sum_rows, sum_squares  # noqa: F401  (re-exported)
 
 
 class Buffer(nnx.Variable):
@@ -52,48 +59,11 @@ def torch_default_bias_init(fan_in: int) -> Callable:
     return init
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm_last(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
-    """LayerNorm over the last axis with a hand-written backward pass.
-
-    ``y = (x - mean) * (rsqrt(var + eps) * scale) + bias`` with ``mean``, ``var`` (biased,
-    ``E[(x - mean)^2]``) over the last axis, computed in float32; ``x`` is ``(..., C)``, ``scale``
-    and ``bias`` ``(C,)``; the result has the promoted dtype of the three. The forward pass is
-    bit-identical to ``flax.nnx.LayerNorm(use_fast_variance=False)`` in float32. The backward
-    pass is the closed form ``dx = rstd * (g' - mean(g') - x_hat * mean(g' * x_hat))`` with
-    ``g' = g * scale`` (two reductions), where XLA's autodiff of the forward emits five; on the
-    2-core CPU it halves the LayerNorm's forward + backward time (docs/performance.md).
-    Source: Ba et al. (2016); the formula as in PyTorch's ``layer_norm_backward``.
-    """
-    return _layer_norm_fwd(x, scale, bias, eps)[0]
-
-
-def _layer_norm_fwd(x, scale, bias, eps):
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    xc = xf - mean
-    rstd = jax.lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + eps)
-    y = xc * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
-    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), scale.dtype), jnp.zeros((0,), bias.dtype))
-    return y.astype(jnp.result_type(x, scale, bias)), (xc * rstd, rstd, scale, dtypes)
-
-
-def _layer_norm_bwd(eps, res, g):
-    del eps
-    x_hat, rstd, scale, (x_dt, scale_dt, bias_dt) = res
-    gf = g.astype(jnp.float32)
-    gs = gf * scale.astype(jnp.float32)
-    dx = rstd * (gs - gs.mean(-1, keepdims=True) - x_hat * (gs * x_hat).mean(-1, keepdims=True))
-    return dx.astype(x_dt.dtype), sum_rows(gf * x_hat).astype(scale_dt.dtype), sum_rows(gf).astype(bias_dt.dtype)
-
-
-layer_norm_last.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-
-
 class LayerNorm(nnx.LayerNorm):
     """``nnx.LayerNorm`` (same parameters ``scale``, ``bias`` and attributes) whose common case,
     a normalisation over the last axis with scale and bias and no mask, runs through
-    :func:`layer_norm_last`; any other configuration falls back to ``nnx.LayerNorm``.
+    :func:`jaxmim.ops.layer_norm_last` (on CPU its closed-form backward pass); any other
+    configuration falls back to ``nnx.LayerNorm``.
     Input ``(..., C)``, output the same shape."""
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -110,109 +80,11 @@ def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> LayerNorm:
     return LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
-def sum_rows(a: jax.Array) -> jax.Array:
-    """Sum of ``a`` ``(..., C)`` over all its leading axes: ``(C,)``, float32 (any float input).
-
-    On the CPU backend it is written as the matrix-vector product ``ones(1, M) @ a.reshape(M, C)``
-    (``precision=HIGHEST``, float32 accumulation), elsewhere as ``a.sum(leading axes)``. XLA's CPU
-    compiler rewrites a multi-axis sum such as ``(128, 8, 8, 256) -> (256,)`` into a
-    ``reduce-window`` with ``32 x 8 x 8 x 1`` windows, whose loop walks each output channel with a
-    stride of ``C`` floats: 4.2 ms on one core for that shape inside the demo Swin's train step,
-    where the product takes the matrix path (docs/performance.md, "Column sums"). This is the
-    bias and LayerNorm gradients' reduction (:func:`linear_apply`, :func:`layer_norm_last`).
-    """
-    a2 = a.reshape(-1, a.shape[-1])
-    if jax.default_backend() != 'cpu':
-        return a2.sum(0, dtype=jnp.float32)
-    ones = jnp.ones((1, a2.shape[0]), a2.dtype)
-    return jax.lax.dot_general(ones, a2, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                               preferred_element_type=jnp.float32)[0]
-
-
-_GRAM_ROWS = 4
-_GRAM_MIN_SIZE = 1 << 16
-
-
-def sum_squares(a: jax.Array) -> jax.Array:
-    """``sum(a ** 2)`` over every element of ``a`` (any shape, any float dtype): a float32 scalar.
-
-    On the CPU backend an array of at least 65,536 elements whose size is a multiple of 4 is
-    reshaped to ``V`` ``(4, size / 4)`` and the sum is the trace of the Gram matrix ``V V^T``
-    (``precision=HIGHEST``, float32 accumulation), one read of ``a`` through XLA's matrix
-    path; elsewhere (and for smaller or odd-sized arrays) it is ``sum(square(a))`` in float32.
-    XLA's CPU compiler writes ``square(a)`` to a temporary buffer and then sums it with
-    ``32 x 32`` ``reduce-window`` loops: the norm of 54 M values shaped like Swin-B's kernels took
-    97 ms on the 2-core machine that way, 26 ms as Gram traces (PyTorch's ``clip_grad_norm_``:
-    7.5 ms), and Swin-B's whole optimizer update fell from 366 to 130 ms on one core
-    (docs/performance.md, "Session 7"). This is the gradient-clipping and ``grad_norm``
-    reduction (:func:`jaxmim.optim.global_norm`).
-    """
-    if jax.default_backend() != 'cpu' or a.size < _GRAM_MIN_SIZE or a.size % _GRAM_ROWS:
-        return jnp.sum(jnp.square(a.astype(jnp.float32)))
-    v = a.reshape(_GRAM_ROWS, -1)
-    gram = jax.lax.dot_general(v, v, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST,
-                               preferred_element_type=jnp.float32)
-    return jnp.trace(gram)
-
-
-_SWAP_MIN_ROWS = 2048
-"""Fewest rows for which :func:`linear_apply` computes a narrowing layer's kernel gradient as a
-transposed ``(out, in)`` product on CPU (below it the transposed gradient read by the optimizer
-costs more than the faster product saves; docs/performance.md)."""
-
-
-@jax.custom_vjp
-def linear_apply(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
-    """``x @ kernel + bias`` over the last axis, with a hand-written backward pass.
-
-    ``x`` is ``(..., K)``, ``kernel`` ``(K, N)``, ``bias`` ``(N,)`` or None, all of one dtype; the
-    result is ``(..., N)`` in that dtype. The forward pass is the same ``dot_general`` and add as
-    ``flax.nnx.Linear``'s (bit-identical). The backward pass computes ``dx = g @ kernel.T``,
-    ``dkernel = x2.T @ g2`` on the inputs flattened to ``(M, K)`` and ``(M, N)`` as one
-    contraction over their first axes, and ``dbias`` with :func:`sum_rows`. XLA's autodiff of the
-    forward pass instead emits ``dkernel`` as a contraction over the first axis of ``x`` and the
-    *second* axis of a transposed copy of ``g``, which XLA's CPU backend runs outside its fast
-    matrix-product path (YNNPACK): on the demo Swin's SimMIM step on one core, 300 -> 373 img/s.
-    On the CPU backend, when ``K > N`` and ``M >= 2048``, the contraction is computed as
-    ``(g2.T @ x2)`` and transposed after it (an ``optimization_barrier`` keeps XLA from folding
-    the transpose back in): XLA's CPU contraction over rows runs about half as fast when its
-    output has more rows than columns, e.g. 19.8 against 10.7 ms for ``(8320, 512), (8320, 128)
-    -> (512, 128)`` on one core. XLA then fuses the transpose into the optimizer's update, whose
-    strided read of a ``(4096, 1024)`` gradient costs 44 ms per moment on one core, so few rows
-    keep the direct form (docs/performance.md). Source: the ``nn.Linear`` backward of PyTorch
-    (``addmm``'s ``mm(grad.t(), input)`` and ``grad.sum(0)``).
-    """
-    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-
-
-def _linear_fwd(x, kernel, bias):
-    return linear_apply(x, kernel, bias), (x, kernel, bias)
-
-
-def _linear_bwd(res, g):
-    x, kernel, bias = res
-    k, n = kernel.shape
-    dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
-    rows = (((0,), (0,)), ((), ()))
-    x2, g2 = x.reshape(-1, k), g.reshape(-1, n)
-    if k > n and x2.shape[0] >= _SWAP_MIN_ROWS and jax.default_backend() == 'cpu':
-        # the (n, k) product, transposed after it (see the docstring)
-        dkernel = jax.lax.optimization_barrier(jax.lax.dot_general(g2, x2, rows)).T
-    else:
-        dkernel = jax.lax.dot_general(x2, g2, rows)
-    dbias = None if bias is None else sum_rows(g).astype(bias.dtype)
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype), dbias
-
-
-linear_apply.defvjp(_linear_fwd, _linear_bwd)
-
-
 class Linear(nnx.Linear):
     """``nnx.Linear`` (same parameters ``kernel`` ``(in, out)`` and ``bias`` ``(out,)``, same
     attributes and checkpoints) whose common case, no ``precision``, ``preferred_element_type``,
-    ``out_sharding`` or custom ``dot_general``, runs through :func:`linear_apply` and its faster
-    backward pass; any other configuration falls back to ``nnx.Linear``. Input ``(..., in)``, output
+    ``out_sharding`` or custom ``dot_general``, runs through :func:`jaxmim.ops.linear_apply` (on CPU
+    its faster backward pass); any other configuration falls back to ``nnx.Linear``. Input ``(..., in)``, output
     ``(..., out)`` in the promoted dtype (``self.dtype`` when set)."""
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
@@ -231,13 +103,11 @@ def _all_ones(v) -> bool:
 
 class PointwiseConv(nnx.Conv):
     """``nnx.Conv`` with a ``1 x 1`` kernel (same parameters ``kernel`` ``(1, 1, in, out)`` and
-    ``bias`` ``(out,)``, same checkpoints), computed as :func:`linear_apply` on the kernel viewed
-    as ``(in, out)``. Input ``(B, H, W, in)`` (channels last), output ``(B, H, W, out)``.
+    ``bias`` ``(out,)``, same checkpoints), computed by :func:`jaxmim.ops.pointwise_conv` (on CPU
+    a matrix product, :func:`jaxmim.ops.pointwise_conv_fast`, whose docstring has the
+    measurements). Input ``(B, H, W, in)`` (channels last), output ``(B, H, W, out)``.
 
-    A ``1 x 1`` convolution with unit strides is a matrix product over the channels; XLA's CPU
-    backend, however, runs its weight gradient as a ``6 x 6``-window convolution: 55.8 ms per step
-    for SimMIM's Swin-B decoder (``(8, 6, 6, 1024) -> 3072``) on one core, where the product
-    takes a few (docs/performance.md, "Session 7"). Any other configuration (a larger kernel,
+    Any other configuration (a larger kernel,
     strides, dilations, groups, a mask, ``precision``, ``preferred_element_type``, a custom
     ``conv_general_dilated``, integer padding, ``out_sharding``) falls back to ``nnx.Conv``.
     Source: SimMIM's decoder ``nn.Conv2d(num_features, stride ** 2 * 3, kernel_size=1)``
@@ -254,10 +124,9 @@ class PointwiseConv(nnx.Conv):
                      and inputs.ndim == len(self.kernel_size) + 2)
         if not pointwise:
             return super().__call__(inputs, out_sharding=out_sharding)
-        kernel = self.kernel[...].reshape(self.in_features, self.out_features)
         bias = self.bias[...] if self.bias is not None else None
-        inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        return linear_apply(inputs, kernel, bias)
+        inputs, kernel, bias = self.promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
+        return ops.pointwise_conv(inputs, kernel, bias)
 
 
 def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True,
@@ -347,21 +216,6 @@ def call_block(block: nnx.Module, x: jax.Array, *, train: bool, rng: jax.Array |
     if not remat:
         return block(x, train=train, rng=rng)
     return nnx.remat(lambda b, y, k: b(y, train=train, rng=k))(block, x, rng)
-
-
-_INV_SQRT2 = np.float32(1.0 / np.sqrt(2.0))
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, ``torch.nn.GELU()``: ``0.5 * x * (1 + erf(x / sqrt(2)))``, any shape and
-    float dtype, computed in ``x.dtype``.
-
-    Written with ``lax.erf`` rather than ``jax.nn.gelu(approximate=False)``, which goes through
-    ``erfc`` and an exponential: on XLA's CPU backend this form is about 2.8x faster forward and
-    1.6x faster forward + backward on a ``(8192, 256)`` float32 array, with the same values to
-    1.2e-6 absolute of PyTorch's (docs/performance.md). Source: Hendrycks & Gimpel (2016).
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * _INV_SQRT2.astype(x.dtype)))
 
 
 class Mlp(nnx.Module):

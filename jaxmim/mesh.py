@@ -12,11 +12,12 @@ Sources: ``jax.make_mesh`` with explicit ``axis_types`` and ``NamedSharding`` / 
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxmim import ops
+from jaxmim.ops import CPU_COMPILER_OPTIONS  # noqa: F401  (re-exported)
 
 __all__ = ['make_mesh', 'CPU_COMPILER_OPTIONS', 'step_compiler_options', 'batch_sharding', 'replicated',
            'global_batch', 'check_batch_sizes']
@@ -30,24 +31,13 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                          devices=devices)
 
 
-CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
-"""XLA options of the jitted steps on a CPU mesh: YNNPACK fuses matrix products only, and XLA's
-own loop fusions compile the element-wise and reduction work. XLA's default in jax 0.10 also
-routes element-wise and reduction fusions through YNNPACK, which on the 2-core reference
-machine makes the demo Swin's SimMIM step 1.3x slower (401 against 523 images/s, batch 128;
-``docs/performance.md``). Numbers are unchanged up to float rounding. An explicit
-``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` takes precedence."""
-
-
 def step_compiler_options(mesh) -> dict[str, str] | None:
     """The ``compiler_options`` of the jitted train / eval steps on ``mesh``:
-    :data:`CPU_COMPILER_OPTIONS` on CPU (unless ``XLA_FLAGS`` sets the option itself), None on
-    accelerators."""
-    if mesh.devices.flat[0].platform != 'cpu':
-        return None
-    if any(k in os.environ.get('XLA_FLAGS', '') for k in CPU_COMPILER_OPTIONS):
-        return None
-    return dict(CPU_COMPILER_OPTIONS)
+    ``jaxmim.ops.compiler_options(jaxmim.ops.mesh_platform(mesh))``, i.e. a copy of
+    :data:`jaxmim.ops.CPU_COMPILER_OPTIONS` (re-exported here) on a CPU mesh, unless ``XLA_FLAGS``
+    sets the option itself or ``JAXMIM_PORTABLE_OPS=1``; None on accelerators. The same predicate
+    (:func:`jaxmim.ops.form`) picks the ops' forms in the step."""
+    return ops.compiler_options(ops.mesh_platform(mesh))
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from jaxmim import mixup
+from jaxmim import ops
 from jaxmim import optim
 from jaxmim.mesh import batch_sharding, global_batch, replicated, step_compiler_options
 from jaxmim.resilience import guard as guard_lib
@@ -138,9 +139,10 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         # Non-finite loss / gradient norm: counted on device; skipped with config.nonfinite='skip'.
         return guard_lib.guard_step(new, state, metrics, nonfinite_mode)
 
-    train_step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
-                         out_shardings=(state_sharding, rep), donate_argnums=(0,),
-                         compiler_options=step_compiler_options(mesh))
+    # the ops are traced for the mesh's platform (jaxmim.ops: a CPU mesh takes the CPU forms anywhere)
+    train_step = jax.jit(ops.traced_on(ops.mesh_platform(mesh), step_fn),
+                         in_shardings=(state_sharding, batch_sharding(mesh)), out_shardings=(state_sharding, rep),
+                         donate_argnums=(0,), compiler_options=step_compiler_options(mesh))
     return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay, traces), state
 
 
@@ -288,7 +290,8 @@ def make_mixup_transform(config, num_classes: int, mesh) -> Callable | None:
 def make_eval_step(graphdef, mesh):
     """Jitted ``(variables, batch) -> {'top1', 'top5', 'count', 'loss'}`` sums over the real
     (``batch['mask'] == 1``) examples of a padded evaluation batch; ``variables`` is
-    ``{'params', 'model_state'}`` (raw or EMA weights). BatchNorm runs on its running statistics."""
+    ``{'params', 'model_state'}`` (raw or EMA weights). BatchNorm runs on its running statistics.
+    Traced, like the train step, under ``jaxmim.ops.platform_scope`` of the mesh's platform."""
 
     def eval_fn(variables, batch):
         model = merge_variables(graphdef, variables['params'], variables['model_state'])
@@ -300,8 +303,9 @@ def make_eval_step(graphdef, mesh):
         return {'top1': ((top5[:, 0] == label) * w).sum(), 'top5': ((top5 == label[:, None]).any(-1) * w).sum(),
                 'loss': (ce * w).sum(), 'count': w.sum()}
 
-    return jax.jit(eval_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=replicated(mesh), compiler_options=step_compiler_options(mesh))
+    return jax.jit(ops.traced_on(ops.mesh_platform(mesh), eval_fn),
+                   in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh),
+                   compiler_options=step_compiler_options(mesh))
 
 
 def evaluate(eval_step, variables, batches: Iterator[dict], sharding) -> dict[str, float]:

@@ -191,7 +191,7 @@ def test_abstract_like_and_validation(tmp_path):
         sh = abs_tree[key].sharding
         assert abs_tree[key].shape == shape
         assert isinstance(sh, NamedSharding) and sh.spec == P(), (key, sh)
-        assert sh.device_set == set(jax.devices()) and len(sh.device_set) == 8
+        assert sh.device_set == set(jax.devices()) and len(sh.device_set) == jax.device_count()
         assert sh.is_fully_replicated and sh.shard_shape(shape) == shape
     assert abs_tree['b'].dtype == np.int32
     with pytest.raises(ValueError):

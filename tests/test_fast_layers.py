@@ -1,7 +1,10 @@
 """The step's hand-written layers (issue 12): exact GELU through ``lax.erf``, LayerNorm with a
-closed-form backward pass, the Linear layer with its hand-written backward pass and the column
-sum of the bias gradients, against PyTorch's own ops and against the written-out formulas; and
-the per-op profiler of ``jaxmim.benchmark --profile``.
+closed-form backward pass, the Linear layer with its hand-written backward pass, the pointwise
+convolution and the gradient norm, through the public names of ``jaxmim.layers`` / ``jaxmim.optim``
+(the default, CPU, forms of ``jaxmim.ops``) against PyTorch's own ops and against the written-out
+formulas; and the per-op profiler of ``jaxmim.benchmark --profile``. Both forms of every op, in
+float32, bfloat16 and sharded, are in ``tests/test_ops.py`` (with the column sums and sums of
+squares formerly tested here).
 """
 
 import os
@@ -74,38 +77,6 @@ def test_layer_norm_module_is_an_nnx_layer_norm_with_the_same_forward():
     yo, yr = ours(xb), ref(xb)
     assert yo.dtype == yr.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(yo, np.float32), np.asarray(yr, np.float32), atol=0.02)
-
-
-@pytest.mark.parametrize('shape', [(37, 16), (4, 5, 6, 16), (2, 3, 4, 5, 16)])
-def test_sum_rows_equals_a_float64_sum_over_leading_axes(shape):
-    a = (RNG.randn(*shape) * 3).astype(np.float32)
-    want = a.astype(np.float64).reshape(-1, shape[-1]).sum(0)
-    rows = a.size // shape[-1]
-    bound = np.finfo(np.float32).eps * rows * np.abs(a).max()     # worst-case float32 summation error
-    for fn in (L.sum_rows, jax.jit(L.sum_rows)):
-        got = fn(jnp.asarray(a))
-        assert got.shape == (shape[-1],) and got.dtype == jnp.float32
-        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=bound)
-    got = L.sum_rows(jnp.asarray(a, jnp.bfloat16))             # bfloat16 in, float32 accumulation
-    assert got.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-2, atol=0.15)
-
-
-@pytest.mark.parametrize('shape', [(7,), (3, 5), (256, 256), (4096, 33), (2, 3, 5, 4099), (1024, 1, 1, 96)])
-def test_sum_squares_equals_a_float64_sum_of_squares(shape):
-    # sizes below 65,536 or not a multiple of 4 take the plain sum; the others the Gram trace
-    a = (RNG.randn(*shape) * 3).astype(np.float32)
-    want = np.sum(a.astype(np.float64) ** 2)
-    bound = np.finfo(np.float32).eps * a.size * np.max(a.astype(np.float64) ** 2)   # worst case
-    for fn in (L.sum_squares, jax.jit(L.sum_squares)):
-        got = fn(jnp.asarray(a))
-        assert got.shape == () and got.dtype == jnp.float32
-        np.testing.assert_allclose(float(got), want, rtol=0, atol=bound)
-        np.testing.assert_allclose(float(got), want, rtol=1e-5)          # and, in practice, far closer
-    got = L.sum_squares(jnp.asarray(a, jnp.bfloat16))        # bfloat16 in, float32 accumulation
-    assert got.dtype == jnp.float32
-    want_bf16 = np.sum(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64) ** 2)
-    np.testing.assert_allclose(float(got), want_bf16, rtol=1e-5)
 
 
 @pytest.mark.parametrize('use_bias', [True, False])
@@ -246,7 +217,7 @@ def test_benchmark_profile_attributes_the_step_time_to_ops(tmp_path):
     config = load_config_file(os.path.join(ROOT, 'configs/demo/finetune_swin_fmnist.py'))
     (row,) = benchmark.run_benchmark(config, steps=1, warmup=0, batch_size=4, compare_torch=True,
                                      torch_compile=False, profile_dir=str(tmp_path), profile_top=5,
-                                     devices=jax.devices()[:1])
+                                     devices=jax.devices('cpu')[:1])
     jax_rows, torch_rows = row['profile_jax'], row['profile_torch']
     assert sum(r['share'] for r in jax_rows) == pytest.approx(1.0)
     assert sum(r['share'] for r in torch_rows) == pytest.approx(1.0)
@@ -261,8 +232,9 @@ def test_benchmark_profile_attributes_the_step_time_to_ops(tmp_path):
 
 def test_cpu_steps_keep_ynnpack_to_matrix_products(monkeypatch):
     from jaxmim import mesh as mesh_lib
-    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
     monkeypatch.setenv('XLA_FLAGS', '')
+    monkeypatch.delenv('JAXMIM_PORTABLE_OPS', raising=False)
     assert mesh_lib.step_compiler_options(mesh) == {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
     # the option is accepted by the CPU compiler, and the step computes the same numbers
     f = lambda x: (jax.nn.gelu(x) * 2.0).sum(0)

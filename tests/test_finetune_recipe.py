@@ -65,7 +65,7 @@ def _small(**kw):
 
 
 def _run_steps(cfg, batches, keep_params=False):
-    mesh = mesh_lib.make_mesh()
+    mesh = mesh_lib.make_mesh(jax.devices('cpu'))   # the 8 fake CPU devices, whatever the default backend
     model = rundir.build_model(cfg)
     loss_fn = lambda m, b, r: steps.classification_loss(m, b, r, cfg.label_smoothing, model.num_classes)  # noqa: E731
     trainer, state = steps.make_trainer(model, loss_fn, cfg, mesh,
@@ -80,7 +80,7 @@ def _run_steps(cfg, batches, keep_params=False):
 
 
 def test_accumulation_equals_one_big_batch():
-    assert jax.device_count() == 8
+    assert len(jax.devices('cpu')) == 8
     batches = _batches(2)
     results = []
     for accum in (1, 4):

@@ -172,7 +172,7 @@ def test_batch_norm_model_trains_resumes_and_agrees_across_devices(data_dir, tmp
     results = {}
     for n in (1, 8):
         monkeypatch.setattr(mesh_lib, 'make_mesh', lambda devices=None, n=n: jax.make_mesh(
-            (n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n]))
+            (n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices('cpu')[:n]))
         state, summary = train.finetune(finetune_cfg(data_dir), str(tmp_path / f'dev{n}'))
         results[n] = (jax.device_get(state), summary)
     (s1, sum1), (s8, sum8) = results[1], results[8]

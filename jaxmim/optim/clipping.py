@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmim.layers import sum_squares
+from jaxmim.ops import sum_squares
 
 PyTree = Any
 
@@ -24,7 +24,7 @@ __all__ = ['global_norm', 'clip_by_global_norm_torch']
 def global_norm(tree: PyTree) -> jax.Array:
     """The L2 norm of all the leaves of ``tree`` together: ``sqrt(sum_leaves sum(g ** 2))``.
 
-    Each leaf's sum of squares is :func:`jaxmim.layers.sum_squares` (one read of the leaf through
+    Each leaf's sum of squares is :func:`jaxmim.ops.sum_squares` (one read of the leaf through
     XLA's matrix path on CPU, where ``optax.tree.norm`` writes the squares out first). Used by
     :func:`clip_by_global_norm_torch` and the train step's ``grad_norm`` metric, so XLA computes
     it once per step.
