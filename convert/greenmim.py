@@ -44,6 +44,7 @@ import torch.nn as nn
 from flax import nnx
 
 from convert import official as O
+from convert import _entries as E
 from convert._common import Mlp, square
 from convert.swin import PatchEmbed, PatchMerging, WindowAttention
 from convert.vit import Block, get_2d_sincos_pos_embed
@@ -286,7 +287,7 @@ def build_greenmim_swin(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_dim
     if (img_size // int(patch_size)) ** 2 != int(decoder_num_patches):
         raise ValueError(f'decoder_num_patches {decoder_num_patches} must be (img_size / patch_size)^2 = '
                          f'{(img_size // int(patch_size)) ** 2}')
-    eps_enc, eps_dec = O.layer_norm_eps(enc.get('norm_layer')), O.layer_norm_eps(norm_layer)
+    eps_enc, eps_dec = E.layer_norm_eps(enc.get('norm_layer')), E.layer_norm_eps(norm_layer)
     if eps_enc != eps_dec:
         raise ValueError(f'encoder and decoder LayerNorm eps differ ({eps_enc} vs {eps_dec}); jaxmim uses one norm_eps')
     return GreenMIMSwin(img_size=img_size, patch_size=square(enc.get('patch_size', 4), 'patch_size', 'GreenMIM Swin'),
@@ -316,26 +317,26 @@ def greenmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
     enc = model.encoder
     out: list[O.Entry] = [O.VariableEntry('mask_token', ('mask_token',)),
                           O.VariableEntry('decoder_pos_embed', ('decoder_pos_embed',))]
-    e: list[O.Entry] = O.conv_entries('patch_embed.proj', ('patch_embed', 'proj'), enc.patch_embed.proj)
-    e += O.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
+    e: list[O.Entry] = E.conv_entries('patch_embed.proj', ('patch_embed', 'proj'), enc.patch_embed.proj)
+    e += E.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
     for li, layer in enumerate(enc.layers):
         for bi, blk in enumerate(layer.blocks):
             k, p = f'layers.{li}.blocks.{bi}.', ('layers', li, 'blocks', bi)
-            e += O.layer_norm_entries(k + 'norm1', p + ('norm1',))
+            e += E.layer_norm_entries(k + 'norm1', p + ('norm1',))
             e.append(O.VariableEntry(k + 'attn.relative_position_bias_table', p + ('attn', 'relative_position_bias_table')))
             e.append(O.BufferEntry(k + 'attn.relative_position_index',
                                    relative_position_index(blk.window_size).astype(np.int64), f'window {blk.window_size}'))
-            e += O.linear_entries(k + 'attn.qkv', p + ('attn', 'qkv'), blk.attn.qkv)
-            e += O.linear_entries(k + 'attn.proj', p + ('attn', 'proj'), blk.attn.proj)
-            e += O.layer_norm_entries(k + 'norm2', p + ('norm2',))
-            e += O.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
-            e += O.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
+            e += E.linear_entries(k + 'attn.qkv', p + ('attn', 'qkv'), blk.attn.qkv)
+            e += E.linear_entries(k + 'attn.proj', p + ('attn', 'proj'), blk.attn.proj)
+            e += E.layer_norm_entries(k + 'norm2', p + ('norm2',))
+            e += E.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
+            e += E.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
         if layer.downsample is not None:
             k, p = f'layers.{li}.downsample.', ('layers', li, 'downsample')
-            e += O.linear_entries(k + 'reduction', p + ('reduction',), layer.downsample.reduction)
-            e += O.layer_norm_entries(k + 'norm', p + ('norm',))
-    e += O.layer_norm_entries('norm', ('norm',))
-    out += O.prefixed(e, 'encoder.', ('encoder',))
+            e += E.linear_entries(k + 'reduction', p + ('reduction',), layer.downsample.reduction)
+            e += E.layer_norm_entries(k + 'norm', p + ('norm',))
+    e += E.layer_norm_entries('norm', ('norm',))
+    out += E.prefixed(e, 'encoder.', ('encoder',))
     return out + _decoder_entries(model)
 
 
@@ -344,11 +345,11 @@ def _decoder_entries(model: nnx.Module) -> list:
     ``decoder_norm``, ``decoder_pred``), shared by the Swin and Twins sources."""
     from convert.vit import vit_block_entries
 
-    out = O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
+    out = E.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
     for i, blk in enumerate(model.decoder_blocks):
         out += vit_block_entries(blk, f'decoder_blocks.{i}.', ('decoder_blocks', i))
-    out += O.layer_norm_entries('decoder_norm', ('decoder_norm',))
-    out += O.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
+    out += E.layer_norm_entries('decoder_norm', ('decoder_norm',))
+    out += E.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
     return out
 
 
@@ -607,7 +608,7 @@ def build_greenmim_twins(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_di
                          f'{(img_size // int(patch_size)) ** 2}')
     if float(mlp_ratio) != 4.0:
         raise ValueError(f'decoder mlp_ratio must be 4 (the jaxmim GreenMIM-Twins decoder), got {mlp_ratio}')
-    eps_enc, eps_dec = O.layer_norm_eps(enc.get('norm_layer')), O.layer_norm_eps(norm_layer)
+    eps_enc, eps_dec = E.layer_norm_eps(enc.get('norm_layer')), E.layer_norm_eps(norm_layer)
     if eps_enc != eps_dec:
         raise ValueError(f'encoder and decoder LayerNorm eps differ ({eps_enc} vs {eps_dec}); jaxmim uses one norm_eps')
     return GreenMIMTwins(
@@ -641,29 +642,29 @@ def greenmim_twins_entries(model: nnx.Module) -> list[O.Entry]:
     enc = model.encoder
     out: list[O.Entry] = [O.VariableEntry('mask_token', ('mask_token',)),
                           O.VariableEntry('decoder_pos_embed', ('decoder_pos_embed',))]
-    e: list[O.Entry] = O.conv_entries('patch_embeds.0.proj', ('patch_embeds', 0, 'proj'), enc.patch_embeds[0].proj)
-    e += O.layer_norm_entries('patch_embeds.0.norm', ('patch_embeds', 0, 'norm'))
+    e: list[O.Entry] = E.conv_entries('patch_embeds.0.proj', ('patch_embeds', 0, 'proj'), enc.patch_embeds[0].proj)
+    e += E.layer_norm_entries('patch_embeds.0.norm', ('patch_embeds', 0, 'norm'))
     for s in range(1, enc.num_layers):
         e += _sparse_conv_entries(f'patch_embeds.{s}.proj', ('patch_embeds', s, 'proj'))
-        e += O.layer_norm_entries(f'patch_embeds.{s}.norm', ('patch_embeds', s, 'norm'))
-    e += O.layer_norm_entries('norm', ('norm',))
+        e += E.layer_norm_entries(f'patch_embeds.{s}.norm', ('patch_embeds', s, 'norm'))
+    e += E.layer_norm_entries('norm', ('norm',))
     for s in range(enc.num_layers):
-        e += O.conv_entries(f'pos_block.{s}.proj.0', ('pos_block', s, 'proj', 0), enc.pos_block[s].proj[0])
+        e += E.conv_entries(f'pos_block.{s}.proj.0', ('pos_block', s, 'proj', 0), enc.pos_block[s].proj[0])
     for s, stage in enumerate(enc.blocks):
         for j, blk in enumerate(stage):
             k, p = f'blocks.{s}.{j}.', ('blocks', s, j)
-            e += O.layer_norm_entries(k + 'norm1', p + ('norm1',))
-            e += O.layer_norm_entries(k + 'norm2', p + ('norm2',))
-            e += O.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
-            e += O.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
+            e += E.layer_norm_entries(k + 'norm1', p + ('norm1',))
+            e += E.layer_norm_entries(k + 'norm2', p + ('norm2',))
+            e += E.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
+            e += E.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
             a = blk.attn
             names = ('qkv', 'proj') if j % 2 == 0 else ('q', 'kv', 'proj')
             for n in names:
-                e += O.linear_entries(k + 'attn.' + n, p + ('attn', n), getattr(a, n))
+                e += E.linear_entries(k + 'attn.' + n, p + ('attn', n), getattr(a, n))
             if j % 2 == 1 and a.sr is not None:
                 e += _sparse_conv_entries(k + 'attn.sr', p + ('attn', 'sr'))
-                e += O.layer_norm_entries(k + 'attn.norm', p + ('attn', 'norm'))
-    out += O.prefixed(e, 'encoder.', ('encoder',))
+                e += E.layer_norm_entries(k + 'attn.norm', p + ('attn', 'norm'))
+    out += E.prefixed(e, 'encoder.', ('encoder',))
     return out + _decoder_entries(model)
 
 

@@ -36,6 +36,7 @@ import torch.nn as nn
 from flax import nnx
 
 from convert import official as O
+from convert import _entries as E
 from convert._common import DropPath, Mlp, trunc_normal_
 
 __all__ = [
@@ -346,38 +347,38 @@ def build_groupmixformer(*, rngs: nnx.Rngs, patch_size: int = 4, in_dim: int = 3
                   embed_dims=tuple(int(d) for d in embedding_dims), depths=tuple(int(d) for d in serial_depths),
                   num_heads=int(num_heads), mlp_ratios=tuple(float(r) for r in mlp_ratios), qkv_bias=bool(qkv_bias),
                   qk_scale=qk_scale, drop_rate=float(drop_rate), drop_path_rate=float(drop_path_rate),
-                  norm_eps=O.layer_norm_eps(norm_layer, default=1e-6), rngs=rngs)
+                  norm_eps=E.layer_norm_eps(norm_layer, default=1e-6), rngs=rngs)
 
 
 def _sep_entries(key: str, path: tuple, sep: nnx.Module) -> list:
-    return (O.conv_entries(key + '.conv1', path + ('conv1',), sep.conv1)
-            + O.conv_entries(key + '.pointwise_conv', path + ('pointwise_conv',), sep.pointwise_conv))
+    return (E.conv_entries(key + '.conv1', path + ('conv1',), sep.conv1)
+            + E.conv_entries(key + '.pointwise_conv', path + ('pointwise_conv',), sep.pointwise_conv))
 
 
 def _bn(key: str, path: tuple, module: nnx.Module) -> list:
-    return O.batch_norm_entries(key, path, module)
+    return E.batch_norm_entries(key, path, module)
 
 
 def _block_entries(blk: nnx.Module, key: str, path: tuple) -> list:
     """Entries of one ``GMA_Block`` at official prefix ``key`` (``'...gma_stage.j.'``)."""
     att, agg = blk.att, blk.att.aggregator
     a, g = path + ('att',), path + ('att', 'aggregator')
-    out = O.conv_entries(key + 'cpe.proj', path + ('cpe', 'proj'), blk.cpe.proj)
-    out += O.layer_norm_entries(key + 'norm1', path + ('norm1',))
-    out += O.linear_entries(key + 'att.qkv', a + ('qkv',), att.qkv)
-    out += O.linear_entries(key + 'att.proj', a + ('proj',), att.proj)
+    out = E.conv_entries(key + 'cpe.proj', path + ('cpe', 'proj'), blk.cpe.proj)
+    out += E.layer_norm_entries(key + 'norm1', path + ('norm1',))
+    out += E.linear_entries(key + 'att.qkv', a + ('qkv',), att.qkv)
+    out += E.linear_entries(key + 'att.proj', a + ('proj',), att.proj)
     ka = key + 'att.aggregator.'
     out += _bn(ka + 'norm0', g + ('norm0',), agg.norm0)
     for i in (1, 2, 3):
         out += _sep_entries(ka + f'agg{i}', g + (f'agg{i}',), getattr(agg, f'agg{i}'))
         out += _bn(ka + f'norm{i}', g + (f'norm{i}',), getattr(agg, f'norm{i}'))
     out += _sep_entries(ka + 'agg0.conv', g + ('agg0', 'conv'), agg.agg0.conv)
-    out += O.layer_norm_entries(ka + 'agg0.norm', g + ('agg0', 'norm'))
+    out += E.layer_norm_entries(ka + 'agg0.norm', g + ('agg0', 'norm'))
     for i, conv in enumerate(att.crpe.conv_list):
-        out += O.conv_entries(key + f'att.crpe.conv_list.{i}', a + ('crpe', 'conv_list', i), conv)
-    out += O.layer_norm_entries(key + 'norm2', path + ('norm2',))
-    out += O.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
-    out += O.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2)
+        out += E.conv_entries(key + f'att.crpe.conv_list.{i}', a + ('crpe', 'conv_list', i), conv)
+    out += E.layer_norm_entries(key + 'norm2', path + ('norm2',))
+    out += E.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
+    out += E.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2)
     return out
 
 
@@ -398,9 +399,9 @@ def groupmixformer_entries(model: nnx.Module) -> list:
         raise TypeError(f'source groupmixformer expects a jaxmim GroupMixFormer classifier with a head, got '
                         f'{type(model).__name__}')
     stem = model.conv_stem
-    out = O.conv_entries('conv_stem.proj1', ('conv_stem', 'proj1'), stem.proj1)
+    out = E.conv_entries('conv_stem.proj1', ('conv_stem', 'proj1'), stem.proj1)
     out += _bn('conv_stem.norm1', ('conv_stem', 'norm1'), stem.norm1)
-    out += O.conv_entries('conv_stem.proj2', ('conv_stem', 'proj2'), stem.proj2)
+    out += E.conv_entries('conv_stem.proj2', ('conv_stem', 'proj2'), stem.proj2)
     out += _bn('conv_stem.norm2', ('conv_stem', 'norm2'), stem.norm2)
     for i, pe in enumerate(model.patch_embed_layers):
         out += _sep_entries(f'patch_embed_layers.{i}.proj', ('patch_embed_layers', i, 'proj'), pe.proj)
@@ -410,7 +411,7 @@ def groupmixformer_entries(model: nnx.Module) -> list:
             out += _block_entries(blk, f'groupmixformer_backbone.{i}.gma_stage.{j}.',
                                   ('groupmixformer_backbone', i, 'gma_stage', j))
     out += _bn('norm4', ('norm4',), model.norm4)
-    out += O.linear_entries('head', ('head',), model.head)
+    out += E.linear_entries('head', ('head',), model.head)
     return out
 
 

@@ -48,6 +48,7 @@ import torch.nn as nn
 from flax import nnx
 
 from convert import official as O
+from convert import _entries as E
 from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
 from convert.vit import get_2d_sincos_pos_embed
 
@@ -495,7 +496,7 @@ def build_hivit(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr2 = 
     del use_checkpoint
     return _build_cls(rngs, img_size, patch_size, inner_patches, in_chans, num_classes, embed_dim, depths, num_heads,
                       stem_mlp_ratio, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate,
-                      O.layer_norm_eps(norm_layer), ape, rpe, patch_norm, 'trunc_normal', True)
+                      E.layer_norm_eps(norm_layer), ape, rpe, patch_norm, 'trunc_normal', True)
 
 
 def build_hivit_ssl(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr2 = 16, in_chans: int = 3,
@@ -516,7 +517,7 @@ def build_hivit_ssl(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr
     del use_checkpoint, global_pool
     return _build_cls(rngs, img_size, patch_size, 4, in_chans, num_classes, embed_dim, depths, num_heads,
                       stem_mlp_ratio, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate,
-                      O.layer_norm_eps(norm_layer), ape, rpe, patch_norm, 'zeros', True)
+                      E.layer_norm_eps(norm_layer), ape, rpe, patch_norm, 'zeros', True)
 
 
 def _build_cls(rngs, img_size, patch_size, inner_patches, in_chans, num_classes, embed_dim, depths, num_heads,
@@ -561,7 +562,7 @@ def build_hivit_mae(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr
                   inner_patches=4, in_chans=int(in_chans), embed_dim=int(embed_dim),
                   depths=tuple(int(d) for d in depths), num_heads=int(num_heads),
                   stem_mlp_ratio=float(stem_mlp_ratio), mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias),
-                  qk_scale=qk_scale, drop_path_rate=float(drop_path_rate), norm_eps=O.layer_norm_eps(norm_layer),
+                  qk_scale=qk_scale, drop_path_rate=float(drop_path_rate), norm_eps=E.layer_norm_eps(norm_layer),
                   ape=True, rpe=bool(rpe), rpe_init='zeros', patch_norm=bool(patch_norm), hifeat=bool(hifeat),
                   decoder_embed_dim=int(decoder_embed_dim), decoder_depth=int(decoder_depth),
                   decoder_num_heads=int(decoder_num_heads), norm_pix_loss=True, mask_ratio=float(mask_ratio),
@@ -618,28 +619,28 @@ def _block_entries(model: nnx.Module, per_attention_index: bool) -> list[O.Entry
     for i, blk in enumerate(model.blocks):
         key, path = f'blocks.{i}.', ('blocks', i)
         if isinstance(blk, JaxMerge):
-            out += O.layer_norm_entries(key + 'norm', path + ('norm',))
-            out += O.linear_entries(key + 'reduction', path + ('reduction',), blk.reduction)
+            out += E.layer_norm_entries(key + 'norm', path + ('norm',))
+            out += E.linear_entries(key + 'reduction', path + ('reduction',), blk.reduction)
             continue
         if blk.attn is not None:
-            out += O.layer_norm_entries(key + 'norm1', path + ('norm1',))
+            out += E.layer_norm_entries(key + 'norm1', path + ('norm1',))
             if blk.attn.relative_position_bias_table is not None:
                 out.append(O.VariableEntry(key + 'attn.relative_position_bias_table',
                                            path + ('attn', 'relative_position_bias_table')))
                 if per_attention_index:
                     out.append(_index_entry(key + 'attn.relative_position_index', model))
-            out += O.linear_entries(key + 'attn.qkv', path + ('attn', 'qkv'), blk.attn.qkv)
-            out += O.linear_entries(key + 'attn.proj', path + ('attn', 'proj'), blk.attn.proj)
-        out += O.layer_norm_entries(key + 'norm2', path + ('norm2',))
-        out += O.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
-        out += O.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2)
+            out += E.linear_entries(key + 'attn.qkv', path + ('attn', 'qkv'), blk.attn.qkv)
+            out += E.linear_entries(key + 'attn.proj', path + ('attn', 'proj'), blk.attn.proj)
+        out += E.layer_norm_entries(key + 'norm2', path + ('norm2',))
+        out += E.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
+        out += E.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2)
     return out
 
 
 def _patch_embed_entries(model: nnx.Module) -> list[O.Entry]:
-    out = O.conv_entries('patch_embed.proj', ('patch_embed', 'proj'), model.patch_embed.proj)
+    out = E.conv_entries('patch_embed.proj', ('patch_embed', 'proj'), model.patch_embed.proj)
     if model.patch_embed.norm is not None:
-        out += O.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
+        out += E.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
     return out
 
 
@@ -661,9 +662,9 @@ def _classifier_entries(model: nnx.Module, source: str, ape_key: str, model_inde
         out.append(_index_entry('relative_position_index', model))
     out += _patch_embed_entries(model) + _block_entries(model, per_attention_index)
     if model.fc_norm is not None:
-        out += O.layer_norm_entries('fc_norm', ('fc_norm',))
+        out += E.layer_norm_entries('fc_norm', ('fc_norm',))
     if model.head is not None:
-        out += O.linear_entries('head', ('head',), model.head)
+        out += E.linear_entries('head', ('head',), model.head)
     return out
 
 
@@ -717,18 +718,18 @@ def hivit_mae_entries(model: nnx.Module) -> list[O.Entry]:
     if model.rpe:
         out.append(_index_entry('relative_position_index', model))
     out += _patch_embed_entries(model) + _block_entries(model, False)
-    out += O.layer_norm_entries('norm', ('norm',))
-    out += O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
+    out += E.layer_norm_entries('norm', ('norm',))
+    out += E.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
     for i, blk in enumerate(model.decoder_blocks):
         key, path = f'decoder_blocks.{i}.', ('decoder_blocks', i)
-        out += O.layer_norm_entries(key + 'norm1', path + ('norm1',))
-        out += O.linear_entries(key + 'attn.qkv', path + ('attn', 'qkv'), blk.attn.qkv)
-        out += O.linear_entries(key + 'attn.proj', path + ('attn', 'proj'), blk.attn.proj)
-        out += O.layer_norm_entries(key + 'norm2', path + ('norm2',))
-        out += O.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
-        out += O.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2)
-    out += O.layer_norm_entries('decoder_norm', ('decoder_norm',))
-    out += O.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
+        out += E.layer_norm_entries(key + 'norm1', path + ('norm1',))
+        out += E.linear_entries(key + 'attn.qkv', path + ('attn', 'qkv'), blk.attn.qkv)
+        out += E.linear_entries(key + 'attn.proj', path + ('attn', 'proj'), blk.attn.proj)
+        out += E.layer_norm_entries(key + 'norm2', path + ('norm2',))
+        out += E.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
+        out += E.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2)
+    out += E.layer_norm_entries('decoder_norm', ('decoder_norm',))
+    out += E.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
     return out
 
 

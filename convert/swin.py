@@ -50,6 +50,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from flax import nnx
 
 from convert import official as O
+from convert import _entries as E
 from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
 
 __all__ = [
@@ -792,7 +793,7 @@ def _swin_kwargs(img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed
                 window_size=int(window_size), mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias),
                 qk_scale=qk_scale, drop_rate=float(drop_rate), attn_drop_rate=float(attn_drop_rate),
                 drop_path_rate=float(drop_path_rate), ape=bool(ape), patch_norm=bool(patch_norm),
-                norm_eps=O.layer_norm_eps(norm_layer))
+                norm_eps=E.layer_norm_eps(norm_layer))
 
 
 def build_simmim_swin(*, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
@@ -884,7 +885,7 @@ def swin_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[Any, 
     out.append(O.VariableEntry('patch_embed.proj.weight', ('patch_embed', 'proj', 'kernel'), O.CONV2D))
     out.append(O.VariableEntry('patch_embed.proj.bias', ('patch_embed', 'proj', 'bias')))
     if enc.patch_embed.norm is not None:
-        out += O.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
+        out += E.layer_norm_entries('patch_embed.norm', ('patch_embed', 'norm'))
     for li, layer in enumerate(enc.layers):
         for bi, blk in enumerate(layer.blocks):
             k, p = f'layers.{li}.blocks.{bi}.', ('layers', li, 'blocks', bi)
@@ -893,24 +894,24 @@ def swin_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[Any, 
             where = f'window {ws}, shift {s}, stage resolution {h}x{w}'
             if s > 0:
                 out.append(O.BufferEntry(k + 'attn_mask', S.shifted_window_mask(h, w, ws, s), where))
-            out += O.layer_norm_entries(k + 'norm1', p + ('norm1',))
+            out += E.layer_norm_entries(k + 'norm1', p + ('norm1',))
             out.append(O.VariableEntry(k + 'attn.relative_position_bias_table',
                                        p + ('attn', 'relative_position_bias_table')))
             out.append(O.BufferEntry(k + 'attn.relative_position_index',
                                      S.relative_position_index(ws).astype(np.int64), where))
-            out += O.linear_entries(k + 'attn.qkv', p + ('attn', 'qkv'), blk.attn.qkv)
-            out += O.linear_entries(k + 'attn.proj', p + ('attn', 'proj'), blk.attn.proj)
-            out += O.layer_norm_entries(k + 'norm2', p + ('norm2',))
-            out += O.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
-            out += O.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
+            out += E.linear_entries(k + 'attn.qkv', p + ('attn', 'qkv'), blk.attn.qkv)
+            out += E.linear_entries(k + 'attn.proj', p + ('attn', 'proj'), blk.attn.proj)
+            out += E.layer_norm_entries(k + 'norm2', p + ('norm2',))
+            out += E.linear_entries(k + 'mlp.fc1', p + ('mlp', 'fc1'), blk.mlp.fc1)
+            out += E.linear_entries(k + 'mlp.fc2', p + ('mlp', 'fc2'), blk.mlp.fc2)
         if layer.downsample is not None:
             k, p = f'layers.{li}.downsample.', ('layers', li, 'downsample')
-            out += O.linear_entries(k + 'reduction', p + ('reduction',), layer.downsample.reduction)
-            out += O.layer_norm_entries(k + 'norm', p + ('norm',))
-    out += O.layer_norm_entries('norm', ('norm',))
+            out += E.linear_entries(k + 'reduction', p + ('reduction',), layer.downsample.reduction)
+            out += E.layer_norm_entries(k + 'norm', p + ('norm',))
+    out += E.layer_norm_entries('norm', ('norm',))
     if enc.head is not None:
-        out += O.linear_entries('head', ('head',), enc.head)
-    return O.prefixed(out, key_prefix, path_prefix)
+        out += E.linear_entries('head', ('head',), enc.head)
+    return E.prefixed(out, key_prefix, path_prefix)
 
 
 def simmim_swin_pretrain_entries(model: nnx.Module) -> list[O.Entry]:

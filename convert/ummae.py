@@ -1086,6 +1086,7 @@ class MaskedAutoencoderViT(nn.Module):
 
 from flax import nnx  # noqa: E402  (conversion half; the twins above need only torch)
 
+from convert import _entries as E  # noqa: E402
 from convert import official as O  # noqa: E402
 from convert import vit as _vit  # noqa: E402
 from convert._common import square  # noqa: E402
@@ -1338,7 +1339,7 @@ def _make(module: str, cls: str, rngs: nnx.Rngs, norm_layer: Any, kwargs: dict) 
     import inspect
     klass = getattr(importlib.import_module(module), cls)
     params = inspect.signature(klass.__init__).parameters
-    kwargs = dict(kwargs, norm_eps=O.layer_norm_eps(norm_layer))
+    kwargs = dict(kwargs, norm_eps=E.layer_norm_eps(norm_layer))
     if 'block_norm_eps' in params:
         kwargs['block_norm_eps'] = _BLOCK_NORM_EPS
     unknown = [k for k in kwargs if k not in params]

@@ -48,6 +48,7 @@ import torch.nn as nn
 from flax import nnx
 
 from convert import official as O
+from convert import _entries as E
 from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
 
 __all__ = [
@@ -435,7 +436,7 @@ def build_mae_vit(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr2 
                   in_chans=int(in_chans), embed_dim=int(embed_dim), depth=int(depth), num_heads=int(num_heads),
                   decoder_embed_dim=int(decoder_embed_dim), decoder_depth=int(decoder_depth),
                   decoder_num_heads=int(decoder_num_heads), mlp_ratio=float(mlp_ratio),
-                  norm_eps=O.layer_norm_eps(norm_layer), norm_pix_loss=bool(norm_pix_loss),
+                  norm_eps=E.layer_norm_eps(norm_layer), norm_pix_loss=bool(norm_pix_loss),
                   mask_ratio=float(mask_ratio), rngs=rngs)
 
 
@@ -466,7 +467,7 @@ def build_mae_vit_cls(*, rngs: nnx.Rngs, global_pool: bool = False, img_size: In
                   in_chans=int(in_chans), num_classes=int(num_classes), embed_dim=int(embed_dim), depth=int(depth),
                   num_heads=int(num_heads), mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias), qk_scale=qk_scale,
                   drop_rate=float(drop_rate), attn_drop_rate=float(attn_drop_rate),
-                  drop_path_rate=float(drop_path_rate), norm_eps=O.layer_norm_eps(norm_layer),
+                  drop_path_rate=float(drop_path_rate), norm_eps=E.layer_norm_eps(norm_layer),
                   global_pool=bool(global_pool), head_init_std=0.02, rngs=rngs)
 
 
@@ -474,16 +475,16 @@ def vit_block_entries(blk: nnx.Module, key: str, path: tuple[Any, ...]) -> list[
     """Entries of one timm 0.3.2 ``Block`` at official prefix ``key`` (e.g. ``'blocks.3.'``) and
     NNX path ``path``: ``norm1``, ``attn.qkv`` (weight (3D, D) <-> kernel (D, 3D) by a transpose;
     bias if present), ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``."""
-    return (O.layer_norm_entries(key + 'norm1', path + ('norm1',))
-            + O.linear_entries(key + 'attn.qkv', path + ('attn', 'qkv'), blk.attn.qkv)
-            + O.linear_entries(key + 'attn.proj', path + ('attn', 'proj'), blk.attn.proj)
-            + O.layer_norm_entries(key + 'norm2', path + ('norm2',))
-            + O.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
-            + O.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2))
+    return (E.layer_norm_entries(key + 'norm1', path + ('norm1',))
+            + E.linear_entries(key + 'attn.qkv', path + ('attn', 'qkv'), blk.attn.qkv)
+            + E.linear_entries(key + 'attn.proj', path + ('attn', 'proj'), blk.attn.proj)
+            + E.layer_norm_entries(key + 'norm2', path + ('norm2',))
+            + E.linear_entries(key + 'mlp.fc1', path + ('mlp', 'fc1'), blk.mlp.fc1)
+            + E.linear_entries(key + 'mlp.fc2', path + ('mlp', 'fc2'), blk.mlp.fc2))
 
 
 def _patch_embed_entries(model: nnx.Module) -> list[O.Entry]:
-    return O.conv_entries('patch_embed.proj', ('patch_embed', 'proj'), model.patch_embed.proj)
+    return E.conv_entries('patch_embed.proj', ('patch_embed', 'proj'), model.patch_embed.proj)
 
 
 def mae_vit_entries(model: nnx.Module) -> list[O.Entry]:
@@ -503,12 +504,12 @@ def mae_vit_entries(model: nnx.Module) -> list[O.Entry]:
     out += _patch_embed_entries(model)
     for i, blk in enumerate(model.blocks):
         out += vit_block_entries(blk, f'blocks.{i}.', ('blocks', i))
-    out += O.layer_norm_entries('norm', ('norm',))
-    out += O.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
+    out += E.layer_norm_entries('norm', ('norm',))
+    out += E.linear_entries('decoder_embed', ('decoder_embed',), model.decoder_embed)
     for i, blk in enumerate(model.decoder_blocks):
         out += vit_block_entries(blk, f'decoder_blocks.{i}.', ('decoder_blocks', i))
-    out += O.layer_norm_entries('decoder_norm', ('decoder_norm',))
-    out += O.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
+    out += E.layer_norm_entries('decoder_norm', ('decoder_norm',))
+    out += E.linear_entries('decoder_pred', ('decoder_pred',), model.decoder_pred)
     return out
 
 
@@ -529,11 +530,11 @@ def mae_vit_cls_entries(model: nnx.Module) -> list[O.Entry]:
     for i, blk in enumerate(model.blocks):
         out += vit_block_entries(blk, f'blocks.{i}.', ('blocks', i))
     if model.norm is not None:
-        out += O.layer_norm_entries('norm', ('norm',))
+        out += E.layer_norm_entries('norm', ('norm',))
     if model.head is not None:
-        out += O.linear_entries('head', ('head',), model.head)
+        out += E.linear_entries('head', ('head',), model.head)
     if model.fc_norm is not None:
-        out += O.layer_norm_entries('fc_norm', ('fc_norm',))
+        out += E.layer_norm_entries('fc_norm', ('fc_norm',))
     return out
 
 

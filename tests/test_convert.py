@@ -27,6 +27,7 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from convert import _entries as E  # noqa: E402
 from convert import official  # noqa: E402
 from helpers import assert_close, check_round_trip, perturb  # noqa: E402
 from convert import swin as T  # noqa: E402
@@ -347,9 +348,9 @@ def _tiny_entries(model):
         raise TypeError(f'expected TinyNet, got {type(model).__name__}')
     # torch order: own buffers (offset) before children
     return ([official.VariableEntry('offset', ('offset',))]
-            + official.conv_entries('conv', ('conv',), model.conv)
-            + official.batch_norm_entries('bn', ('bn',), model.bn)
-            + official.linear_entries('fc', ('fc',), model.fc))
+            + E.conv_entries('conv', ('conv',), model.conv)
+            + E.batch_norm_entries('bn', ('bn',), model.bn)
+            + E.linear_entries('fc', ('fc',), model.fc))
 
 
 TINY_SOURCE = official.Source(name='test_tiny_bn', reference='tests/test_convert.py TorchTinyNet',
