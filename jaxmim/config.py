@@ -98,6 +98,17 @@ def _common_defaults() -> ml_collections.ConfigDict:
         # 'bfloat16': the forward / backward run on bf16 copies of the float32 master weights and
         # images; the loss and the gradients reaching the optimizer stay float32.
         compute_dtype='float32',
+        # The device mesh ('data', 'fsdp', 'model') and the layout of the train state
+        # (jaxmim.mesh, jaxmim.sharding). -1: the devices the other axes leave.
+        mesh=ml_collections.ConfigDict(dict(
+            data=-1,
+            fsdp=1,
+            model=1,
+            dcn_data=1,                # > 1: multi-slice / multi-host hybrid mesh, data = dcn_data x ICI data
+            layout='dp',               # 'dp' (replicated state) | 'fsdp' | 'fsdp_tp' (jaxmim.sharding.PRESETS)
+            rules=(),                  # ((logical name, mesh axis | None), ...) tried before the layout's rules
+            min_shard_bytes=2 ** 20,   # warn at start-up for larger parameters left replicated
+        )),
         data=data_defaults(),
         optim=_optim_defaults(),
         model=ml_collections.ConfigDict(dict(name='', overrides=ml_collections.ConfigDict())),
@@ -209,6 +220,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'config.ema_decay must be in [0, 1) (0 disables the EMA), got {config.ema_decay}')
     if config.get('compute_dtype', 'float32') not in COMPUTE_DTYPES:
         raise ValueError(f'config.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {config.compute_dtype!r}')
+    if config.get('mesh') is not None:
+        from jaxmim.sharding import rules_for
+        rules_for(config.mesh)   # layout and rules named on error (sizes are checked against the devices)
     _check_values(config)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import ops
+from jaxmim.sharding import axes as logical_axes
 from jaxmim.ops import gelu, layer_norm_last, linear_apply, sum_rows, sum_squares  # noqa: F401  (re-exported)
 
 
@@ -76,8 +77,10 @@ class LayerNorm(nnx.LayerNorm):
 
 def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> LayerNorm:
     """``torch.nn.LayerNorm(dim, eps)``: biased variance computed as E[(x-mean)^2], affine 1/0 init
-    (:class:`LayerNorm`, an ``nnx.LayerNorm`` with the faster backward pass)."""
-    return LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+    (:class:`LayerNorm`, an ``nnx.LayerNorm`` with the faster backward pass). Scale and bias
+    carry the logical axis ``norm`` (:mod:`jaxmim.sharding`: replicated in every preset)."""
+    return LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs,
+                     scale_metadata=logical_axes('norm'), bias_metadata=logical_axes('norm'))
 
 
 class Linear(nnx.Linear):
@@ -130,11 +133,22 @@ class PointwiseConv(nnx.Conv):
 
 
 def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True,
-           kernel_init: Callable = trunc_normal_02) -> Linear:
+           kernel_init: Callable = trunc_normal_02, *, axes: tuple[str | None, str | None] | None = None) -> Linear:
     """Dense layer, kernel laid out ``(in, out)`` drawn by ``kernel_init`` (default the timm/Swin
-    init N(0, 0.02^2)), bias 0 (:class:`Linear`, an ``nnx.Linear`` with the faster backward pass)."""
+    init N(0, 0.02^2)), bias 0 (:class:`Linear`, an ``nnx.Linear`` with the faster backward pass).
+
+    ``axes``: the logical names of the kernel's ``(in, out)`` dimensions (:mod:`jaxmim.sharding`,
+    e.g. ``('embed', 'mlp')`` for an MLP's fc1, ``('heads', 'embed')`` for an attention ``proj``);
+    the bias is named ``bias``. None: no names (replicated under every layout; every jaxmim model
+    names all its parameters, which ``tests/test_sharding.py`` checks).
+
+    Raises:
+      ValueError: an unknown logical name.
+    """
     return Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init,
-                  bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                  bias_init=jax.nn.initializers.zeros, rngs=rngs,
+                  kernel_metadata=logical_axes(*axes) if axes is not None else {},
+                  bias_metadata=logical_axes('bias') if axes is not None else {})
 
 
 def dropout(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> jax.Array:
@@ -225,8 +239,8 @@ class Mlp(nnx.Module):
     """
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, *, rngs: nnx.Rngs):
-        self.fc1 = linear(dim, hidden_dim, rngs)
-        self.fc2 = linear(hidden_dim, dim, rngs)
+        self.fc1 = linear(dim, hidden_dim, rngs, axes=('embed', 'mlp'))
+        self.fc2 = linear(hidden_dim, dim, rngs, axes=('mlp', 'embed'))
         self.drop = drop
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:

@@ -43,7 +43,7 @@ def preflight(config, workdir: str) -> jax.sharding.Mesh:
         rundir.check_resume(config, workdir)
         if config.mode == 'finetune':
             rundir.check_pretrained(config)
-        mesh = mesh_lib.make_mesh()
+        mesh = mesh_lib.make_mesh(mesh_config=config.get('mesh'))
         mesh_lib.check_batch_sizes(config, mesh)
         data_checks.check_data(config)
         try:

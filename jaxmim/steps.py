@@ -17,22 +17,26 @@ of :mod:`jaxmim.methods` (masking inputs, loss).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxmim import mixup
 from jaxmim import ops
 from jaxmim import optim
-from jaxmim.mesh import batch_sharding, global_batch, replicated, step_compiler_options
+from jaxmim import sharding
+from jaxmim.mesh import batch_sharding, batch_size_divisor, global_batch, replicated, step_compiler_options
 from jaxmim.resilience import guard as guard_lib
 from jaxmim.rundir import merge_variables, split_variables
 
-__all__ = ['Trainer', 'make_trainer', 'cast_floating', 'accumulate_gradients', 'masking_inputs', 'mim_loss',
+__all__ = ['Trainer', 'make_trainer', 'StateLayout', 'abstract_train_state', 'cast_floating', 'accumulate_gradients', 'masking_inputs', 'mim_loss',
            'classification_loss', 'make_mixup_transform', 'make_eval_step', 'evaluate']
 
 PyTree = Any
@@ -69,21 +73,28 @@ class Trainer:
         return len(self.traces)
 
 
-def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.ConfigDict,
-                 mesh, batch_transform: Callable | None = None) -> tuple[Trainer, PyTree]:
-    """Builds the optimizer, the initial state and the jitted train step.
+def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable,
+                 config: ml_collections.ConfigDict, mesh,
+                 batch_transform: Callable | None = None) -> tuple[Trainer, PyTree]:
+    """Builds the optimizer, the initial state laid out on ``mesh`` and the jitted train step.
 
     The optimizer takes the model's hooks: ``no_weight_decay()`` patterns, and, when
-    ``config.optim.layer_decay != 1``, ``layer_id`` / ``num_layer_ids``.
+    ``config.optim.layer_decay != 1``, ``layer_id`` / ``num_layer_ids``. The layout of every
+    state array comes from the logical axes of the model's variables and the rules of
+    ``config.mesh`` (:func:`abstract_train_state`); the batch is split over ``('data', 'fsdp')``.
 
     Args:
-      model: the NNX model (parameters initialised).
+      model: the NNX model, or a zero-argument function that builds it. A function is the
+        sharded initialisation: the model is built abstractly (``nnx.eval_shape``) to find the
+        layout, then built again inside a ``jax.jit`` whose ``out_shardings`` are that layout,
+        so no device ever holds a full copy of a sharded state. A built model (e.g. one holding
+        pre-trained weights) is copied onto the layout with ``jax.device_put``.
       loss_fn: ``(model, batch, rng) -> (loss, metrics dict)``; the model it receives is
         merged from the state, and any non-parameter variable the forward updates (BatchNorm
         statistics) is carried to the next state.
       config: the run config (uses ``optim``, ``batch_size``, ``total_steps``, ``seed``,
-        ``ema_decay``, ``accum_steps``: see :func:`accumulate_gradients`).
-      mesh: the device mesh.
+        ``ema_decay``, ``accum_steps``: see :func:`accumulate_gradients`, ``mesh``: layout).
+      mesh: the device mesh (:func:`jaxmim.mesh.make_mesh`).
       batch_transform: optional ``(batch, key) -> batch`` run on device in the step over the
         whole global batch before it is split into micro-batches (fine-tuning: mixup / cutmix
         into soft targets, :mod:`jaxmim.mixup`); its key is ``fold_in(step key, 0x6d6978)``.
@@ -92,30 +103,27 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
       ``(trainer, state)`` with the state placed on the mesh.
 
     Raises:
-      ValueError: optimizer config errors (named field).
+      ValueError: optimizer or mesh config errors (named field).
     """
-    graphdef, params, model_state = split_variables(model)
-    ocfg = optim.scaled_optim_config(config.optim.to_dict(), config.batch_size)
-    layer_kw = {}
-    if float(ocfg.get('layer_decay', 1.0)) != 1.0:
-        try:
-            layer_kw = dict(layer_id_fn=model.layer_id, num_layer_ids=model.num_layer_ids)
-        except NotImplementedError as e:   # the Backbone default: no layer ids
-            raise ValueError(f'config.optim.layer_decay={ocfg["layer_decay"]}: {e}') from e
-    tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps,
-                                      no_weight_decay=model.no_weight_decay(), **layer_kw)
+    build = None if isinstance(model, nnx.Module) else model
+    abstract = nnx.eval_shape(build) if build is not None else model
+    layout = abstract_train_state(abstract, config, mesh)
+    tx, lr_fn, graphdef = layout.tx, layout.lr_fn, layout.graphdef
+    state_sharding = layout.shardings
     ema_decay = float(config.get('ema_decay', 0.0))
     accum_steps = int(config.get('accum_steps', 1))
     compute_dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
     nonfinite_mode = config.get('nonfinite', 'stop')
-    state = {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
-             'step': jnp.zeros((), jnp.int32), 'guard': guard_lib.guard_init()}
-    if ema_decay > 0:
-        state['ema'] = jax.tree.map(lambda x: jnp.array(x, copy=True),
-                                    {'params': params, 'model_state': model_state})
     rep = replicated(mesh)
-    state_sharding = jax.tree.map(lambda _: rep, state)
-    state = jax.device_put(state, state_sharding)
+    init = functools.partial(_init_state, tx=tx, ema_decay=ema_decay)
+    if build is not None:
+        state = jax.jit(lambda: init(*split_variables(build())[1:]), out_shardings=state_sharding)()
+    else:
+        _, params, model_state = split_variables(model)
+        placed = jax.device_put((_host(params), _host(model_state)),
+                                (state_sharding['params'], state_sharding['model_state']))
+        state = jax.jit(init, out_shardings=state_sharding)(*placed)
+    sharding.replicated_warning(layout, config, mesh)
     base_key = jax.random.key(config.seed)
     traces = []
 
@@ -128,6 +136,8 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         (loss, (metrics, model_state)), grads = accumulate_gradients(
             graphdef, loss_fn, state['params'], state['model_state'], batch, rng, accum_steps,
             compute_dtype=compute_dtype)
+        # gradients take the parameters' layout (FSDP: reduce-scattered, not all-reduced)
+        grads = jax.lax.with_sharding_constraint(grads, state_sharding['params'])
         updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
         params = optax.apply_updates(state['params'], updates)
         new = {'params': params, 'model_state': model_state, 'opt_state': opt_state, 'step': state['step'] + 1}
@@ -139,11 +149,105 @@ def make_trainer(model: nnx.Module, loss_fn: Callable, config: ml_collections.Co
         # Non-finite loss / gradient norm: counted on device; skipped with config.nonfinite='skip'.
         return guard_lib.guard_step(new, state, metrics, nonfinite_mode)
 
+    def traced(state, batch):   # activations pinned by the run's rules while the step is traced
+        with sharding.activation_rules(mesh, layout.rules):
+            return step_fn(state, batch)
+
     # the ops are traced for the mesh's platform (jaxmim.ops: a CPU mesh takes the CPU forms anywhere)
-    train_step = jax.jit(ops.traced_on(ops.mesh_platform(mesh), step_fn),
+    train_step = jax.jit(ops.traced_on(ops.mesh_platform(mesh), traced),
                          in_shardings=(state_sharding, batch_sharding(mesh)), out_shardings=(state_sharding, rep),
                          donate_argnums=(0,), compiler_options=step_compiler_options(mesh))
     return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay, traces), state
+
+
+def _host(tree: PyTree) -> PyTree:
+    """NumPy copies of a tree of arrays (a built model's variables), so ``jax.device_put`` can lay
+    them out on any mesh, of one process or of many."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def _init_state(params: PyTree, model_state: PyTree, *, tx, ema_decay: float) -> PyTree:
+    state = {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
+             'step': jnp.zeros((), jnp.int32), 'guard': guard_lib.guard_init()}
+    if ema_decay > 0:
+        state['ema'] = jax.tree.map(lambda x: jnp.array(x, copy=True), {'params': params, 'model_state': model_state})
+    return state
+
+
+@dataclasses.dataclass
+class StateLayout:
+    """The abstract train state of a run and where each array lives.
+
+    Attributes:
+      graphdef: the model's NNX graph definition.
+      tx, lr_fn: the optimizer and its learning-rate function.
+      logical: ``{'params', 'model_state'}`` trees of logical axis names (None: unnamed).
+      rules: the run's logical-axis rules (:func:`jaxmim.sharding.rules_for`).
+      shapes: the state as ``jax.ShapeDtypeStruct`` (``params``, ``model_state``, ``opt_state``,
+        ``step``, ``guard`` and ``ema`` when ``config.ema_decay > 0``).
+      specs: the matching ``PartitionSpec`` tree.
+      shardings: the matching ``NamedSharding`` tree on the mesh.
+    """
+
+    graphdef: Any
+    tx: optax.GradientTransformation
+    lr_fn: Callable
+    logical: dict
+    rules: tuple
+    shapes: dict
+    specs: dict
+    shardings: dict
+
+
+def abstract_train_state(abstract_model: nnx.Module, config: ml_collections.ConfigDict, mesh) -> StateLayout:
+    """The train state of ``config`` for a model (built or abstract, ``nnx.eval_shape``) and its
+    layout on ``mesh``, without allocating or compiling anything.
+
+    Parameters and non-parameter variables are laid out by their logical axes under
+    ``config.mesh``'s rules; the optimizer state of each parameter like the parameter
+    (``optax.tree_map_params``), its counters replicated; the EMA like the variables it averages.
+
+    Raises:
+      ValueError: optimizer config errors, a bad ``config.mesh.layout`` / ``rules`` (named).
+    """
+    graphdef, params, model_state = split_variables(abstract_model)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    model_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), model_state)
+    ocfg = optim.scaled_optim_config(config.optim.to_dict(), config.batch_size)
+    layer_kw = {}
+    if float(ocfg.get('layer_decay', 1.0)) != 1.0:
+        try:
+            layer_kw = dict(layer_id_fn=abstract_model.layer_id, num_layer_ids=abstract_model.num_layer_ids)
+        except NotImplementedError as e:   # the Backbone default: no layer ids
+            raise ValueError(f'config.optim.layer_decay={ocfg["layer_decay"]}: {e}') from e
+    tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps,
+                                      no_weight_decay=abstract_model.no_weight_decay(), **layer_kw)
+    rules = sharding.rules_for(config.get('mesh'))
+    _, param_vars, rest_vars = nnx.split(abstract_model, nnx.Param, ...)
+    logical = {'params': sharding.logical_axes_tree(param_vars), 'model_state': sharding.logical_axes_tree(rest_vars)}
+    var_specs = {k: sharding.spec_tree(logical[k], t, rules, mesh)
+                 for k, t in (('params', params), ('model_state', model_state))}
+    ema_decay = float(config.get('ema_decay', 0.0))
+    shapes = jax.eval_shape(functools.partial(_init_state, tx=tx, ema_decay=ema_decay), params, model_state)
+    is_spec = lambda x: isinstance(x, P)  # noqa: E731
+    opt_specs = optax.tree_map_params(tx, lambda _, spec: spec, shapes['opt_state'],
+                                      jax.tree.map(_Spec, var_specs['params'], is_leaf=is_spec),
+                                      transform_non_params=lambda _: _Spec(P()),
+                                      is_leaf=lambda x: isinstance(x, _Spec))
+    opt_specs = jax.tree.map(lambda s: s.spec, opt_specs, is_leaf=lambda x: isinstance(x, _Spec))
+    specs = {'params': var_specs['params'], 'model_state': var_specs['model_state'], 'opt_state': opt_specs,
+             'step': P(), 'guard': jax.tree.map(lambda _: P(), shapes['guard'])}
+    if 'ema' in shapes:
+        specs['ema'] = dict(var_specs)
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=is_spec)
+    return StateLayout(graphdef, tx, lr_fn, logical, rules, shapes, specs, shardings)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """A ``PartitionSpec`` boxed as an opaque leaf (a ``PartitionSpec`` is a tuple, which some
+    tree utilities would walk into)."""
+    spec: Any
 
 
 def cast_floating(tree: PyTree, dtype) -> PyTree:
@@ -278,7 +382,7 @@ def make_mixup_transform(config, num_classes: int, mesh) -> Callable | None:
                             num_classes=int(num_classes)).check()
     if not cfg.enabled:
         return None
-    groups = int(mesh.devices.size)
+    groups = batch_size_divisor(mesh)   # partners paired within each shard of the batch
 
     def transform(batch, key):
         images, targets, _ = mixup.mix_batch(key, batch['image'], batch['label'], cfg, groups=groups)
@@ -287,11 +391,13 @@ def make_mixup_transform(config, num_classes: int, mesh) -> Callable | None:
     return transform
 
 
-def make_eval_step(graphdef, mesh):
+def make_eval_step(graphdef, mesh, variables_sharding: PyTree | None = None, rules: tuple = ()):
     """Jitted ``(variables, batch) -> {'top1', 'top5', 'count', 'loss'}`` sums over the real
     (``batch['mask'] == 1``) examples of a padded evaluation batch; ``variables`` is
-    ``{'params', 'model_state'}`` (raw or EMA weights). BatchNorm runs on its running statistics.
-    Traced, like the train step, under ``jaxmim.ops.platform_scope`` of the mesh's platform."""
+    ``{'params', 'model_state'}`` (raw or EMA weights) laid out as ``variables_sharding``
+    (default replicated; a sharded run passes its state's layout and ``rules``). BatchNorm runs on
+    its running statistics. Traced, like the train step, under ``jaxmim.ops.platform_scope`` of
+    the mesh's platform."""
 
     def eval_fn(variables, batch):
         model = merge_variables(graphdef, variables['params'], variables['model_state'])
@@ -303,8 +409,13 @@ def make_eval_step(graphdef, mesh):
         return {'top1': ((top5[:, 0] == label) * w).sum(), 'top5': ((top5 == label[:, None]).any(-1) * w).sum(),
                 'loss': (ce * w).sum(), 'count': w.sum()}
 
-    return jax.jit(ops.traced_on(ops.mesh_platform(mesh), eval_fn),
-                   in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh),
+    def traced(variables, batch):
+        with sharding.activation_rules(mesh, rules):
+            return eval_fn(variables, batch)
+
+    return jax.jit(ops.traced_on(ops.mesh_platform(mesh), traced),
+                   in_shardings=(variables_sharding if variables_sharding is not None else replicated(mesh),
+                                 batch_sharding(mesh)), out_shardings=replicated(mesh),
                    compiler_options=step_compiler_options(mesh))
 
 

@@ -18,6 +18,10 @@ two FLOPs per multiply-add and, on GPU, omits cuBLAS calls). Written by hand bec
 flax's ``nnx.tabulate`` (XLA cost analysis per call) nor any maintained JAX tool counts
 multiply-adds the fvcore way.
 
+``python -m jaxmim.summary --sharding --config=CFG[:VARIANT] --mesh=fsdp:8`` prints instead the
+layout of the run's train state on the devices there are (:func:`sharding_lines`; on CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` gives 8 devices).
+
 The inputs come from :func:`example_inputs`: images of the model's registered data size for a
 classifier, plus the masking inputs of a pre-training model (``sample_inputs``), or the
 arguments a backbone's ``summary_inputs(key, batch_size)`` hook returns (e.g. a SimMIM encoder's
@@ -38,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-__all__ = ['count_macs', 'example_inputs', 'stage_rows', 'summarize', 'format_table']
+__all__ = ['count_macs', 'example_inputs', 'stage_rows', 'summarize', 'format_table', 'sharding_lines']
 
 
 # --------------------------------------------------------------------------
@@ -273,6 +277,63 @@ flags.DEFINE_integer('batch', 1, 'batch size to trace with (figures are per imag
 flags.DEFINE_integer('depth', 1, 'attribute levels of submodules shown as rows')
 flags.DEFINE_string('overrides', '{}', 'JSON dict of constructor overrides, e.g. \'{"num_classes": 10}\'')
 flags.DEFINE_bool('all', False, 'summarise every registered model (totals only)')
+flags.DEFINE_bool('sharding', False, 'print the layout of the train state of --config on --mesh (no model named)')
+flags.DEFINE_string('mesh', None, 'with --sharding: LAYOUT[:FSDP[xMODEL]], e.g. dp, fsdp:8, fsdp_tp:4x2 '
+                    '(overrides config.mesh; data takes the remaining devices)')
+_CONFIG = None
+
+
+def _config_flag():
+    global _CONFIG
+    if _CONFIG is None:
+        from ml_collections import config_flags
+        _CONFIG = config_flags.DEFINE_config_file('config', None, 'with --sharding: a run config, path[:variant]; '
+                                                  'fields overridable as --config.mesh.fsdp=8', lock_config=True)
+    return _CONFIG
+
+
+def sharding_lines(config, mesh) -> list[str]:
+    """The sharding report of the train state ``config`` trains, on ``mesh``
+    (:class:`jaxmim.sharding.ShardingReport`): every parameter's shape, logical axes and
+    ``PartitionSpec``, the parameters of at least ``config.mesh.min_shard_bytes`` a sharded layout
+    leaves replicated, and a last line ``state bytes per device: X MiB (replicated: Y MiB, ratio
+    R)`` over parameters + optimizer state + EMA. Nothing is allocated or compiled: the model and
+    the state are ``eval_shape``'d.
+
+    Raises:
+      ValueError: a bad config (named field) or mesh.
+    """
+    from jaxmim import rundir, sharding, steps
+    abstract = nnx.eval_shape(lambda: rundir.build_model(config))
+    layout = steps.abstract_train_state(abstract, config, mesh)
+    sharded = config.mesh.layout != 'dp'   # under dp every parameter is replicated by design: no warnings
+    report = sharding.sharding_report(layout.logical['params'], layout.shapes, layout.specs, mesh,
+                                      int(config.mesh.get('min_shard_bytes', 2 ** 20)) if sharded else None)
+    head = (f'model {config.model.name} ({config.mode}), mesh '
+            f'{dict(zip(mesh.axis_names, mesh.devices.shape))}, layout {config.mesh.layout}')
+    return [head] + report.lines()
+
+
+def _sharding_main() -> None:
+    from jaxmim import config as config_lib
+    from jaxmim import mesh as mesh_lib
+    config = _config_flag().value
+    if config is None:
+        raise app.UsageError('--sharding needs --config=path[:variant]')
+    if FLAGS.mesh:
+        try:
+            override = mesh_lib.parse_mesh_flag(FLAGS.mesh)
+        except ValueError as e:
+            raise app.UsageError(str(e))
+        for k, v in override.items():
+            config.mesh[k] = v
+    try:
+        config_lib.check_config(config)
+        mesh = mesh_lib.make_mesh(mesh_config=config.mesh)
+        lines = sharding_lines(config, mesh)
+    except (ValueError, KeyError) as e:
+        sys.exit(f'error: {e}')
+    print('\n'.join(lines))
 
 
 def _build(name: str, overrides: dict[str, Any]) -> nnx.Module:
@@ -282,6 +343,8 @@ def _build(name: str, overrides: dict[str, Any]) -> nnx.Module:
 
 def main(argv: Sequence[str]) -> None:
     from jaxmim.registry import list_models, model_data_defaults
+    if FLAGS.sharding:
+        return _sharding_main()
     names = list(argv[1:])
     if FLAGS.all:
         names = list_models()
@@ -318,4 +381,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+    _config_flag()
     app.run(main)

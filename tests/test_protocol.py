@@ -170,9 +170,10 @@ def test_batch_norm_model_trains_resumes_and_agrees_across_devices(data_dir, tmp
     init = rundir.build_model(finetune_cfg(data_dir))
     init_mean = np.asarray(init.bn.mean[...])
     results = {}
+    real_make_mesh = mesh_lib.make_mesh
     for n in (1, 8):
-        monkeypatch.setattr(mesh_lib, 'make_mesh', lambda devices=None, n=n: jax.make_mesh(
-            (n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices('cpu')[:n]))
+        monkeypatch.setattr(mesh_lib, 'make_mesh', lambda devices=None, mesh_config=None, n=n, f=real_make_mesh:
+                            f(jax.devices('cpu')[:n], mesh_config))
         state, summary = train.finetune(finetune_cfg(data_dir), str(tmp_path / f'dev{n}'))
         results[n] = (jax.device_get(state), summary)
     (s1, sum1), (s8, sum8) = results[1], results[8]

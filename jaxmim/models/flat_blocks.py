@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmim import sharding
 from jaxmim.models.vit import vit_layer_id
 
 __all__ = ['conv_fan_out_init', 'conv', 'UMMAEHooks']
@@ -31,9 +32,13 @@ def conv_fan_out_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -
 
 def conv(din: int, dout: int, kernel: int, rngs: nnx.Rngs, kernel_init=conv_fan_out_init) -> nnx.Conv:
     """``nn.Conv2d(din, dout, kernel, stride=kernel)`` (no padding) in NHWC with UM-MAE's init (bias 0):
-    ``(B, H, W, din)`` -> ``(B, H/kernel, W/kernel, dout)``. Source: ``models_mae_pvt.py:254-258``."""
+    ``(B, H, W, din)`` -> ``(B, H/kernel, W/kernel, dout)``. Kernel ``(k, k, din, dout)`` named
+    ``(None, None, 'conv_in', 'conv_out')``, bias ``('bias',)`` (:mod:`jaxmim.sharding`).
+    Source: ``models_mae_pvt.py:254-258``."""
     return nnx.Conv(din, dout, (kernel, kernel), strides=kernel, padding='VALID', kernel_init=kernel_init,
-                    bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                    bias_init=jax.nn.initializers.zeros, rngs=rngs,
+                    kernel_metadata=sharding.axes(None, None, 'conv_in', 'conv_out'),
+                    bias_metadata=sharding.axes('bias'))
 
 
 class UMMAEHooks:

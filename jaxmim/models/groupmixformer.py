@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['SeparableConv2d', 'batch_norm', 'Aggregator', 'Agg0', 'ConvRelPosEnc', 'EfficientAtt',
@@ -58,18 +59,22 @@ def _conv(din: int, dout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1, group
           use_bias: bool = True) -> nnx.Conv:
     """``nn.Conv2d(din, dout, k, stride, padding=k // 2, groups=groups, bias=use_bias)`` with
     PyTorch's default init (kaiming-uniform a=sqrt(5) and bias U(+-1/sqrt(fan_in)), fan_in =
-    din / groups * k * k). Kernel laid out ``(k, k, din / groups, dout)``."""
+    din / groups * k * k). Kernel laid out ``(k, k, din / groups, dout)``, logical axes
+    ``(None, None, conv_in, conv_out)`` (``conv_in`` dropped for grouped / depthwise kernels)."""
     fan_in = din // groups * k * k
+    kernel_axes = sharding.axes(None, None, 'conv_in' if groups == 1 else None, 'conv_out')
     return nnx.Conv(din, dout, (k, k), strides=stride, padding=_pad(k), feature_group_count=groups,
                     use_bias=use_bias, kernel_init=L.torch_default_kernel_init,
-                    bias_init=L.torch_default_bias_init(fan_in), rngs=rngs)
+                    bias_init=L.torch_default_bias_init(fan_in), rngs=rngs,
+                    kernel_metadata=kernel_axes, bias_metadata=sharding.axes('bias'))
 
 
 def batch_norm(dim: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """``nn.SyncBatchNorm(dim)``: eps 1e-5, PyTorch momentum 0.1 (Flax 0.9), affine 1/0, running
     mean 0 / var 1; two-pass variance (``use_fast_variance=False``) for parity with PyTorch. Call it
     as ``bn(x, use_running_average=not train)`` on channels-last ``x``."""
-    return nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+    return nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs,
+                         scale_metadata=sharding.axes('norm'), bias_metadata=sharding.axes('norm'))
 
 
 def hardswish(x: jax.Array) -> jax.Array:
@@ -197,8 +202,8 @@ class EfficientAtt(nnx.Module):
                              f'divisible by num_heads={num_heads} (e.g. a multiple of 10 for 8 heads)')
         self.dim, self.num_heads = dim, num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias)
-        self.proj = L.linear(dim, dim, rngs)
+        self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.proj = L.linear(dim, dim, rngs, axes=('heads', 'embed'))
         self.proj_drop = proj_drop
         self.aggregator = Aggregator(dim, 5, rngs=rngs)
         self.crpe = ConvRelPosEnc(dim // 5 * 4 // num_heads, num_heads, rngs=rngs)
@@ -381,7 +386,8 @@ class GroupMixFormer(nnx.Module, Backbone):
                      dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_eps, rngs=rngs)
             for i in range(self.num_stages)])
         self.norm4 = batch_norm(embed_dims[-1], rngs)
-        self.head = L.linear(embed_dims[-1], num_classes, rngs) if num_classes > 0 else None
+        self.head = (L.linear(embed_dims[-1], num_classes, rngs, axes=('embed', 'classes'))
+                     if num_classes > 0 else None)
 
     # -- hooks of jaxmim.registry.Backbone ---------------------------------------------------
 
@@ -437,13 +443,15 @@ class GroupMixFormer(nnx.Module, Backbone):
         for embed, stage, key in zip(self.patch_embed_layers, self.groupmixformer_backbone,
                                      L.split_key(rng, self.num_stages)):
             x = stage(embed(x, train=train), train=train, rng=key)
+            x = sharding.constrain(x, 'batch', None, None, None)
             outs.append(x)
         return outs if return_all else x
 
     def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images ``(B, H, W, C)`` -> ``norm4``-ed, mean-pooled features ``(B, embed_dims[-1])``."""
         self._check_input(x)
-        x = self.forward_stages(self.conv_stem(x, train=train), train=train, rng=rng)
+        x = sharding.constrain(self.conv_stem(x, train=train), 'batch', None, None, None)
+        x = self.forward_stages(x, train=train, rng=rng)
         return self.norm4(x, use_running_average=not train).mean(axis=(1, 2))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -480,7 +488,8 @@ class GroupMixFormerForSimMIM(GroupMixFormer):
         if num_classes != 0:
             raise ValueError('GroupMixFormerForSimMIM is an encoder: num_classes must be 0')
         super().__init__(num_classes=0, rngs=rngs, **kwargs)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, 1, self.embed_dims[0])))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, 1, self.embed_dims[0])),
+                                    **sharding.axes(None, None, None, 'embed'))
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> jax.Array:
@@ -492,5 +501,6 @@ class GroupMixFormerForSimMIM(GroupMixFormer):
         pixels = jnp.repeat(jnp.repeat(w, self.patch_size, axis=1), self.patch_size, axis=2)
         z = self.conv_stem(x * (1.0 - pixels), train=train)
         z = z * (1.0 - w) + self.mask_token[...].astype(z.dtype) * w
+        z = sharding.constrain(z, 'batch', None, None, None)
         z = self.forward_stages(z, train=train, rng=rng)
         return self.norm4(z, use_running_average=not train)

@@ -50,6 +50,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.models.swin import relative_position_index
 from jaxmim.models.vit import Mlp, dense, torch_bicubic_resize
 from jaxmim.registry import Backbone, register_model
@@ -167,13 +168,13 @@ class HiViTAttention(nnx.Module):
             raise ValueError(f'rpe_init must be one of {RPE_INITS}, got {rpe_init!r}')
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = dense(dim, 3 * dim, rngs, use_bias=qkv_bias)
-        self.proj = dense(dim, dim, rngs)
+        self.qkv = dense(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.proj = dense(dim, dim, rngs, axes=('heads', 'embed'))
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
         if rpe_grid:
             shape = ((2 * rpe_grid - 1) ** 2, num_heads)
             init = jnp.zeros(shape, jnp.float32) if rpe_init == 'zeros' else L.trunc_normal_02(rngs.params(), shape)
-            self.relative_position_bias_table = nnx.Param(init)
+            self.relative_position_bias_table = nnx.Param(init, **sharding.axes('relpos', None))
         else:
             self.relative_position_bias_table = None
 
@@ -243,7 +244,7 @@ class PatchMerge(nnx.Module):
 
     def __init__(self, dim: int, norm_eps: float = 1e-6, *, rngs: nnx.Rngs):
         self.norm = L.layer_norm(4 * dim, norm_eps, rngs)
-        self.reduction = dense(4 * dim, 2 * dim, rngs, use_bias=False)
+        self.reduction = dense(4 * dim, 2 * dim, rngs, use_bias=False, axes=('embed', 'embed'))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.reduction(self.norm(merge_inner(x)))
@@ -273,7 +274,9 @@ class PatchEmbed(nnx.Module):
         k = patch_size // inner_patches
         self.proj = nnx.Conv(in_chans, embed_dim, (k, k), strides=k, padding='VALID',
                              kernel_init=L.torch_default_kernel_init,
-                             bias_init=L.torch_default_bias_init(in_chans * k * k), rngs=rngs)
+                             bias_init=L.torch_default_bias_init(in_chans * k * k), rngs=rngs,
+                             kernel_metadata=sharding.axes(None, None, 'conv_in', 'conv_out'),
+                             bias_metadata=sharding.axes('bias'))
         self.norm = L.layer_norm(embed_dim, norm_eps, rngs) if patch_norm else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -410,7 +413,7 @@ class HiViT(nnx.Module, Backbone):
                 table = jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid_size))[None]
             else:
                 table = L.trunc_normal_02(rngs.params(), (1, self.num_patches, embed_dim))
-            self.absolute_pos_embed = nnx.Param(table)
+            self.absolute_pos_embed = nnx.Param(table, **sharding.axes(None, 'tokens', 'embed'))
         else:
             self.absolute_pos_embed = None
 
@@ -430,7 +433,8 @@ class HiViT(nnx.Module, Backbone):
         self.blocks = nnx.List(blocks)
         self.main_block = tuple(i for i, b in enumerate(blocks) if not isinstance(b, PatchMerge))
         self.fc_norm = L.layer_norm(embed_dim, norm_eps, rngs) if fc_norm else None
-        self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
+        self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std),
+                           axes=('embed', 'classes'))
                      if num_classes > 0 else None)
 
     # -- forward ---------------------------------------------------------------------------
@@ -459,12 +463,13 @@ class HiViT(nnx.Module, Backbone):
         x = self.patch_embed(x)
         if ids_keep is not None:
             x = jnp.take_along_axis(x, ids_keep[:, :, None, None, None], axis=1)
+        x = sharding.constrain(x, 'batch', None, None, None, None)          # (B, L, i, i, c)
         n_early = len(self.blocks) - self.num_main_blocks
         hifeat = []
         for blk, key in zip(list(self.blocks)[:n_early], keys):
-            if isinstance(blk, PatchMerge):
+            if isinstance(blk, PatchMerge):         # the end of an early stage
                 hifeat.append(x)
-                x = blk(x)
+                x = sharding.constrain(blk(x), 'batch', None, None, None, None)
             else:
                 x = blk(x, train=train, rng=key)
         x = x[:, :, 0, 0, :]
@@ -478,6 +483,7 @@ class HiViT(nnx.Module, Backbone):
             rpe_index = index if ids_keep is None else masked_relative_position_index(index, ids_keep)
         for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
             x = blk(x, rpe_index, train=train, rng=key)
+        x = sharding.constrain(x, 'batch', None, None)
         return hifeat + [x] if return_hifeat else x
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:

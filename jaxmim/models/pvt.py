@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
 from jaxmim.models.vit import Mlp, dense, interpolate_pos_embed, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
@@ -57,9 +58,9 @@ class PVTAttention(nnx.Module):
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads, self.sr_ratio = num_heads, sr_ratio
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.q = dense(dim, dim, rngs, xavier_uniform, use_bias=qkv_bias)
-        self.kv = dense(dim, 2 * dim, rngs, xavier_uniform, use_bias=qkv_bias)
-        self.proj = dense(dim, dim, rngs, xavier_uniform)
+        self.q = dense(dim, dim, rngs, xavier_uniform, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.kv = dense(dim, 2 * dim, rngs, xavier_uniform, use_bias=qkv_bias, axes=('embed', 'kv'))
+        self.proj = dense(dim, dim, rngs, xavier_uniform, axes=('heads', 'embed'))
         self.sr = conv(dim, dim, 1, rngs)
         self.norm = L.layer_norm(dim, 1e-5, rngs)
 
@@ -172,9 +173,13 @@ def pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, d
 
 def run_blocks(blocks, x: jax.Array, train: bool, rng: jax.Array | None) -> jax.Array:
     """Runs the flat block list on a token map ``(B, H, W, C)``, one drop-path key per block;
-    returns the last stage's map ``(B, H / 2^(stages-1), W / 2^(stages-1), C_last)``."""
-    for blk, key in zip(blocks, L.split_key(rng, len(blocks))):
+    returns the last stage's map ``(B, H / 2^(stages-1), W / 2^(stages-1), C_last)``. Each stage's
+    output (before the next ``downsample``, and the last) keeps the batch sharded
+    (:func:`jaxmim.sharding.constrain`)."""
+    for i, (blk, key) in enumerate(zip(blocks, L.split_key(rng, len(blocks)))):
         x = blk(x, train=train, rng=key)
+        if i + 1 == len(blocks) or blocks[i + 1].downsample is not None:
+            x = sharding.constrain(x, 'batch', None, None, None)
     return x
 
 
@@ -231,17 +236,17 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'conv', rngs=rngs)
         g = img_size // patch_size
         self.grid_size = g
-        self.pos_embed = nnx.Param(jnp.zeros((1, g * g, embed_dims[0])))
+        self.pos_embed = nnx.Param(jnp.zeros((1, g * g, embed_dims[0])), **sharding.axes(None, 'tokens', 'embed'))
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
         self.blocks = pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, dpr,
                                  block_norm_eps, g, rngs)
         self.fc_norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
-        self.head = (dense(embed_dims[-1], num_classes, rngs, jax.nn.initializers.normal(head_init_std))
-                     if num_classes > 0 else None)
+        self.head = (dense(embed_dims[-1], num_classes, rngs, jax.nn.initializers.normal(head_init_std),
+                           axes=('embed', 'classes')) if num_classes > 0 else None)
 
     def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images -> pooled, normalised features ``(B, embed_dims[-1])``."""
-        x = self.patch_embed(x)
+        x = sharding.constrain(self.patch_embed(x), 'batch', None, None, None)
         x = x + self.pos_embed[...].reshape(1, *x.shape[1:]).astype(x.dtype)
         x = run_blocks(self.blocks, x, train, rng)
         return self.fc_norm(x.mean(axis=(1, 2)))

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.registry import Backbone, register_model
 
 
@@ -128,9 +129,9 @@ class WindowAttention(nnx.Module):
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nnx.Param(
-            L.trunc_normal_02(rngs.params(), ((2 * window_size - 1) ** 2, num_heads)))
-        self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias)
-        self.proj = L.linear(dim, dim, rngs)
+            L.trunc_normal_02(rngs.params(), ((2 * window_size - 1) ** 2, num_heads)), **sharding.axes('relpos', None))
+        self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.proj = L.linear(dim, dim, rngs, axes=('heads', 'embed'))
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
 
     def __call__(self, x: jax.Array, mask: np.ndarray | None = None, *, train: bool = False,
@@ -209,7 +210,7 @@ class PatchMerging(nnx.Module):
     """
 
     def __init__(self, dim: int, norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
-        self.reduction = L.linear(4 * dim, 2 * dim, rngs, use_bias=False)
+        self.reduction = L.linear(4 * dim, 2 * dim, rngs, use_bias=False, axes=('embed', 'embed'))
         self.norm = L.layer_norm(4 * dim, norm_eps, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -259,7 +260,9 @@ class PatchEmbed(nnx.Module):
         fan_in = in_chans * patch_size * patch_size
         self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=patch_size,
                              padding='VALID', kernel_init=L.torch_default_kernel_init,
-                             bias_init=L.torch_default_bias_init(fan_in), rngs=rngs)
+                             bias_init=L.torch_default_bias_init(fan_in), rngs=rngs,
+                             kernel_metadata=sharding.axes(None, None, 'conv_in', 'conv_out'),
+                             bias_metadata=sharding.axes('bias'))
         self.norm = L.layer_norm(embed_dim, norm_eps, rngs) if patch_norm else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -352,7 +355,8 @@ class SwinTransformer(nnx.Module, Backbone):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, patch_norm, norm_eps,
                                       rngs=rngs)
-        self.absolute_pos_embed = (nnx.Param(L.trunc_normal_02(rngs.params(), (1, grid * grid, embed_dim)))
+        self.absolute_pos_embed = (nnx.Param(L.trunc_normal_02(rngs.params(), (1, grid * grid, embed_dim)),
+                                             **sharding.axes(None, 'tokens', 'embed'))
                                    if ape else None)   # official layout (1, L, C), tokens row-major
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
         stages = []
@@ -364,7 +368,8 @@ class SwinTransformer(nnx.Module, Backbone):
                 downsample=i < self.num_layers - 1, remat=use_remat, rngs=rngs))
         self.layers = nnx.List(stages)
         self.norm = L.layer_norm(self.num_features, norm_eps, rngs)
-        self.head = L.linear(self.num_features, num_classes, rngs) if num_classes > 0 else None
+        self.head = (L.linear(self.num_features, num_classes, rngs, axes=('embed', 'classes'))
+                     if num_classes > 0 else None)
 
     # -- hooks of jaxmim.registry.Backbone ---------------------------------------------------
 
@@ -420,8 +425,9 @@ class SwinTransformer(nnx.Module, Backbone):
         return Backbone.adapt_pretrained(self, name, value, shape)
 
     def embed(self, x: jax.Array) -> jax.Array:
-        """Patch embedding (+ norm): ``(B, H, W, C)`` -> ``(B, h, w, embed_dim)``."""
-        return self.patch_embed(x)
+        """Patch embedding (+ norm): ``(B, H, W, C)`` -> ``(B, h, w, embed_dim)``, batch kept
+        sharded (:func:`jaxmim.sharding.constrain`)."""
+        return sharding.constrain(self.patch_embed(x), 'batch', None, None, None)
 
     def forward_tokens(self, x: jax.Array, *, train: bool = False,
                        rng: jax.Array | None = None) -> jax.Array:
@@ -432,7 +438,7 @@ class SwinTransformer(nnx.Module, Backbone):
             x = x + self.absolute_pos_embed[...].reshape(1, *x.shape[1:])
         x = L.dropout(x, self.drop_rate, train, k_pos)
         for layer, key in zip(self.layers, L.split_key(k_layers, self.num_layers)):
-            x = layer(x, train=train, rng=key)
+            x = sharding.constrain(layer(x, train=train, rng=key), 'batch', None, None, None)
         return self.norm(x)
 
     def forward_features(self, x: jax.Array, *, train: bool = False,
@@ -468,7 +474,8 @@ class SwinTransformerForSimMIM(SwinTransformer):
         if num_classes != 0:
             raise ValueError('SwinTransformerForSimMIM is an encoder: num_classes must be 0')
         super().__init__(num_classes=0, rngs=rngs, **kwargs)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, self.embed_dim)))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, self.embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> jax.Array:

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
 from jaxmim.models.swin import shifted_window_mask, window_partition, window_reverse
 from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
@@ -88,8 +89,8 @@ class WindowAttention(nnx.Module):
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.posmlp = nnx.List([conv(2, posmlp_dim, 1, rngs), ReLU(), conv(posmlp_dim, num_heads, 1, rngs)])
-        self.qkv = dense(dim, 3 * dim, rngs, xavier_uniform, use_bias=qkv_bias)
-        self.proj = dense(dim, dim, rngs, xavier_uniform)
+        self.qkv = dense(dim, 3 * dim, rngs, xavier_uniform, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.proj = dense(dim, dim, rngs, xavier_uniform, axes=('heads', 'embed'))
 
     def _mlp(self, d: jax.Array) -> jax.Array:
         """``(..., 2)`` offsets -> ``(..., nH)``: ``sign(d) * log(1 + |d|)``, then the two 1x1 convs."""
@@ -249,9 +250,13 @@ def swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim
 
 def run_blocks(blocks, x: jax.Array, pos: jax.Array, train: bool, rng: jax.Array | None) -> jax.Array:
     """Runs the flat block list on tokens ``(B, H, W, C)`` with coordinates ``pos`` ``(Bp, H, W, 2)``
-    (halved at each merge), one drop-path key per block; returns the last stage's map."""
-    for blk, key in zip(blocks, L.split_key(rng, len(blocks))):
+    (halved at each merge), one drop-path key per block; returns the last stage's map. Each stage's
+    output (before the next ``downsample``, and the last) keeps the batch sharded
+    (:func:`jaxmim.sharding.constrain`)."""
+    for i, (blk, key) in enumerate(zip(blocks, L.split_key(rng, len(blocks)))):
         x, pos = blk(x, pos, train=train, rng=key)
+        if i + 1 == len(blocks) or blocks[i + 1].downsample is not None:
+            x = sharding.constrain(x, 'batch', None, None, None)
     return x
 
 
@@ -298,12 +303,12 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
         self.blocks = swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr,
                                   block_norm_eps, norm_eps, self.grid_size, rngs)
         self.fc_norm = L.layer_norm(self.num_features, norm_eps, rngs)
-        self.head = (dense(self.num_features, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
-                     if num_classes > 0 else None)
+        self.head = (dense(self.num_features, num_classes, rngs, jax.nn.initializers.normal(head_init_std),
+                           axes=('embed', 'classes')) if num_classes > 0 else None)
 
     def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images -> pooled, normalised features ``(B, num_features)``."""
-        x = self.patch_embed(x)
+        x = sharding.constrain(self.patch_embed(x), 'batch', None, None, None)
         x = run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), train, rng)
         return self.fc_norm(x.mean(axis=(1, 2)))
 

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['get_1d_sincos_pos_embed_from_grid', 'get_2d_sincos_pos_embed', 'interpolate_pos_embed',
@@ -60,11 +61,18 @@ def xavier_uniform_flat(key: jax.Array, shape: Sequence[int], dtype=jnp.float32)
 
 
 def dense(din: int, dout: int, rngs: nnx.Rngs, kernel_init: Callable = L.trunc_normal_02,
-          use_bias: bool = True) -> L.Linear:
+          use_bias: bool = True, *, axes: tuple[str | None, str | None]) -> L.Linear:
     """``nn.Linear(din, dout)`` as a Flax Dense (kernel ``(in, out)``) with ``kernel_init`` and
     bias 0 (timm ``_init_weights``: trunc_normal .02; MAE ``_init_weights``: xavier_uniform);
-    a :class:`jaxmim.layers.Linear` (``nnx.Linear`` with the faster backward pass)."""
-    return L.linear(din, dout, rngs, use_bias=use_bias, kernel_init=kernel_init)
+    a :class:`jaxmim.layers.Linear` (``nnx.Linear`` with the faster backward pass).
+
+    ``axes``: the logical names of the kernel's ``(in, out)`` dimensions (:mod:`jaxmim.sharding`,
+    see :func:`jaxmim.layers.linear`); the bias is named ``bias``.
+
+    Raises:
+      ValueError: an unknown logical name.
+    """
+    return L.linear(din, dout, rngs, use_bias=use_bias, kernel_init=kernel_init, axes=axes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,8 +271,8 @@ class Attention(nnx.Module):
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = dense(dim, 3 * dim, rngs, kernel_init, use_bias=qkv_bias)
-        self.proj = dense(dim, dim, rngs, kernel_init)
+        self.qkv = dense(dim, 3 * dim, rngs, kernel_init, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.proj = dense(dim, dim, rngs, kernel_init, axes=('heads', 'embed'))
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
         self.attn_implementation = attn_implementation
 
@@ -291,8 +299,8 @@ class Mlp(nnx.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, *,
                  kernel_init: Callable = L.trunc_normal_02, rngs: nnx.Rngs):
-        self.fc1 = dense(dim, hidden_dim, rngs, kernel_init)
-        self.fc2 = dense(hidden_dim, dim, rngs, kernel_init)
+        self.fc1 = dense(dim, hidden_dim, rngs, kernel_init, axes=('embed', 'mlp'))
+        self.fc2 = dense(hidden_dim, dim, rngs, kernel_init, axes=('mlp', 'embed'))
         self.drop = drop
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -349,7 +357,9 @@ class PatchEmbed(nnx.Module):
         kernel_init = xavier_uniform_flat if init == 'mae' else L.torch_default_kernel_init
         self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=patch_size,
                              padding='VALID', kernel_init=kernel_init,
-                             bias_init=L.torch_default_bias_init(fan_in), rngs=rngs)
+                             bias_init=L.torch_default_bias_init(fan_in), rngs=rngs,
+                             kernel_metadata=sharding.axes(None, None, 'conv_in', 'conv_out'),
+                             bias_metadata=sharding.axes('bias'))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
@@ -445,12 +455,14 @@ class VisionTransformer(nnx.Module, Backbone):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, 'torch', rngs=rngs)
         self.grid_size, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
-        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
+        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)),
+                                   **sharding.axes(None, None, 'embed'))
         if fixed_pos_embed:
             table = get_2d_sincos_pos_embed(embed_dim, self.grid_size, cls_token=True)
-            self.pos_embed = L.Buffer(jnp.asarray(table)[None])
+            self.pos_embed = L.Buffer(jnp.asarray(table)[None], **sharding.axes(None, 'tokens', 'embed'))
         else:
-            self.pos_embed = nnx.Param(L.trunc_normal_02(rngs.params(), (1, self.num_patches + 1, embed_dim)))
+            self.pos_embed = nnx.Param(L.trunc_normal_02(rngs.params(), (1, self.num_patches + 1, embed_dim)),
+                                       **sharding.axes(None, 'tokens', 'embed'))
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, depth, dtype=np.float32)]
         self.blocks = nnx.List([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
@@ -458,7 +470,8 @@ class VisionTransformer(nnx.Module, Backbone):
             for i in range(depth)])
         self.norm = None if global_pool else L.layer_norm(embed_dim, norm_eps, rngs)
         self.fc_norm = L.layer_norm(embed_dim, norm_eps, rngs) if global_pool else None
-        self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std))
+        self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std),
+                           axes=('embed', 'classes'))
                      if num_classes > 0 else None)
 
     # -- forward ---------------------------------------------------------------------------
@@ -467,12 +480,13 @@ class VisionTransformer(nnx.Module, Backbone):
                          rng: jax.Array | None = None) -> jax.Array:
         """Images ``(B, H, W, C)`` -> pooled features ``(B, embed_dim)`` (``models_vit.forward_features``)."""
         k_pos, k_blocks = L.split_key(rng, 2)
-        x = self.patch_embed(x)
+        x = sharding.constrain(self.patch_embed(x), 'batch', None, None)
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
         x = L.dropout(x, self.drop_rate, train, k_pos)
         for blk, key in zip(self.blocks, L.split_key(k_blocks, len(self.blocks))):
             x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
+        x = sharding.constrain(x, 'batch', None, None)
         if self.global_pool:
             return self.fc_norm(x[:, 1:, :].mean(axis=1))
         return self.norm(x)[:, 0]

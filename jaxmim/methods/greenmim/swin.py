@@ -29,10 +29,11 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.greenmim.grouping import GreenSwinPlanner, group_attention_logits_bias, planner_pool
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models import swin as swin_lib
-from jaxmim.models.vit import Block, dense, get_2d_sincos_pos_embed, xavier_uniform, xavier_uniform_flat
+from jaxmim.models.vit import Block, get_2d_sincos_pos_embed, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['GreenSwinBlock', 'GreenSwinTransformer', 'GreenMIMSwin', 'take_tokens',
@@ -223,7 +224,7 @@ class GreenSwinTransformer(nnx.Module):
             raise ValueError(f'plan must have shape (1 or B, {pl.plan_length}), got {plan.shape}')
         x = self.patch_embed(images)
         b, h, w, c = x.shape
-        x = take_tokens(x.reshape(b, h * w, c), pl.get(plan, 'pos0'))
+        x = sharding.constrain(take_tokens(x.reshape(b, h * w, c), pl.get(plan, 'pos0')), 'batch', None, None)
         keys = L.split_key(rng, sum(self.depths))
         k = 0
         for s, layer in enumerate(self.layers):
@@ -234,6 +235,7 @@ class GreenSwinTransformer(nnx.Module):
                 k += 1
             if layer.downsample is not None:
                 x = self.merge(layer, x, pl.get(plan, f'merge{s}'))
+            x = sharding.constrain(x, 'batch', None, None)
         return self.norm(x)
 
 
@@ -341,14 +343,18 @@ class GreenMIMSwin(nnx.Module, Backbone):
         """Builds the MAE decoder after ``self.encoder`` (width ``encoder.num_features``) and
         re-initialises every encoder Linear/Conv xavier-uniform (``base_green_models.py:60-124``)."""
         enc_dim = self.encoder.num_features
-        self.decoder_embed = dense(enc_dim, decoder_embed_dim, rngs, xavier_uniform)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)))
-        self.decoder_pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size))[None])
+        self.decoder_embed = L.linear(enc_dim, decoder_embed_dim, rngs, kernel_init=xavier_uniform,
+                                      axes=('embed', 'embed'))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
+        self.decoder_pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size))[None],
+                                          **sharding.axes(None, 'tokens', 'embed'))
         self.decoder_blocks = nnx.List([
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps,
                   kernel_init=xavier_uniform, rngs=rngs) for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
-        self.decoder_pred = dense(decoder_embed_dim, self.mask_unit ** 2 * self.in_chans, rngs, xavier_uniform)
+        self.decoder_pred = L.linear(decoder_embed_dim, self.mask_unit ** 2 * self.in_chans, rngs,
+                                     kernel_init=xavier_uniform, axes=('embed', 'pixels'))
         _xavier_reinit(self.encoder, rngs.params())
 
     # -- masking inputs --------------------------------------------------------------------
@@ -397,7 +403,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
         """Decoder embedding, mask tokens, sin-cos positions, blocks, prediction
         (``base_green_models.py:188-211``): ``latent`` ``(B, len_keep, D)`` raster-ordered, ``pos``
         ``(Bm, len_keep)`` their unit indices -> ``(B, L, unit*unit*C)``."""
-        x = self.decoder_embed(latent)
+        x = sharding.constrain(self.decoder_embed(latent), 'batch', None, None)
         b, n, d = x.shape
         tokens = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, self.num_patches, d))
         if self.decoder_placement == 'raster':
@@ -412,7 +418,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))
+        return sharding.constrain(self.decoder_pred(self.decoder_norm(x)), 'batch', None, None)
 
     def __call__(self, images: jax.Array, *, noise: jax.Array, plan: jax.Array | None = None,
                  train: bool = False, rng: jax.Array | None = None) -> dict[str, Any]:

@@ -39,11 +39,11 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.greenmim.grouping import MASK_VALUE, GreenSwinPlanner
 from jaxmim.methods.greenmim.sparse_conv import block_indices
 from jaxmim.methods.greenmim.swin import GreenMIMSwin, GreenSwinBlock, take_tokens
 from jaxmim.models import swin as swin_lib
-from jaxmim.models.vit import dense
 from jaxmim.registry import register_model
 
 __all__ = ['GreenTwinsPlanner', 'group_mask', 'sparse_conv_visible', 'depthwise_conv_visible', 'LSABlock',
@@ -189,10 +189,13 @@ def depthwise_conv_visible(x: jax.Array, pos: jax.Array, resolution: tuple[int, 
 
 
 def _conv_holder(cin: int, cout: int, k: int, rngs: nnx.Rngs, groups: int = 1) -> nnx.Conv:
-    """An ``nnx.Conv`` holding a ``(k, k, cin/groups, cout)`` kernel and a zero bias; its weights
-    are applied by :func:`sparse_conv_visible` / :func:`depthwise_conv_visible`."""
+    """An ``nnx.Conv`` holding a ``(k, k, cin/groups, cout)`` kernel (logical axes ``(None, None,
+    conv_in, conv_out)``, ``conv_in`` dropped when grouped) and a zero bias; its weights are
+    applied by :func:`sparse_conv_visible` / :func:`depthwise_conv_visible`."""
     return nnx.Conv(cin, cout, (k, k), strides=k, padding='VALID', feature_group_count=groups,
-                    kernel_init=L.torch_default_kernel_init, bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                    kernel_init=L.torch_default_kernel_init, bias_init=jax.nn.initializers.zeros, rngs=rngs,
+                    kernel_metadata=sharding.axes(None, None, 'conv_in' if groups == 1 else None, 'conv_out'),
+                    bias_metadata=sharding.axes('bias'))
 
 
 class _Attention(nnx.Module):
@@ -203,8 +206,8 @@ class _Attention(nnx.Module):
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = dense(dim, 3 * dim, rngs, use_bias=qkv_bias)
-        self.proj = dense(dim, dim, rngs)
+        self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.proj = L.linear(dim, dim, rngs, axes=('heads', 'embed'))
 
 
 class LSABlock(nnx.Module):
@@ -262,9 +265,9 @@ class _GSAAttention(nnx.Module):
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads, self.sr_ratio = num_heads, sr_ratio
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.q = dense(dim, dim, rngs, use_bias=qkv_bias)
-        self.kv = dense(dim, 2 * dim, rngs, use_bias=qkv_bias)
-        self.proj = dense(dim, dim, rngs)
+        self.q = L.linear(dim, dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
+        self.kv = L.linear(dim, 2 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'kv'))
+        self.proj = L.linear(dim, dim, rngs, axes=('heads', 'embed'))
         if sr_ratio > 1:
             self.sr = _conv_holder(dim, dim, sr_ratio, rngs)
             self.norm = L.layer_norm(dim, norm_eps, rngs)
@@ -330,7 +333,9 @@ class PosCNN(nnx.Module):
     def __init__(self, dim: int, residual: bool, *, rngs: nnx.Rngs):
         self.residual = residual
         conv = nnx.Conv(dim, dim, (3, 3), padding='SAME', feature_group_count=dim,
-                        kernel_init=L.torch_default_kernel_init, bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                        kernel_init=L.torch_default_kernel_init, bias_init=jax.nn.initializers.zeros, rngs=rngs,
+                        kernel_metadata=sharding.axes(None, None, None, 'conv_out'),
+                        bias_metadata=sharding.axes('bias'))
         self.proj = nnx.List([conv])
 
     def __call__(self, x: jax.Array, pos: jax.Array, resolution: tuple[int, int]) -> jax.Array:
@@ -408,6 +413,7 @@ class GreenTwinsTransformer(nnx.Module):
         x = self.patch_embeds[0](images)
         b, h, w, c = x.shape
         x = take_tokens(x.reshape(b, h * w, c), pl.get(plan, 'pos0'))
+        x = sharding.constrain(x, 'batch', None, None)
         keys = L.split_key(rng, sum(self.depths))
         k = 0
         for s in range(self.num_layers):
@@ -427,6 +433,7 @@ class GreenTwinsTransformer(nnx.Module):
                 k += 1
                 if j == 0:
                     x = self.pos_block[s](x, pl.get(plan, f'pos{s}'), st.resolution)
+            x = sharding.constrain(x, 'batch', None, None)
         return self.norm(x)
 
     def layer_id(self, name: str) -> int:

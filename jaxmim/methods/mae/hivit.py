@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models.hivit import BlockWithRPE, HiViT
 from jaxmim.models.vit import dense, get_2d_sincos_pos_embed
@@ -154,16 +155,18 @@ class HiViTMaskedAutoencoder(HiViT):
         self.num_features = feat
         self.norm = L.layer_norm(feat, norm_eps, rngs)   # built (unused) without hifeat too, as officially
 
-        self.decoder_embed = dense(feat, decoder_embed_dim, rngs)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)))
+        self.decoder_embed = dense(feat, decoder_embed_dim, rngs, axes=('embed', 'embed'))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
         self.decoder_pos_embed = L.Buffer(
-            jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size))[None])
+            jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size))[None],
+            **sharding.axes(None, 'tokens', 'embed'))
         self.decoder_blocks = nnx.List([
             BlockWithRPE(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias, qk_scale, norm_eps=norm_eps,
                          rngs=rngs)
             for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
-        self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs)
+        self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, axes=('embed', 'pixels'))
 
     # -- masking inputs --------------------------------------------------------------------
 
@@ -196,7 +199,7 @@ class HiViTMaskedAutoencoder(HiViT):
             x = self.norm(jnp.concatenate([f.reshape(b, n, -1) for f in feats], axis=-1))
         else:
             x = self.forward_features(imgs, ids_keep, train=train, rng=rng)
-        return x, mask, ids_restore
+        return sharding.constrain(x, 'batch', None, None), mask, ids_restore
 
     def forward_decoder(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
         """``models_hivit_mae.py:153-172``: embed, append ``N + 1 - len_keep`` mask tokens,
@@ -210,6 +213,7 @@ class HiViTMaskedAutoencoder(HiViT):
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)
+        x = sharding.constrain(x, 'batch', None, None)
         return self.decoder_pred(self.decoder_norm(x))
 
     def __call__(self, images: jax.Array, *, noise: jax.Array, train: bool = False,

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: MAE's pixel layout)
 from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
 from jaxmim.registry import Backbone, register_model
@@ -161,8 +162,10 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, 'mae', rngs=rngs)
         self.grid_size, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
         self.len_keep = int(self.num_patches * (1 - mask_ratio))
-        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
-        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid_size, True))[None])
+        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)),
+                                   **sharding.axes(None, None, 'embed'))
+        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid_size, True))[None],
+                                  **sharding.axes(None, 'tokens', 'embed'))
         self.blocks = nnx.List([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps,
                   kernel_init=xavier_uniform, attn_implementation=attn_implementation, rngs=rngs)
@@ -170,16 +173,19 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         self.norm = L.layer_norm(embed_dim, norm_eps, rngs)
 
         # decoder
-        self.decoder_embed = dense(embed_dim, decoder_embed_dim, rngs, xavier_uniform)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)))
+        self.decoder_embed = dense(embed_dim, decoder_embed_dim, rngs, xavier_uniform, axes=('embed', 'embed'))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
         self.decoder_pos_embed = L.Buffer(
-            jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size, True))[None])
+            jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size, True))[None],
+            **sharding.axes(None, 'tokens', 'embed'))
         self.decoder_blocks = nnx.List([
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps,
                   kernel_init=xavier_uniform, attn_implementation=attn_implementation, rngs=rngs)
             for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
-        self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, xavier_uniform)
+        self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, xavier_uniform,
+                                  axes=('embed', 'pixels'))
 
     # -- masking inputs --------------------------------------------------------------------
 
@@ -197,14 +203,14 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         """Embeds, adds positions, keeps the visible patches, prepends the class token and runs the
         encoder. Returns ``latent (B, 1 + len_keep, D)``, ``mask (B, L)``, ``ids_restore (B, L)``.
         Source: ``models_mae.py:150-170``."""
-        x = self.patch_embed(imgs)
+        x = sharding.constrain(self.patch_embed(imgs), 'batch', None, None)
         x = x + self.pos_embed[...][:, 1:, :].astype(x.dtype)
         x, mask, ids_restore = random_masking(x, noise, self.mask_ratio)
         cls = (self.cls_token[...] + self.pos_embed[...][:, :1, :]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
         for blk in self.blocks:
             x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
-        return self.norm(x), mask, ids_restore
+        return sharding.constrain(self.norm(x), 'batch', None, None), mask, ids_restore
 
     def forward_decoder(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
         """Appends mask tokens, unshuffles to raster order, adds positions and decodes.
@@ -218,6 +224,7 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         x = jnp.concatenate([x[:, :1, :], x_], axis=1) + self.decoder_pos_embed[...].astype(x.dtype)
         for blk in self.decoder_blocks:
             x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
+        x = sharding.constrain(x, 'batch', None, None)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
     def __call__(self, images: jax.Array, *, noise: jax.Array, train: bool = False,

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: the pred layout)
 from jaxmim.methods.registry import register_method
 from jaxmim.methods.simmim.masking import SimMIMMaskGenerator
@@ -92,7 +93,9 @@ class SimMIM(nnx.Module, Backbone):
         self.img_size, self.in_chans, self.patch_size = encoder.img_size, encoder.in_chans, encoder.patch_size
         out = encoder_stride ** 2 * self.in_chans
         self.decoder = L.PointwiseConv(encoder.num_features, out, (1, 1), kernel_init=L.torch_default_kernel_init,
-                                       bias_init=L.torch_default_bias_init(encoder.num_features), rngs=rngs)
+                                       bias_init=L.torch_default_bias_init(encoder.num_features), rngs=rngs,
+                                       kernel_metadata=sharding.axes(None, None, 'embed', 'pixels'),
+                                       bias_metadata=sharding.axes('bias'))
         self.mask_generator = SimMIMMaskGenerator(encoder.img_size, mask_patch_size, self.patch_size,
                                                   mask_ratio)
 
@@ -147,7 +150,8 @@ class SimMIM(nnx.Module, Backbone):
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
         z = self.encoder(x, mask, train=train, rng=rng)
-        x_rec = pixel_shuffle(self.decoder(z), self.encoder_stride).astype(jnp.float32)
+        y = sharding.constrain(self.decoder(z), 'batch', None, None, None)
+        x_rec = pixel_shuffle(y, self.encoder_stride).astype(jnp.float32)
         loss = masked_l1_loss(x, x_rec, mask, self.patch_size)
         g = mask.shape[1] * self.patch_size // self.encoder_stride
         unit_mask = mask.reshape(mask.shape[0], g, mask.shape[1] // g, g, mask.shape[2] // g).max(axis=(2, 4))

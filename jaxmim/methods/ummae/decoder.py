@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import norm_pix_target
 from jaxmim.models.vit import Block, dense, get_2d_sincos_pos_embed, xavier_uniform
@@ -54,14 +55,17 @@ class PyramidMAEDecoder:
         """Creates the decoder variables on ``self`` (official key names); needs ``self.grid``,
         ``self.stride``, ``self.in_chans``."""
         self.decoder_embed_dim = decoder_embed_dim
-        self.decoder_embed = dense(enc_dim, 4 * decoder_embed_dim, rngs, xavier_uniform)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)))
-        self.decoder_pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid))[None])
+        self.decoder_embed = dense(enc_dim, 4 * decoder_embed_dim, rngs, xavier_uniform, axes=('embed', 'embed'))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
+        self.decoder_pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid))[None],
+                                          **sharding.axes(None, 'tokens', 'embed'))
         self.decoder_blocks = nnx.List([
             Block(decoder_embed_dim, decoder_num_heads, decoder_mlp_ratio, qkv_bias=True, norm_eps=norm_eps,
                   kernel_init=xavier_uniform, rngs=rngs) for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
-        self.decoder_pred = dense(decoder_embed_dim, self.stride ** 2 * self.in_chans, rngs, xavier_uniform)
+        self.decoder_pred = dense(decoder_embed_dim, self.stride ** 2 * self.in_chans, rngs, xavier_uniform,
+                                  axes=('embed', 'pixels'))
 
     def forward_decoder(self, latent: jax.Array, mask: jax.Array, choice: jax.Array
                         ) -> tuple[jax.Array, jax.Array]:
@@ -88,8 +92,10 @@ class PyramidMAEDecoder:
         pos_vis = take(vis_raster if self.official_decoder_pos else block_units)
         pos_mask = take(masked_raster)
         x = jnp.concatenate([x_vis + pos_vis, self.mask_token[...].astype(x.dtype) + pos_mask], axis=1)
+        x = sharding.constrain(x, 'batch', None, None)
         for blk in self.decoder_blocks:
             x = blk(x)
+        x = sharding.constrain(x, 'batch', None, None)
         pred = self.decoder_pred(self.decoder_norm(x))
         return pred, jnp.concatenate([block_units, masked_raster], axis=1)
 

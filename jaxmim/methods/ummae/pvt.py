@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, check_pyramid_strides, check_um_pretrain_args
 from jaxmim.methods.ummae.decoder import PyramidMAEDecoder, SimMIMHead
@@ -87,10 +88,12 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
         self.noise_len = self.grid * self.grid
         self.n_visible = U.num_visible(self.noise_len, mask_ratio)
         if vis_mask_ratio > 0:
-            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dims[0])))
+            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dims[0])),
+                                            **sharding.axes(None, None, 'embed'))
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'mae', rngs=rngs)
         g = img_size // patch_size
-        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None])
+        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None],
+                                  **sharding.axes(None, 'tokens', 'embed'))
         self.blocks = pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, True,
                                  [0.0] * sum(depths), block_norm_eps, g // 2, rngs)
         self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
@@ -101,7 +104,7 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Returns the encoder map ``(B, M/4, M/4, C_last)``, the block choices ``(B, M/2, M/2)`` and the
         secondary mask ``(B, L)`` bool (True = visible unit replaced by ``vis_mask_token``)."""
-        x = self.patch_embed(images)                                       # (B, G, G, C0)
+        x = sharding.constrain(self.patch_embed(images), 'batch', None, None, None)   # (B, G, G, C0)
         b, g, _, c = x.shape
         choice = U.block_choice(mask, self.grid)
         x = U.compact(x, choice, self.k)                                   # (B, G/2, G/2, C0)
@@ -169,20 +172,23 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
         self.mask_ratio, self.sampling, self.norm_pix_loss = mask_ratio, sampling, norm_pix_loss
         self.noise_len = 0
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dims[0])))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dims[0])),
+                                    **sharding.axes(None, None, 'embed'))
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'mae', rngs=rngs)
         g = img_size // patch_size
-        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None])
+        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dims[0], g))[None],
+                                  **sharding.axes(None, 'tokens', 'embed'))
         self.blocks = pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, True,
                                  [0.0] * sum(depths), block_norm_eps, g, rngs)
         self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
-        self.decoder_pred = dense(embed_dims[-1], 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
+        self.decoder_pred = dense(embed_dims[-1], 4 * stride ** 2 * in_chans, rngs, xavier_uniform,
+                                  axes=('embed', 'pixels'))
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
         del train, rng
         mask = self._check_mask(images, mask)
-        x = self.patch_embed(images)
+        x = sharding.constrain(self.patch_embed(images), 'batch', None, None, None)
         b, g, _, c = x.shape
         w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
         x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w

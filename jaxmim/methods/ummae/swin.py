@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, check_pyramid_strides, check_um_pretrain_args
 from jaxmim.methods.ummae.decoder import PyramidMAEDecoder, SimMIMHead
@@ -76,7 +77,8 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
         self.noise_len = self.grid * self.grid
         self.n_visible = U.num_visible(self.noise_len, mask_ratio)
         if vis_mask_ratio > 0:
-            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
+            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)),
+                                            **sharding.axes(None, None, 'embed'))
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
         self.grid_size = img_size // patch_size
         self.blocks = swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
@@ -90,7 +92,7 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Returns the encoder map ``(B, M/4, M/4, 8E)``, block choices ``(B, M/2, M/2)`` and the
         secondary mask ``(B, L)`` bool."""
-        x = self.patch_embed(images)
+        x = sharding.constrain(self.patch_embed(images), 'batch', None, None, None)
         b, g = x.shape[0], x.shape[1]
         choice = U.block_choice(mask, self.grid)
         x = U.compact(x, choice, self.k)
@@ -153,20 +155,21 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
         self.mask_ratio, self.sampling, self.norm_pix_loss = mask_ratio, sampling, norm_pix_loss
         self.noise_len = 0
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'mae', rngs=rngs)
         self.grid_size = img_size // patch_size
         self.blocks = swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim,
                                   [0.0] * sum(depths), block_norm_eps, norm_eps, self.grid_size, rngs)
         enc_dim = embed_dim * 2 ** (len(depths) - 1)
         self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
-        self.decoder_pred = dense(enc_dim, 4 * stride ** 2 * in_chans, rngs, xavier_uniform)
+        self.decoder_pred = dense(enc_dim, 4 * stride ** 2 * in_chans, rngs, xavier_uniform, axes=('embed', 'pixels'))
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
         del train, rng
         mask = self._check_mask(images, mask)
-        x = self.patch_embed(images)
+        x = sharding.constrain(self.patch_embed(images), 'batch', None, None, None)
         b = x.shape[0]
         w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
         x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w

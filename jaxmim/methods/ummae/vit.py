@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
+from jaxmim import sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, norm_pix_target
 from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
@@ -74,21 +75,27 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         self.n_visible = U.num_visible(self.num_patches, mask_ratio)
         self.noise_len = self.n_visible
         if vis_mask_ratio > 0:
-            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
-        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)))
-        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid, True))[None])
+            self.vis_mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)),
+                                            **sharding.axes(None, None, 'embed'))
+        self.cls_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, embed_dim)),
+                                   **sharding.axes(None, None, 'embed'))
+        self.pos_embed = L.Buffer(jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid, True))[None],
+                                  **sharding.axes(None, 'tokens', 'embed'))
         self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps,
                                       kernel_init=xavier_uniform, rngs=rngs) for _ in range(depth)])
         self.norm = L.layer_norm(embed_dim, norm_eps, rngs)
-        self.decoder_embed = dense(embed_dim, decoder_embed_dim, rngs, xavier_uniform)
-        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)))
+        self.decoder_embed = dense(embed_dim, decoder_embed_dim, rngs, xavier_uniform, axes=('embed', 'embed'))
+        self.mask_token = nnx.Param(L.trunc_normal_02(rngs.params(), (1, 1, decoder_embed_dim)),
+                                    **sharding.axes(None, None, 'embed'))
         self.decoder_pos_embed = L.Buffer(
-            jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid, True))[None])
+            jnp.asarray(get_2d_sincos_pos_embed(decoder_embed_dim, self.grid, True))[None],
+            **sharding.axes(None, 'tokens', 'embed'))
         self.decoder_blocks = nnx.List([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
                                               norm_eps=norm_eps, kernel_init=xavier_uniform, rngs=rngs)
                                         for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
-        self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, xavier_uniform)
+        self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, xavier_uniform,
+                                  axes=('embed', 'pixels'))
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
@@ -99,7 +106,7 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         take = lambda t, idx: jnp.take_along_axis(t, idx[:, :, None], axis=1)   # noqa: E731
         # encoder (models_mae.py:132-166)
         pos = self.pos_embed[...][:, 1:, :]
-        x = self.patch_embed(images) + pos.astype(images.dtype)
+        x = sharding.constrain(self.patch_embed(images), 'batch', None, None) + pos.astype(images.dtype)
         x = take(x, vis_idx)
         secondary = jnp.zeros((b, self.n_visible), bool)
         if self.vis_mask_ratio > 0:
@@ -111,7 +118,7 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
         for blk in self.blocks:
             x = blk(x)
-        x = self.norm(x)
+        x = sharding.constrain(self.norm(x), 'batch', None, None)
         # decoder (models_mae.py:169-196)
         x = self.decoder_embed(x)
         dpos = jnp.broadcast_to(self.decoder_pos_embed[...][:, 1:, :],
@@ -121,6 +128,7 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         x = jnp.concatenate([x[:, :1] + self.decoder_pos_embed[...][:, :1, :].astype(x.dtype), x_], axis=1)
         for blk in self.decoder_blocks:
             x = blk(x)
+        x = sharding.constrain(x, 'batch', None, None)
         pred_seq = self.decoder_pred(self.decoder_norm(x))[:, 1:].astype(jnp.float32)
         # loss (models_mae.py:198-212) on the primary-masked patches only
         target = take(L.patchify(images.astype(jnp.float32), self.patch_size), masked_idx)
