@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import sys
 from typing import Any, Callable, Sequence
 
