@@ -386,7 +386,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     report = None
     if config.pretrained.workdir:
         # the pre-trained weights are read into a model in host memory, then laid out on the mesh
-        with jax.default_device(jax.local_devices(backend='cpu')[0]):
+        with jax.default_device(_host_device()):
             model = build()
             report = rundir.load_pretrained(model, config.pretrained.workdir, config.pretrained.step)
         logging.info('Loaded %d pre-trained tensors (%d resized); fresh: %s', len(report['loaded']),
@@ -415,6 +415,15 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
 
     return _train_loop(config, workdir, trainer, state, _data_fn(config, train=True), eval_fn,
                        extra_summary={'pretrained': report})
+
+
+def _host_device():
+    """A CPU device of this process (host memory) when JAX has its CPU backend (it has unless
+    ``JAX_PLATFORMS`` leaves it out), else the default device."""
+    try:
+        return jax.local_devices(backend='cpu')[0]
+    except RuntimeError:
+        return jax.local_devices()[0]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
