@@ -331,3 +331,18 @@ def test_every_registered_model_class_names_every_parameter():
     assert len(per_class) >= 15
     missing = {n: sharding.missing_axes(nnx.eval_shape(lambda: registry.create_model(n))) for n in per_class.values()}
     assert {k: v for k, v in missing.items() if v} == {}
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--config.mesh.data=3'], 'config.mesh: data x fsdp x model = 3 x 1 x 1 = 3 does not match the 8 devices'),
+    (['--config.mesh.layout=fsdp', "--config.mesh.rules=(('mlp', 'tensor'),)"], "config.mesh.rules: unknown mesh axis 'tensor'"),
+    (['--config.mesh.fsdp=8', '--config.batch_size=12'], 'config.batch_size=12 must be a positive multiple of data x fsdp = 8'),
+])
+def test_cli_rejects_bad_mesh_before_compiling(tmp_path, flags, message):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+    cmd = [sys.executable, '-m', 'jaxmim.main', '--config=configs/demo/simmim_swin_fmnist.py',
+           f'--workdir={tmp_path}/run'] + flags
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith('error:')]
+    assert out.returncode == 2 and len(errors) == 1 and message in errors[0], out.stderr[-1500:]
+    assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
