@@ -20,9 +20,10 @@ from jaxmim.resilience.lock import WorkdirLock, release_workdir
 __all__ = ['preflight']
 
 
-def preflight(config, workdir: str) -> jax.sharding.Mesh:
+def preflight(config, workdir: str) -> tuple[jax.sharding.Mesh, nnx.Module]:
     """Checks every input of a run before anything is built or compiled, then takes the
-    workdir lock; returns the device mesh.
+    workdir lock; returns the device mesh and the model built abstractly (``nnx.eval_shape``),
+    which the loops reuse rather than trace the model again.
 
     In order: config keys and values (:func:`jaxmim.config.check_config`), model name, workdir
     writable, workdir lock, ``total_steps`` against the newest checkpoint, ``pretrained``,
@@ -56,4 +57,4 @@ def preflight(config, workdir: str) -> jax.sharding.Mesh:
     except BaseException:
         release_workdir(workdir)
         raise
-    return mesh
+    return mesh, abstract

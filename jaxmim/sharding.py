@@ -56,6 +56,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxmim.tree_util import flatten_names
+
 __all__ = ['LOGICAL_AXES', 'MESH_AXES', 'BATCH_AXES', 'PRESETS', 'axes', 'with_axes', 'rules_for', 'check_rules',
            'resolve', 'logical_axes_tree', 'spec_tree', 'constrain', 'activation_rules', 'replicated_above',
            'tree_bytes', 'ShardingReport', 'sharding_report', 'missing_axes', 'replicated_warning']
@@ -299,22 +301,17 @@ def tree_bytes(shapes: Any, specs: Any, mesh) -> tuple[int, int]:
     out by a matching tree of ``PartitionSpec`` on ``mesh`` (the per-device figure assumes even
     splits, which :func:`resolve` guarantees)."""
     leaves = jax.tree.leaves(shapes)
-    spec_leaves = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))
+    spec_leaves = jax.tree.leaves(specs)   # a PartitionSpec is a leaf
     per_device = sum(_shard_bytes(x, s, mesh) for x, s in zip(leaves, spec_leaves))
     return per_device, sum(_nbytes(x) for x in leaves)
-
-
-def _paths(tree, is_leaf=None) -> list[tuple[str, Any]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    return [('.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path), leaf) for path, leaf in flat]
 
 
 def replicated_above(shapes: Any, specs: Any, min_bytes: int) -> list[tuple[str, tuple[int, ...], int]]:
     """``(path, shape, bytes)`` of every array of at least ``min_bytes`` whose spec shards nothing,
     for the start-up warning of a sharded layout (``config.mesh.min_shard_bytes``)."""
     out = []
-    spec_by_path = dict(_paths(specs, is_leaf=lambda s: isinstance(s, P)))
-    for path, x in _paths(shapes):
+    spec_by_path = flatten_names(specs)
+    for path, x in flatten_names(shapes).items():
         spec = spec_by_path.get(path, P())
         if _nbytes(x) >= min_bytes and all(e is None for e in spec):
             out.append((path, tuple(x.shape), _nbytes(x)))
@@ -354,12 +351,13 @@ def sharding_report(logical_params: Any, state_shapes: dict, state_specs: dict, 
                     min_shard_bytes: int | None) -> ShardingReport:
     """The :class:`ShardingReport` of a train state (``{'params', 'opt_state', 'ema', ...}``
     shapes and specs, e.g. from :func:`jaxmim.steps.abstract_train_state`): rows for
-    ``params``, byte totals over ``params``, ``opt_state`` and ``ema``, and the parameters of
+    ``params`` (nested dicts, as :func:`jaxmim.rundir.split_variables` gives), byte totals over
+    ``params``, ``opt_state`` and ``ema``, and the parameters of
     at least ``min_shard_bytes`` left replicated (None: no such list, e.g. for ``dp``)."""
     rows = []
-    names_by_path = dict(_paths(logical_params, is_leaf=lambda x: x is None or isinstance(x, tuple)))
-    spec_by_path = dict(_paths(state_specs['params'], is_leaf=lambda s: isinstance(s, P)))
-    for path, x in _paths(state_shapes['params']):
+    names_by_path = flatten_names(logical_params)
+    spec_by_path = flatten_names(state_specs['params'])
+    for path, x in flatten_names(state_shapes['params']).items():
         rows.append((path, tuple(x.shape), names_by_path.get(path), spec_by_path.get(path, P())))
     keys = [k for k in ('params', 'opt_state', 'ema') if k in state_shapes]
     per_device = replicated = 0

@@ -56,6 +56,8 @@ class Trainer:
       ema_decay: decay of the weight EMA (0: none).
       traces: how many times ``train_step`` was traced, each trace being one compilation (a run
         compiles its step once: the loop records this count in its summary).
+      rules: the run's logical-axis rules (:func:`jaxmim.sharding.rules_for`), for steps built
+        beside the train step (evaluation).
     """
 
     graphdef: Any
@@ -66,6 +68,7 @@ class Trainer:
     state_sharding: PyTree
     ema_decay: float = 0.0
     traces: list = dataclasses.field(default_factory=list)
+    rules: tuple = ()
 
     @property
     def compilations(self) -> int:
@@ -75,7 +78,8 @@ class Trainer:
 
 def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable,
                  config: ml_collections.ConfigDict, mesh,
-                 batch_transform: Callable | None = None) -> tuple[Trainer, PyTree]:
+                 batch_transform: Callable | None = None, *,
+                 abstract_model: nnx.Module | None = None) -> tuple[Trainer, PyTree]:
     """Builds the optimizer, the initial state laid out on ``mesh`` and the jitted train step.
 
     The optimizer takes the model's hooks: ``no_weight_decay()`` patterns, and, when
@@ -98,6 +102,8 @@ def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable
       batch_transform: optional ``(batch, key) -> batch`` run on device in the step over the
         whole global batch before it is split into micro-batches (fine-tuning: mixup / cutmix
         into soft targets, :mod:`jaxmim.mixup`); its key is ``fold_in(step key, 0x6d6978)``.
+      abstract_model: with a builder ``model``, its ``nnx.eval_shape`` when the caller has it
+        already (e.g. from :func:`jaxmim.preflight.preflight`), so the model is not traced twice.
 
     Returns:
       ``(trainer, state)`` with the state placed on the mesh.
@@ -106,7 +112,10 @@ def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable
       ValueError: optimizer or mesh config errors (named field).
     """
     build = None if isinstance(model, nnx.Module) else model
-    abstract = nnx.eval_shape(build) if build is not None else model
+    if build is None:
+        abstract = model
+    else:
+        abstract = abstract_model if abstract_model is not None else nnx.eval_shape(build)
     layout = abstract_train_state(abstract, config, mesh)
     tx, lr_fn, graphdef = layout.tx, layout.lr_fn, layout.graphdef
     state_sharding = layout.shardings
@@ -157,7 +166,7 @@ def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable
     train_step = jax.jit(ops.traced_on(ops.mesh_platform(mesh), traced),
                          in_shardings=(state_sharding, batch_sharding(mesh)), out_shardings=(state_sharding, rep),
                          donate_argnums=(0,), compiler_options=step_compiler_options(mesh))
-    return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay, traces), state
+    return Trainer(graphdef, tx, lr_fn, mesh, train_step, state_sharding, ema_decay, traces, layout.rules), state
 
 
 def _host(tree: PyTree) -> PyTree:
@@ -210,9 +219,10 @@ def abstract_train_state(abstract_model: nnx.Module, config: ml_collections.Conf
     Raises:
       ValueError: optimizer config errors, a bad ``config.mesh.layout`` / ``rules`` (named).
     """
-    graphdef, params, model_state = split_variables(abstract_model)
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    model_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), model_state)
+    graphdef, param_vars, rest_vars = nnx.split(abstract_model, nnx.Param, ...)   # as split_variables does
+    shape_of = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+    params = jax.tree.map(shape_of, nnx.to_pure_dict(param_vars))
+    model_state = jax.tree.map(shape_of, nnx.to_pure_dict(rest_vars))
     ocfg = optim.scaled_optim_config(config.optim.to_dict(), config.batch_size)
     layer_kw = {}
     if float(ocfg.get('layer_decay', 1.0)) != 1.0:
@@ -223,31 +233,20 @@ def abstract_train_state(abstract_model: nnx.Module, config: ml_collections.Conf
     tx, lr_fn = optim.build_optimizer(ocfg, params, config.total_steps,
                                       no_weight_decay=abstract_model.no_weight_decay(), **layer_kw)
     rules = sharding.rules_for(config.get('mesh'))
-    _, param_vars, rest_vars = nnx.split(abstract_model, nnx.Param, ...)
     logical = {'params': sharding.logical_axes_tree(param_vars), 'model_state': sharding.logical_axes_tree(rest_vars)}
     var_specs = {k: sharding.spec_tree(logical[k], t, rules, mesh)
                  for k, t in (('params', params), ('model_state', model_state))}
     ema_decay = float(config.get('ema_decay', 0.0))
     shapes = jax.eval_shape(functools.partial(_init_state, tx=tx, ema_decay=ema_decay), params, model_state)
-    is_spec = lambda x: isinstance(x, P)  # noqa: E731
-    opt_specs = optax.tree_map_params(tx, lambda _, spec: spec, shapes['opt_state'],
-                                      jax.tree.map(_Spec, var_specs['params'], is_leaf=is_spec),
-                                      transform_non_params=lambda _: _Spec(P()),
-                                      is_leaf=lambda x: isinstance(x, _Spec))
-    opt_specs = jax.tree.map(lambda s: s.spec, opt_specs, is_leaf=lambda x: isinstance(x, _Spec))
+    # a PartitionSpec is a pytree leaf: moments take their parameter's spec, counters P()
+    opt_specs = optax.tree_map_params(tx, lambda _, spec: spec, shapes['opt_state'], var_specs['params'],
+                                      transform_non_params=lambda _: P())
     specs = {'params': var_specs['params'], 'model_state': var_specs['model_state'], 'opt_state': opt_specs,
              'step': P(), 'guard': jax.tree.map(lambda _: P(), shapes['guard'])}
     if 'ema' in shapes:
         specs['ema'] = dict(var_specs)
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=is_spec)
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
     return StateLayout(graphdef, tx, lr_fn, logical, rules, shapes, specs, shardings)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """A ``PartitionSpec`` boxed as an opaque leaf (a ``PartitionSpec`` is a tuple, which some
-    tree utilities would walk into)."""
-    spec: Any
 
 
 def cast_floating(tree: PyTree, dtype) -> PyTree:

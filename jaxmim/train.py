@@ -25,14 +25,12 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 
 from jaxmim import checkpoint as ckpt_lib
 from jaxmim import config as config_lib
 from jaxmim import metrics as metrics_lib
 from jaxmim import resilience
 from jaxmim import rundir
-from jaxmim import sharding as sharding_lib
 from jaxmim import steps
 from jaxmim.data import checks as data_checks
 from jaxmim.mesh import batch_sharding, global_batch
@@ -350,11 +348,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
     Raises:
       ValueError: config errors (unknown keys, sizes that do not fit).
     """
-    mesh = preflight(config, workdir)   # every input checked, workdir locked
-    build = functools.partial(rundir.build_model, config)
-    model = nnx.eval_shape(build)   # structure only: the state is built in place on the mesh
-    rundir.check_image_size(model, config)
-    trainer, state = steps.make_trainer(build, steps.mim_loss, config, mesh)
+    # every input checked, workdir locked; the model as structure only: the state is built in place on the mesh
+    mesh, model = preflight(config, workdir)
+    trainer, state = steps.make_trainer(functools.partial(rundir.build_model, config), steps.mim_loss, config,
+                                        mesh, abstract_model=model)
     hook = picture_hook(config, workdir, trainer.graphdef) if picture_hook is not None else None
     if picture_hook is None and int(config.get('visualize_every', 0) or 0) > 0:
         logging.warning('config.visualize_every=%s but no picture_hook was passed to pretrain(): no '
@@ -379,10 +376,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     """
     from jaxmim.data import pipeline
 
-    mesh = preflight(config, workdir)   # every input checked, workdir locked
+    # every input checked, workdir locked; the model as structure only: without pre-training the
+    # state is built in place on the mesh
+    mesh, model = preflight(config, workdir)
     build = functools.partial(rundir.build_model, config)
-    model = nnx.eval_shape(build)   # structure only: without pre-training the state is built in place on the mesh
-    rundir.check_image_size(model, config)
     report = None
     if config.pretrained.workdir:
         # the pre-trained weights are read into a model in host memory, then laid out on the mesh
@@ -394,11 +391,11 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     loss_fn = functools.partial(steps.classification_loss, label_smoothing=config.label_smoothing,
                                 num_classes=model.num_classes)
     trainer, state = steps.make_trainer(model if report is not None else build, loss_fn, config, mesh,
-                                        batch_transform=steps.make_mixup_transform(config, model.num_classes, mesh))
+                                        batch_transform=steps.make_mixup_transform(config, model.num_classes, mesh),
+                                        abstract_model=None if report is not None else model)
     layout = trainer.state_sharding
     eval_step = steps.make_eval_step(trainer.graphdef, mesh,
-                                     {'params': layout['params'], 'model_state': layout['model_state']},
-                                     sharding_lib.rules_for(config.get('mesh')))
+                                     {'params': layout['params'], 'model_state': layout['model_state']}, trainer.rules)
     sharding = batch_sharding(mesh)
     data_cfg = config_lib.resolve_data_config(config)
 
