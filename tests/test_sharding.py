@@ -11,22 +11,22 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxmim import mesh as mesh_lib
 from jaxmim import rundir, sharding, steps
+from families import FAMILY_DEMOS, cpu_mesh
 from jaxmim.config import check_config, finetune_defaults, load_config_file
+from jaxmim.tree_util import flatten_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = jax.devices('cpu')
 
 
 def mesh_of(data, fsdp, model):
-    return jax.make_mesh((data, fsdp, model), sharding.MESH_AXES,
-                         axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=CPU[:data * fsdp * model])
+    return cpu_mesh((data, fsdp, model))
 
 
 # ------------------------------------------------------------------------------------------
@@ -168,14 +168,6 @@ def test_check_config_rejects_bad_mesh_fields():
 # Every family's parameters, laid out as the rules say (abstract: nothing allocated).
 # ------------------------------------------------------------------------------------------
 
-DEMOS = {
-    'swin_simmim': 'configs/demo/simmim_swin_fmnist.py',
-    'vit_mae': 'configs/demo/mae_vit_fmnist.py',
-    'hivit_mae': 'configs/demo/mae_hivit_fmnist.py',
-    'ummae_pvt': 'configs/demo/ummae_pvt_fmnist.py',
-    'greenmim_swin': 'configs/demo/greenmim_swin_fmnist.py',
-    'groupmixformer': 'configs/demo/groupmixformer_fmnist.py',
-}
 
 F = 'fsdp'
 EXPECTED_FSDP8 = {
@@ -227,26 +219,20 @@ EXPECTED_FSDP8 = {
 }
 
 
-def _flat(tree):
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda s: isinstance(s, P))[0]
-    return {'.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): v for path, v in leaves}
-
-
 def _layout(family, layout='fsdp', dims=(1, 8, 1), ema=0.0):
-    cfg = load_config_file(os.path.join(ROOT, DEMOS[family]))
+    cfg = load_config_file(os.path.join(ROOT, FAMILY_DEMOS[family]))
     cfg.mesh.update(dict(layout=layout, data=dims[0], fsdp=dims[1], model=dims[2]))
     cfg.ema_decay = ema
-    mesh = jax.make_mesh(dims, sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                         devices=CPU[:int(np.prod(dims))])
+    mesh = cpu_mesh(dims)
     model = nnx.eval_shape(lambda: rundir.build_model(cfg))
     assert sharding.missing_axes(model) == []     # every parameter of the family is named
     return cfg, mesh, steps.abstract_train_state(model, cfg, mesh)
 
 
-@pytest.mark.parametrize('family', sorted(DEMOS))
+@pytest.mark.parametrize('family', sorted(FAMILY_DEMOS))
 def test_family_specs_under_fsdp(family):
     _, _, lay = _layout(family)
-    specs, shapes = _flat(lay.specs['params']), _flat(lay.shapes['params'])
+    specs, shapes = flatten_names(lay.specs['params']), flatten_names(lay.shapes['params'])
     for path, (shape, spec) in EXPECTED_FSDP8[family].items():
         assert shapes[path].shape == shape, path
         assert specs[path] == spec, (path, specs[path])
@@ -259,7 +245,7 @@ def test_family_specs_under_fsdp(family):
 
 def test_fsdp_tp_specs_megatron():
     _, _, lay = _layout('vit_mae', 'fsdp_tp', (1, 4, 2))
-    specs = _flat(lay.specs['params'])
+    specs = flatten_names(lay.specs['params'])
     assert specs['blocks.0.attn.qkv.kernel'] == P(F, 'model')      # column split
     assert specs['blocks.0.attn.proj.kernel'] == P('model', F)     # row split
     assert specs['blocks.0.mlp.fc1.kernel'] == P(F, 'model')

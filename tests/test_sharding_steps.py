@@ -17,23 +17,15 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from families import FAMILY_DEMOS, cpu_mesh
 from jaxmim import checkpoint as ckpt_lib
 from jaxmim import mesh as mesh_lib
-from jaxmim import rundir, sharding, steps
+from jaxmim import rundir, steps
 from jaxmim.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = jax.devices('cpu')
 B = 8
-
-FAMILIES = {
-    'swin_simmim': 'configs/demo/simmim_swin_fmnist.py',
-    'vit_mae': 'configs/demo/mae_vit_fmnist.py',
-    'hivit_mae': 'configs/demo/mae_hivit_fmnist.py',
-    'ummae_pvt': 'configs/demo/ummae_pvt_fmnist.py',
-    'greenmim_swin': 'configs/demo/greenmim_swin_fmnist.py',
-    'groupmixformer': 'configs/demo/groupmixformer_fmnist.py',
-}
 
 
 # smaller than the demo where compilation time asks for it
@@ -41,17 +33,12 @@ OVERRIDES = {'groupmixformer': dict(depths=(1, 1, 1, 1))}
 
 
 def config_of(family, layout='dp', dims=(1, 1, 1)):
-    cfg = load_config_file(os.path.join(ROOT, FAMILIES[family]))
+    cfg = load_config_file(os.path.join(ROOT, FAMILY_DEMOS[family]))
     cfg.model.overrides.update(OVERRIDES.get(family, {}))
     cfg.batch_size, cfg.total_steps = B, 20
     cfg.optim.warmup_steps = 1   # a non-zero learning rate from the second step
     cfg.mesh.update(dict(layout=layout, data=dims[0], fsdp=dims[1], model=dims[2]))
     return cfg
-
-
-def mesh_of(dims):
-    return jax.make_mesh(dims, sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                         devices=CPU[:int(np.prod(dims))])
 
 
 def loss_fn_of(cfg, model):
@@ -74,7 +61,7 @@ def batch_of(cfg, model):
 
 def train(family, layout, dims, n_steps=2):
     cfg = config_of(family, layout, dims)
-    mesh = mesh_of(dims)
+    mesh = cpu_mesh(dims)
     build = functools.partial(rundir.build_model, cfg)
     model = nnx.eval_shape(build)
     trainer, state = steps.make_trainer(build, loss_fn_of(cfg, model), cfg, mesh)
@@ -111,7 +98,7 @@ def assert_tree_close(a, b, rtol, atol):
         np.testing.assert_allclose(flat_a[k], flat_b[k], rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(k))
 
 
-CASES = [(f, 'fsdp_tp', (2, 2, 2)) for f in sorted(FAMILIES)] + [
+CASES = [(f, 'fsdp_tp', (2, 2, 2)) for f in sorted(FAMILY_DEMOS)] + [
     ('swin_simmim', 'fsdp', (1, 8, 1)), ('vit_mae', 'fsdp', (1, 8, 1))]
 
 
@@ -147,7 +134,7 @@ def test_checkpoint_moves_between_meshes(tmp_path):
     unmoved_loss = float(metrics['loss'])
     for layout, dims in [('dp', (2, 1, 1)), ('dp', (1, 1, 1))]:
         cfg = config_of(family, layout, dims)
-        mesh = mesh_of(dims)
+        mesh = cpu_mesh(dims)
         t2, fresh = steps.make_trainer(functools.partial(rundir.build_model, cfg), steps.mim_loss, cfg, mesh)
         target = ckpt_lib.abstract_like(rundir.nonempty(fresh), rundir.nonempty(t2.state_sharding))
         restored = ckpt.restore(1, target=target)
