@@ -12,11 +12,20 @@ WORKDIR ?= work/demo
 
 venv: $(STAMP)
 
+INTEROP_STAMP := $(VENV)/.interop-installed
+
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements.txt
 	touch $(STAMP)
+
+# timm / transformers: test references for convert/'s timm and HF layouts, installed with the pinned
+# requirements as constraints (CPU torch kept). Not fatal: without them those tests skip and say why.
+$(INTEROP_STAMP): $(STAMP) tests/requirements-interop.txt
+	$(VPY) -m pip install -q -r tests/requirements-interop.txt -c requirements.txt \
+	  || echo "warning: timm / transformers not installed; the interop tests will skip"
+	touch $(INTEROP_STAMP)
 
 # Debian/Ubuntu ship the Fashion-MNIST idx files as a package; install it when missing.
 data: $(FMNIST_DIR)/train-images-idx3-ubyte.gz
@@ -30,7 +39,7 @@ $(FMNIST_DIR)/train-images-idx3-ubyte.gz:
 # suite is bound by single-threaded XLA compilation, so this halves its time on 2 cores.
 PYTEST_WORKERS ?= 2
 
-test: venv data
+test: venv data $(INTEROP_STAMP)
 	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 demo: venv data
