@@ -23,9 +23,8 @@ $(STAMP): requirements.txt
 # timm / transformers: test references for convert/'s timm and HF layouts, installed with the pinned
 # requirements as constraints (CPU torch kept). Not fatal: without them those tests skip and say why.
 $(INTEROP_STAMP): $(STAMP) tests/requirements-interop.txt
-	$(VPY) -m pip install -q -r tests/requirements-interop.txt -c requirements.txt \
-	  || echo "warning: timm / transformers not installed; the interop tests will skip"
-	touch $(INTEROP_STAMP)
+	$(VPY) -m pip install -q -r tests/requirements-interop.txt -c requirements.txt && touch $(INTEROP_STAMP) \
+	  || echo 'warning: timm / transformers not installed; the interop tests will skip'
 
 # Debian/Ubuntu ship the Fashion-MNIST idx files as a package; install it when missing.
 data: $(FMNIST_DIR)/train-images-idx3-ubyte.gz
