@@ -19,8 +19,19 @@ The twin (:class:`GreenMIMSwinTwin`) is written independently of the JAX groupin
 attends inside every (shifted) window of the visible tokens with a Python loop over windows
 (dynamic shapes, no grouping, no -100 leakage), merging is the dense Swin merge on a zero-filled
 canvas followed by a gather, and the decoder follows the official code (``decoder_placement``
-``'official'``) or the corrected raster placement. Call convention of the jaxmim model:
+``'official'``, the default) or the corrected raster placement. Call convention of the jaxmim model:
 ``twin(images NCHW, noise=(1 or B, L), plan=ignored)`` -> dict ``loss``, ``pred``, ``mask``.
+
+**Official behaviour by default.** The sources build the model the official code runs:
+``decoder_placement='official'`` unless asked otherwise, i.e. the decoder input is the official
+``cat([x_vis, mask_tokens])`` unshuffled with ``ids_restore`` (``base_green_models.py:192-202``),
+which puts the raster-ordered visible features at the units of ``ids_shuffle`` order, permuting
+them among the visible units (the released checkpoints were trained with it;
+``LayneH/GreenMIM@e33a941 models_swin.py:909-929`` has the same code). The correction is the
+explicit jaxmim choice ``decoder_placement='raster'``, which is also the default of the jaxmim
+training models (:class:`jaxmim.methods.greenmim.GreenMIMSwin`, registry and ``configs/``); a run
+imported with ``convert.import`` therefore uses the registry default unless
+``--model_overrides='{"decoder_placement": "official"}'`` is given.
 
 Released checkpoints (v1 era) concatenate merged neighbours row-first; build with
 ``merge_order='v1'`` to load them layer-exactly (``LayneH/GreenMIM@e33a941 models_swin.py:244-246``
@@ -168,11 +179,13 @@ class GreenMIMSwinTwin(nn.Module):
 
     ``forward(images NCHW, noise (1 or B, L), plan=None)`` -> ``{'loss', 'pred' (B, L, p*p*C),
     'mask' (B, L)}``; one mask per batch from ``noise[:1]`` (official ``random_masking``).
+    ``decoder_placement`` ``'official'`` (default: ``base_green_models.py:192-202``) or
+    ``'raster'`` (the correction).
     """
 
     def __init__(self, encoder: GreenSwinTwin, embed_dim, patch_size, in_chans=3, decoder_num_patches=196,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, norm_layer=nn.LayerNorm,
-                 norm_pix_loss=False, mlp_ratio=4, mask_ratio=0.75, decoder_placement='raster'):
+                 norm_pix_loss=False, mlp_ratio=4, mask_ratio=0.75, decoder_placement='official'):
         super().__init__()
         self.encoder = encoder
         self.num_patches, self.final_patch_size = decoder_num_patches, patch_size
@@ -259,7 +272,7 @@ def build_greenmim_swin(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_dim
                         in_chans: int = 3, decoder_num_patches: int = 49, decoder_embed_dim: int = 512,
                         decoder_depth: int = 1, decoder_num_heads: int = 16, norm_layer: Any = None,
                         norm_pix_loss: bool = False, mlp_ratio: float = 4.0, mask_ratio: float = 0.75,
-                        decoder_placement: str = 'raster', merge_order: str = 'swin', mask_mode: str = 'batch',
+                        decoder_placement: str = 'official', merge_order: str = 'swin', mask_mode: str = 'batch',
                         **ignored: Any) -> nnx.Module:
     """Source ``'greenmim_swin'``: official ``MaskedAutoencoder(encoder=SwinTransformer(**encoder),
     embed_dim, patch_size, ...)`` (``model_factory.py:25-140``) as
@@ -268,7 +281,11 @@ def build_greenmim_swin(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_dim
     ``encoder`` holds the official Swin arguments (``img_size``, ``patch_size``, ``embed_dim``,
     ``depths``, ``num_heads``, ``window_size``, ``mlp_ratio``, ``qkv_bias``, ``norm_layer`` ...);
     the wrapper's ``norm_layer`` is the decoder's. ``mask_ratio`` is the forward's argument;
-    ``decoder_placement``, ``merge_order``, ``mask_mode`` are jaxmim choices (see the model).
+    ``decoder_placement``, ``merge_order``, ``mask_mode`` are jaxmim choices (see the model) whose
+    defaults are the official behaviour: ``'official'`` decoder placement (the concatenate-and-
+    unshuffle of ``base_green_models.py:192-202``; pass ``'raster'`` for the correction), HEAD's
+    Swin merge order (``green_swin_models.py:134-137``; ``'v1'`` for the released v1
+    checkpoints), one mask per batch (``base_green_models.py:160-181``).
     Extra keyword arguments are swallowed, as the official ``**kwargs``.
 
     Raises:
@@ -579,7 +596,7 @@ def build_greenmim_twins(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_di
                          in_chans: int = 3, decoder_num_patches: int = 49, decoder_embed_dim: int = 512,
                          decoder_depth: int = 1, decoder_num_heads: int = 16, norm_layer: Any = None,
                          norm_pix_loss: bool = False, mlp_ratio: float = 4.0, mask_ratio: float = 0.75,
-                         decoder_placement: str = 'raster', mask_mode: str = 'batch', peg_residual: bool = False,
+                         decoder_placement: str = 'official', mask_mode: str = 'batch', peg_residual: bool = False,
                          **ignored: Any) -> nnx.Module:
     """Source ``'greenmim_twins'``: official ``MaskedAutoencoder(encoder=ALTGVT(**encoder),
     embed_dim, patch_size, ...)`` (``model_factory.py:142-175``) as
@@ -589,7 +606,9 @@ def build_greenmim_twins(*, rngs: nnx.Rngs, encoder: Mapping[str, Any], embed_di
     ``in_chans``, ``embed_dims``, ``num_heads``, ``mlp_ratios``, ``depths``, ``wss``,
     ``sr_ratios``, ``qkv_bias``, ``qk_scale``, ``drop_path_rate``, ``norm_layer``; ALTGVT defaults
     otherwise). ``mask_ratio`` is the forward's argument; ``decoder_placement``, ``mask_mode`` and
-    ``peg_residual`` are jaxmim choices. Extra keyword arguments are swallowed.
+    ``peg_residual`` are jaxmim choices whose defaults are the official behaviour (``'official'``
+    decoder placement as :func:`build_greenmim_swin`; one mask per batch; the PEG without its
+    residual, ``green_twins_models.py:285-287``). Extra keyword arguments are swallowed.
 
     Raises:
       ValueError: ``embed_dim`` differing from ``embed_dims[-1]``, a decoder grid that is not the

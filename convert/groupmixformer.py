@@ -11,8 +11,10 @@ Two halves, one file:
   official ``nn.SyncBatchNorm`` is an ``nn.BatchNorm2d`` here: identical state_dict, identical in
   evaluation; in training it is SyncBatchNorm on one process (no process group needed).
 * **Conversion source** ``'groupmixformer'`` registered with :mod:`convert.official`:
-  ``GroupMixFormer(...)`` built as :class:`jaxmim.models.groupmixformer.GroupMixFormer`
-  (:func:`build_groupmixformer`), key table :func:`groupmixformer_entries`. BatchNorm
+  ``GroupMixFormer(...)`` built as :class:`OfficialGroupMixFormer`, a
+  :class:`jaxmim.models.groupmixformer.GroupMixFormer` whose call is the official forward at any
+  multiple of 32 (:func:`build_groupmixformer`; no ``img_size`` needed), key table
+  :func:`groupmixformer_entries`. BatchNorm
   ``running_mean`` / ``running_var`` <-> ``nnx.BatchStat`` ``mean`` / ``var``;
   ``num_batches_tracked`` is a :class:`convert.official.ConstantEntry` (0 on export, ignored on
   import).
@@ -22,8 +24,8 @@ attention scale ``(C // 8)^-0.5`` from the full stage width (:163-165); the CRPE
 against the aggregator split 2/2/2/2 (:174-175); ``Agg_0``'s LayerNorm eps 1e-5 (:45) against
 1e-6 in the blocks (:346).
 Differences of the twin from the official code: no ``import ipdb``; invalid configurations raise
-``ValueError`` at construction; ``return_interm_layers`` and the broken ``reset_classifier`` are
-not provided.
+``ValueError`` at construction; the broken ``reset_classifier`` is not provided; ``norm4`` is
+``BatchNorm2d(embedding_dims[-1])`` (officially ``embedding_dims[3]``, the same for 4 stages).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Optional, Sequence
 
+import jax
 import torch
 import torch.nn as nn
 from flax import nnx
@@ -38,13 +41,14 @@ from flax import nnx
 from convert import official as O
 from convert import _entries as E
 from convert._common import DropPath, Mlp, trunc_normal_
+from jaxmim.models.groupmixformer import GroupMixFormer as JaxGMF
 
 __all__ = [
     # PyTorch twin
     'SeparableConv2d', 'Agg0', 'Aggregator', 'ConvRelPosEnc', 'EfficientAtt', 'ConvPosEnc', 'ConvStem',
     'PatchEmbedLayer', 'GMABlock', 'GMAStage', 'GroupMixFormer',
     # conversion source
-    'build_groupmixformer', 'groupmixformer_entries', 'arch_from_state_dict',
+    'OfficialGroupMixFormer', 'build_groupmixformer', 'groupmixformer_entries', 'arch_from_state_dict',
 ]
 
 _CRPE_WINDOW = ((3, 2), (5, 3), (7, 3))
@@ -251,9 +255,11 @@ class GroupMixFormer(nn.Module):
     Init (``_init_weights``): Linear trunc_normal(.02) / 0, LayerNorm 1 / 0, convs and BN PyTorch
     defaults.
 
+    ``return_interm_layers=True`` (the dense-task form, ``:388-390, :428-429``): no ``norm4`` /
+    ``head``; ``forward(x)`` returns the list of the stage maps (B, d_i, H_i, W_i).
+
     Raises:
-      ValueError: ``num_stages != len(embedding_dims)``, widths not multiples of 10, or
-        ``return_interm_layers`` (not provided by the twin).
+      ValueError: ``num_stages != len(embedding_dims)`` or widths not multiples of 10.
     """
 
     def __init__(self, patch_size: int = 4, in_dim: int = 3, num_stages: int = 4, num_classes: int = 1000,
@@ -264,8 +270,7 @@ class GroupMixFormer(nn.Module):
                  return_interm_layers: bool = False, out_features=None, pretrained: bool = False):
         super().__init__()
         del patch_size, out_features, pretrained           # unused officially ("seem useless")
-        if return_interm_layers:
-            raise ValueError('return_interm_layers is not provided by the twin')
+        self.return_interm_layers = return_interm_layers
         if not len(embedding_dims) == len(serial_depths) == len(mlp_ratios) == num_stages:
             raise ValueError('embedding_dims, serial_depths and mlp_ratios must have num_stages entries')
         if any(d % 10 for d in embedding_dims):
@@ -280,8 +285,9 @@ class GroupMixFormer(nn.Module):
         self.groupmixformer_backbone = nn.ModuleList([
             GMAStage(embedding_dims[i], num_heads, mlp_ratios[i], qkv_bias, qk_scale, drop_rate, attn_drop_rate,
                      dpr[starts[i]:starts[i + 1]], norm_layer, serial_depths[i]) for i in range(num_stages)])
-        self.norm4 = nn.BatchNorm2d(embedding_dims[-1])
-        self.head = nn.Linear(embedding_dims[-1], num_classes)
+        if not return_interm_layers:
+            self.norm4 = nn.BatchNorm2d(embedding_dims[-1])
+            self.head = nn.Linear(embedding_dims[-1], num_classes)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -305,13 +311,65 @@ class GroupMixFormer(nn.Module):
             out.append(x)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        """NCHW images -> logits (B, num_classes), or the stage maps with ``return_interm_layers``."""
+        if self.return_interm_layers:
+            return self.forward_features(x)
         return self.head(self.norm4(self.forward_features(x)[-1]).mean(dim=(2, 3)))
 
 
 # ================================================================================================
 # Conversion source: jaxmim GroupMixFormer <-> official state_dict
 # ================================================================================================
+
+
+class OfficialGroupMixFormer(JaxGMF):
+    """The official ``GroupMixFormer`` as the source ``'groupmixformer'`` builds it: a
+    :class:`jaxmim.models.groupmixformer.GroupMixFormer` (same variables, so the same official
+    keys) whose call is the official ``forward`` (``models/groupmixformer.py:427-436``) at any
+    input size the official code takes, a multiple of the total stride ``4 * 2^(S-1)`` (32 for 4
+    stages) in each of height and width (square or not; the model has no size-bound table).
+
+    Args:
+      return_interm_layers: official argument; True builds no ``norm4`` / ``head`` and the call
+        returns the stage maps (the dense-task form, ``:388-390``, ``:428-429``).
+      **kwargs: :class:`jaxmim.models.groupmixformer.GroupMixFormer` arguments; its ``img_size``
+        is only the nominal size (the inherited ``forward_features`` still checks it).
+
+    Call: ``model(images, *, train=False, rng=None)`` with images ``(B, H, W, in_chans)`` float
+    NHWC -> logits ``(B, num_classes)`` (``norm4`` BatchNorm, spatial mean, ``head``), or with
+    ``return_interm_layers`` the list of the S stage maps ``(B, H/2^(i+2), W/2^(i+2), d_i)``
+    (official NCHW maps in jaxmim's channels-last layout). ``train=True`` uses and updates batch
+    statistics.
+
+    Raises:
+      ValueError: (call) images not 4-D, with another channel count, or a side that is not a
+        multiple of the total stride.
+    """
+
+    def __init__(self, *, return_interm_layers: bool = False, **kwargs: Any):
+        if return_interm_layers:
+            kwargs['num_classes'] = 0
+        super().__init__(**kwargs)
+        self.return_interm_layers = bool(return_interm_layers)
+        if self.return_interm_layers:
+            self.norm4 = None                  # the official model builds neither (:388-390)
+
+    @property
+    def stride(self) -> int:
+        """Total stride of the last stage map: ``4 * 2^(S-1)``."""
+        return 4 * 2 ** (self.num_stages - 1)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
+        s = self.stride
+        if x.ndim != 4 or x.shape[3] != self.in_chans or x.shape[1] % s or x.shape[2] % s or not x.shape[1]:
+            raise ValueError(f'images must be (B, H, W, {self.in_chans}) NHWC with H and W multiples of {s} '
+                             f'(the stem and {self.num_stages - 1} stride-2 embeddings), got shape {x.shape}')
+        maps = self.forward_stages(self.conv_stem(x, train=train), train=train, rng=rng, return_all=True)
+        if self.return_interm_layers:
+            return maps
+        y = self.norm4(maps[-1], use_running_average=not train).mean(axis=(1, 2))
+        return self.head(y)
 
 
 def build_groupmixformer(*, rngs: nnx.Rngs, patch_size: int = 4, in_dim: int = 3, num_stages: int = 4,
@@ -322,32 +380,42 @@ def build_groupmixformer(*, rngs: nnx.Rngs, patch_size: int = 4, in_dim: int = 3
                          drop_path_rate: float = 0.2, norm_layer: Any = None, return_interm_layers: bool = False,
                          out_features: Any = None, pretrained: bool = False, img_size: int = 224) -> nnx.Module:
     """Source ``'groupmixformer'``: ``GroupMixFormer(...)`` of ``AILab-CVC/GroupMixFormer@3d3f40977c6a
-    models/groupmixformer.py``, as :class:`jaxmim.models.groupmixformer.GroupMixFormer`.
+    models/groupmixformer.py``, as :class:`OfficialGroupMixFormer` (a
+    :class:`jaxmim.models.groupmixformer.GroupMixFormer` whose call is the official forward at any
+    input size that is a multiple of 32).
 
     Arguments and defaults are the official constructor's (``norm_layer=None`` stands for the
-    official default ``partial(nn.LayerNorm, eps=1e-6)``); ``img_size`` (jaxmim only, default 224)
-    is the input side the jaxmim model checks. E.g. the official ``miny`` yaml:
-    ``embedding_dims=[40, 80, 160, 160], serial_depths=[3, 3, 12, 4], mlp_ratios=[4, 4, 4, 4]``.
+    official default ``partial(nn.LayerNorm, eps=1e-6)``); ``return_interm_layers=True`` gives the
+    dense-task backbone (no ``norm4`` / ``head``; the call returns the stage maps). ``img_size``
+    is not an official argument and not needed: it only sets the jaxmim model's nominal size
+    (default 224, the official training and evaluation size; used by the inherited
+    ``forward_features`` and by jaxmim's shape reports), the call takes any multiple of 32.
+    E.g. the official ``miny`` yaml: ``embedding_dims=[40, 80, 160, 160], serial_depths=[3, 3, 12,
+    4], mlp_ratios=[4, 4, 4, 4]``.
 
     Raises:
-      ValueError: ``return_interm_layers``, ``num_classes < 1``, ``num_stages`` not matching the
-        lists, another norm layer, or sizes the model rejects.
+      ValueError: ``num_classes < 1``, ``num_stages`` not matching the lists, a classifier with
+        fewer than 4 stages or ``embedding_dims[3] != embedding_dims[-1]`` (the official ``norm4``
+        is ``SyncBatchNorm(embedding_dims[3])``, ``:389``), another norm layer, or sizes the model
+        rejects.
     """
-    from jaxmim.models.groupmixformer import GroupMixFormer as JaxGMF
     del patch_size, out_features, pretrained, attn_drop_rate     # unused by the official model
-    if return_interm_layers:
-        raise ValueError('return_interm_layers=True (dense-task features) has no jaxmim source; use '
-                         'GroupMixFormer.forward_stages(..., return_all=True)')
-    if int(num_classes) < 1:
+    if not return_interm_layers and int(num_classes) < 1:
         raise ValueError(f'num_classes must be >= 1 (the official head is always a Linear), got {num_classes}')
     if not len(embedding_dims) == len(serial_depths) == len(mlp_ratios) == int(num_stages):
         raise ValueError(f'num_stages={num_stages} but embedding_dims {list(embedding_dims)}, serial_depths '
                          f'{list(serial_depths)}, mlp_ratios {list(mlp_ratios)}')
-    return JaxGMF(img_size=int(img_size), in_chans=int(in_dim), num_classes=int(num_classes),
-                  embed_dims=tuple(int(d) for d in embedding_dims), depths=tuple(int(d) for d in serial_depths),
-                  num_heads=int(num_heads), mlp_ratios=tuple(float(r) for r in mlp_ratios), qkv_bias=bool(qkv_bias),
-                  qk_scale=qk_scale, drop_rate=float(drop_rate), drop_path_rate=float(drop_path_rate),
-                  norm_eps=E.layer_norm_eps(norm_layer, default=1e-6), rngs=rngs)
+    if not return_interm_layers and (len(embedding_dims) < 4 or embedding_dims[3] != embedding_dims[-1]):
+        raise ValueError(f'embedding_dims {list(embedding_dims)}: the official classifier normalises the last map '
+                         'with SyncBatchNorm(embedding_dims[3]), so it needs at least 4 stages and '
+                         'embedding_dims[3] == embedding_dims[-1] (or return_interm_layers=True)')
+    return OfficialGroupMixFormer(
+        return_interm_layers=bool(return_interm_layers), img_size=int(img_size), in_chans=int(in_dim),
+        num_classes=int(num_classes), embed_dims=tuple(int(d) for d in embedding_dims),
+        depths=tuple(int(d) for d in serial_depths), num_heads=int(num_heads),
+        mlp_ratios=tuple(float(r) for r in mlp_ratios), qkv_bias=bool(qkv_bias), qk_scale=qk_scale,
+        drop_rate=float(drop_rate), drop_path_rate=float(drop_path_rate),
+        norm_eps=E.layer_norm_eps(norm_layer, default=1e-6), rngs=rngs)
 
 
 def _sep_entries(key: str, path: tuple, sep: nnx.Module) -> list:
@@ -391,13 +459,19 @@ def groupmixformer_entries(model: nnx.Module) -> list:
     att.crpe.conv_list.{0,1,2}, norm2, mlp.fc1, mlp.fc2}``, ``norm4``, ``head``. Each BatchNorm is
     ``weight, bias, running_mean, running_var, num_batches_tracked``.
 
+    A model built with ``return_interm_layers=True`` (no ``norm4``, no head) has the official
+    dense-task keys: the same without ``norm4.*`` and ``head.*``.
+
     Raises:
-      TypeError: ``model`` is not a jaxmim GroupMixFormer classifier with a head.
+      TypeError: ``model`` is not a jaxmim GroupMixFormer classifier with a head (or the dense-task
+        form without ``norm4`` and head).
     """
-    from jaxmim.models.groupmixformer import GroupMixFormer as JaxGMF, GroupMixFormerForSimMIM
-    if not isinstance(model, JaxGMF) or isinstance(model, GroupMixFormerForSimMIM) or model.head is None:
-        raise TypeError(f'source groupmixformer expects a jaxmim GroupMixFormer classifier with a head, got '
-                        f'{type(model).__name__}')
+    from jaxmim.models.groupmixformer import GroupMixFormerForSimMIM
+    backbone = getattr(model, 'norm4', None) is None and getattr(model, 'head', None) is None
+    if (not isinstance(model, JaxGMF) or isinstance(model, GroupMixFormerForSimMIM)
+            or (model.head is None and not backbone)):
+        raise TypeError(f'source groupmixformer expects a jaxmim GroupMixFormer classifier with a head (or one '
+                        f'built with return_interm_layers=True), got {type(model).__name__}')
     stem = model.conv_stem
     out = E.conv_entries('conv_stem.proj1', ('conv_stem', 'proj1'), stem.proj1)
     out += _bn('conv_stem.norm1', ('conv_stem', 'norm1'), stem.norm1)
@@ -410,8 +484,9 @@ def groupmixformer_entries(model: nnx.Module) -> list:
         for j, blk in enumerate(stage.gma_stage):
             out += _block_entries(blk, f'groupmixformer_backbone.{i}.gma_stage.{j}.',
                                   ('groupmixformer_backbone', i, 'gma_stage', j))
-    out += _bn('norm4', ('norm4',), model.norm4)
-    out += E.linear_entries('head', ('head',), model.head)
+    if not backbone:
+        out += _bn('norm4', ('norm4',), model.norm4)
+        out += E.linear_entries('head', ('head',), model.head)
     return out
 
 

@@ -18,15 +18,20 @@ of ``open-mmlab/mmpretrain@ee7f2e8``):
   :class:`MMPHiViT`
       ``open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py`` ``HiViT`` backbone
       (``pos_embed``; both a model-level and per-attention index buffers when ``rpe``; returns
-      the main-stage feature map).
+      the tuple of the ``out_indices`` feature maps, the last main block's by default).
 
 * **Conversion sources** registered with :mod:`convert.official`:
 
   ``'hivit'``        supervised classifier -> :class:`jaxmim.models.hivit.HiViT`
   ``'hivit_ssl'``    self-supervised fine-tuning classifier -> :class:`jaxmim.models.hivit.HiViT`
   ``'hivit_mae'``    MAE pre-training model -> :class:`jaxmim.methods.mae.hivit.HiViTMaskedAutoencoder`
-  ``'mmpretrain_hivit'``  mmpretrain backbone -> :class:`jaxmim.models.hivit.HiViT` without
-  ``fc_norm`` / head (``pos_embed`` <-> ``absolute_pos_embed``)
+  ``'mmpretrain_hivit'``  mmpretrain backbone -> :class:`MMPretrainHiViT`, a
+  :class:`jaxmim.models.hivit.HiViT` without ``fc_norm`` / head (``pos_embed`` <->
+  ``absolute_pos_embed``) whose call returns mmpretrain's tuple of feature maps
+
+Every source builds, from the official constructor arguments alone, a model whose call is the
+official forward (same inputs, NHWC instead of NCHW; pre-training models return a dict instead
+of a tuple).
 
 ``relative_position_index`` buffers are :class:`convert.official.BufferEntry` (int64, exported,
 checked on import, recomputed). Block indices are the official flat ``blocks`` list (MLP blocks,
@@ -42,6 +47,7 @@ import functools
 import math
 from typing import Any, Optional, Sequence
 
+import jax
 import numpy as np
 import torch
 import torch.nn as nn
@@ -51,13 +57,15 @@ from convert import official as O
 from convert import _entries as E
 from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
 from convert.vit import get_2d_sincos_pos_embed
+from jaxmim.models.hivit import HiViT as JaxHiViT
 
 __all__ = [
     # PyTorch twins
     'make_relative_position_index', 'Attention', 'BlockWithRPE', 'PatchEmbed', 'PatchMerge', 'HiViT',
     'HiViTMaskedAutoencoder', 'MMPHiViT',
     # conversion sources
-    'build_hivit', 'build_hivit_ssl', 'build_hivit_mae', 'build_mmpretrain_hivit', 'hivit_entries',
+    'build_hivit', 'build_hivit_ssl', 'build_hivit_mae', 'build_mmpretrain_hivit', 'MMPretrainHiViT',
+    'mmp_out_indices', 'hivit_entries',
     'hivit_ssl_entries', 'hivit_mae_entries', 'mmpretrain_hivit_entries',
 ]
 
@@ -308,9 +316,14 @@ class MMPHiViT(HiViT):
     ``num_heads``; ``norm_cfg=dict(type='LN', eps=...)`` with mmcv's default eps 1e-5).
 
     State: ``pos_embed``, [``relative_position_index`` (rpe)], ``patch_embed.*``, ``blocks.*``
-    (with per-attention ``relative_position_index`` when rpe). ``forward(x)`` returns the
-    mmpretrain tuple ``(feature map (B, C, Hp, Wp),)`` of the last main block (default
-    ``out_indices``); the native input size only (no APE interpolation).
+    (with per-attention ``relative_position_index`` when rpe). ``forward(x)`` is mmpretrain's
+    (``mmpretrain/models/backbones/hivit.py`` ``HiViT.forward``): the tuple of the maps of the
+    blocks whose index (counted separately in the early and in the main loop) is in
+    ``out_indices``, whose last entry is overwritten with ``depths[-1] - 1`` (the default
+    ``[23]`` gives ``((B, C, Hp, Wp),)``, the last main block). As officially, an early-block
+    index or a main index before the last breaks the following blocks (the map replaces the
+    tokens). Native input size only (no APE interpolation). Unlike mmpretrain, the caller's
+    ``out_indices`` list is copied, not mutated.
 
     Raises:
         ValueError: unknown arch, ``layer_scale_init_value > 0``, ``kernel_size`` / ``pad_size``.
@@ -322,9 +335,11 @@ class MMPHiViT(HiViT):
     def __init__(self, arch: Any = 'base', img_size: IntOr2 = 224, patch_size: IntOr2 = 16, inner_patches: int = 4,
                  in_chans: int = 3, stem_mlp_ratio: float = 3.0, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, norm_cfg: Optional[dict] = None, ape: bool = True, rpe: bool = False,
-                 patch_norm: bool = True):
+                 drop_path_rate: float = 0.0, norm_cfg: Optional[dict] = None, out_indices: Any = None,
+                 ape: bool = True, rpe: bool = False, patch_norm: bool = True):
         embed_dim, depths, num_heads = _mmp_arch(arch)
+        self_out = list(out_indices) if out_indices is not None else [23]
+        self_out[-1] = depths[-1] - 1                     # mmpretrain hivit.py: out_indices[-1] = depths[-1] - 1
         eps = float((norm_cfg or {}).get('eps', 1e-5))
         super().__init__(img_size, patch_size, inner_patches, in_chans, 0, embed_dim, depths, num_heads,
                          stem_mlp_ratio, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate,
@@ -333,15 +348,34 @@ class MMPHiViT(HiViT):
             self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
             trunc_normal_(self.pos_embed, std=0.02)
             self.ape = True
+        self.out_indices = self_out
 
     def _pos_embed(self) -> torch.Tensor:
         return self.pos_embed
 
     def forward(self, x: torch.Tensor):
+        """(B, C, H, W) -> tuple of NCHW maps, mmpretrain's ``HiViT.forward`` loop as written."""
         B = x.shape[0]
-        hp, wp = self.patch_embed.patches_resolution
-        tokens = self.forward_features(x)
-        return (tokens.transpose(1, 2).reshape(B, -1, hp, wp).contiguous(),)
+        Hp, Wp = self.patch_embed.patches_resolution
+        x = self.patch_embed(x)
+        outs = []
+        for i, blk in enumerate(self.blocks[:-self.num_main_blocks]):
+            x = blk(x)
+            if i in self.out_indices:
+                x = x.reshape(B, Hp, Wp, *x.shape[-3:]).permute(0, 5, 1, 3, 2, 4).reshape(
+                    B, -1, Hp * x.shape[-3], Wp * x.shape[-2]).contiguous()
+                outs.append(x)
+        x = x[..., 0, 0, :]
+        if self.ape:
+            x = x + self.pos_embed
+        x = self.pos_drop(x)
+        rpe_index = True if self.rpe else None
+        for i, blk in enumerate(self.blocks[-self.num_main_blocks:]):
+            x = blk(x, rpe_index)
+            if i in self.out_indices:
+                x = x.transpose(1, 2).reshape(B, -1, Hp, Wp).contiguous()
+                outs.append(x)
+        return tuple(outs)
 
 
 def _mmp_arch(arch: Any) -> tuple[int, list[int], int]:
@@ -522,11 +556,10 @@ def build_hivit_ssl(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr
 
 def _build_cls(rngs, img_size, patch_size, inner_patches, in_chans, num_classes, embed_dim, depths, num_heads,
                stem_mlp_ratio, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, eps, ape,
-               rpe, patch_norm, rpe_init, fc_norm) -> nnx.Module:
-    from jaxmim.models.hivit import HiViT as JaxHiViT
+               rpe, patch_norm, rpe_init, fc_norm, cls=None, **extra) -> nnx.Module:
     if len(depths) > 3:
         raise ValueError('the 4-stage HiViT form is not supported')
-    return JaxHiViT(img_size=square(img_size, 'img_size', 'HiViT'),
+    return (cls or JaxHiViT)(**extra, img_size=square(img_size, 'img_size', 'HiViT'),
                     patch_size=square(patch_size, 'patch_size', 'HiViT'),
                     inner_patches=int(inner_patches), in_chans=int(in_chans), num_classes=int(num_classes),
                     embed_dim=int(embed_dim), depths=tuple(int(d) for d in depths), num_heads=int(num_heads),
@@ -569,6 +602,83 @@ def build_hivit_mae(*, rngs: nnx.Rngs, img_size: IntOr2 = 224, patch_size: IntOr
                   rngs=rngs)
 
 
+class MMPretrainHiViT(JaxHiViT):
+    """mmpretrain's ``HiViT`` backbone as the source ``'mmpretrain_hivit'`` builds it: a
+    :class:`jaxmim.models.hivit.HiViT` (``num_classes=0``, ``fc_norm=False``; same variables, so
+    the same official keys) whose call is mmpretrain's ``HiViT.forward``
+    (``open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py:572-600``): a tuple of
+    feature maps, one per index of ``out_indices`` met by a block; with mmpretrain's rule that the
+    last index is overwritten by ``depths[-1] - 1`` (``hivit.py:453``) the well-defined forward
+    returns the last main block's map only (no final norm: the backbone has none).
+
+    Args:
+      out_indices: mmpretrain's ``out_indices`` after the overwrite of its last entry
+        (:func:`mmp_out_indices`).
+      **kwargs: :class:`jaxmim.models.hivit.HiViT` arguments.
+
+    Call: ``model(images, *, train=False, rng=None)``: images ``(B, img_size, img_size, C_in)``
+    float NHWC -> ``((B, Hp, Wp, C),)``, mmpretrain's ``((B, C, Hp, Wp),)`` in the channels-last
+    layout of jaxmim (``.transpose(0, 3, 1, 2)`` gives mmpretrain's). The classifier pieces stay:
+    ``forward_features`` gives the tokens ``(B, Hp*Wp, C)`` (units row-major), their mean is
+    mmpretrain's ``GlobalAveragePooling`` neck; a jaxmim HiViT classifier without ``fc_norm``
+    (e.g. the registry's ``hivit_*_mmpretrain`` with ``num_classes=0``) loads the same keys.
+
+    Raises:
+      ValueError: (call) images of another size (mmpretrain would interpolate ``pos_embed``
+        bicubically; not provided), or a configuration whose official forward is ill-defined: an
+        index of ``out_indices`` (the overwritten last one included) that meets an early block,
+        or a main block before the last; mmpretrain then hands a ``(B, C, H, W)`` map to the next
+        block, which fails or computes garbage (e.g. ``depths[-1] - 1`` smaller than the number
+        of early blocks, ``2 * sum(depths[:-1]) + len(depths) - 1``).
+    """
+
+    def __init__(self, *, out_indices: Sequence[int], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.out_indices = tuple(int(i) for i in out_indices)
+
+    def ill_defined_out_indices(self) -> list[int]:
+        """Indices of :attr:`out_indices` that break mmpretrain's forward (see the class)."""
+        n_early = len(self.blocks) - self.num_main_blocks
+        return sorted({i for i in self.out_indices if 0 <= i < n_early or 0 <= i < self.num_main_blocks - 1})
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> tuple[jax.Array, ...]:
+        bad = self.ill_defined_out_indices()
+        if bad:
+            raise ValueError(f'out_indices {list(self.out_indices)}: indices {bad} meet an early block or a main '
+                             f'block before the last ({len(self.blocks) - self.num_main_blocks} early, '
+                             f'{self.num_main_blocks} main blocks); mmpretrain\'s forward is ill-defined there')
+        if x.ndim != 4 or x.shape[1:3] != (self.img_size, self.img_size):
+            raise ValueError(f'images must be (B, {self.img_size}, {self.img_size}, {self.in_chans}) NHWC, got shape '
+                             f'{x.shape}; other sizes (mmpretrain interpolates pos_embed) are not provided')
+        tokens = self.forward_features(x, train=train, rng=rng)
+        g = self.grid_size
+        return (tokens.reshape(tokens.shape[0], g, g, tokens.shape[-1]),)
+
+
+def mmp_out_indices(out_indices: Any, depths: Sequence[int]) -> tuple[int, ...]:
+    """mmpretrain's ``out_indices`` as its ``HiViT.__init__`` leaves them: the given list (default
+    ``[23]``) with the last entry overwritten by ``depths[-1] - 1`` (``hivit.py:452-453``).
+
+    Raises:
+      ValueError: an empty list, non-integer entries, or entries other than the last that make
+        the official forward ill-defined (they meet an early block or a main block before the
+        last; see :class:`MMPretrainHiViT`).
+    """
+    idx = [23] if out_indices is None else list(out_indices)
+    if not idx or not all(isinstance(i, (int, np.integer)) for i in idx):
+        raise ValueError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
+    idx = [int(i) for i in idx]
+    idx[-1] = int(depths[-1]) - 1
+    n_early = 2 * sum(int(d) for d in depths[:-1]) + len(depths) - 1
+    bad = [i for i in idx[:-1] if 0 <= i < n_early or 0 <= i < idx[-1]]
+    if bad:
+        raise ValueError(f'out_indices {list(out_indices)}: entries {bad} meet an early block (0..{n_early - 1}) or '
+                         f'a main block before the last (0..{idx[-1] - 1}); mmpretrain\'s forward then feeds a '
+                         'feature map to the next block. Only the last main block (the last entry, overwritten '
+                         f'with depths[-1] - 1 = {idx[-1]}) can be returned')
+    return tuple(idx)
+
+
 def build_mmpretrain_hivit(*, rngs: nnx.Rngs, arch: Any = 'base', img_size: IntOr2 = 224, patch_size: IntOr2 = 16,
                            inner_patches: int = 4, in_chans: int = 3, stem_mlp_ratio: float = 3.0,
                            mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: Optional[float] = None,
@@ -578,30 +688,31 @@ def build_mmpretrain_hivit(*, rngs: nnx.Rngs, arch: Any = 'base', img_size: IntO
                            kernel_size: Any = None, pad_size: Any = None, layer_scale_init_value: float = 0.0,
                            init_cfg: Any = None) -> nnx.Module:
     """Source ``'mmpretrain_hivit'``: ``mmpretrain.models.backbones.HiViT(...)`` (official defaults;
-    ``norm_cfg=None`` = ``dict(type='LN')``, eps 1e-5), as :class:`jaxmim.models.hivit.HiViT`
-    with ``num_classes=0, fc_norm=False``; its main-stage tokens ``forward_features`` (B, N, C)
-    are mmpretrain's output feature map (B, C, Hp, Wp) transposed. ``frozen_stages`` and
-    ``init_cfg`` do not change the state_dict and are ignored.
+    ``norm_cfg=None`` = ``dict(type='LN')``, eps 1e-5), as :class:`MMPretrainHiViT`: a
+    :class:`jaxmim.models.hivit.HiViT` with ``num_classes=0, fc_norm=False`` whose call returns
+    mmpretrain's tuple of feature maps (channels-last). ``out_indices`` as mmpretrain (its last
+    entry is overwritten with ``depths[-1] - 1``; other entries must not meet a block, see
+    :func:`mmp_out_indices`). ``frozen_stages`` and ``init_cfg`` do not change the state_dict or
+    the forward and are ignored.
 
     Raises:
-      ValueError: an unknown arch, a norm other than LN, ``out_indices`` other than the last main
-        block, ``layer_scale_init_value > 0``, ``kernel_size`` / ``pad_size``.
+      ValueError: an unknown arch, a norm other than LN, ``out_indices`` entries that break the
+        official forward, ``layer_scale_init_value > 0``, ``kernel_size`` / ``pad_size``.
     """
     del frozen_stages, init_cfg
     embed_dim, depths, num_heads = _mmp_arch(arch)
     cfg = dict(norm_cfg or {'type': 'LN'})
     if cfg.pop('type', 'LN') != 'LN' or set(cfg) - {'eps', 'requires_grad'}:
         raise ValueError(f'norm_cfg must be dict(type="LN"[, eps=...]), got {norm_cfg!r}')
-    if out_indices is not None and list(out_indices)[-1:] != [depths[-1] - 1] and list(out_indices) != [23]:
-        raise ValueError(f'out_indices {out_indices!r}: only the last main block is supported (mmpretrain '
-                         'overwrites the last index with depths[-1] - 1)')
+    indices = mmp_out_indices(out_indices, depths)
     if float(layer_scale_init_value) > 0:
         raise ValueError('layer_scale_init_value > 0 (gamma_1 / gamma_2) is not supported')
     if kernel_size is not None or pad_size is not None:
         raise ValueError('kernel_size / pad_size stems are not supported')
     return _build_cls(rngs, img_size, patch_size, inner_patches, in_chans, 0, embed_dim, depths, num_heads,
                       stem_mlp_ratio, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate,
-                      float(cfg.get('eps', 1e-5)), ape, rpe, patch_norm, 'trunc_normal', False)
+                      float(cfg.get('eps', 1e-5)), ape, rpe, patch_norm, 'trunc_normal', False,
+                      cls=MMPretrainHiViT, out_indices=indices)
 
 
 # -- key tables -----------------------------------------------------------------------------------
@@ -646,7 +757,6 @@ def _patch_embed_entries(model: nnx.Module) -> list[O.Entry]:
 
 def _check_type(model: nnx.Module, source: str, mae: bool) -> None:
     from jaxmim.methods.mae.hivit import HiViTMaskedAutoencoder as JaxMAE
-    from jaxmim.models.hivit import HiViT as JaxHiViT
     if mae != isinstance(model, JaxMAE) or not isinstance(model, JaxHiViT):
         want = 'HiViTMaskedAutoencoder' if mae else 'HiViT classifier'
         raise TypeError(f'source {source} expects a jaxmim {want}, got {type(model).__name__}')

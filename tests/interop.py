@@ -50,8 +50,10 @@ def timm(version='1.0.31'):
 
 
 def transformers(version='5.23.0'):
-    """The real ``transformers`` module (version checked); skips like :func:`timm`."""
+    """The real ``transformers`` module (version checked); skips like :func:`timm` (its model
+    modules import torchvision when it is installed, hence the same operator declarations)."""
     try:
+        _declare_torchvision_ops()
         mod = importlib.import_module('transformers')
     except Exception as err:
         pytest.skip(f'transformers=={version} is not importable ({type(err).__name__}: {err}); install it '

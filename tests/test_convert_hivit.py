@@ -183,10 +183,17 @@ def test_mae_parity_with_torch(name, ratio):
 
 
 def test_mmpretrain_backbone_feature_map_parity():
-    source, cfg, tm, jm = _cases['mmp']
+    """The built model's call is mmpretrain's forward: the tuple of maps (here the last main
+    block's; NHWC against the twin's NCHW). ``depths[-1] - 1`` must reach past the 6 early blocks,
+    else mmpretrain's loop breaks (the 'mmp' layout case [1, 1, 2] is such a configuration)."""
+    cfg = dict(CASES['mmp'][1], arch=dict(embed_dims=32, depths=[1, 1, 7], num_heads=2))
+    tm = perturb(torch_twin('mmpretrain_hivit', cfg))
+    jm = official.load_state_dict(official.build('mmpretrain_hivit', **cfg), 'mmpretrain_hivit', tm.state_dict())
     x = _images(seed=5)
     with torch.no_grad():
         (ref,) = tm(torch.from_numpy(x))                   # (B, C, Hp, Wp)
+    (out,) = _cls(jm, _nhwc(x))                            # (B, Hp, Wp, C)
+    assert_close(np.asarray(out).transpose(0, 3, 1, 2), ref.numpy())
     tokens = np.asarray(_feat(jm, _nhwc(x)))               # (B, N, C), units row-major
     assert_close(tokens.reshape(2, 4, 4, 32).transpose(0, 3, 1, 2), ref.numpy())
     eps = {n.epsilon for _, n in nnx.iter_graph(jm) if isinstance(n, nnx.LayerNorm)}
