@@ -124,11 +124,124 @@ def fail(err: BaseException) -> None:
     sys.exit(1)
 
 
-def define_source_flag() -> None:
-    """Defines the required ``--source`` flag (a registered :mod:`convert.official` source)."""
+FORMATS = ('official', 'timm', 'hf')
+"""``--format`` values: the seed repositories' layouts (a ``--source``), timm (``--timm_model``),
+transformers (``--hf_model``); the library ones are :data:`convert.official.LIBRARIES`."""
+
+LIBRARY_MODEL_FLAGS = {'timm': 'timm_model', 'hf': 'hf_model'}
+"""The flag naming the library model of each library format."""
+
+HF_WEIGHTS = 'model.safetensors'
+HF_CONFIG = 'config.json'
+"""File names of a transformers ``save_pretrained`` folder (``transformers.utils.SAFE_WEIGHTS_NAME``
+/ ``CONFIG_NAME``)."""
+
+
+def define_format_flags() -> None:
+    """Defines ``--format`` (official / timm / hf), ``--source`` (official), ``--timm_model``,
+    ``--hf_model`` and ``--timm_kwargs`` (JSON object of ``timm.create_model`` arguments)."""
     from absl import flags
-    flags.DEFINE_string('source', None, 'official source, e.g. mae_vit, mae_vit_cls, simmim_swin, '
-                        'simmim_swin_pretrain.', required=True)
+    flags.DEFINE_enum('format', 'official', list(FORMATS), 'layout: official (a seed repository, '
+                      'needs --source), timm (needs --timm_model) or hf (transformers, needs --hf_model).')
+    flags.DEFINE_string('source', None, 'official source (--format=official), e.g. mae_vit, mae_vit_cls, '
+                        'simmim_swin, simmim_swin_pretrain.')
+    flags.DEFINE_string('timm_model', None, 'timm model name (--format=timm), e.g. swin_tiny_patch4_window7_224.')
+    flags.DEFINE_string('hf_model', None, 'transformers class name (--format=hf), e.g. SwinForImageClassification.')
+    flags.DEFINE_string('timm_kwargs', None, 'JSON object of further timm.create_model arguments the file is '
+                        'made for (--format=timm), e.g. \'{"embed_dim": 64, "depths": [2, 2, 2]}\'.')
+
+
+def resolve_format(f: Any) -> dict[str, Any]:
+    """The layout chosen by the parsed flags ``f`` (see :func:`define_format_flags`):
+    ``{'format', 'source', 'library_model', 'library_kwargs'}`` (``source`` None for a library
+    format, ``library_model`` / ``library_kwargs`` None for official).
+
+    Raises:
+      ValueError: a flag missing for the format or given for another format, or ``--timm_kwargs``
+        that is not a JSON object (one line each).
+    """
+    import json
+    fmt = f.format
+    if fmt not in FORMATS:
+        raise ValueError(f'--format: unknown {fmt!r}; accepted: {list(FORMATS)}')
+    given = {name for name in ('source', *LIBRARY_MODEL_FLAGS.values(), 'timm_kwargs') if f[name].value is not None}
+    wanted = {'source'} if fmt == 'official' else {LIBRARY_MODEL_FLAGS[fmt]}
+    allowed = wanted | ({'timm_kwargs'} if fmt == 'timm' else set())
+    for name in sorted(wanted - given):
+        raise ValueError(f'--format={fmt} needs --{name}')
+    for name in sorted(given - allowed):
+        raise ValueError(f'--{name} does not apply to --format={fmt}')
+    kwargs = None
+    if f.timm_kwargs is not None:
+        try:
+            kwargs = json.loads(f.timm_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f'--timm_kwargs must be a JSON object: {err}') from err
+        if not isinstance(kwargs, dict):
+            raise ValueError(f'--timm_kwargs must be a JSON object, got {f.timm_kwargs!r}')
+    return {'format': fmt, 'source': f.source if fmt == 'official' else None,
+            'library_model': None if fmt == 'official' else f[LIBRARY_MODEL_FLAGS[fmt]].value,
+            'library_kwargs': kwargs}
+
+
+def is_checkpoint_file(path: str) -> bool:
+    """Whether ``path`` names a checkpoint file by its suffix (:data:`PTH_SUFFIXES`, ``.safetensors``);
+    anything else is a folder (a transformers ``save_pretrained`` directory)."""
+    return os.path.splitext(path)[1].lower() in PTH_SUFFIXES + (SAFETENSORS_SUFFIX,)
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (``{}`` for other files or none)."""
+    if file_format(path) != 'safetensors':
+        return {}
+    from safetensors import safe_open
+    with safe_open(path, 'np') as fh:
+        return dict(fh.metadata() or {})
+
+
+def read_pretrained_folder(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads a transformers ``save_pretrained`` folder: ``(state_dict, config.json dict)``.
+
+    Weights from ``model.safetensors``, or the shards listed in ``model.safetensors.index.json``
+    (``weight_map``), read with ``safetensors.torch.load_file``.
+
+    Raises:
+      FileNotFoundError: no such folder, or no ``config.json`` / weights in it.
+    """
+    import json
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'{path!r} is neither a checkpoint file ({list(PTH_SUFFIXES) + [SAFETENSORS_SUFFIX]}) '
+                                'nor a save_pretrained folder')
+    cfg_path = os.path.join(path, HF_CONFIG)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f'{path}: no {HF_CONFIG} (a save_pretrained folder holds {HF_CONFIG} + {HF_WEIGHTS})')
+    with open(cfg_path) as fh:
+        config = json.load(fh)
+    from safetensors.torch import load_file
+    single, index = os.path.join(path, HF_WEIGHTS), os.path.join(path, HF_WEIGHTS + '.index.json')
+    if os.path.isfile(single):
+        return dict(load_file(single, device='cpu')), config
+    if os.path.isfile(index):
+        with open(index) as fh:
+            shards = sorted(set(json.load(fh)['weight_map'].values()))
+        sd: dict[str, Any] = {}
+        for shard in shards:
+            sd.update(load_file(os.path.join(path, shard), device='cpu'))
+        return sd, config
+    raise FileNotFoundError(f'{path}: no {HF_WEIGHTS} (nor its .index.json shards)')
+
+
+def write_pretrained_folder(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any], path: str,
+                            metadata: Mapping[str, str] | None = None) -> None:
+    """Writes a transformers ``save_pretrained``-style folder: ``model.safetensors`` (with
+    ``metadata``, ``format='pt'``) and ``config.json`` (indented, keys sorted), which
+    ``from_pretrained(path)`` reads."""
+    import json
+    os.makedirs(path, exist_ok=True)
+    write_checkpoint(state_dict, os.path.join(path, HF_WEIGHTS), metadata)
+    with open(os.path.join(path, HF_CONFIG), 'w') as fh:
+        json.dump(dict(config), fh, indent=2, sort_keys=True)
+        fh.write('\n')
 
 
 def run_main(argv: list[str], body: Callable[[Any], None]) -> None:

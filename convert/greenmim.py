@@ -398,7 +398,10 @@ O.register_source(O.Source(
     build_fn=build_greenmim_swin,
     entries_fn=greenmim_swin_entries,
     method='greenmim',
-    twin_fn=greenmim_swin_twin))
+    twin_fn=greenmim_swin_twin,
+    # an imported released checkpoint runs the decoder as trained (the training models default to
+    # the corrected 'raster' placement; --model_overrides='{"decoder_placement": "raster"}' for it)
+    import_model_overrides={'decoder_placement': 'official'}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -708,4 +711,7 @@ O.register_source(O.Source(
     build_fn=build_greenmim_twins,
     entries_fn=greenmim_twins_entries,
     method='greenmim',
-    twin_fn=greenmim_twins_twin))
+    twin_fn=greenmim_twins_twin,
+    # an imported released checkpoint runs the decoder as trained (the training models default to
+    # the corrected 'raster' placement; --model_overrides='{"decoder_placement": "raster"}' for it)
+    import_model_overrides={'decoder_placement': 'official'}))

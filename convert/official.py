@@ -24,9 +24,14 @@ model from the official constructor arguments and how to list, for a built model
 :class:`ConstantEntry`
     official-only bookkeeping with no jaxmim counterpart (BatchNorm ``num_batches_tracked``):
     written on export with a fixed value, ignored on import (present or absent, any value).
+:class:`OmittedEntry`
+    a model variable the layout deliberately does not hold (the decoder and mask token of a
+    pre-training model exported as its encoder, e.g. an MAE run as a timm ViT): neither
+    exported nor loaded (it keeps its value); :meth:`Source.omitted` lists them.
 
-Every variable of the model must be covered by exactly one :class:`VariableEntry`; a source
-whose layout misses one is a converter bug (:meth:`Source.entries` raises).
+Every variable of the model must be covered by exactly one :class:`VariableEntry` or
+:class:`OmittedEntry`; a source whose layout misses one is a converter bug
+(:meth:`Source.entries` raises).
 
 The model families live in the other modules of the :mod:`convert` package (one file per family,
 e.g. ``convert/swin.py``, ``convert/vit.py``), each registering its sources with
@@ -44,16 +49,37 @@ Tensor layout rules (PyTorch's ``nn.Linear`` / ``nn.Conv2d`` weight layouts agai
 ``mean``/``var``; every other tensor is copied as is. Transposes are exact, so conversion is
 bit-preserving.
 
+Library sources. Besides the seed repositories' own layouts (``Source.library == 'official'``),
+a source may describe a model in the layout of a model *library*: ``'timm'`` (``timm.create_model``
+state dicts) or ``'hf'`` (Hugging Face ``transformers`` ``save_pretrained`` folders). Such a source
+lists the library's model names it stands for (``Source.library_models``: timm model names such as
+``swin_tiny_patch4_window7_224``, transformers class names such as ``SwinForImageClassification``)
+and how to go between them and jaxmim: ``library_kwargs_fn`` (a library model name -> the
+``build_fn`` arguments of exactly that architecture, used to check that a run matches the named
+model before exporting, see :func:`architecture_mismatches`), ``library_create_kwargs_fn`` (the
+``build_fn`` arguments the library lets its user choose at creation, e.g. timm's ``img_size`` /
+``num_classes``, read from a model), ``library_config_fn`` (a model -> the library's configuration
+file, e.g. transformers' ``config.json``), ``library_import_fn`` (a library model name and its
+configuration -> the jaxmim registry model, model overrides and method overrides of a run) and
+``library_usage_fn`` (one line telling the user how to load the exported file in the library).
+:func:`library_source` finds the source of a library model name (given a model, the one whose
+layout describes it); :func:`library_models` lists the names a library accepts;
+:func:`architecture_mismatches` / :func:`check_architecture` compare a model with a named library
+architecture key by key; :func:`register_library_note` adds to the unknown-name error what a
+library has no layout for. A library layout may describe a pre-training model by its encoder:
+the decoder's variables are :class:`OmittedEntry` rows (not exported, kept on import). The family modules (e.g. ``convert/timm_layouts.py``,
+``convert/hf_layouts.py``) register them like any other source; ``convert.export`` /
+``convert.import`` select them with ``--format=timm --timm_model=NAME`` / ``--format=hf
+--hf_model=CLASS``.
+
 This module does not import PyTorch; it accepts ``torch.Tensor`` values when PyTorch is loaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pkgutil
-import sys
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -61,160 +87,17 @@ import numpy as np
 from flax import nnx
 
 __all__ = [
-    'Layout', 'COPY', 'LINEAR', 'CONV2D', 'VariableEntry', 'BufferEntry', 'ConstantEntry', 'Entry',
+    'Layout', 'COPY', 'LINEAR', 'CONV2D', 'VariableEntry', 'BufferEntry', 'ConstantEntry', 'OmittedEntry', 'Entry',
     'Source', 'SOURCES', 'CORE_MODULES', 'register_source', 'get_source', 'list_sources', 'build',
     'state_dict', 'load_state_dict', 'unwrap_state_dict', 'describe', 'sources_for', 'torch_twin',
+    'LIBRARIES', 'LIBRARY_NOTES', 'register_library_note', 'library_source', 'library_models', 'official_shapes', 'library_create_kwargs',
+    'architecture_mismatches', 'check_architecture',
 ]
 
 
-# ------------------------------------------------------------------------------------------------
-# Layouts and entries
-# ------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How one tensor is laid out in PyTorch relative to Flax: an axis permutation.
-
-    ``perm`` maps the Flax array to the official (PyTorch) one: ``official = flax.transpose(perm)``;
-    ``None`` means identical layouts. Transposes are exact, so conversion is bit-preserving.
-    """
-
-    name: str
-    perm: tuple[int, ...] | None = None
-
-    def to_official(self, x: np.ndarray) -> np.ndarray:
-        """Flax-layout array -> official-layout array (C-contiguous copy)."""
-        self._check_ndim(x.shape)
-        return np.ascontiguousarray(x if self.perm is None else x.transpose(self.perm))
-
-    def from_official(self, x: np.ndarray) -> np.ndarray:
-        """Official-layout array -> Flax-layout array (C-contiguous)."""
-        self._check_ndim(x.shape)
-        return np.ascontiguousarray(x if self.perm is None else x.transpose(np.argsort(self.perm)))
-
-    def official_shape(self, flax_shape: Sequence[int]) -> tuple[int, ...]:
-        """The official shape of a tensor whose Flax shape is ``flax_shape``."""
-        self._check_ndim(flax_shape)
-        flax_shape = tuple(int(d) for d in flax_shape)
-        return flax_shape if self.perm is None else tuple(flax_shape[i] for i in self.perm)
-
-    def _check_ndim(self, shape: Sequence[int]) -> None:
-        if self.perm is not None and len(shape) != len(self.perm):
-            raise ValueError(f'layout {self.name!r} needs {len(self.perm)}-D tensors, got shape {tuple(shape)}')
-
-
-COPY = Layout('copy')
-"""Same layout in both frameworks (norm weight/bias, biases, running stats, tokens, position tables)."""
-LINEAR = Layout('linear', (1, 0))
-"""``nn.Linear.weight`` (out, in) <-> Dense ``kernel`` (in, out)."""
-CONV2D = Layout('conv2d', (3, 2, 0, 1))
-"""``nn.Conv2d.weight`` (O, I/groups, kh, kw) <-> Conv ``kernel`` (kh, kw, I/groups, O)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class VariableEntry:
-    """An official tensor held by a jaxmim variable: official key ``key`` <-> the ``nnx.Variable``
-    (``nnx.Param``, ``nnx.BatchStat``, :class:`jaxmim.layers.Buffer`, ...) at state path ``path``
-    of ``nnx.state(model)`` (e.g. ``('blocks', 1, 'attn', 'qkv', 'kernel')``), converted with
-    ``layout``. Exported in the variable's dtype; loaded with a strict shape check and a cast to
-    the variable's dtype."""
-
-    key: str
-    path: tuple[Any, ...]
-    layout: Layout = COPY
-
-
-@dataclasses.dataclass(frozen=True)
-class BufferEntry:
-    """A buffer the official code stores in its state_dict but jaxmim derives from the configuration.
-
-    ``value`` is the exact tensor the official code would hold (its dtype included, e.g. int64
-    ``relative_position_index``, float32 ``attn_mask``); ``derived_from`` says what it is computed
-    from, for error messages. Exported as is; on import the checkpoint's tensor must equal it;
-    never loaded.
-    """
-
-    key: str
-    value: np.ndarray
-    derived_from: str = ''
-
-
-@dataclasses.dataclass(frozen=True)
-class ConstantEntry:
-    """Official-only bookkeeping with no jaxmim counterpart, e.g. BatchNorm ``num_batches_tracked``
-    (int64 scalar). Exported as ``value``; ignored on import (it may be absent or hold anything)."""
-
-    key: str
-    value: np.ndarray
-    note: str = ''
-
-
-Entry = Union[VariableEntry, BufferEntry, ConstantEntry]
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One official model definition.
-
-    Attributes:
-      name: registry name, e.g. ``'simmim_swin'``.
-      reference: the official file and class this source follows (for documentation).
-      build_fn: ``build_fn(rngs=nnx.Rngs, **official_kwargs) -> nnx.Module``; takes the official
-        constructor's arguments as Python objects and raises ``ValueError``/``TypeError`` for
-        configurations jaxmim cannot represent.
-      entries_fn: ``entries_fn(model) -> list[Entry]``: the official state_dict entries of a model
-        built by ``build_fn`` (or an equivalent registry model), in the official order; raises
-        ``TypeError`` for another model type.
-      method: the jaxmim MIM method (``jaxmim.methods``) whose pre-training model this source
-        describes, or ``None`` for a classifier; tells the import CLI which kind of run to write.
-      twin_fn: optional ``twin_fn(model) -> torch.nn.Module``: the family's pure-PyTorch twin
-        with the same configuration as the jaxmim ``model`` (weights arbitrary; :func:`torch_twin`
-        loads them). The twin follows the jaxmim call convention: a classifier maps NCHW images
-        to logits; a pre-training model is called ``twin(images, **inputs)`` with the jaxmim
-        model's masking inputs (``input_keys``) as tensors and returns the loss or a dict with
-        ``'loss'``. Used by ``jaxmim.benchmark --compare_torch``.
-    """
-
-    name: str
-    reference: str
-    build_fn: Callable[..., nnx.Module]
-    entries_fn: Callable[[nnx.Module], list[Entry]]
-    method: str | None = None
-    twin_fn: Callable[[nnx.Module], Any] | None = None
-
-    def build(self, *, rngs: nnx.Rngs | None = None, **kwargs: Any) -> nnx.Module:
-        """Builds the jaxmim model (see :func:`build`)."""
-        return self.build_fn(rngs=rngs if rngs is not None else nnx.Rngs(0), **kwargs)
-
-    def entries(self, model: nnx.Module) -> list[Entry]:
-        """Official state_dict entries of ``model`` in official order, checked to cover every
-        variable of the model (all collections: Param, BatchStat, Buffer, ...) exactly once.
-
-        Raises:
-          TypeError: ``model`` is not a model of this source.
-          RuntimeError: the layout misses or duplicates a model variable, maps a path the model
-            lacks, or repeats an official key (a converter bug).
-        """
-        entries = self.entries_fn(model)
-        keys = [e.key for e in entries]
-        if len(set(keys)) != len(keys):
-            dup = sorted({k for k in keys if keys.count(k) > 1})
-            raise RuntimeError(f'source {self.name!r}: duplicate official keys in the layout: {dup}')
-        variables = _flat_variables(model)
-        covered = [e.path for e in entries if isinstance(e, VariableEntry)]
-        missing = sorted(f'{_path_str(p)} ({type(variables[p]).__name__})' for p in set(variables) - set(covered))
-        extra = sorted(_path_str(p) for p in set(covered) - set(variables))
-        twice = sorted({_path_str(p) for p in covered if covered.count(p) > 1})
-        if missing or extra or twice:
-            raise RuntimeError(f'source {self.name!r}: layout does not match the model: unmapped model '
-                               f'variables {missing}, mapped paths not in the model {extra}, paths '
-                               f'mapped twice {twice}')
-        return entries
-
-    def key_map(self, model: nnx.Module) -> dict[str, tuple[Any, ...] | None]:
-        """``{official key: NNX state path}`` in official order; derived buffers and constants map
-        to ``None``."""
-        return {e.key: (e.path if isinstance(e, VariableEntry) else None) for e in self.entries(model)}
+from convert._layout import (  # noqa: F401  (re-exported: the layouts, entry kinds and Source record)
+    CONV2D, COPY, LIBRARIES, LINEAR, BufferEntry, ConstantEntry, Entry, Layout, OmittedEntry, Source, VariableEntry,
+    _flat_variables, _get_path, _path_str, _set_path, _to_numpy)
 
 
 SOURCES: dict[str, Source] = {}
@@ -280,6 +163,157 @@ def list_sources() -> list[str]:
     return sorted(SOURCES)
 
 
+LIBRARY_NOTES: dict[str, list[str]] = {}
+"""``{library: [note, ...]}``: what a library has no layout for, added by the family modules with
+:func:`register_library_note` and shown when a library model name is unknown."""
+
+
+def register_library_note(library: str, note: str) -> None:
+    """Adds ``note`` (e.g. which jaxmim models have no equivalent in the library) to the message of
+    an unknown ``library`` model name (:func:`library_source`).
+
+    Raises:
+      ValueError: ``library`` not in :data:`LIBRARIES`.
+    """
+    if library not in LIBRARIES:
+        raise ValueError(f'unknown library {library!r}; accepted: {list(LIBRARIES)}')
+    if note not in LIBRARY_NOTES.setdefault(library, []):
+        LIBRARY_NOTES[library].append(note)
+
+
+def library_models(library: str) -> list[str]:
+    """Sorted model names accepted for ``library`` (``'timm'``: timm model names, ``'hf'``:
+    transformers class names): the union of the ``library_models`` of its sources.
+
+    Raises:
+      ValueError: ``library`` not in :data:`LIBRARIES`.
+    """
+    if library not in LIBRARIES:
+        raise ValueError(f'unknown library {library!r}; accepted: {list(LIBRARIES)}')
+    _discover_families()
+    return sorted({m for src in SOURCES.values() if src.library == library for m in src.library_models})
+
+
+def library_source(library: str, name: str, model: nnx.Module | None = None) -> Source:
+    """The source of ``library`` whose ``library_models`` holds ``name`` and, given ``model``,
+    whose entries describe ``model`` (several sources may share a name, e.g. a timm ViT name
+    for both a classifier run and an MAE pre-training run, whose encoder it exports).
+
+    Args:
+      library: ``'timm'`` or ``'hf'`` (or ``'official'``, whose sources list no names).
+      name: a timm model name (``swin_tiny_patch4_window7_224``) or a transformers class name
+        (``SwinForImageClassification``).
+      model: optional jaxmim model the source must accept (``Source.entries`` does not raise
+        ``TypeError``).
+
+    Returns:
+      The first matching source in registration order.
+
+    Raises:
+      ValueError: unknown ``library``.
+      KeyError: no source of ``library`` lists ``name`` (the message lists the accepted names).
+      TypeError: sources list ``name`` but none describes ``model`` (the message names them and
+        the model type).
+    """
+    accepted = library_models(library)
+    candidates = [src for src in SOURCES.values() if src.library == library and name in src.library_models]
+    if not candidates:
+        flag = {'timm': '--timm_model', 'hf': '--hf_model'}.get(library, 'library model')
+        notes = ''.join(f'; {note}' for note in LIBRARY_NOTES.get(library, []))
+        raise KeyError(f'{flag}: unknown {library} model {name!r}; accepted: {accepted}{notes}')
+    if model is None:
+        return candidates[0]
+    reasons = []
+    for src in candidates:
+        try:
+            src.entries(model)
+        except TypeError as err:
+            reasons.append(f'{src.name}: {err}')
+            continue
+        return src
+    raise TypeError(f'{library} model {name!r} cannot hold a {type(model).__name__}: ' + '; '.join(reasons))
+
+
+def official_shapes(model: nnx.Module, source: str | Source) -> dict[str, tuple[int, ...]]:
+    """``{official key: official shape}`` of ``model`` in ``source``'s layout, official order.
+    Works on abstract models (``nnx.eval_shape``): only shapes are read.
+
+    Raises:
+      KeyError: unknown source. TypeError: ``model`` is not a model of ``source``.
+    """
+    return {row[0]: tuple(row[2]) for row in describe(model, source)}
+
+
+def library_create_kwargs(model: nnx.Module, source: str | Source, library_model: str,
+                          library_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments to create ``library_model`` in its library so that it holds
+    ``model``: ``source.library_create_kwargs_fn(model, library_model)`` (the settings the library
+    lets its user choose, read from the model, e.g. timm's ``img_size`` / ``num_classes``)
+    updated with ``library_kwargs`` (the user's further arguments, e.g. ``--timm_kwargs``).
+
+    Raises:
+      KeyError: unknown source. ValueError: a model setting the library cannot express (raised by
+      the source's function, e.g. another LayerNorm eps).
+    """
+    src = get_source(source)
+    out = dict(src.library_create_kwargs_fn(model, library_model)) if src.library_create_kwargs_fn else {}
+    out.update(dict(library_kwargs or {}))
+    return out
+
+
+def architecture_mismatches(model: nnx.Module, source: str | Source, library_model: str,
+                            library_kwargs: Mapping[str, Any] | None = None) -> list[str]:
+    """How ``model`` differs from the library architecture ``library_model`` of ``source``: one
+    string per official key that is missing (``'<key>: missing from the run'``), extra
+    (``'<key>: not in <name>'``) or of another shape (``'<key>: run (a, b) vs <name> (c, d)'``).
+    Empty when they match.
+
+    The reference is ``source.build(**source.library_kwargs_fn(library_model, **create))`` with
+    ``create = library_create_kwargs(model, source, library_model, library_kwargs)``, traced with
+    ``nnx.eval_shape`` (no memory for the weights): the named architecture with the settings the
+    library lets its user choose at creation taken from ``model`` and the user's ``library_kwargs``
+    on top. Sources without ``library_kwargs_fn`` (architecture from the run or a configuration
+    file) always match.
+
+    Raises:
+      KeyError: unknown source or library model. TypeError: ``model`` is not a model of
+      ``source``, or ``library_kwargs`` the library's constructor does not take. ValueError:
+      ``library_kwargs`` values jaxmim cannot represent.
+    """
+    src = get_source(source)
+    if src.library_kwargs_fn is None:
+        return []
+    if library_model not in src.library_models:
+        raise KeyError(f'source {src.name!r} does not describe {src.library} model {library_model!r}; '
+                       f'accepted: {list(src.library_models)}')
+    create = library_create_kwargs(model, src, library_model, library_kwargs)
+    kwargs = dict(src.library_kwargs_fn(library_model, **create))
+    reference = nnx.eval_shape(lambda: src.build(**kwargs))
+    want = official_shapes(reference, src)
+    have = official_shapes(model, src)
+    out = [f'{k}: missing from the run' for k in want if k not in have]
+    out += [f'{k}: not in {library_model}' for k in have if k not in want]
+    out += [f'{k}: run {have[k]} vs {library_model} {want[k]}' for k in want if k in have and have[k] != want[k]]
+    return out
+
+
+def check_architecture(model: nnx.Module, source: str | Source, library_model: str,
+                       library_kwargs: Mapping[str, Any] | None = None) -> None:
+    """Raises if ``model`` is not the library architecture ``library_model`` (with
+    ``library_kwargs``; see :func:`architecture_mismatches`).
+
+    Raises:
+      ValueError: one message listing every mismatched key and shape.
+    """
+    src = get_source(source)
+    bad = architecture_mismatches(model, src, library_model, library_kwargs)
+    if bad:
+        extra = f' with {dict(library_kwargs)}' if library_kwargs else ''
+        raise ValueError(f'the run\'s {type(model).__name__} is not {src.library} {library_model!r}{extra} '
+                         f'({len(bad)} mismatched keys; name the other creation arguments the file is for, e.g. '
+                         f'--timm_kwargs): ' + '; '.join(bad))
+
+
 # ------------------------------------------------------------------------------------------------
 # Generic API
 # ------------------------------------------------------------------------------------------------
@@ -324,7 +358,7 @@ def state_dict(model: nnx.Module, source: str | Source) -> dict[str, np.ndarray]
     for e in entries:
         if isinstance(e, VariableEntry):
             value = np.asarray(jax.device_get(_get_path(pure, e.path)))
-            out[e.key] = np.array(e.layout.to_official(value), copy=True)
+            out[e.key] = np.array(e.to_official(value), copy=True)
         else:
             out[e.key] = np.array(e.value, copy=True)
     return out
@@ -375,6 +409,7 @@ def load_state_dict(model: nnx.Module, source: str | Source, state_dict: Mapping
     misshaped: list[str] = []
     invalid: list[str] = []
     updates: list[tuple[tuple[Any, ...], jax.Array]] = []
+    chunks: dict[tuple[Any, ...], dict[int, np.ndarray]] = {}
     for e in entries:
         if isinstance(e, ConstantEntry):
             continue
@@ -395,7 +430,7 @@ def load_state_dict(model: nnx.Module, source: str | Source, state_dict: Mapping
                                f'({e.derived_from}); the checkpoint was made with another configuration')
             continue
         current = _get_path(pure, e.path)
-        want = e.layout.official_shape(current.shape)
+        want = e.official_shape(current.shape)
         if value.shape != want:
             misshaped.append(f'{e.key}: checkpoint {value.shape} vs expected {want}')
             continue
@@ -406,7 +441,13 @@ def load_state_dict(model: nnx.Module, source: str | Source, state_dict: Mapping
         if not floating and not jnp.issubdtype(value.dtype, jnp.integer):
             invalid.append(f'{e.key}: {current.dtype} variable {_path_str(e.path)} given dtype {value.dtype}')
             continue
-        updates.append((e.path, jnp.asarray(e.layout.from_official(value).astype(current.dtype))))
+        chunk = e.layout.from_official(value).astype(current.dtype)
+        if e.part is None:
+            updates.append((e.path, jnp.asarray(chunk)))
+        else:   # one chunk of a split variable (VariableEntry.part): concatenated once all are read
+            chunks.setdefault(e.path, {})[e.part[0]] = chunk
+    for path, got in chunks.items():
+        updates.append((path, jnp.asarray(np.concatenate([got[i] for i in sorted(got)], axis=-1))))
 
     if missing or unexpected or misshaped or invalid:
         lines = [f'official.load_state_dict(source={src.name!r}): the state_dict does not match the model '
@@ -425,13 +466,15 @@ def load_state_dict(model: nnx.Module, source: str | Source, state_dict: Mapping
     return model
 
 
-def sources_for(model: nnx.Module, *, with_twin: bool = False) -> list[str]:
+def sources_for(model: nnx.Module, *, with_twin: bool = False, library: str | None = 'official') -> list[str]:
     """Names of the sources whose layout describes ``model`` (their ``entries_fn`` accepts it),
-    in registration order; with ``with_twin`` only those that can build a PyTorch twin."""
+    sorted; with ``with_twin`` only those that can build a PyTorch twin; ``library`` keeps the
+    sources of that layout owner (``'official'``: the seed repositories, the default, so a model
+    has one source; ``'timm'``, ``'hf'``; ``None``: all)."""
     out = []
     for name in list_sources():
         src = SOURCES[name]
-        if with_twin and src.twin_fn is None:
+        if (with_twin and src.twin_fn is None) or (library is not None and src.library != library):
             continue
         try:
             src.entries(model)
@@ -513,49 +556,12 @@ def describe(model: nnx.Module, source: str | Source) -> list[tuple[str, str, tu
         if isinstance(e, VariableEntry):
             var = variables[e.path]
             value = var.get_value() if hasattr(var, 'get_value') else var.value
-            shape = e.layout.official_shape(value.shape)
-            side = f'{_path_str(e.path)} [{type(var).__name__}{", " + e.layout.name if e.layout.perm else ""}]'
+            shape = e.official_shape(value.shape)
+            how = ([e.layout.name] if e.layout.perm else []) + ([f'part {e.part[0]} of {e.part[1]}'] if e.part else [])
+            side = f'{_path_str(e.path)} [{", ".join([type(var).__name__] + how)}]'
             rows.append((e.key, side, shape, str(value.dtype)))
         elif isinstance(e, BufferEntry):
             rows.append((e.key, f'(derived: {e.derived_from})', tuple(e.value.shape), str(e.value.dtype)))
         else:
             rows.append((e.key, f'(constant: {e.note})', tuple(e.value.shape), str(e.value.dtype)))
     return rows
-
-
-# ------------------------------------------------------------------------------------------------
-# Helpers
-# ------------------------------------------------------------------------------------------------
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """torch.Tensor (any device/dtype) or array-like -> np.ndarray, without importing torch."""
-    torch = sys.modules.get('torch')
-    if torch is not None and isinstance(value, torch.Tensor):
-        t = value.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        return t.numpy()
-    arr = np.asarray(value)
-    if arr.dtype == object:
-        raise TypeError(f'unsupported value of type {type(value).__name__}')
-    return arr
-
-
-def _flat_variables(model: nnx.Module) -> dict[tuple[Any, ...], nnx.Variable]:
-    return {tuple(path): var for path, var in nnx.to_flat_state(nnx.state(model))}
-
-
-def _get_path(tree: Mapping, path: tuple[Any, ...]) -> Any:
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
-def _set_path(tree: dict, path: tuple[Any, ...], value: Any) -> None:
-    for p in path[:-1]:
-        tree = tree[p]
-    tree[path[-1]] = value
-
-
-def _path_str(path: tuple[Any, ...]) -> str:
-    return '.'.join(str(p) for p in path)

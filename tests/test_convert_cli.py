@@ -231,3 +231,44 @@ def test_import_refuses_pickles_unless_allowed_and_checks_arguments(vit_run, tmp
         import_cli.import_checkpoint(str(path), 'mae_vit_cls', str(tmp_path / 'bad'), 'vit_demo_patch4_32',
                                      dict(VIT_OVERRIDES, depth=3), allow_pickle=True, verbose=False)
     assert 'blocks.2.attn.qkv.weight' in str(err.value) and not (tmp_path / 'bad').exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# --format: the flags shared by both tools (convert._cli.resolve_format)
+# ------------------------------------------------------------------------------------------------
+
+class _Flags:
+    """The parsed absl flags ``resolve_format`` reads: ``f.name`` and ``f[name].value``."""
+
+    def __init__(self, **values):
+        self.__dict__.update(dict(format='official', source=None, timm_model=None, hf_model=None, timm_kwargs=None),
+                             **values)
+
+    def __getitem__(self, name):
+        return argparse.Namespace(value=getattr(self, name))
+
+
+def test_format_flags_pick_one_layout_or_fail_in_one_line():
+    assert _cli.resolve_format(_Flags(source='mae_vit')) == dict(format='official', source='mae_vit',
+                                                                 library_model=None, library_kwargs=None)
+    assert _cli.resolve_format(_Flags(format='timm', timm_model='m', timm_kwargs='{"embed_dim": 64}')) == dict(
+        format='timm', source=None, library_model='m', library_kwargs={'embed_dim': 64})
+    assert _cli.resolve_format(_Flags(format='hf', hf_model='C'))['library_model'] == 'C'
+    for flags_, message in ((_Flags(), '--format=official needs --source'),
+                            (_Flags(format='timm'), '--format=timm needs --timm_model'),
+                            (_Flags(format='hf', hf_model='C', source='s'), '--source does not apply to --format=hf'),
+                            (_Flags(source='s', timm_model='m'), '--timm_model does not apply to --format=official'),
+                            (_Flags(format='hf', hf_model='C', timm_kwargs='{}'), '--timm_kwargs does not apply'),
+                            (_Flags(format='timm', timm_model='m', timm_kwargs='[1]'), 'must be a JSON object'),
+                            (_Flags(format='timm', timm_model='m', timm_kwargs='{'), 'must be a JSON object')):
+        with pytest.raises(ValueError, match=message) as err:
+            _cli.resolve_format(flags_)
+        assert '\n' not in str(err.value)
+
+
+def test_import_cli_without_source_is_one_line(tmp_path):
+    rc, stdout, stderr = run_cli('convert.import', f'--checkpoint={tmp_path}/x.pth', f'--workdir={tmp_path}/w',
+                                 '--model=vit_demo_patch4_32')
+    assert rc == 1 and stderr.strip().splitlines()[-1] == 'error: --format=official needs --source'
+    assert 'Traceback' not in stderr
+    assert not (tmp_path / 'w').exists()

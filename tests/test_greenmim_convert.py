@@ -88,6 +88,11 @@ def test_import_official_checkpoint_as_a_pretraining_run(tmp_path):
     assert report['mode'] == 'pretrain'
     config = rundir.load_run_config(str(tmp_path / 'imp'))
     assert config.method.name == 'greenmim' and config.model.overrides.merge_order == 'v1'
+    # a released checkpoint runs its decoder as trained: the source's import default is the
+    # official placement, the user's override wins
+    assert config.model.overrides.decoder_placement == 'official'
+    assert import_cli.run_config('greenmim_swin', 'green_mim_swin_demo_patch2_32_dec64b1',
+                                 {'decoder_placement': 'raster'}).model.overrides.decoder_placement == 'raster'
     fresh = rundir.build_model(config)
     rundir.restore_model(fresh, str(tmp_path / 'imp'))
     official.load_state_dict(ref, 'greenmim_swin', twin.state_dict())

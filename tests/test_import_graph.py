@@ -21,7 +21,7 @@ MAX_LINES = 600
 LARGE_OK = {'jaxmim/data/augment.py'}
 """Modules allowed past :data:`MAX_LINES` besides the twins of ``convert/``."""
 CONVERT_CORE = {'convert/__init__.py', 'convert/_cli.py', 'convert/_common.py', 'convert/_entries.py',
-                'convert/official.py', 'convert/export.py', 'convert/import.py', 'convert/extract_backbone.py'}
+                'convert/_layout.py', 'convert/official.py', 'convert/export.py', 'convert/import.py', 'convert/extract_backbone.py'}
 """The model-agnostic core of ``convert/``; every other file there is a conversion family (twin + key
 tables)."""
 
