@@ -598,6 +598,131 @@ class SwinTransformer(nn.Module):
         """
         return self.head(self.forward_features(x))
 
+    def forward_stages(self, x: torch.Tensor, out_indices: Optional[Sequence[int]] = None,
+                       norms: Optional[Mapping[int, nn.Module]] = None) -> Tuple[torch.Tensor, ...]:
+        """Stage outputs of Swin's detection backbone, on images of any size, with this model's weights.
+
+        A transcription of ``SwinTransformer/Swin-Transformer-Object-Detection@c7b2011
+        mmdet/models/backbones/swin_transformer.py``: ``PatchEmbed.forward`` :429-446 (image padded
+        at the bottom / right to a multiple of the patch), ``SwinTransformer.forward`` :600-627
+        (``absolute_pos_embed`` resized with ``F.interpolate(mode='bicubic')``), ``BasicLayer.forward``
+        :362-403 (the shift mask built for the window-padded size; shift ``window // 2`` on odd
+        blocks, no clamp rule), ``SwinTransformerBlock.forward`` :198-256 (zero padding after
+        ``norm1``, crop after attention) and ``PatchMerging.forward`` :271-298 (odd sizes padded).
+        Each block uses its own window (this twin's, after the classifier's clamp rule, which only
+        shrinks it when a stage is smaller than ``window_size`` at ``img_size``). The detection
+        backbone's ``norm{i}`` layers are not part of this classifier: pass them as ``norms``.
+        Pure function of the weights: the twin's state is not changed.
+
+        Args:
+            x: (B, in_chans, H, W) NCHW float images, any H, W >= 1.
+            out_indices: stages to return (default all), as mmdet's ``out_indices``.
+            norms: optional ``{stage: module}`` applied to the (B, H*W, C) stage outputs (mmdet's
+                ``norm{i}``); stages without one are returned un-normalised.
+
+        Returns:
+            tuple of (B, embed_dim * 2**i, H_i, W_i) NCHW maps in stage order, H_0 = ceil(H / patch),
+            H_{i+1} = ceil(H_i / 2); taken before the stage's PatchMerging.
+
+        Raises:
+            ValueError: if ``x`` is not (B, in_chans, H, W) or an index is out of range.
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected (B, {self.in_chans}, H, W) NCHW images, got {tuple(x.shape)}")
+        out_indices = tuple(range(self.num_layers)) if out_indices is None else tuple(out_indices)
+        if any(not 0 <= i < self.num_layers for i in out_indices):
+            raise ValueError(f"out_indices {out_indices} must lie in [0, {self.num_layers})")
+        pe = self.patch_embed
+        ph, pw = pe.patch_size
+        _, _, H, W = x.size()
+        if W % pw != 0:
+            x = F.pad(x, (0, pw - W % pw))
+        if H % ph != 0:
+            x = F.pad(x, (0, 0, 0, ph - H % ph))
+        x = pe.proj(x)
+        Wh, Ww = x.size(2), x.size(3)
+        x = x.flatten(2).transpose(1, 2)
+        if pe.norm is not None:
+            x = pe.norm(x)
+        if self.ape:
+            gh, gw = self.patches_resolution
+            table = self.absolute_pos_embed.transpose(1, 2).reshape(1, self.embed_dim, gh, gw)
+            table = F.interpolate(table, size=(Wh, Ww), mode="bicubic", align_corners=False)
+            x = x + table.flatten(2).transpose(1, 2)
+        x = self.pos_drop(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x_out, H, W, x, Wh, Ww = _det_basic_layer(layer, x, Wh, Ww)
+            if i in out_indices:
+                if norms is not None and i in norms:
+                    x_out = norms[i](x_out)
+                outs.append(x_out.view(-1, H, W, x_out.shape[-1]).permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+
+def _det_basic_layer(layer: BasicLayer, x: torch.Tensor, H: int, W: int):
+    """mmdet ``BasicLayer.forward`` (:362-403) with the weights of a twin :class:`BasicLayer`:
+    (B, H*W, C) -> (x_out, H, W, x_down, Wh, Ww)."""
+    window_size = layer.blocks[0].window_size
+    shift_size = window_size // 2
+    Hp = int(np.ceil(H / window_size)) * window_size
+    Wp = int(np.ceil(W / window_size)) * window_size
+    attn_mask = None
+    if shift_size > 0:
+        img_mask = torch.zeros((1, Hp, Wp, 1), device=x.device)
+        h_slices = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+        w_slices = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+        cnt = 0
+        for h in h_slices:
+            for w in w_slices:
+                img_mask[:, h, w, :] = cnt
+                cnt += 1
+        mask_windows = window_partition(img_mask, window_size).view(-1, window_size * window_size)
+        attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
+        attn_mask = attn_mask.masked_fill(attn_mask != 0, float(-100.0)).masked_fill(attn_mask == 0, float(0.0))
+    for j, blk in enumerate(layer.blocks):
+        x = _det_block(blk, x, H, W, window_size, 0 if j % 2 == 0 else shift_size, attn_mask)
+    if layer.downsample is not None:
+        x_down = _det_patch_merging(layer.downsample, x, H, W)
+        return x, H, W, x_down, (H + 1) // 2, (W + 1) // 2
+    return x, H, W, x, H, W
+
+
+def _det_block(blk: SwinTransformerBlock, x: torch.Tensor, H: int, W: int, window_size: int, shift_size: int,
+               mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
+    """mmdet ``SwinTransformerBlock.forward`` (:198-256) with the weights of a twin block."""
+    B, L, C = x.shape
+    shortcut = x
+    x = blk.norm1(x).view(B, H, W, C)
+    pad_r = (window_size - W % window_size) % window_size
+    pad_b = (window_size - H % window_size) % window_size
+    x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    _, Hp, Wp, _ = x.shape
+    if shift_size > 0:
+        shifted_x = torch.roll(x, shifts=(-shift_size, -shift_size), dims=(1, 2))
+        attn_mask = mask_matrix
+    else:
+        shifted_x = x
+        attn_mask = None
+    x_windows = window_partition(shifted_x, window_size).view(-1, window_size * window_size, C)
+    attn_windows = blk.attn(x_windows, mask=attn_mask).view(-1, window_size, window_size, C)
+    shifted_x = window_reverse(attn_windows, window_size, Hp, Wp)
+    x = torch.roll(shifted_x, shifts=(shift_size, shift_size), dims=(1, 2)) if shift_size > 0 else shifted_x
+    if pad_r > 0 or pad_b > 0:
+        x = x[:, :H, :W, :].contiguous()
+    x = shortcut + blk.drop_path(x.view(B, H * W, C))
+    return x + blk.drop_path(blk.mlp(blk.norm2(x)))
+
+
+def _det_patch_merging(merge: PatchMerging, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """mmdet ``PatchMerging.forward`` (:271-298) with the weights of a twin :class:`PatchMerging`."""
+    B, L, C = x.shape
+    x = x.view(B, H, W, C)
+    if (H % 2 == 1) or (W % 2 == 1):
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    x = torch.cat([x[:, 0::2, 0::2, :], x[:, 1::2, 0::2, :], x[:, 0::2, 1::2, :], x[:, 1::2, 1::2, :]], -1)
+    return merge.reduction(merge.norm(x.view(B, -1, 4 * C)))
+
 
 class SwinTransformerForSimMIM(SwinTransformer):
     """SimMIM Swin encoder (``microsoft/SimMIM@d3e29bc models/simmim.py`` ``SwinTransformerForSimMIM``).

@@ -30,7 +30,8 @@ from flax import nnx
 from jaxmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['Backbone', 'register_model', 'create_model', 'list_models', 'model_defaults',
-           'model_data_defaults', 'model_class', 'classifier_for', 'DEFAULT_DATA', 'match_any']
+           'model_data_defaults', 'model_class', 'classifier_for', 'DEFAULT_DATA', 'match_any',
+           'check_out_indices', 'check_feature_images']
 
 DEFAULT_DATA = dict(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, eval_crop_ratio=224 / 256)
 """Data settings a variant gets when it declares none: 224 px, ImageNet mean/std (in [0, 1] pixel
@@ -82,6 +83,62 @@ class Backbone:
         """
         raise ValueError(f'{name}: pre-trained shape {tuple(value.shape)} does not fit the model\'s '
                          f'{tuple(shape)}')
+
+    def features(self, x, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng=None) -> dict:
+        """Multi-scale feature maps for detection / segmentation heads.
+
+        Contract of every backbone that implements it: images ``(B, H, W, C)`` float NHWC of any
+        size the family's official detection / segmentation backbone accepts (the classifier's
+        fixed ``img_size`` does not bind) -> ``dict[str, jax.Array]`` of ``(B, H_k, W_k, C_k)``
+        maps, in increasing index order. Keys name what ``out_indices`` indexes, as the mmdet /
+        mmseg ``out_indices`` do: ``'stage{i}'`` for stage i of a pyramid (stride
+        ``4 * 2**i`` for the stride-4 stems), ``'block{i}'`` for block i of a plain ViT. Each
+        family documents its strides, channels and normalisation (those of its official
+        det / seg backbone). ``train`` / ``rng`` as in ``__call__``.
+
+        Raises:
+          NotImplementedError: the backbone defines no multi-scale features.
+        """
+        raise NotImplementedError(f'{type(self).__name__} defines no multi-scale features')
+
+
+def check_out_indices(out_indices: Sequence[int] | None, available: int, default: Sequence[int],
+                      what: str = 'stage') -> tuple[int, ...]:
+    """The sorted, de-duplicated ``out_indices`` of a :meth:`Backbone.features` call.
+
+    Args:
+      out_indices: the caller's indices, or None for ``default``.
+      available: indices must lie in ``[0, available)``.
+      default: the family's default selection.
+      what: what an index selects (``'stage'``, ``'block'``), for the error message.
+
+    Raises:
+      ValueError: an empty selection, a non-integer or an index out of range (one line naming
+        ``out_indices`` and the accepted range).
+    """
+    idx = tuple(default) if out_indices is None else tuple(out_indices)
+    ok = bool(idx) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < available
+                           for i in idx)
+    if not ok:
+        raise ValueError(f'out_indices {out_indices!r}: expected a non-empty sequence of {what} indices, '
+                         f'integers in [0, {available})')
+    return tuple(sorted({int(i) for i in idx}))
+
+
+def check_feature_images(x, in_chans: int, multiple: int, family: str) -> tuple[int, int]:
+    """Checks the images of a :meth:`Backbone.features` call: ``(B, H, W, in_chans)`` with H and
+    W positive multiples of ``multiple``. Returns ``(H, W)``.
+
+    Raises:
+      ValueError: one line naming the shape and what ``family`` accepts.
+    """
+    shape = tuple(getattr(x, 'shape', ()))
+    if (len(shape) != 4 or shape[3] != in_chans or shape[1] < multiple or shape[2] < multiple
+            or shape[1] % multiple or shape[2] % multiple):
+        raise ValueError(f'{family}.features: images must be (B, H, W, {in_chans}) NHWC with H and W positive '
+                         f'multiples of {multiple}, got shape {shape}')
+    return shape[1], shape[2]
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], dict[str, Any], dict[str, Any], str | None]] = {}

@@ -39,7 +39,7 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim import sharding
-from jaxmim.registry import Backbone, register_model
+from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['SeparableConv2d', 'batch_norm', 'Aggregator', 'Agg0', 'ConvRelPosEnc', 'EfficientAtt',
            'ConvPosEnc', 'ConvStem', 'PatchEmbedLayer', 'GMABlock', 'GMAStage', 'GroupMixFormer',
@@ -457,6 +457,44 @@ class GroupMixFormer(nnx.Module, Backbone):
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         x = self.forward_features(x, train=train, rng=rng)
         return self.head(x) if self.head is not None else x
+
+    def features(self, x: jax.Array, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The four stage maps of the official dense-task mode, at any multiple of 32
+        (:meth:`jaxmim.registry.Backbone.features`).
+
+        The official model with ``return_interm_layers=True`` (``:387-390``, ``:414-429``) drops
+        ``norm4`` / ``head`` and returns every stage's output, un-normalised; the repository's
+        ``detection/`` and ``segmentation/`` backbones were never released (AILab-CVC/GroupMixFormer#1),
+        so this is the official multi-scale output. Nothing in the model depends on the image size
+        (convolutional position encodings, no tables), so any ``H, W`` that are multiples of
+        ``4 * 2^(S-1)`` (32) work. BatchNorms use the running statistics unless ``train``.
+
+        Args:
+          x: images ``(B, H, W, in_chans)``, H and W multiples of 32 (4 stages).
+          train, rng: BatchNorm mode (batch statistics, updated when ``train``), drop path / dropout key.
+          out_indices: stage indices, default all.
+
+        Returns:
+          ``{'stage{i}': (B, H / (4 * 2^i), W / (4 * 2^i), embed_dims[i])}``: strides 4, 8, 16, 32.
+          GroupMixFormer-S at 224: ``{'stage0': (B, 56, 56, 80), 'stage1': (B, 28, 28, 160), 'stage2':
+          (B, 14, 14, 320), 'stage3': (B, 7, 7, 320)}``; at 320 x 480: 80x120, 40x60, 20x30, 10x15.
+
+        Raises:
+          ValueError: bad images or ``out_indices``.
+        """
+        idx = check_out_indices(out_indices, self.num_stages, range(self.num_stages), 'stage')
+        check_feature_images(x, self.in_chans, 4 * 2 ** (self.num_stages - 1), type(self).__name__)
+        x = sharding.constrain(self.conv_stem(x, train=train), 'batch', None, None, None)
+        outs = {}
+        for i, (embed, stage, key) in enumerate(zip(self.patch_embed_layers, self.groupmixformer_backbone,
+                                                    L.split_key(rng, self.num_stages))):
+            x = sharding.constrain(stage(embed(x, train=train), train=train, rng=key), 'batch', None, None, None)
+            if i in idx:
+                outs[f'stage{i}'] = x
+            if i == idx[-1]:
+                break
+        return outs
 
 
 @register_model('simmim_groupmixformer_mini', **{**_M, 'drop_path_rate': 0.0}, data_defaults=_DATA_224,

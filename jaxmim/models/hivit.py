@@ -41,6 +41,7 @@ to the other copies for finite float32 logits).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -52,10 +53,11 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.models.swin import relative_position_index
-from jaxmim.models.vit import Mlp, dense, torch_bicubic_resize
-from jaxmim.registry import Backbone, register_model
+from jaxmim.models.vit import Mlp, bicubic_resize, dense, resample_abs_pos_embed, torch_bicubic_resize
+from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['units_from_map', 'map_from_units', 'merge_inner', 'masked_relative_position_index',
+           'relative_position_index_hw',
            'HiViTAttention', 'BlockWithRPE', 'PatchMerge', 'PatchEmbed', 'HiViT', 'hivit_layer_id',
            'RPE_INITS']
 
@@ -128,6 +130,21 @@ def masked_relative_position_index(index: np.ndarray, ids_keep: jax.Array) -> ja
     return idx[ids_keep[:, :, None], ids_keep[:, None, :]]
 
 
+@functools.lru_cache(maxsize=None)
+def relative_position_index_hw(hp: int, wp: int) -> np.ndarray:
+    """Relative-position index over an ``hp x wp`` unit grid (units row-major):
+    ``idx[p, q] = (h_p - h_q + hp - 1) * (2 wp - 1) + (w_p - w_q + wp - 1)``, int32 ``(hp*wp, hp*wp)``
+    into a ``(2hp-1) x (2wp-1)`` table (row-major). Equals :func:`jaxmim.models.swin.relative_position_index`
+    for ``hp == wp``. Source: ``open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py``
+    ``HiViT.__init__`` (the rectangular ``Hp, Wp`` form of ``models_hivit.py:171-182``)."""
+    hh, ww = np.meshgrid(np.arange(hp), np.arange(wp), indexing='ij')
+    coords = np.stack([hh.reshape(-1), ww.reshape(-1)])
+    rel = coords[:, :, None] - coords[:, None, :]
+    idx = ((rel[0] + hp - 1) * (2 * wp - 1) + rel[1] + wp - 1).astype(np.int32)
+    idx.setflags(write=False)
+    return idx
+
+
 # ----------------------------------------------------------------------------------------
 # Modules (official names).
 # ----------------------------------------------------------------------------------------
@@ -151,8 +168,11 @@ class HiViTAttention(nnx.Module):
       rpe_init: ``'trunc_normal'`` (N(0, .02)) or ``'zeros'`` (:data:`RPE_INITS`).
       rngs: NNX RNG streams.
 
-    Call: ``attn(x, rpe_index=None, *, train, rng)``: ``x`` (B, N, C); ``rpe_index`` None, an
-    ``(N, N)`` or a per-sample ``(B, N, N)`` integer index into the table.
+    Call: ``attn(x, rpe_index=None, *, train, rng, rpe_size=None)``: ``x`` (B, N, C); ``rpe_index``
+    None, an ``(N, N)`` or a per-sample ``(B, N, N)`` integer index into the table; ``rpe_size``
+    ``(2hp-1, 2wp-1)``: index a copy of the table resized bicubically to that offset grid
+    (:func:`jaxmim.models.vit.bicubic_resize`; the identity at the built grid), for inputs of
+    another size (:meth:`HiViT.features`).
 
     Raises:
       ValueError: C not divisible by ``num_heads``, unknown ``rpe_init``, or (call) an index
@@ -179,7 +199,7 @@ class HiViTAttention(nnx.Module):
             self.relative_position_bias_table = None
 
     def __call__(self, x: jax.Array, rpe_index: jax.Array | np.ndarray | None = None, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
+                 rng: jax.Array | None = None, rpe_size: tuple[int, int] | None = None) -> jax.Array:
         b, n, c = x.shape
         nh = self.num_heads
         k_attn, k_proj = L.split_key(rng, 2)
@@ -190,7 +210,11 @@ class HiViTAttention(nnx.Module):
         if rpe_index is not None:
             if self.relative_position_bias_table is None:
                 raise ValueError('a relative position index was given to an attention without a bias table')
-            bias = self.relative_position_bias_table[...][rpe_index]       # (..., N, N, nH)
+            table = self.relative_position_bias_table[...]
+            side = math.isqrt(table.shape[0])
+            if rpe_size is not None and tuple(rpe_size) != (side, side):
+                table = bicubic_resize(table.reshape(side, side, nh), rpe_size).reshape(-1, nh)
+            bias = table[rpe_index]                                         # (..., N, N, nH)
             logits = logits + jnp.moveaxis(bias, -1, -3).astype(logits.dtype)
         f32 = jnp.finfo(jnp.float32)
         logits = jnp.clip(logits.astype(jnp.float32), f32.min, f32.max)
@@ -229,10 +253,10 @@ class BlockWithRPE(nnx.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, rngs=rngs)
 
     def __call__(self, x: jax.Array, rpe_index=None, *, train: bool = False,
-                 rng: jax.Array | None = None) -> jax.Array:
+                 rng: jax.Array | None = None, rpe_size: tuple[int, int] | None = None) -> jax.Array:
         k_attn, k_dp1, k_mlp, k_dp2 = L.split_key(rng, 4)
         if self.attn is not None:
-            x = x + L.drop_path(self.attn(self.norm1(x), rpe_index, train=train, rng=k_attn),
+            x = x + L.drop_path(self.attn(self.norm1(x), rpe_index, train=train, rng=k_attn, rpe_size=rpe_size),
                                 self.drop_path, train, k_dp1)
         return x + L.drop_path(self.mlp(self.norm2(x), train=train, rng=k_mlp), self.drop_path, train, k_dp2)
 
@@ -485,6 +509,81 @@ class HiViT(nnx.Module, Backbone):
             x = blk(x, rpe_index, train=train, rng=key)
         x = sharding.constrain(x, 'batch', None, None)
         return hifeat + [x] if return_hifeat else x
+
+    def features(self, x: jax.Array, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Multi-scale maps of HiViT's segmentation / detection backbone, for other input sizes
+        (:meth:`jaxmim.registry.Backbone.features`).
+
+        As ``zhangxiaosong18/hivit@2718339 segmentation/backbone/hivit.py`` (``prepare_tokens``
+        :122-145, ``forward`` :147-165, ``out_indices=['H', 'M', 19, 19]`` with ``fpn4`` a 2x2 max
+        pool :78): the early stages' outputs as maps (stage s: the input of its PatchMerge, i.e. the
+        output of the stage's last MLP block, regrouped from units to the dense grid; the
+        segmentation code's ``merge_indices = (depths[0] - 1, depths[0] + depths[1])`` points at
+        these stage ends only for a list of ``depths[s]`` early blocks, with the doubled list it
+        picks mid-stage blocks, a quirk not reproduced), the last main block's tokens as a map, and
+        that map max-pooled 2x2 (floor) as the extra coarsest level. No norms (the segmentation
+        backbone deletes ``fc_norm``). ``absolute_pos_embed`` is resampled bicubically to the unit
+        grid (:func:`jaxmim.models.vit.resample_abs_pos_embed`, timm's size-based form; the
+        official ``interpolate_pos_encoding`` :101-120 passes a scale factor (h0 + 0.1) / sqrt(N),
+        which maps source coordinates very slightly differently); with ``rpe`` each main block's
+        table is resized bicubically to the ``(2hp-1) x (2wp-1)`` offsets of the new grid and
+        indexed rectangularly (:func:`relative_position_index_hw`; the official code builds the
+        index for a square task size and resizes the tables when loading).
+
+        Args:
+          x: images ``(B, H, W, in_chans)``, H and W multiples of ``patch_size``.
+          train, rng: dropout / drop path switch and key.
+          out_indices: indices in ``[0, len(depths)]``: ``0 .. S-2`` the early stages, ``S-1`` the
+            main stage, ``S`` the max-pooled extra level; default all.
+
+        Returns:
+          ``{'stage{i}': (B, H / s_i, W / s_i, C_i)}`` with ``s_i = (patch_size / inner_patches) 2^i``
+          and ``C_i = embed_dim / 2^(S-1-i)`` for ``i < S``, and ``s_S = 2 patch_size``, ``C_S =
+          embed_dim`` (the pooled level; floor division). HiViT-B (16 px units, 4x4 inner) at 224:
+          ``{'stage0': (B, 56, 56, 128), 'stage1': (B, 28, 28, 256), 'stage2': (B, 14, 14, 512),
+          'stage3': (B, 7, 7, 512)}``: strides 4, 8, 16, 32; at 320 x 480: 80x120, 40x60, 20x30, 10x15.
+
+        Raises:
+          ValueError: bad images or ``out_indices``.
+        """
+        n_stages = len(self.depths)
+        idx = check_out_indices(out_indices, n_stages + 1, range(n_stages + 1), 'stage')
+        h, w = check_feature_images(x, self.in_chans, self.patch_size, type(self).__name__)
+        hp, wp = h // self.patch_size, w // self.patch_size
+        keys = L.split_key(rng, len(self.blocks) + 1)
+        x = units_from_map(self.patch_embed.proj(x), self.inner_patches)
+        if self.patch_embed.norm is not None:
+            x = self.patch_embed.norm(x)
+        x = sharding.constrain(x, 'batch', None, None, None, None)          # (B, hp*wp, i, i, c)
+        n_early = len(self.blocks) - self.num_main_blocks
+        outs, stage = {}, 0
+        for blk, key in zip(list(self.blocks)[:n_early], keys):
+            if isinstance(blk, PatchMerge):
+                if stage in idx:
+                    outs[f'stage{stage}'] = map_from_units(x, hp, wp)
+                if stage == idx[-1]:
+                    return outs
+                stage += 1
+                x = sharding.constrain(blk(x), 'batch', None, None, None, None)
+            else:
+                x = blk(x, train=train, rng=key)
+        x = x[:, :, 0, 0, :]
+        if self.absolute_pos_embed is not None:
+            pos = resample_abs_pos_embed(self.absolute_pos_embed[...], (hp, wp), (self.grid_size, self.grid_size), 0)
+            x = x + pos.astype(x.dtype)
+        x = L.dropout(x, self.drop_rate, train, keys[-1])
+        rpe_index = relative_position_index_hw(hp, wp) if self.rpe else None
+        for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
+            x = blk(x, rpe_index, train=train, rng=key, rpe_size=(2 * hp - 1, 2 * wp - 1))
+        x = sharding.constrain(x.reshape(x.shape[0], hp, wp, x.shape[-1]), 'batch', None, None, None)
+        if n_stages - 1 in idx:
+            outs[f'stage{n_stages - 1}'] = x
+        if n_stages in idx:
+            b, c = x.shape[0], x.shape[-1]
+            y = x[:, :hp // 2 * 2, :wp // 2 * 2].reshape(b, hp // 2, 2, wp // 2, 2, c)
+            outs[f'stage{n_stages}'] = y.max(axis=(2, 4))
+        return outs
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         x = self.forward_features(x, train=train, rng=rng).mean(axis=1)

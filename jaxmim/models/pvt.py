@@ -24,6 +24,7 @@ downsample.proj}``, ``norm`` / ``fc_norm``, ``head``). Layout: images ``(B, H, W
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -34,11 +35,12 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
-from jaxmim.models.vit import Mlp, dense, interpolate_pos_embed, xavier_uniform, xavier_uniform_flat
-from jaxmim.registry import Backbone, register_model
+from jaxmim.models.vit import (Mlp, dense, interpolate_pos_embed, resample_abs_pos_embed, xavier_uniform,
+                               xavier_uniform_flat)
+from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['PVTAttention', 'PatchMerge', 'PVTBlock', 'PatchEmbed', 'check_stage_lists', 'pvt_blocks', 'run_blocks',
-           'PVT', 'PVT_SMALL', 'PVT_DEMO', 'DATA_256', 'DATA_DEMO']
+           'stage_outputs', 'PVT', 'PVT_SMALL', 'PVT_DEMO', 'DATA_256', 'DATA_DEMO']
 
 
 class PVTAttention(nnx.Module):
@@ -183,6 +185,24 @@ def run_blocks(blocks, x: jax.Array, train: bool, rng: jax.Array | None) -> jax.
     return x
 
 
+def stage_outputs(blocks, x: jax.Array, run, idx: Sequence[int], rng: jax.Array | None) -> dict[str, jax.Array]:
+    """Runs a flat block list (stage i starts at a block that owns a ``downsample``) and collects
+    the output of the last block of every stage in ``idx`` as ``'stage{i}'`` (UM-MAE's detection /
+    segmentation ``out_indices``, e.g. blocks (2, 6, 12, 15) of PVT-S, ``implus/UM-MAE@cb7776b
+    DET/pvt.py:152-173``); stops after the last requested stage. ``run(block, x, key)`` calls one
+    block; one drop-path key per block as :func:`run_blocks`."""
+    outs, stage = {}, 0
+    for i, (blk, key) in enumerate(zip(blocks, L.split_key(rng, len(blocks)))):
+        x = run(blk, x, key)
+        if i + 1 == len(blocks) or blocks[i + 1].downsample is not None:
+            if stage in idx:
+                outs[f'stage{stage}'] = sharding.constrain(x, 'batch', None, None, None)
+            if stage == idx[-1]:
+                break
+            stage += 1
+    return outs
+
+
 PVT_SMALL = dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8),
                  mlp_ratios=(8, 8, 4, 4))
 """PVT-S stage settings shared by ``pvt_small_256`` and its pre-training models (``models_pvt.py``)."""
@@ -254,6 +274,53 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         x = self.forward_features(x, train=train, rng=rng)
         return self.head(x) if self.head is not None else x
+
+    @property
+    def feature_multiple(self) -> int:
+        """The side multiple :meth:`features` accepts: every stage's map divisible by its sr ratio and
+        halvable before each merge, ``lcm(patch * 2^(S-1), patch * 2^i * sr_i)`` (32 for PVT-S)."""
+        sr = [blk.attn.sr_ratio for i, blk in enumerate(self.blocks) if i == 0 or blk.downsample is not None]
+        p = self.patch_size
+        return math.lcm(p * 2 ** (len(sr) - 1), *(p * 2 ** i * r for i, r in enumerate(sr)))
+
+    def features(self, x: jax.Array, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Stage outputs of UM-MAE's PVT detection / segmentation backbone, for other input sizes
+        (:meth:`jaxmim.registry.Backbone.features`).
+
+        As ``implus/UM-MAE@cb7776b DET/pvt.py`` ``PVTDet`` (``_get_pos_embed`` :146-150,
+        ``forward_features`` :152-173; ``SEG/pvt.py`` :132-151 the same at the pre-training size):
+        patch embedding, ``pos_embed`` resampled bicubically to the patch grid
+        (:func:`jaxmim.models.vit.resample_abs_pos_embed`: ``F.interpolate(mode='bicubic',
+        align_corners=False)``, as ``_get_pos_embed``; PVT v1's own ``whai362/PVT detection/pvt.py``
+        resizes its per-stage tables bilinearly), the blocks, and the **raw** output of each
+        stage's last block (``out_indices=[2, 6, 12, 15]`` for PVT-S), un-normalised as PVT v1's
+        detection backbone returns its stages. UM-MAE's ``up{i}`` (LayerNorm + Linear to 768) and
+        ``fpn{i}`` (1x1 conv) adapters are freshly initialised neck layers, not backbone weights, and
+        are not built here.
+
+        Args:
+          x: images ``(B, H, W, in_chans)``, H and W multiples of :attr:`feature_multiple` (32 for
+            PVT-S: stage maps divisible by the sr ratios 8 / 4 / 2 / 1).
+          train, rng: drop path switch and key.
+          out_indices: stage indices, default all.
+
+        Returns:
+          ``{'stage{i}': (B, H / (p 2^i), W / (p 2^i), embed_dims[i])}``: strides 4, 8, 16, 32 for
+          patch 4. PVT-S at 256: ``{'stage0': (B, 64, 64, 64), 'stage1': (B, 32, 32, 128), 'stage2':
+          (B, 16, 16, 320), 'stage3': (B, 8, 8, 512)}``; at 320 x 480: 80x120, 40x60, 20x30, 10x15.
+
+        Raises:
+          ValueError: bad images or ``out_indices``.
+        """
+        n_stages = 1 + sum(blk.downsample is not None for blk in self.blocks)
+        idx = check_out_indices(out_indices, n_stages, range(n_stages), 'stage')
+        check_feature_images(x, self.in_chans, self.feature_multiple, type(self).__name__)
+        x = sharding.constrain(self.patch_embed.proj(x), 'batch', None, None, None)
+        b, h, w, c = x.shape
+        pos = resample_abs_pos_embed(self.pos_embed[...], (h, w), (self.grid_size, self.grid_size), 0)
+        x = x + pos.reshape(1, h, w, c).astype(x.dtype)
+        return stage_outputs(self.blocks, x, lambda blk, y, key: blk(y, train=train, rng=key), idx, rng)
 
     def no_weight_decay(self) -> tuple[str, ...]:
         """``('pos_embed',)`` (``models_pvt.py`` ``no_weight_decay``)."""

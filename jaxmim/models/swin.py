@@ -29,7 +29,8 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim import sharding
-from jaxmim.registry import Backbone, register_model
+from jaxmim.models.vit import bicubic_resize
+from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 
 # ----------------------------------------------------------------------------------------
@@ -160,14 +161,16 @@ class SwinTransformerBlock(nnx.Module):
     """Pre-norm Swin block: (shifted) window attention and MLP, each with a residual.
 
     Input and output ``(B, H, W, C)`` with ``(H, W) = input_resolution``. ``window_size``
-    and ``shift_size`` are given after the clamp rule (:func:`stage_window`).
-    Source: ``models/swin_transformer.py:164-271``.
+    and ``shift_size`` are given after the clamp rule (:func:`stage_window`);
+    ``feature_shift`` (default ``shift_size``) is the shift of the detection backbone's block,
+    which has no clamp rule (:meth:`forward_padded`). Source: ``models/swin_transformer.py:164-271``.
     """
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int,
                  window_size: int, shift_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
+                 drop_path: float = 0.0, norm_eps: float = 1e-5, *, feature_shift: int | None = None,
+                 rngs: nnx.Rngs):
         h, w = input_resolution
         if h % window_size or w % window_size:
             raise ValueError(f'window_size {window_size} does not divide the stage resolution {h}x{w}; '
@@ -175,6 +178,9 @@ class SwinTransformerBlock(nnx.Module):
                              'is a multiple of its window')
         self.input_resolution = (h, w)
         self.window_size, self.shift_size = window_size, shift_size
+        self.feature_shift = shift_size if feature_shift is None else feature_shift
+        if not 0 <= self.feature_shift < window_size:
+            raise ValueError(f'feature_shift must be in [0, window_size={window_size}), got {feature_shift}')
         self.norm1 = L.layer_norm(dim, norm_eps, rngs)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
                                     rngs=rngs)
@@ -183,19 +189,39 @@ class SwinTransformerBlock(nnx.Module):
         self.mlp = L.Mlp(dim, int(dim * mlp_ratio), drop, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        return self._forward(x, self.shift_size, train, rng)
+
+    def forward_padded(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """The block of Swin's detection backbone on a map of any size: ``(B, H, W, C)`` -> same.
+
+        After ``norm1`` the map is zero-padded at the bottom / right to multiples of the window
+        (the padded tokens take part in the attention, as officially), rolled by
+        ``-feature_shift``, attended in windows with the shift mask of the *padded* size, rolled
+        back and cropped. Source: ``SwinTransformer/Swin-Transformer-Object-Detection@c7b2011
+        mmdet/models/backbones/swin_transformer.py`` ``SwinTransformerBlock.forward`` :198-256
+        (padding :214-219, crop :246-247) and ``BasicLayer.forward`` (mask :370-389).
+        """
+        return self._forward(x, self.feature_shift, train, rng)
+
+    def _forward(self, x: jax.Array, s: int, train: bool, rng: jax.Array | None) -> jax.Array:
         b, h, w, c = x.shape
-        ws, s = self.window_size, self.shift_size
+        ws = self.window_size
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
         k_attn, k_dp1, k_mlp, k_dp2 = L.split_key(rng, 4)
         y = self.norm1(x)
+        if (hp, wp) != (h, w):
+            y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
         mask = None
         if s > 0:
             y = jnp.roll(y, (-s, -s), axis=(1, 2))
-            mask = shifted_window_mask(h, w, ws, s)
+            mask = shifted_window_mask(hp, wp, ws, s)
         y = window_partition(y, ws).reshape(-1, ws * ws, c)
         y = self.attn(y, mask, train=train, rng=k_attn)
-        y = window_reverse(y.reshape(-1, ws, ws, c), ws, h, w)
+        y = window_reverse(y.reshape(-1, ws, ws, c), ws, hp, wp)
         if s > 0:
             y = jnp.roll(y, (s, s), axis=(1, 2))
+        if (hp, wp) != (h, w):
+            y = y[:, :h, :w]
         x = x + L.drop_path(y, self.drop_path, train, k_dp1)
         y = self.mlp(self.norm2(x), train=train, rng=k_mlp)
         return x + L.drop_path(y, self.drop_path, train, k_dp2)
@@ -213,9 +239,14 @@ class PatchMerging(nnx.Module):
         self.reduction = L.linear(4 * dim, 2 * dim, rngs, use_bias=False, axes=('embed', 'embed'))
         self.norm = L.layer_norm(4 * dim, norm_eps, rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, pad: bool = False) -> jax.Array:
+        """``pad``: zero-pad an odd height / width by one row / column first (the detection
+        backbone's ``PatchMerging``, ``mmdet/models/backbones/swin_transformer.py:283-286``);
+        otherwise an odd resolution is an error."""
         b, h, w, c = x.shape
-        if h % 2 or w % 2:
+        if pad and (h % 2 or w % 2):
+            x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        elif h % 2 or w % 2:
             raise ValueError(f'PatchMerging needs an even resolution, got {h}x{w}')
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                             axis=-1)
@@ -237,7 +268,7 @@ class BasicLayer(nnx.Module):
             ws, shift = stage_window(input_resolution, window_size, 0 if i % 2 == 0 else window_size // 2)
             blocks.append(SwinTransformerBlock(
                 dim, input_resolution, num_heads, ws, shift, mlp_ratio, qkv_bias, qk_scale, drop,
-                attn_drop, drop_path[i], norm_eps, rngs=rngs))
+                attn_drop, drop_path[i], norm_eps, feature_shift=0 if i % 2 == 0 else ws // 2, rngs=rngs))
         self.blocks = nnx.List(blocks)
         self.downsample = PatchMerging(dim, norm_eps, rngs=rngs) if downsample else None
 
@@ -247,6 +278,18 @@ class BasicLayer(nnx.Module):
         if self.downsample is not None:
             x = self.downsample(x)
         return x
+
+    def forward_padded(self, x: jax.Array, *, train: bool = False,
+                       rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """The detection backbone's stage on a map of any size: blocks by
+        :meth:`SwinTransformerBlock.forward_padded`, then PatchMerging with odd sizes padded.
+        Returns ``(x_out, x_next)``: the stage output ``(B, H, W, C)`` before merging (what the
+        detection backbone normalises and returns) and the next stage's input
+        ``(B, ceil(H/2), ceil(W/2), 2C)`` (``x_out`` again for the last stage). Source:
+        ``mmdet/models/backbones/swin_transformer.py`` ``BasicLayer.forward`` :362-403."""
+        for blk, key in zip(self.blocks, L.split_key(rng, len(self.blocks))):
+            x = blk.forward_padded(x, train=train, rng=key)
+        return x, (self.downsample(x, pad=True) if self.downsample is not None else x)
 
 
 class PatchEmbed(nnx.Module):
@@ -317,11 +360,17 @@ class SwinTransformer(nnx.Module, Backbone):
       norm_eps: LayerNorm epsilon (PyTorch default 1e-5).
       remat: ``'none'`` or ``'block'`` (recompute each block in the backward pass to save
         activation memory; same numbers), see :data:`jaxmim.layers.REMAT_POLICIES`.
+      out_indices: None (a classifier only: the official key set), or the stages whose outputs
+        :meth:`features` returns, each with its own LayerNorm ``norm{i}`` (eps ``norm_eps``)
+        as the detection backbone has (mmdet ``out_indices=(0, 1, 2, 3)``). These norms are
+        not in classifier checkpoints (:meth:`pretrained_fresh` lets them start fresh) nor in
+        the ``simmim_swin`` conversion layout.
       rngs: NNX RNG streams for initialisation.
 
     Call: ``model(images, train=False, rng=None)`` with images ``(B, img_size, img_size,
     in_chans)`` float -> logits ``(B, num_classes)`` (or pooled features ``(B, num_features)``
     when ``num_classes == 0``). ``rng`` is required when training with dropout or drop path.
+    Multi-scale maps of any input size: :meth:`features`.
 
     Raises:
       ValueError: sizes that do not fit (a window that does not divide a stage, an odd
@@ -334,9 +383,11 @@ class SwinTransformer(nnx.Module, Backbone):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  ape: bool = False, patch_norm: bool = True, norm_eps: float = 1e-5,
-                 remat: str = 'none', *, rngs: nnx.Rngs):
+                 remat: str = 'none', out_indices: Sequence[int] | None = None, *, rngs: nnx.Rngs):
         depths, num_heads = tuple(depths), tuple(num_heads)
         use_remat = L.check_remat(remat)
+        if out_indices is not None:
+            out_indices = check_out_indices(out_indices, len(depths), (), 'stage')
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} must have the same length')
         if img_size % patch_size:
@@ -370,8 +421,16 @@ class SwinTransformer(nnx.Module, Backbone):
         self.norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = (L.linear(self.num_features, num_classes, rngs, axes=('embed', 'classes'))
                      if num_classes > 0 else None)
+        self.out_indices = out_indices
+        for i in out_indices or ():          # mmdet/models/backbones/swin_transformer.py:549-553
+            setattr(self, f'norm{i}', L.layer_norm(embed_dim * 2 ** i, norm_eps, rngs))
 
     # -- hooks of jaxmim.registry.Backbone ---------------------------------------------------
+
+    def pretrained_fresh(self) -> tuple[str, ...]:
+        """``head`` and the detection norms ``norm{i}`` of ``out_indices`` (absent from
+        classification and pre-training checkpoints)."""
+        return ('head.*',) + tuple(f'norm{i}.*' for i in self.out_indices or ())
 
     def no_weight_decay(self) -> tuple[str, ...]:
         """``absolute_pos_embed`` and every ``relative_position_bias_table`` (official
@@ -449,6 +508,71 @@ class SwinTransformer(nnx.Module, Backbone):
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         x = self.forward_features(x, train=train, rng=rng)
         return self.head(x) if self.head is not None else x
+
+    def features(self, x: jax.Array, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Stage outputs of Swin's detection / segmentation backbone, for any input size
+        (:meth:`jaxmim.registry.Backbone.features`).
+
+        Follows ``SwinTransformer/Swin-Transformer-Object-Detection@c7b2011
+        mmdet/models/backbones/swin_transformer.py`` ``SwinTransformer.forward`` :600-627 (the
+        same backbone as Swin-Transformer-Semantic-Segmentation): the image is zero-padded at
+        the bottom / right to a multiple of ``patch_size`` (``PatchEmbed.forward`` :429-446);
+        ``absolute_pos_embed`` (when ``ape``) resized bicubically to the patch grid; every block
+        pads its map to multiples of its window (:meth:`SwinTransformerBlock.forward_padded`;
+        odd blocks shifted by window // 2 with the mask of the padded size, with no clamp rule:
+        on the classifier's last 7x7 stage of a 224 model the detection backbone shifts where
+        the classifier does not); PatchMerging pads odd sizes. Stage i's output is taken
+        **before** its PatchMerging and normalised by ``norm{i}`` when the model was built with
+        ``out_indices`` (the detection backbone); a model built without them returns the
+        un-normalised stage outputs. Windows are the block's window (the classifier's, after the
+        clamp rule when a stage was smaller than ``window_size`` at ``img_size``).
+
+        Args:
+          x: images ``(B, H, W, in_chans)`` float, any H, W >= 1.
+          train, rng: dropout / drop path switch and key.
+          out_indices: stage indices; default: the constructor's ``out_indices``, or all stages.
+            With feature norms, only stages that have one.
+
+        Returns:
+          ``{'stage{i}': (B, H_i, W_i, embed_dim * 2**i)}`` with ``H_0 = ceil(H / patch_size)``
+          and ``H_{i+1} = ceil(H_i / 2)`` (strides 4, 8, 16, 32 for patch 4). Swin-T at 224:
+          ``{'stage0': (B, 56, 56, 96), 'stage1': (B, 28, 28, 192), 'stage2': (B, 14, 14, 384),
+          'stage3': (B, 7, 7, 768)}``; at 320 x 480: 80x120, 40x60, 20x30, 10x15.
+
+        Raises:
+          ValueError: bad images, or ``out_indices`` out of range or without a feature norm.
+        """
+        built = self.out_indices
+        idx = check_out_indices(out_indices, self.num_layers,
+                                built if built is not None else range(self.num_layers), 'stage')
+        if built is not None and not set(idx) <= set(built):
+            raise ValueError(f'out_indices {tuple(out_indices)}: this model has feature norms for the stages '
+                             f'{built} only (constructor out_indices)')
+        check_feature_images(x, self.in_chans, 1, type(self).__name__)
+        k_pos, k_layers = L.split_key(rng, 2)
+        p = self.patch_size
+        h, w = x.shape[1:3]
+        if h % p or w % p:
+            x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+        x = self.patch_embed.proj(x)
+        if self.patch_embed.norm is not None:
+            x = self.patch_embed.norm(x)
+        x = sharding.constrain(x, 'batch', None, None, None)
+        if self.absolute_pos_embed is not None:
+            g = self.patches_resolution
+            table = self.absolute_pos_embed[...].reshape(1, g[0], g[1], -1)
+            x = x + bicubic_resize(table, x.shape[1:3]).astype(x.dtype)
+        x = L.dropout(x, self.drop_rate, train, k_pos)
+        outs = {}
+        for i, (layer, key) in enumerate(zip(self.layers, L.split_key(k_layers, self.num_layers))):
+            out, x = layer.forward_padded(x, train=train, rng=key)
+            if i in idx:
+                out = getattr(self, f'norm{i}')(out) if built is not None else out
+                outs[f'stage{i}'] = sharding.constrain(out, 'batch', None, None, None)
+            if i == idx[-1]:
+                break
+        return outs
 
 
 @register_model('simmim_swin_base_patch4_window6_192', **_B, img_size=192, window_size=6, drop_path_rate=0.0,

@@ -37,8 +37,9 @@ from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
 from jaxmim.models.swin import shifted_window_mask, window_partition, window_reverse
+from jaxmim.models.pvt import stage_outputs
 from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
-from jaxmim.registry import Backbone, register_model
+from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['ReLU', 'WindowAttention', 'PatchMerge', 'SwinBlock', 'PatchEmbed', 'pos_grid', 'swin_blocks', 'run_blocks',
            'Swin', 'SWIN_TINY', 'SWIN_LARGE', 'DATA_256']
@@ -63,8 +64,9 @@ class WindowAttention(nnx.Module):
     """Window attention with the log-spaced MLP position bias (``models_mae_swin.py:60-116``).
 
     Call ``attn(x, pos, num_windows, mask)``: ``x`` ``(B*nW, N, C)`` window tokens; ``pos``
-    ``(Bp*nW, N, 2)`` their coordinates (Bp = B per sample, or 1 shared); ``mask`` ``(nW, N, N)``
-    additive or None. Logits ``(q * scale) @ kᵀ + bias (+ mask)``, softmax in float32, ``proj``.
+    ``(Bp*nW, N, 2)`` their coordinates (Bp = B per sample, or 1 shared), or ``(1, N, 2)``
+    coordinates shared by every window (the detection backbone's window-local grid); ``mask``
+    ``(nW, N, N)`` additive or None. Logits ``(q * scale) @ kᵀ + bias (+ mask)``, softmax in float32, ``proj``.
     ``qkv`` output channel ``s*C + h*head_dim + d``.
 
     ``pos_lattice = (scale, extent)`` (optional) promises that every coordinate times ``scale`` is an
@@ -121,7 +123,8 @@ class WindowAttention(nnx.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(self.scale, q.dtype), k)
         bias = self.position_bias(pos.astype(logits.dtype))
-        logits = logits.reshape(-1, num_windows, nh, n, n) + bias.reshape(-1, num_windows, nh, n, n)
+        bias = bias[:, None] if bias.shape[0] == 1 else bias.reshape(-1, num_windows, nh, n, n)
+        logits = logits.reshape(-1, num_windows, nh, n, n) + bias
         if mask is not None:
             logits = logits + jnp.asarray(mask, logits.dtype)[None, :, None]
         attn = jax.nn.softmax(logits.reshape(bw, nh, n, n).astype(jnp.float32), axis=-1).astype(v.dtype)
@@ -160,6 +163,7 @@ class SwinBlock(nnx.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, posmlp_dim: int = 32, drop_path: float = 0.0,
                  norm_eps: float = 1e-5, downsample_from: int | None = None, *, downsample_norm_eps: float = 1e-6,
                  pos_lattice: tuple[int, int] | None = None, rngs: nnx.Rngs):
+        self.feature_window, self.feature_shift = window_size, shift_size   # no clamp: forward_padded
         if input_resolution <= window_size:
             window_size, shift_size = input_resolution, 0
         if input_resolution % window_size:
@@ -197,6 +201,40 @@ class SwinBlock(nnx.Module):
         x = x + L.drop_path(y, self.drop_path, train, k1)
         x = x + L.drop_path(self.mlp(self.norm2(x)), self.drop_path, train, k2)
         return x, pos
+
+    def forward_padded(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """The block of UM-MAE's Swin detection backbone on a map of any size: ``(B, H, W, C_in)`` ->
+        ``(B, H', W', C)`` (H' = H // 2 after a ``downsample``, whose 2x2 conv floors).
+
+        ``[downsample (norm, conv) ->]`` ``norm1``, zero padding at the bottom / right to multiples of
+        the configured window (``feature_window``: no clamp rule, the detection model is built at
+        1024 px), roll by ``-feature_shift`` with the -100 mask of the padded size, window attention
+        whose position bias is the ``posmlp`` of the **window-local** coordinate grid shared by all
+        windows, roll back, crop, residuals. Source: ``implus/UM-MAE@cb7776b DET/swin.py``
+        ``SwinBlock.forward`` :143-216 (padding :155-159, mask :161-181) and
+        ``WindowAttention.forward`` :75-109 (local ``pos_hw`` :66-70).
+        """
+        k1, k2 = L.split_key(rng, 2)
+        if self.downsample is not None:
+            x = self.downsample.proj(self.downsample.norm(x))
+        b, h, w, c = x.shape
+        ws, s = self.feature_window, self.feature_shift
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        y, mask = self.norm1(x), None
+        if (hp, wp) != (h, w):
+            y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+        if s > 0:
+            y = jnp.roll(y, (-s, -s), axis=(1, 2))
+            mask = shifted_window_mask(hp, wp, ws, s)
+        nw = (hp // ws) * (wp // ws)
+        y = window_partition(y, ws).reshape(-1, ws * ws, c)
+        y = self.attn(y, jnp.asarray(pos_grid(ws).reshape(1, ws * ws, 2), y.dtype), nw, mask)
+        y = window_reverse(y.reshape(-1, ws, ws, c), ws, hp, wp)
+        if s > 0:
+            y = jnp.roll(y, (s, s), axis=(1, 2))
+        y = y[:, :h, :w]
+        x = x + L.drop_path(y, self.drop_path, train, k1)
+        return x + L.drop_path(self.mlp(self.norm2(x)), self.drop_path, train, k2)
 
 
 class PatchEmbed(nnx.Module):
@@ -315,6 +353,41 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         x = self.forward_features(x, train=train, rng=rng)
         return self.head(x) if self.head is not None else x
+
+    def features(self, x: jax.Array, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Stage outputs of UM-MAE's Swin detection / segmentation backbone, for other input sizes
+        (:meth:`jaxmim.registry.Backbone.features`).
+
+        As ``implus/UM-MAE@cb7776b DET/swin.py`` ``SwinDet.forward_features`` :346-366: patch embedding
+        (+ norm), the blocks by :meth:`SwinBlock.forward_padded` (windows of ``window_size`` padded
+        at any size, shifted by half a window on odd blocks, window-local position bias), and the
+        **raw** output of each stage's last block (``out_indices=[1, 3, 9, 11]`` for Swin-T), no norm.
+        The LayerNorm epsilons are this model's (the detection code builds ``patch_embed.norm`` /
+        ``downsample.norm`` with PyTorch's default 1e-5 where the classifier has 1e-6). UM-MAE's
+        ``up{i}`` / ``fpn{i}`` adapters are fresh neck layers, not built here.
+
+        Args:
+          x: images ``(B, H, W, in_chans)``, H and W multiples of ``patch_size * 2^(S-1)`` (32 for
+            4 stages of patch 4).
+          train, rng: drop path switch and key.
+          out_indices: stage indices, default all.
+
+        Returns:
+          ``{'stage{i}': (B, H / (p 2^i), W / (p 2^i), embed_dim * 2^i)}``: strides 4, 8, 16, 32.
+          Swin-T at 256: ``{'stage0': (B, 64, 64, 96), 'stage1': (B, 32, 32, 192), 'stage2': (B, 16,
+          16, 384), 'stage3': (B, 8, 8, 768)}``; at 320 x 480: 80x120, 40x60, 20x30, 10x15.
+
+        Raises:
+          ValueError: bad images or ``out_indices``.
+        """
+        n_stages = 1 + sum(blk.downsample is not None for blk in self.blocks)
+        idx = check_out_indices(out_indices, n_stages, range(n_stages), 'stage')
+        check_feature_images(x, self.in_chans, self.patch_size * 2 ** (n_stages - 1), type(self).__name__)
+        x = self.patch_embed.norm(self.patch_embed.proj(x))
+        x = sharding.constrain(x, 'batch', None, None, None)
+        return stage_outputs(self.blocks, x, lambda blk, y, key: blk.forward_padded(y, train=train, rng=key),
+                             idx, rng)
 
     def no_weight_decay(self) -> tuple[str, ...]:
         """``()``: the official ``{'pos_embed'}`` names no parameter of this model (1-D tensors and

@@ -28,10 +28,11 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim import sharding
-from jaxmim.registry import Backbone, register_model
+from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['get_1d_sincos_pos_embed_from_grid', 'get_2d_sincos_pos_embed', 'interpolate_pos_embed',
-           'torch_bicubic_resize', 'xavier_uniform', 'xavier_uniform_flat', 'dense', 'Attention', 'Mlp',
+           'torch_bicubic_resize', 'bicubic_resize', 'resample_abs_pos_embed', 'default_vit_out_indices',
+           'xavier_uniform', 'xavier_uniform_flat', 'dense', 'Attention', 'Mlp',
            'Block', 'PatchEmbed', 'VisionTransformer']
 
 
@@ -196,6 +197,74 @@ def torch_bicubic_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     y = np.einsum('ph,...hwc->...pwc', mh, x.astype(np.float64))
     y = np.einsum('qw,...pwc->...pqc', mw, y)
     return y.astype(x.dtype)
+
+
+def bicubic_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """:func:`torch_bicubic_resize` in JAX, for traced arrays (under ``jax.jit``, on parameters).
+
+    The resize is two fixed matrix products with the float64-built :func:`_bicubic_matrix` of the
+    static shapes, cast to float32 and applied at ``Precision.HIGHEST`` (no TF32 / bf16 passes on
+    accelerators): ``torch.nn.functional.interpolate(mode='bicubic', align_corners=False,
+    antialias=False)`` on the ``(..., C, H, W)`` transpose, computed in float32 and cast back to
+    ``x``'s dtype, as timm's ``resample_abs_pos_embed`` does (``timm/layers/pos_embed.py``).
+
+    Args:
+      x: ``(..., H, W, C)`` array.
+      size: output ``(H', W')``.
+
+    Returns:
+      ``(..., H', W', C)`` in ``x``'s dtype; ``x`` itself when the size is unchanged.
+    """
+    h, w = x.shape[-3], x.shape[-2]
+    if (h, w) == tuple(size):
+        return x
+    hi = jax.lax.Precision.HIGHEST
+    mh = jnp.asarray(_bicubic_matrix(h, int(size[0])), jnp.float32)
+    mw = jnp.asarray(_bicubic_matrix(w, int(size[1])), jnp.float32)
+    y = jnp.einsum('ph,...hwc->...pwc', mh, x.astype(jnp.float32), precision=hi)
+    y = jnp.einsum('qw,...pwc->...pqc', mw, y, precision=hi)
+    return y.astype(x.dtype)
+
+
+def resample_abs_pos_embed(pos_embed: jax.Array, new_size: tuple[int, int], old_size: tuple[int, int] | None = None,
+                           num_prefix_tokens: int = 1) -> jax.Array:
+    """Resamples an absolute position table to another token grid, timm's way, jit-friendly.
+
+    The leading ``num_prefix_tokens`` rows (class tokens) are kept; the ``old_size`` grid of the
+    other rows (raster order) is resized with :func:`bicubic_resize` (torch bicubic,
+    align_corners=False, float32). Source: ``huggingface/pytorch-image-models``
+    ``timm/layers/pos_embed.py`` ``resample_abs_pos_embed`` called with ``antialias=False``, the
+    plain bicubic of the official dense backbones (mmseg's MAE / BEiT, ViTDet, UM-MAE, HiViT, mmdet
+    Swin); timm's own default ``antialias=True`` is PyTorch's antialiased bicubic (a PIL-style
+    A = -0.5 kernel with border renormalisation), which differs even when upsampling.
+
+    Args:
+      pos_embed: ``(B?, P + h*w, D)`` table (a traced array is fine).
+      new_size: target grid ``(H', W')``.
+      old_size: source grid ``(h, w)``; None: square.
+      num_prefix_tokens: P.
+
+    Returns:
+      ``(B?, P + H'*W', D)`` in the input dtype (the input itself when the grid is unchanged).
+
+    Raises:
+      ValueError: the rows after the prefix do not form the ``old_size`` (or a square) grid.
+    """
+    n, d = pos_embed.shape[-2:]
+    m = n - num_prefix_tokens
+    if old_size is None:
+        s = math.isqrt(max(m, 0))
+        old_size = (s, s)
+    old_size, new_size = tuple(int(v) for v in old_size), tuple(int(v) for v in new_size)
+    if m <= 0 or old_size[0] * old_size[1] != m:
+        raise ValueError(f'pos_embed of shape {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix token(s) '
+                         f'does not hold a {old_size[0]}x{old_size[1]} grid')
+    if old_size == new_size:
+        return pos_embed
+    lead = pos_embed.shape[:-2]
+    grid = pos_embed[..., num_prefix_tokens:, :].reshape(*lead, *old_size, d)
+    grid = bicubic_resize(grid, new_size).reshape(*lead, new_size[0] * new_size[1], d)
+    return jnp.concatenate([pos_embed[..., :num_prefix_tokens, :], grid], axis=-2)
 
 
 def interpolate_pos_embed(pos_embed: np.ndarray, new_grid: int | tuple[int, int],
@@ -387,6 +456,16 @@ def vit_layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def default_vit_out_indices(depth: int) -> tuple[int, ...]:
+    """The blocks a plain ViT gives to dense heads by default: ``(round(d/3) - 1, d//2 - 1,
+    round(2d/3) - 1, d - 1)`` de-duplicated, the BEiT / MAE semantic-segmentation choice
+    ((3, 5, 7, 11) for ViT-B: ``open-mmlab/mmsegmentation
+    configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py``; (7, 11, 15, 23) for ViT-L:
+    ``microsoft/unilm beit/semantic_segmentation`` large configs)."""
+    d = int(depth)
+    return tuple(sorted({max(round(d / 3) - 1, 0), max(d // 2 - 1, 0), max(round(2 * d / 3) - 1, 0), d - 1}))
+
+
 @register_model('vit_base_patch16_224', data_defaults=_IMAGENET_DATA, patch_size=16, embed_dim=768,
                 depth=12, num_heads=12, global_pool=True, num_classes=1000, drop_path_rate=0.1)
 @register_model('vit_large_patch16_224', data_defaults=_IMAGENET_DATA, patch_size=16, embed_dim=1024,
@@ -494,6 +573,50 @@ class VisionTransformer(nnx.Module, Backbone):
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         x = self.forward_features(x, train=train, rng=rng)
         return self.head(x) if self.head is not None else x
+
+    def features(self, x: jax.Array, *, train: bool = False, out_indices: Sequence[int] | None = None,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Selected block outputs as maps, for dense heads (:meth:`jaxmim.registry.Backbone.features`).
+
+        As the BEiT / MAE semantic-segmentation backbones and ViTDet take them: images of any size
+        that is a multiple of ``patch_size``; ``pos_embed`` resampled bicubically to the new patch
+        grid with the class token kept (:func:`resample_abs_pos_embed`, timm semantics); class
+        token prepended; the blocks run; after block i (``i in out_indices``) the patch tokens
+        (class token dropped), **without** a norm, reshaped to a map. The feature-pyramid
+        necks (BEiT's ``fpn1..4`` deconvolutions, ViTDet's simple pyramid) are head-side and not
+        built here. Sources: ``microsoft/unilm beit/semantic_segmentation/backbone/beit.py``
+        ``forward_features``; ``facebookresearch/detectron2 modeling/backbone/vit.py``.
+
+        Args:
+          x: images ``(B, H, W, in_chans)`` float, H and W multiples of ``patch_size``.
+          train, rng: dropout / drop path switch and key.
+          out_indices: block indices in ``[0, depth)``; default :func:`default_vit_out_indices`
+            ((3, 5, 7, 11) for depth 12).
+
+        Returns:
+          ``{'block{i}': (B, H/p, W/p, embed_dim)}`` in increasing i, all at stride p = ``patch_size``.
+          ViT-B/16 at 224: ``{'block3': (B, 14, 14, 768), 'block5': ..., 'block7': ..., 'block11': ...}``.
+
+        Raises:
+          ValueError: bad images or ``out_indices``.
+        """
+        idx = check_out_indices(out_indices, self.depth, default_vit_out_indices(self.depth), 'block')
+        check_feature_images(x, self.in_chans, self.patch_size, type(self).__name__)
+        k_pos, k_blocks = L.split_key(rng, 2)
+        x = self.patch_embed.proj(x)
+        b, h, w, d = x.shape
+        x = sharding.constrain(x.reshape(b, h * w, d), 'batch', None, None)
+        pos = resample_abs_pos_embed(self.pos_embed[...], (h, w), (self.grid_size, self.grid_size),
+                                     self.num_extra_tokens)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d))
+        x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)
+        x = L.dropout(x, self.drop_rate, train, k_pos)
+        outs = {}
+        for i, (blk, key) in enumerate(zip(list(self.blocks)[:idx[-1] + 1], L.split_key(k_blocks, len(self.blocks)))):
+            x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
+            if i in idx:
+                outs[f'block{i}'] = x[:, self.num_extra_tokens:].reshape(b, h, w, d)
+        return outs
 
     # -- hooks -----------------------------------------------------------------------------
 
