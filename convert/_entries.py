@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from flax import nnx
 
-from convert.official import CONV2D, LINEAR, ConstantEntry, Entry, VariableEntry
+from convert.official import CONV2D, LINEAR, ConstantEntry, Entry, OmittedEntry, VariableEntry
 
 __all__ = ['linear_entries', 'conv_entries', 'layer_norm_entries', 'batch_norm_entries', 'prefixed', 'layer_norm_eps']
 
@@ -75,6 +75,8 @@ def prefixed(entries: Sequence[Entry], key_prefix: str, path_prefix: tuple[Any, 
     for e in entries:
         if isinstance(e, VariableEntry):
             out.append(dataclasses.replace(e, key=key_prefix + e.key, path=path_prefix + e.path))
+        elif isinstance(e, OmittedEntry):
+            out.append(dataclasses.replace(e, path=path_prefix + e.path))
         else:
             out.append(dataclasses.replace(e, key=key_prefix + e.key))
     return out

@@ -308,6 +308,9 @@ def swin_hf_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[An
             out += E.linear_entries(k + 'reduction', p + ('reduction',), layer.downsample.reduction)
             out += E.layer_norm_entries(k + 'norm', p + ('norm',))
     out += E.layer_norm_entries('layernorm', ('norm',))
+    for i in getattr(enc, 'out_indices', None) or ():   # detection-backbone norms (built with out_indices=)
+        out += [O.OmittedEntry((f'norm{i}', name), 'detection-backbone output norm, not in the HF layout')
+                for name in ('scale', 'bias')]
     return E.prefixed(out, key_prefix, path_prefix)
 
 

@@ -1036,6 +1036,11 @@ def swin_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[Any, 
     out += E.layer_norm_entries('norm', ('norm',))
     if enc.head is not None:
         out += E.linear_entries('head', ('head',), enc.head)
+    for i in getattr(enc, 'out_indices', None) or ():
+        # the detection backbone's output norms (mmdet swin_transformer.py:549-553), built with
+        # out_indices=: not in the classifier's layout, so not exported; they keep their values
+        out += [O.OmittedEntry((f'norm{i}', name), 'detection-backbone output norm, not in the classifier layout')
+                for name in ('scale', 'bias')]
     return E.prefixed(out, key_prefix, path_prefix)
 
 

@@ -249,6 +249,9 @@ def _swin_rows(enc: nnx.Module, path_prefix: tuple) -> list:
     for e in S.swin_entries(enc, '', path_prefix):
         if isinstance(e, O.BufferEntry):
             continue   # relative_position_index, attn_mask: non-persistent in timm
+        if isinstance(e, O.OmittedEntry):   # detection-backbone norms
+            rows.append(e)
+            continue
         if e.key == 'mask_token':
             rows.append(O.OmittedEntry(e.path, 'SimMIM mask token: not in timm Swin'))
             continue

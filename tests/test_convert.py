@@ -160,6 +160,22 @@ def test_round_trip_jax_torch_jax_is_bit_exact(case):
     check_round_trip(source, cfg, torch_twin(source, cfg))
 
 
+def test_detection_norms_are_omitted_from_the_classifier_layout():
+    """A Swin built with the detection backbone's output norms (``out_indices=``) exports the
+    classifier layout unchanged (same keys and values as the model without them) and keeps its
+    norms on import: the official classifier has no ``norm{i}``."""
+    from jaxmim.registry import create_model
+    plain = create_model('swin_demo_patch4_window4_32', rngs=nnx.Rngs(0))
+    det = create_model('swin_demo_patch4_window4_32', out_indices=(0, 1, 2), rngs=nnx.Rngs(0))
+    sd_plain, sd_det = official.state_dict(plain, 'simmim_swin'), official.state_dict(det, 'simmim_swin')
+    assert list(sd_plain) == list(sd_det) and not any(k.startswith('norm0') for k in sd_det)
+    for k in sd_plain:
+        assert sd_plain[k].tobytes() == sd_det[k].tobytes(), k
+    before = np.asarray(det.norm1.scale[...]).copy()
+    official.load_state_dict(det, 'simmim_swin', {**sd_det, 'norm.weight': np.full_like(sd_det['norm.weight'], 0.5)})
+    assert np.all(np.asarray(det.norm.scale[...]) == 0.5) and np.array_equal(np.asarray(det.norm1.scale[...]), before)
+
+
 def test_accepts_numpy_container_and_module_prefix():
     source, cfg = CASES['tiny']
     tm = perturbed_twin(source, cfg, seed=5)
