@@ -396,3 +396,16 @@ def test_registered_variant_features():
     out = jax.eval_shape(lambda s: nnx.merge(graphdef, s).features(jnp.zeros((1, 48, 40, 3))), state)
     assert [(k, v.shape) for k, v in out.items()] == [
         ('stage0', (1, 12, 10, 64)), ('stage1', (1, 6, 5, 128)), ('stage2', (1, 3, 3, 256))]
+
+
+def test_swin_tiny_built_at_224_gives_finite_features_at_320x480():
+    """The registered Swin-T (built for 224 px, window 7) as a detection backbone at 320 x 480:
+    padded to its windows in every stage, the four maps have strides 4 / 8 / 16 / 32 (written out:
+    80 x 120 x 96, 40 x 60 x 192, 20 x 30 x 384, 10 x 15 x 768) and are finite."""
+    m = create_model('swin_tiny_patch4_window7_224', out_indices=(0, 1, 2, 3))
+    x = jax.random.normal(jax.random.key(0), (1, 320, 480, 3), jnp.float32)
+    out = nnx.jit(lambda m, x: m.features(x))(m, x)
+    assert [(k, v.shape) for k, v in out.items()] == [
+        ('stage0', (1, 80, 120, 96)), ('stage1', (1, 40, 60, 192)), ('stage2', (1, 20, 30, 384)),
+        ('stage3', (1, 10, 15, 768))]
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
