@@ -327,7 +327,7 @@ def greenmim_swin_entries(model: nnx.Module) -> list[O.Entry]:
       TypeError: another model type.
     """
     from jaxmim.methods.greenmim import GreenMIMSwin
-    from jaxmim.models.swin import relative_position_index
+    from jaxmim.models.windows import relative_position_index
     from jaxmim.methods.greenmim import GreenSwinTransformer
     if not isinstance(model, GreenMIMSwin) or not isinstance(model.encoder, GreenSwinTransformer):
         raise TypeError(f'source greenmim_swin expects a jaxmim GreenMIMSwin (Swin encoder), got {type(model).__name__}')

@@ -992,13 +992,14 @@ def swin_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[Any, 
     ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``; per stage but the last
     ``downsample.reduction`` (registered before) ``downsample.norm``; then ``norm`` and ``head``.
     Buffers are recomputed from the block's (clamped) window, shift and resolution with
-    :func:`jaxmim.models.swin.relative_position_index` (int64 here, as the official buffer) and
-    :func:`jaxmim.models.swin.shifted_window_mask` (float32).
+    :func:`jaxmim.models.windows.relative_position_index` (int64 here, as the official buffer) and
+    :func:`jaxmim.models.windows.shifted_window_mask` (float32).
 
     Raises:
       TypeError: ``enc`` is not a :class:`jaxmim.models.swin.SwinTransformer`.
     """
     from jaxmim.models import swin as S
+    from jaxmim.models import windows as jax_windows
     if not isinstance(enc, S.SwinTransformer):
         raise TypeError(f'expected a jaxmim SwinTransformer, got {type(enc).__name__}')
 
@@ -1018,12 +1019,12 @@ def swin_entries(enc: nnx.Module, key_prefix: str = '', path_prefix: tuple[Any, 
             h, w = blk.input_resolution
             where = f'window {ws}, shift {s}, stage resolution {h}x{w}'
             if s > 0:
-                out.append(O.BufferEntry(k + 'attn_mask', S.shifted_window_mask(h, w, ws, s), where))
+                out.append(O.BufferEntry(k + 'attn_mask', jax_windows.shifted_window_mask(h, w, ws, s), where))
             out += E.layer_norm_entries(k + 'norm1', p + ('norm1',))
             out.append(O.VariableEntry(k + 'attn.relative_position_bias_table',
                                        p + ('attn', 'relative_position_bias_table')))
             out.append(O.BufferEntry(k + 'attn.relative_position_index',
-                                     S.relative_position_index(ws).astype(np.int64), where))
+                                     jax_windows.relative_position_index(ws).astype(np.int64), where))
             out += E.linear_entries(k + 'attn.qkv', p + ('attn', 'qkv'), blk.attn.qkv)
             out += E.linear_entries(k + 'attn.proj', p + ('attn', 'proj'), blk.attn.proj)
             out += E.layer_norm_entries(k + 'norm2', p + ('norm2',))

@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
+from jaxmim.models import pos_embed as PE
 from jaxmim.models import vit
 from jaxmim.models.groupmixformer import GroupMixFormer
-from jaxmim.models.hivit import HiViT, relative_position_index_hw
+from jaxmim.models.hivit import HiViT
 from jaxmim.models.pvt import PVT
 from jaxmim.models.swin import SwinTransformer
 from jaxmim.models.ummae_swin import Swin as UMMAESwin
+from jaxmim.models.windows import relative_position_index, relative_position_index_hw
 from jaxmim.registry import Backbone, create_model
 from jaxmim.tree_util import flatten_names
 
@@ -322,7 +324,6 @@ def test_hivit_rectangular_relative_index_brute_force():
         for q in range(hp * wp):
             (hp_, wp_), (hq, wq) = divmod(p, wp), divmod(q, wp)
             assert idx[p, q] == (hp_ - hq + hp - 1) * (2 * wp - 1) + (wp_ - wq + wp - 1)
-    from jaxmim.models.swin import relative_position_index
     np.testing.assert_array_equal(relative_position_index_hw(4, 4), relative_position_index(4))
 
 
@@ -336,7 +337,7 @@ def test_resample_abs_pos_embed_equals_torch_bicubic(old, new):
     grid, class token kept: timm's ``resample_abs_pos_embed``, computed here directly in torch."""
     d = 12
     table = np.random.default_rng(1).standard_normal((1, 1 + old[0] * old[1], d)).astype(np.float32)
-    fn = jax.jit(lambda t: vit.resample_abs_pos_embed(t, new, old, num_prefix_tokens=1))
+    fn = jax.jit(lambda t: PE.resample_abs_pos_embed(t, new, old, num_prefix_tokens=1))
     got = np.asarray(fn(jnp.asarray(table)))
     grid = torch.from_numpy(table[:, 1:]).reshape(1, *old, d).permute(0, 3, 1, 2)
     want = F.interpolate(grid, size=new, mode='bicubic', align_corners=False, antialias=False)
@@ -346,7 +347,7 @@ def test_resample_abs_pos_embed_equals_torch_bicubic(old, new):
     assert _rel(got, want) < 1e-5
     # the NumPy float64 reference of the checkpoint loaders agrees too
     if old[0] == old[1]:
-        assert _rel(got, vit.interpolate_pos_embed(table, new, 1)) < 1e-5
+        assert _rel(got, PE.interpolate_pos_embed(table, new, 1)) < 1e-5
 
 
 def test_vit_block_maps_equal_timm_forward_intermediates(models, monkeypatch):

@@ -16,6 +16,7 @@ from flax import nnx
 from jaxmim.methods.greenmim import grouping as gwa
 from jaxmim.methods.greenmim.swin import GreenSwinTransformer
 from jaxmim.models import swin as swin_lib
+from jaxmim.models import windows as W
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_window_ids_match_swin_roll_and_mask(res, ws, shift):
     rh, rw = (coords[:, 0] - shift) % res, (coords[:, 1] - shift) % res
     rolled_win = (rh // ws) * (res // ws) + rw // ws
     if shift:
-        label_mask = swin_lib.shifted_window_mask(res, res, ws, shift)          # (nW, N, N)
+        label_mask = W.shifted_window_mask(res, res, ws, shift)          # (nW, N, N)
         inner = (rh % ws) * ws + rw % ws
         same = (rolled_win[:, None] == rolled_win[None, :]) & \
             (label_mask[rolled_win[:, None], inner[:, None], inner[None, :]] == 0)
@@ -210,9 +211,9 @@ def _reference_window_attention(attn, y, coords, res, ws, shift):
     rh, rw = (coords[:, 0] - shift) % res, (coords[:, 1] - shift) % res
     win = (rh // ws) * (res // ws) + rw // ws
     if shift:
-        lab = swin_lib.shifted_window_mask(res, res, ws, shift)
+        lab = W.shifted_window_mask(res, res, ws, shift)
         inner = (rh % ws) * ws + rw % ws
-    rpi = swin_lib.relative_position_index(ws)
+    rpi = W.relative_position_index(ws)
     out = np.zeros((b, n, nh, hd))
     for i in range(n):
         js = [j for j in range(n) if win[j] == win[i] and (not shift or lab[win[i], inner[i], inner[j]] == 0)]

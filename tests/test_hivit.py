@@ -24,6 +24,7 @@ from jaxmim import layers as L
 from jaxmim.methods import create_mim_model
 from jaxmim.methods.mae.hivit import HiViTMaskedAutoencoder, masking_ids
 from jaxmim.models import hivit as H
+from jaxmim.models import windows as W
 from jaxmim.registry import classifier_for, create_model, model_data_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,14 +50,14 @@ def test_unit_regrouping_matches_loop_and_inverts():
             for y in range(i):
                 for z in range(i):
                     want[:, r * wp + q, y, z] = x[:, r * i + y, q * i + z]
-    units = H.units_from_map(jnp.asarray(x), i)
+    units = W.units_from_map(jnp.asarray(x), i)
     np.testing.assert_array_equal(np.asarray(units), want)
-    np.testing.assert_array_equal(np.asarray(H.map_from_units(units, hp, wp)), x)
+    np.testing.assert_array_equal(np.asarray(W.map_from_units(units, hp, wp)), x)
     # the official NCHW view/permute on the same map (models_hivit.py:111-115)
     t = torch.from_numpy(x.transpose(0, 3, 1, 2)).view(b, c, hp, i, wp, i).permute(0, 2, 4, 3, 5, 1)
     np.testing.assert_array_equal(t.reshape(b, hp * wp, i, i, c).numpy(), want)
     with pytest.raises(ValueError, match='inner_patches'):
-        H.units_from_map(jnp.asarray(x), 7)
+        W.units_from_map(jnp.asarray(x), 7)
 
 
 def test_patch_embed_regroups_the_conv_map_per_unit():
@@ -93,8 +94,8 @@ def test_in_unit_patch_merge_equals_the_dense_definition():
     mu = merged.mean(-1, keepdims=True)
     normed = (merged - mu) / np.sqrt(((merged - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * scale + bias
     want = (normed.astype(np.float64) @ w).astype(np.float32)                     # (B, H/2, W/2, 2C)
-    got = pm(H.units_from_map(jnp.asarray(dense), i))                             # (B, N, 2, 2, 2C)
-    np.testing.assert_allclose(np.asarray(H.map_from_units(got, hp, wp)), want, rtol=1e-5, atol=1e-5)
+    got = pm(W.units_from_map(jnp.asarray(dense), i))                             # (B, N, 2, 2, 2C)
+    np.testing.assert_allclose(np.asarray(W.map_from_units(got, hp, wp)), want, rtol=1e-5, atol=1e-5)
     assert pm.reduction.bias is None
 
 
@@ -108,7 +109,7 @@ def test_relative_position_index_formula_and_masked_gather():
             (hp, wp), (hq, wq) = divmod(p, g), divmod(q, g)
             assert idx[p, q] == (hp - hq + 13) * 27 + (wp - wq + 13)
     ids = jnp.asarray([[5, 0, 190], [7, 3, 3]])
-    got = np.asarray(H.masked_relative_position_index(idx, ids))
+    got = np.asarray(W.masked_relative_position_index(idx, ids))
     for bb in range(2):
         for a in range(3):
             for c in range(3):

@@ -72,7 +72,7 @@ def test_official_finetuning_path_resizes_windows_and_names_what_cannot_load(tmp
     import ml_collections
 
     from jaxmim import rundir
-    from jaxmim.models.swin import resize_rel_pos_table
+    from jaxmim.models.pos_embed import resize_rel_pos_table
 
     pre_cfg = ml_collections.ConfigDict(dict(
         mode='pretrain', seed=0, model=dict(name='simmim_swin_demo_patch4_window4_32', overrides=dict(img_size=48, window_size=3)),

@@ -333,7 +333,7 @@ def test_tiny_mae_pretraining_then_finetuning_through_the_cli(data_dir, tmp_path
     import subprocess
     import sys
 
-    from jaxmim.models.vit import get_2d_sincos_pos_embed
+    from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
 
     enc = dict(embed_dim=32, depth=2, num_heads=2)
     common = [f'--config.data.data_dir={data_dir}', '--config.data.cache=False', '--config.data.shuffle_buffer=500',

@@ -11,7 +11,9 @@ from flax import nnx
 
 import jaxmim
 from jaxmim import layers
+from jaxmim.models import pos_embed as PE
 from jaxmim.models import swin
+from jaxmim.models import windows as W
 
 TINY = dict(img_size=32, patch_size=2, in_chans=3, num_classes=7, embed_dim=16, depths=(2, 2, 2),
             num_heads=(1, 2, 4), window_size=4)
@@ -64,12 +66,12 @@ def _brute_force_mask(h, w, ws, s):
 
 @pytest.mark.parametrize('h,w,ws,s', [(8, 8, 4, 2), (12, 8, 4, 2), (14, 14, 7, 3)])
 def test_shift_mask_matches_brute_force(h, w, ws, s):
-    np.testing.assert_array_equal(swin.shifted_window_mask(h, w, ws, s), _brute_force_mask(h, w, ws, s))
+    np.testing.assert_array_equal(W.shifted_window_mask(h, w, ws, s), _brute_force_mask(h, w, ws, s))
 
 
 @pytest.mark.parametrize('ws', [2, 4, 7])
 def test_relative_position_index_definition(ws):
-    idx = swin.relative_position_index(ws)
+    idx = W.relative_position_index(ws)
     tokens = [(r, c) for r in range(ws) for c in range(ws)]
     for i, (hi, wi) in enumerate(tokens):
         for j, (hj, wj) in enumerate(tokens):
@@ -96,11 +98,11 @@ def test_patch_merging_channel_order():
 
 def test_window_partition_roundtrip_and_order():
     x = np.arange(2 * 8 * 8 * 1).reshape(2, 8, 8, 1)
-    win = swin.window_partition(x, 4)
+    win = W.window_partition(x, 4)
     assert win.shape == (8, 4, 4, 1)
     # window 1 of image 0 is the top-right 4x4 block
     np.testing.assert_array_equal(win[1, :, :, 0], x[0, 0:4, 4:8, 0])
-    np.testing.assert_array_equal(swin.window_reverse(win, 4, 8, 8), x)
+    np.testing.assert_array_equal(W.window_reverse(win, 4, 8, 8), x)
 
 
 def _erf_gelu(x):
@@ -201,10 +203,10 @@ def _spec_source_axis(src: int, dst: int) -> np.ndarray:
 
 def test_resize_rel_pos_table_identity_and_bad_lengths():
     table = np.random.default_rng(0).normal(size=(121, 4)).astype(np.float32)
-    np.testing.assert_array_equal(swin.resize_rel_pos_table(table, 121), table)
+    np.testing.assert_array_equal(PE.resize_rel_pos_table(table, 121), table)
     for bad_src, bad_dst in ((121, 150), (120, 169), (144, 169), (121, 196)):   # 144, 196: even sides
         with pytest.raises(ValueError) as e:
-            swin.resize_rel_pos_table(np.zeros((bad_src, 2), np.float32), bad_dst)
+            PE.resize_rel_pos_table(np.zeros((bad_src, 2), np.float32), bad_dst)
         assert str(bad_src) in str(e.value) and str(bad_dst) in str(e.value), str(e.value)
 
 
@@ -221,7 +223,7 @@ def test_resize_rel_pos_table_linear_function_goes_to_target_offsets(src, dst, q
     coef = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [2.0, -1.0, 0.5], [-0.3, 0.7, 3.0]])
     dy, dx = np.meshgrid(axis, axis, indexing='ij')
     table = np.stack([a * dy.ravel() + b * dx.ravel() + c for a, b, c in coef], axis=1).astype(np.float32)
-    out = swin.resize_rel_pos_table(table, dst * dst)
+    out = PE.resize_rel_pos_table(table, dst * dst)
     assert out.shape == (dst * dst, 4) and out.dtype == np.float32
     t = np.clip(np.arange(-(dst // 2), dst // 2 + 1, dtype=np.float64), axis[0], axis[-1])
     ty, tx = np.meshgrid(t, t, indexing='ij')
@@ -236,7 +238,7 @@ def test_resize_rel_pos_table_random_matches_tensor_product_spline():
 
     axis, _ = _spec_source_axis(11, 13)
     table = np.random.default_rng(1).normal(size=(121, 3)).astype(np.float32)
-    out = swin.resize_rel_pos_table(table, 169)
+    out = PE.resize_rel_pos_table(table, 169)
     t = np.arange(-6.0, 7.0)
     for h in range(3):
         z = table[:, h].reshape(11, 11).astype(np.float64)

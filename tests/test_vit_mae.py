@@ -14,6 +14,7 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim.methods import create_mim_model, method_config_defaults
 from jaxmim.methods import mae
+from jaxmim.models import pos_embed as PE
 from jaxmim.models import vit
 from jaxmim.registry import classifier_for, create_model, match_any, model_data_defaults
 from jaxmim.tree_util import flatten_names
@@ -163,7 +164,7 @@ def test_loss_only_sees_masked_patches(norm_pix):
 
 @pytest.mark.parametrize('dim,gs', [(16, 4), (32, 3), (768, 14)])
 def test_sincos_table_formula(dim, gs):
-    table = vit.get_2d_sincos_pos_embed(dim, gs, cls_token=True)
+    table = PE.get_2d_sincos_pos_embed(dim, gs, cls_token=True)
     assert table.shape == (1 + gs * gs, dim) and table.dtype == np.float32
     exp = np.zeros((1 + gs * gs, dim), np.float64)     # row 0 (cls) stays zero
     q = dim // 4
@@ -179,14 +180,14 @@ def test_sincos_table_formula(dim, gs):
     # w-first anchors: patch (row 0, col 1) has sin(1) in channel 0; patch (row 1, col 0) in channel D/2
     assert table[1 + 1, 0] == np.float32(math.sin(1.0)) and table[1 + gs, 0] == 0.0
     assert table[1 + gs, dim // 2] == np.float32(math.sin(1.0))
-    np.testing.assert_array_equal(vit.get_2d_sincos_pos_embed(dim, gs), table[1:])
+    np.testing.assert_array_equal(PE.get_2d_sincos_pos_embed(dim, gs), table[1:])
 
 
 def test_mae_pos_embed_buffers_are_sincos(demo_mae):
     model = demo_mae
     assert isinstance(model.pos_embed, L.Buffer) and isinstance(model.decoder_pos_embed, L.Buffer)
     np.testing.assert_array_equal(np.asarray(model.pos_embed[...])[0],
-                                  vit.get_2d_sincos_pos_embed(128, 8, True))
+                                  PE.get_2d_sincos_pos_embed(128, 8, True))
     assert 'pos_embed' not in _names(model) and 'decoder_pos_embed' not in _names(model)
     assert set(_names(model, L.Buffer)) == {'pos_embed', 'decoder_pos_embed'}
     fixed = vit.VisionTransformer(**TINY_VIT, fixed_pos_embed=True, rngs=nnx.Rngs(0))
@@ -196,14 +197,14 @@ def test_mae_pos_embed_buffers_are_sincos(demo_mae):
 
 def test_interpolate_identity_when_grid_matches():
     pe = np.random.default_rng(3).normal(size=(1, 1 + 14 * 14, 24)).astype(np.float32)
-    np.testing.assert_array_equal(vit.interpolate_pos_embed(pe, 14), pe)
+    np.testing.assert_array_equal(PE.interpolate_pos_embed(pe, 14), pe)
 
 
 @pytest.mark.parametrize('src,dst', [(14, 16), (16, 14), (7, 12), (14, 7), (3, 5), (2, 9)])
 def test_interpolate_matches_torch_bicubic(src, dst):
     d = 12
     pe = np.random.default_rng(src * 31 + dst).normal(size=(1, 1 + src * src, d)).astype(np.float32)
-    got = vit.interpolate_pos_embed(pe, dst)
+    got = PE.interpolate_pos_embed(pe, dst)
     tok = torch.from_numpy(pe[:, 1:]).reshape(1, src, src, d).permute(0, 3, 1, 2)
     ref = F.interpolate(tok, size=(dst, dst), mode='bicubic', align_corners=False)
     ref = ref.permute(0, 2, 3, 1).flatten(1, 2).numpy()
@@ -216,7 +217,7 @@ def test_adapt_pretrained_pos_embed():
     model = vit.VisionTransformer(**{**TINY_VIT, 'img_size': 32}, rngs=nnx.Rngs(0))   # 8x8 grid
     pe = np.random.default_rng(4).normal(size=(1, 1 + 16, 32)).astype(np.float32)
     out = model.adapt_pretrained('pos_embed', pe, (1, 65, 32))
-    np.testing.assert_allclose(out, vit.interpolate_pos_embed(pe, 8))
+    np.testing.assert_allclose(out, PE.interpolate_pos_embed(pe, 8))
     assert out.shape == (1, 65, 32)
     with pytest.raises(ValueError, match='blocks.0.attn.qkv.kernel'):
         model.adapt_pretrained('blocks.0.attn.qkv.kernel', np.zeros((16, 48)), (32, 96))

@@ -12,9 +12,9 @@ Data flow (``models_hivit.py:139-279``; ``C`` = ``embed_dim``, the main-stage wi
 
 1. ``patch_embed``: conv ``k = s = patch_size / inner_patches`` (4x4 px for the official
    16 / 4) to ``C / 2^(S-1)`` channels over the whole image, then the map is regrouped per
-   ``patch_size`` x ``patch_size``-px **unit** (:func:`units_from_map`): ``(B, Hp*Wp, i, i, c)``
-   with ``i = inner_patches``, units in raster order, inner tokens in (row, col) order; then
-   LayerNorm (``patch_norm``).
+   ``patch_size`` x ``patch_size``-px **unit** (:func:`jaxmim.models.windows.units_from_map`):
+   ``(B, Hp*Wp, i, i, c)`` with ``i = inner_patches``, units in raster order, inner tokens in
+   (row, col) order; then LayerNorm (``patch_norm``).
 2. Stages ``0 .. S-2``: ``2 * depths[s]`` MLP-only blocks (no ``norm1`` / ``attn``, MLP ratio
    ``stem_mlp_ratio``) acting on every 4x4-px token separately, then :class:`PatchMerge` inside
    each unit (Swin channel order), halving the inner grid and doubling the channels.
@@ -41,7 +41,6 @@ to the other copies for finite float32 logits).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -52,97 +51,20 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim import sharding
-from jaxmim.models.swin import relative_position_index
-from jaxmim.models.vit import Mlp, bicubic_resize, dense, resample_abs_pos_embed, torch_bicubic_resize
+from jaxmim.models.pos_embed import (bicubic_resize, get_2d_sincos_pos_embed, resample_abs_pos_embed,
+                                     torch_bicubic_resize)
+from jaxmim.models.vit import Mlp, dense
+from jaxmim.models.windows import (map_from_units, masked_relative_position_index, relative_position_index,
+                                   relative_position_index_hw, units_from_map)
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
-__all__ = ['units_from_map', 'map_from_units', 'merge_inner', 'masked_relative_position_index',
-           'relative_position_index_hw',
-           'HiViTAttention', 'BlockWithRPE', 'PatchMerge', 'PatchEmbed', 'HiViT', 'hivit_layer_id',
+__all__ = ['merge_inner', 'HiViTAttention', 'BlockWithRPE', 'PatchMerge', 'PatchEmbed', 'HiViT', 'hivit_layer_id',
            'RPE_INITS']
 
 RPE_INITS = ('trunc_normal', 'zeros')
 """Accepted ``rpe_init`` values: ``'trunc_normal'`` (std .02; supervised copy and mmpretrain) and
 ``'zeros'`` (self-supervised copy, which never initialises its tables,
 ``models_hivit.py:20-22``: MAE fine-tuning starts them at exactly 0)."""
-
-
-# ----------------------------------------------------------------------------------------
-# Unit regrouping and in-unit merging (pure functions).
-# ----------------------------------------------------------------------------------------
-
-def units_from_map(x: jax.Array, inner: int) -> jax.Array:
-    """Regroups a dense token map into units of ``inner x inner`` tokens.
-
-    ``(B, Hp*inner, Wp*inner, C)`` -> ``(B, Hp*Wp, inner, inner, C)``: unit ``n = r * Wp + c``
-    (raster order) holds the tokens ``x[:, r*inner + i, c*inner + j]`` at inner position ``(i, j)``.
-    The NHWC form of the official ``view(B, C, Hp, i, Wp, i).permute(0, 2, 4, 3, 5, 1)``
-    (``models_hivit.py:111-115``).
-
-    Raises:
-      ValueError: ``inner`` does not divide the map's height and width.
-    """
-    b, h, w, c = x.shape
-    if h % inner or w % inner:
-        raise ValueError(f'inner_patches {inner} must divide the token map {h}x{w}')
-    hp, wp = h // inner, w // inner
-    x = x.reshape(b, hp, inner, wp, inner, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, hp * wp, inner, inner, c)
-
-
-def map_from_units(x: jax.Array, hp: int, wp: int) -> jax.Array:
-    """Inverse of :func:`units_from_map`: ``(B, hp*wp, i, i, C)`` -> ``(B, hp*i, wp*i, C)``.
-
-    Raises:
-      ValueError: ``hp * wp`` is not the number of units.
-    """
-    b, n, i, j, c = x.shape
-    if n != hp * wp:
-        raise ValueError(f'{n} units do not form a {hp}x{wp} grid')
-    return x.reshape(b, hp, wp, i, j, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp * i, wp * j, c)
-
-
-def merge_inner(x: jax.Array) -> jax.Array:
-    """Swin's 2x2 neighbourhood concatenation on the two axes before the channels.
-
-    ``(..., h, w, C)`` -> ``(..., h/2, w/2, 4C)`` with channel blocks
-    ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` in (row, col) offsets: x1 is the odd **row** (Swin
-    ``PatchMerging`` order; ``models_hivit.py:129-134``).
-    """
-    return jnp.concatenate([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :],
-                            x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], axis=-1)
-
-
-def masked_relative_position_index(index: np.ndarray, ids_keep: jax.Array) -> jax.Array:
-    """Relative-position index among the kept units of every sample.
-
-    ``out[b, p, q] = index[ids_keep[b, p], ids_keep[b, q]]``: the official gather of rows then
-    columns (``models_hivit.py:258-264``).
-
-    Args:
-      index: ``(N, N)`` integer index over all units.
-      ids_keep: ``(B, L)`` int kept unit ids.
-
-    Returns:
-      ``(B, L, L)`` int32.
-    """
-    idx = jnp.asarray(index, jnp.int32)
-    return idx[ids_keep[:, :, None], ids_keep[:, None, :]]
-
-
-@functools.lru_cache(maxsize=None)
-def relative_position_index_hw(hp: int, wp: int) -> np.ndarray:
-    """Relative-position index over an ``hp x wp`` unit grid (units row-major):
-    ``idx[p, q] = (h_p - h_q + hp - 1) * (2 wp - 1) + (w_p - w_q + wp - 1)``, int32 ``(hp*wp, hp*wp)``
-    into a ``(2hp-1) x (2wp-1)`` table (row-major). Equals :func:`jaxmim.models.swin.relative_position_index`
-    for ``hp == wp``. Source: ``open-mmlab/mmpretrain@ee7f2e8 mmpretrain/models/backbones/hivit.py``
-    ``HiViT.__init__`` (the rectangular ``Hp, Wp`` form of ``models_hivit.py:171-182``)."""
-    hh, ww = np.meshgrid(np.arange(hp), np.arange(wp), indexing='ij')
-    coords = np.stack([hh.reshape(-1), ww.reshape(-1)])
-    rel = coords[:, :, None] - coords[:, None, :]
-    idx = ((rel[0] + hp - 1) * (2 * wp - 1) + rel[1] + wp - 1).astype(np.int32)
-    idx.setflags(write=False)
-    return idx
 
 
 # ----------------------------------------------------------------------------------------
@@ -171,7 +93,7 @@ class HiViTAttention(nnx.Module):
     Call: ``attn(x, rpe_index=None, *, train, rng, rpe_size=None)``: ``x`` (B, N, C); ``rpe_index``
     None, an ``(N, N)`` or a per-sample ``(B, N, N)`` integer index into the table; ``rpe_size``
     ``(2hp-1, 2wp-1)``: index a copy of the table resized bicubically to that offset grid
-    (:func:`jaxmim.models.vit.bicubic_resize`; the identity at the built grid), for inputs of
+    (:func:`jaxmim.models.pos_embed.bicubic_resize`; the identity at the built grid), for inputs of
     another size (:meth:`HiViT.features`).
 
     Raises:
@@ -261,6 +183,17 @@ class BlockWithRPE(nnx.Module):
         return x + L.drop_path(self.mlp(self.norm2(x), train=train, rng=k_mlp), self.drop_path, train, k_dp2)
 
 
+def merge_inner(x: jax.Array) -> jax.Array:
+    """Swin's 2x2 neighbourhood concatenation on the two axes before the channels.
+
+    ``(..., h, w, C)`` -> ``(..., h/2, w/2, 4C)`` with channel blocks
+    ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` in (row, col) offsets: x1 is the odd **row** (Swin
+    ``PatchMerging`` order; ``models_hivit.py:129-134``).
+    """
+    return jnp.concatenate([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :],
+                            x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], axis=-1)
+
+
 class PatchMerge(nnx.Module):
     """Patch merging inside each unit (``models_hivit.py:121-136``): ``(B, N, h, w, C)`` ->
     :func:`merge_inner` ``(B, N, h/2, w/2, 4C)`` -> LayerNorm(4C) -> ``reduction`` Dense(4C -> 2C,
@@ -278,8 +211,8 @@ class PatchEmbed(nnx.Module):
     """Conv stem regrouped per unit (``models_hivit.py:85-118``).
 
     ``(B, H, W, C_in)`` -> conv k = s = ``patch_size // inner_patches`` (PyTorch default init) ->
-    ``(B, H/k, W/k, D)`` -> :func:`units_from_map` ``(B, (H/p)*(W/p), i, i, D)`` -> LayerNorm
-    (when ``patch_norm``).
+    ``(B, H/k, W/k, D)`` -> :func:`~jaxmim.models.windows.units_from_map` ``(B, (H/p)*(W/p), i, i, D)``
+    -> LayerNorm (when ``patch_norm``).
 
     Raises:
       ValueError: sizes that do not divide, or (call) images not ``(B, img_size, img_size, in_chans)``.
@@ -433,7 +366,6 @@ class HiViT(nnx.Module, Backbone):
         self.grid_size, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
         if ape:
             if ape_init == 'sincos':
-                from jaxmim.models.vit import get_2d_sincos_pos_embed
                 table = jnp.asarray(get_2d_sincos_pos_embed(embed_dim, self.grid_size))[None]
             else:
                 table = L.trunc_normal_02(rngs.params(), (1, self.num_patches, embed_dim))
@@ -524,11 +456,11 @@ class HiViT(nnx.Module, Backbone):
         picks mid-stage blocks, a quirk not reproduced), the last main block's tokens as a map, and
         that map max-pooled 2x2 (floor) as the extra coarsest level. No norms (the segmentation
         backbone deletes ``fc_norm``). ``absolute_pos_embed`` is resampled bicubically to the unit
-        grid (:func:`jaxmim.models.vit.resample_abs_pos_embed`, timm's size-based form; the
+        grid (:func:`jaxmim.models.pos_embed.resample_abs_pos_embed`, timm's size-based form; the
         official ``interpolate_pos_encoding`` :101-120 passes a scale factor (h0 + 0.1) / sqrt(N),
         which maps source coordinates very slightly differently); with ``rpe`` each main block's
         table is resized bicubically to the ``(2hp-1) x (2wp-1)`` offsets of the new grid and
-        indexed rectangularly (:func:`relative_position_index_hw`; the official code builds the
+        indexed rectangularly (:func:`jaxmim.models.windows.relative_position_index_hw`; the official code builds the
         index for a square task size and resizes the tables when loading).
 
         Args:

@@ -35,8 +35,8 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
-from jaxmim.models.vit import (Mlp, dense, interpolate_pos_embed, resample_abs_pos_embed, xavier_uniform,
-                               xavier_uniform_flat)
+from jaxmim.models.pos_embed import interpolate_pos_embed, resample_abs_pos_embed
+from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['PVTAttention', 'PatchMerge', 'PVTBlock', 'PatchEmbed', 'check_stage_lists', 'pvt_blocks', 'run_blocks',
@@ -291,7 +291,7 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         As ``implus/UM-MAE@cb7776b DET/pvt.py`` ``PVTDet`` (``_get_pos_embed`` :146-150,
         ``forward_features`` :152-173; ``SEG/pvt.py`` :132-151 the same at the pre-training size):
         patch embedding, ``pos_embed`` resampled bicubically to the patch grid
-        (:func:`jaxmim.models.vit.resample_abs_pos_embed`: ``F.interpolate(mode='bicubic',
+        (:func:`jaxmim.models.pos_embed.resample_abs_pos_embed`: ``F.interpolate(mode='bicubic',
         align_corners=False)``, as ``_get_pos_embed``; PVT v1's own ``whai362/PVT detection/pvt.py``
         resizes its per-stage tables bilinearly), the blocks, and the **raw** output of each
         stage's last block (``out_indices=[2, 6, 12, 15]`` for PVT-S), un-normalised as PVT v1's

@@ -14,12 +14,13 @@ head_dim^-0.5 before q·kᵀ (:124-125), relative-position index from an 'ij' me
 shift mask filled with -100 (:209-232), roll by -s before and +s after attention (:245, :262),
 window clamped to the stage resolution when smaller (:193-197), PatchMerging concatenation
 order (0,0),(1,0),(0,1),(1,1) (:319-322). The relative-position index
-and the shift mask are static NumPy constants, never variables.
+and the shift mask are static NumPy constants, never variables (:mod:`jaxmim.models.windows`);
+SimMIM's resize of the relative-position tables to another window size is
+:func:`jaxmim.models.pos_embed.resize_rel_pos_table`.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -29,84 +30,10 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim import sharding
-from jaxmim.models.vit import bicubic_resize
+from jaxmim.models.pos_embed import bicubic_resize, resize_rel_pos_table
+from jaxmim.models.windows import (relative_position_index, shifted_window_mask, stage_window, window_partition,
+                                   window_reverse)
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
-
-
-# ----------------------------------------------------------------------------------------
-# Static window helpers (NumPy, computed once per shape).
-# ----------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def relative_position_index(window_size: int) -> np.ndarray:
-    """Relative-position index of a ``window_size`` x ``window_size`` window.
-
-    ``idx[i, j] = (h_i - h_j + W - 1) * (2W - 1) + (w_i - w_j + W - 1)`` for tokens i, j in
-    row-major order inside the window (an 'ij' meshgrid). Returns int32 ``(W*W, W*W)`` with
-    values in ``[0, (2W-1)^2)``. Source: ``models/swin_transformer.py:94-104``.
-    """
-    ws = window_size
-    coords = np.stack(np.meshgrid(np.arange(ws), np.arange(ws), indexing='ij')).reshape(2, -1)
-    rel = coords[:, :, None] - coords[:, None, :] + (ws - 1)   # (2, N, N)
-    idx = rel[0] * (2 * ws - 1) + rel[1]
-    idx.setflags(write=False)
-    return idx.astype(np.int32)
-
-
-@functools.lru_cache(maxsize=None)
-def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int) -> np.ndarray:
-    """Attention mask of the shifted windows of a ``height`` x ``width`` map.
-
-    Regions are labelled by the slices ``[0, H-ws), [H-ws, H-s), [H-s, H)`` of rows and
-    columns (label = 3·row_slice + col_slice); two tokens of one window may attend to each
-    other only when they carry the same label. Returns float32 ``(nW, N, N)`` with 0 where
-    allowed and -100 elsewhere, windows in row-major order, N = window_size^2.
-    Source: ``models/swin_transformer.py:209-232``.
-
-    Raises:
-      ValueError: if the window does not divide the map or ``shift_size`` is not in
-        ``(0, window_size)``.
-    """
-    ws, s = window_size, shift_size
-    if height % ws or width % ws:
-        raise ValueError(f'window_size {ws} must divide the feature map {height}x{width}')
-    if not 0 < s < ws:
-        raise ValueError(f'shift_size must be in (0, window_size={ws}), got {s}')
-    label = np.zeros((height, width), np.int32)
-    bounds = lambda n: ((0, n - ws), (n - ws, n - s), (n - s, n))
-    for r, (r0, r1) in enumerate(bounds(height)):
-        for c, (c0, c1) in enumerate(bounds(width)):
-            label[r0:r1, c0:c1] = 3 * r + c
-    windows = window_partition(label[None, :, :, None], ws).reshape(-1, ws * ws)
-    mask = np.where(windows[:, None, :] != windows[:, :, None], -100.0, 0.0).astype(np.float32)
-    mask.setflags(write=False)
-    return mask
-
-
-def window_partition(x, window_size: int):
-    """Cuts ``(B, H, W, C)`` into windows ``(B*nW, ws, ws, C)``, window index fastest within a
-    batch element and row-major over the window grid. Works on NumPy and JAX arrays.
-    Source: ``models/swin_transformer.py:34-46``."""
-    b, h, w, c = x.shape
-    ws = window_size
-    x = x.reshape(b, h // ws, ws, w // ws, ws, c)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
-
-
-def window_reverse(windows, window_size: int, height: int, width: int):
-    """Inverse of :func:`window_partition`: ``(B*nW, ws, ws, C)`` -> ``(B, H, W, C)``."""
-    ws = window_size
-    c = windows.shape[-1]
-    x = windows.reshape(-1, height // ws, width // ws, ws, ws, c)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
-
-
-def stage_window(resolution: tuple[int, int], window_size: int, shift_size: int) -> tuple[int, int]:
-    """The clamp rule (``swin_transformer.py:193-197``): a stage no larger than its window
-    uses one unshifted window covering the whole map. Returns ``(window, shift)``."""
-    if min(resolution) <= window_size:
-        return min(resolution), 0
-    return window_size, shift_size
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,7 +88,7 @@ class SwinTransformerBlock(nnx.Module):
     """Pre-norm Swin block: (shifted) window attention and MLP, each with a residual.
 
     Input and output ``(B, H, W, C)`` with ``(H, W) = input_resolution``. ``window_size``
-    and ``shift_size`` are given after the clamp rule (:func:`stage_window`);
+    and ``shift_size`` are given after the clamp rule (:func:`~jaxmim.models.windows.stage_window`);
     ``feature_shift`` (default ``shift_size``) is the shift of the detection backbone's block,
     which has no clamp rule (:meth:`forward_padded`). Source: ``models/swin_transformer.py:164-271``.
     """
@@ -348,7 +275,7 @@ class SwinTransformer(nnx.Module, Backbone):
       embed_dim: channels of stage 1; stage i has ``embed_dim * 2**i``.
       depths: blocks per stage.
       num_heads: attention heads per stage.
-      window_size: window side in tokens (clamped per stage, see :func:`stage_window`).
+      window_size: window side in tokens (clamped per stage, see :func:`~jaxmim.models.windows.stage_window`).
       mlp_ratio: MLP hidden width / dim.
       qkv_bias: bias in the fused qkv projection.
       qk_scale: overrides head_dim^-0.5 when set.
@@ -473,8 +400,8 @@ class SwinTransformer(nnx.Module, Backbone):
 
     def adapt_pretrained(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Resizes a ``relative_position_bias_table`` of another window size with SimMIM's
-        geometric bicubic scheme (:func:`resize_rel_pos_table`; window 6 -> 7 of the official
-        192 -> 224 fine-tuning path).
+        geometric bicubic scheme (:func:`~jaxmim.models.pos_embed.resize_rel_pos_table`; window 6 -> 7 of
+        the official 192 -> 224 fine-tuning path).
 
         Raises:
           ValueError: any other tensor whose shape differs, or a table whose head count differs.
@@ -609,58 +536,3 @@ class SwinTransformerForSimMIM(SwinTransformer):
         w = mask.astype(x.dtype)[..., None]
         x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
         return self.forward_tokens(x, train=train, rng=rng)
-
-
-# ----------------------------------------------------------------------------------------
-# Loading pre-trained tables at another window size.
-# ----------------------------------------------------------------------------------------
-
-def resize_rel_pos_table(table: np.ndarray, new_length: int) -> np.ndarray:
-    """Resizes a relative-position bias table to another window size, SimMIM's way.
-
-    The ``(2W-1)^2`` offsets of the source are placed on a geometrically stretched grid whose
-    outermost offset lands on the target's outermost integer offset (ratio q by bisection
-    on [1.01, 1.5]); each head is then fitted by an interpolating bicubic spline (FITPACK,
-    s=0; what ``scipy.interpolate.interp2d(kind='cubic')`` did) and evaluated on the
-    target's integer offsets. Source: ``microsoft/SimMIM@d3e29bc utils.py:126-204``
-    (``remap_pretrained_keys_swin``; bisection :148-155, source axis :160-169, spline
-    :180-187).
-
-    Args:
-      table: ``(L1, nH)`` float table, L1 = (2W1-1)^2.
-      new_length: L2 = (2W2-1)^2.
-
-    Returns:
-      ``(L2, nH)`` float32 table (the input itself when ``L1 == L2``).
-
-    Raises:
-      ValueError: lengths that are not squares of odd numbers, or a source window below 3
-        (a bicubic spline needs at least 4 offsets per axis).
-    """
-    from scipy.interpolate import RectBivariateSpline
-
-    table = np.asarray(table, np.float32)
-    src, dst = int(round(table.shape[0] ** 0.5)), int(round(new_length ** 0.5))
-    if src * src != table.shape[0] or dst * dst != new_length or src % 2 == 0 or dst % 2 == 0:
-        raise ValueError(f'relative_position_bias_table lengths must be (2W-1)^2: got {table.shape[0]} '
-                         f'-> {new_length}')
-    if src == dst:
-        return table
-    if src < 5:
-        raise ValueError(f'relative_position_bias_table of {table.shape[0]} offsets (window {(src + 1) // 2}) is '
-                         'too small for the bicubic resize: it needs a source window of at least 3')
-    n, m = src // 2, dst // 2
-    left, right = 1.01, 1.5
-    while right - left > 1e-6:
-        q = (left + right) / 2.0
-        if (1.0 - q ** n) / (1.0 - q) > m:
-            right = q
-        else:
-            left = q
-    dis = np.cumsum([q ** i for i in range(n)])   # 1, 1+q, 1+q+q^2, ...
-    axis = np.concatenate([-dis[::-1], [0.0], dis])
-    target = np.arange(-m, m + 0.1, 1.0)
-    out = [RectBivariateSpline(axis, axis, table[:, h].reshape(src, src).astype(np.float64),
-                               kx=3, ky=3, s=0)(target, target).reshape(-1)
-           for h in range(table.shape[1])]
-    return np.stack(out, axis=1).astype(np.float32)

@@ -36,7 +36,7 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
-from jaxmim.models.swin import shifted_window_mask, window_partition, window_reverse
+from jaxmim.models.windows import shifted_window_mask, window_partition, window_reverse
 from jaxmim.models.pvt import stage_outputs
 from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model

@@ -1,9 +1,10 @@
 """Vision Transformer (Dosovitskiy et al., 2021) in Flax NNX, as fine-tuned by MAE.
 
 Follows ``facebookresearch/mae@efb2a80 models_vit.py`` (``VisionTransformer``: timm 0.3.2's
-``vision_transformer.VisionTransformer`` plus ``global_pool``) and ``util/pos_embed.py`` (2-D
-sin-cos tables, ``interpolate_pos_embed``). The building blocks (:class:`PatchEmbed`,
-:class:`Block`) are shared with the MAE pre-training model (``jaxmim.methods.mae``).
+``vision_transformer.VisionTransformer`` plus ``global_pool``); its position tables
+(``util/pos_embed.py``: 2-D sin-cos tables, ``interpolate_pos_embed``) are in
+:mod:`jaxmim.models.pos_embed`. The building blocks (:class:`PatchEmbed`, :class:`Block`) are
+shared with the MAE pre-training model (``jaxmim.methods.mae``).
 
 Attribute names mirror the official PyTorch keys (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm`` /
@@ -28,10 +29,10 @@ from flax import nnx
 
 from jaxmim import layers as L
 from jaxmim import sharding
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed, resample_abs_pos_embed
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
-__all__ = ['get_1d_sincos_pos_embed_from_grid', 'get_2d_sincos_pos_embed', 'interpolate_pos_embed',
-           'torch_bicubic_resize', 'bicubic_resize', 'resample_abs_pos_embed', 'default_vit_out_indices',
+__all__ = ['default_vit_out_indices',
            'xavier_uniform', 'xavier_uniform_flat', 'dense', 'Attention', 'Mlp',
            'Block', 'PatchEmbed', 'VisionTransformer']
 
@@ -74,233 +75,6 @@ def dense(din: int, dout: int, rngs: nnx.Rngs, kernel_init: Callable = L.trunc_n
       ValueError: an unknown logical name.
     """
     return L.linear(din, dout, rngs, use_bias=use_bias, kernel_init=kernel_init, axes=axes)
-
-
-# ----------------------------------------------------------------------------------------
-# 2-D sin-cos position tables (MAE util/pos_embed.py, exact).
-# ----------------------------------------------------------------------------------------
-
-def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
-    """1-D sin-cos embedding of positions ``pos``.
-
-    ``out[m] = [sin(pos_m * w_0..w_{D/2-1}), cos(pos_m * w_0..w_{D/2-1})]`` with
-    ``w_k = 1 / 10000^(k / (D/2))``, computed in float64.
-    Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py`` ``get_1d_sincos_pos_embed_from_grid``.
-
-    Args:
-      embed_dim: output channels D (even).
-      pos: positions, any shape (flattened to ``(M,)``).
-
-    Returns:
-      float64 ``(M, D)``.
-
-    Raises:
-      ValueError: odd ``embed_dim``.
-    """
-    if embed_dim % 2:
-        raise ValueError(f'embed_dim must be even, got {embed_dim}')
-    omega = np.arange(embed_dim // 2, dtype=np.float64)
-    omega /= embed_dim / 2.0
-    omega = 1.0 / 10000 ** omega                                    # (D/2,)
-    pos = np.asarray(pos).reshape(-1)                               # (M,)
-    out = np.einsum('m,d->md', pos, omega)                          # (M, D/2) float64
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int],
-                            cls_token: bool = False) -> np.ndarray:
-    """MAE's fixed 2-D sin-cos position table.
-
-    ``np.meshgrid(w, h)`` puts the column index first, so for the patch at row ``i``, column
-    ``j`` (raster index ``i * W + j``) the first D/2 channels are the 1-D embedding of ``j`` and
-    the last D/2 channels that of ``i`` (each half ``[sin(.. w_k), cos(.. w_k)]``,
-    ``w_k = 10000^(-k/(D/4))``, k < D/4). Computed in float64 and cast to float32, as the
-    official ``torch.from_numpy(pos_embed).float()``. With ``cls_token`` a zero row is
-    prepended. Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py``
-    ``get_2d_sincos_pos_embed`` / ``get_2d_sincos_pos_embed_from_grid`` (the same code as
-    ``implus/UM-MAE@cb7776b util/pos_embed.py``).
-
-    Args:
-      embed_dim: channels D, a multiple of 4.
-      grid_size: grid side, or ``(H, W)`` in patches.
-      cls_token: prepend a zero row for the class token.
-
-    Returns:
-      float32 ``(H*W, D)``, or ``(1 + H*W, D)`` with ``cls_token``.
-
-    Raises:
-      ValueError: ``embed_dim`` not a multiple of 4.
-    """
-    if embed_dim % 4:
-        raise ValueError(f'embed_dim must be a multiple of 4 for the 2-D sin-cos table, got {embed_dim}')
-    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-    grid_h = np.arange(gh, dtype=np.float32)
-    grid_w = np.arange(gw, dtype=np.float32)
-    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape(2, 1, gh, gw)   # w goes first
-    emb = np.concatenate([get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0]),
-                          get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])], axis=1)
-    if cls_token:
-        emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
-    return emb.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------
-# Position-table interpolation (torch bicubic, align_corners=False).
-# ----------------------------------------------------------------------------------------
-
-def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
-    """Keys cubic-convolution weights of the taps at offsets -1, 0, 1, 2 for fraction ``t``
-    (PyTorch ``get_cubic_upsample_coefficients``, A = -0.75). Returns ``(len(t), 4)``."""
-    def near(x):   # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):    # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return np.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
-
-
-def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``(n_out, n_in)`` float64 matrix of 1-D torch bicubic resizing with align_corners=False:
-    source coordinate ``(x + 0.5) * n_in / n_out - 0.5`` (not clamped), taps
-    ``floor(src) - 1 .. floor(src) + 2`` clamped to the border (``upsample_get_value_bounded``)."""
-    scale = n_in / n_out
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
-    base = np.floor(src)
-    w = _cubic_weights(src - base)
-    mat = np.zeros((n_out, n_in), np.float64)
-    for tap in range(4):
-        idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
-        np.add.at(mat, (np.arange(n_out), idx), w[:, tap])
-    return mat
-
-
-def torch_bicubic_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``torch.nn.functional.interpolate(mode='bicubic', align_corners=False)`` on a channels-last map.
-
-    Separable cubic convolution with A = -0.75 (not ``jax.image.resize``'s Keys A = -0.5 with
-    antialiasing), computed in float64. Source: PyTorch ``aten/src/ATen/native/UpSample.h``
-    (``area_pixel_compute_source_index``, ``cubic_convolution1/2``).
-
-    Args:
-      x: ``(..., H, W, C)`` array.
-      size: output ``(H', W')``.
-
-    Returns:
-      ``(..., H', W', C)`` in ``x``'s dtype; ``x`` itself (a copy) when the size is unchanged.
-    """
-    x = np.asarray(x)
-    h, w = x.shape[-3], x.shape[-2]
-    if (h, w) == tuple(size):
-        return x.copy()
-    mh, mw = _bicubic_matrix(h, size[0]), _bicubic_matrix(w, size[1])
-    y = np.einsum('ph,...hwc->...pwc', mh, x.astype(np.float64))
-    y = np.einsum('qw,...pwc->...pqc', mw, y)
-    return y.astype(x.dtype)
-
-
-def bicubic_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """:func:`torch_bicubic_resize` in JAX, for traced arrays (under ``jax.jit``, on parameters).
-
-    The resize is two fixed matrix products with the float64-built :func:`_bicubic_matrix` of the
-    static shapes, cast to float32 and applied at ``Precision.HIGHEST`` (no TF32 / bf16 passes on
-    accelerators): ``torch.nn.functional.interpolate(mode='bicubic', align_corners=False,
-    antialias=False)`` on the ``(..., C, H, W)`` transpose, computed in float32 and cast back to
-    ``x``'s dtype, as timm's ``resample_abs_pos_embed`` does (``timm/layers/pos_embed.py``).
-
-    Args:
-      x: ``(..., H, W, C)`` array.
-      size: output ``(H', W')``.
-
-    Returns:
-      ``(..., H', W', C)`` in ``x``'s dtype; ``x`` itself when the size is unchanged.
-    """
-    h, w = x.shape[-3], x.shape[-2]
-    if (h, w) == tuple(size):
-        return x
-    hi = jax.lax.Precision.HIGHEST
-    mh = jnp.asarray(_bicubic_matrix(h, int(size[0])), jnp.float32)
-    mw = jnp.asarray(_bicubic_matrix(w, int(size[1])), jnp.float32)
-    y = jnp.einsum('ph,...hwc->...pwc', mh, x.astype(jnp.float32), precision=hi)
-    y = jnp.einsum('qw,...pwc->...pqc', mw, y, precision=hi)
-    return y.astype(x.dtype)
-
-
-def resample_abs_pos_embed(pos_embed: jax.Array, new_size: tuple[int, int], old_size: tuple[int, int] | None = None,
-                           num_prefix_tokens: int = 1) -> jax.Array:
-    """Resamples an absolute position table to another token grid, timm's way, jit-friendly.
-
-    The leading ``num_prefix_tokens`` rows (class tokens) are kept; the ``old_size`` grid of the
-    other rows (raster order) is resized with :func:`bicubic_resize` (torch bicubic,
-    align_corners=False, float32). Source: ``huggingface/pytorch-image-models``
-    ``timm/layers/pos_embed.py`` ``resample_abs_pos_embed`` called with ``antialias=False``, the
-    plain bicubic of the official dense backbones (mmseg's MAE / BEiT, ViTDet, UM-MAE, HiViT, mmdet
-    Swin); timm's own default ``antialias=True`` is PyTorch's antialiased bicubic (a PIL-style
-    A = -0.5 kernel with border renormalisation), which differs even when upsampling.
-
-    Args:
-      pos_embed: ``(B?, P + h*w, D)`` table (a traced array is fine).
-      new_size: target grid ``(H', W')``.
-      old_size: source grid ``(h, w)``; None: square.
-      num_prefix_tokens: P.
-
-    Returns:
-      ``(B?, P + H'*W', D)`` in the input dtype (the input itself when the grid is unchanged).
-
-    Raises:
-      ValueError: the rows after the prefix do not form the ``old_size`` (or a square) grid.
-    """
-    n, d = pos_embed.shape[-2:]
-    m = n - num_prefix_tokens
-    if old_size is None:
-        s = math.isqrt(max(m, 0))
-        old_size = (s, s)
-    old_size, new_size = tuple(int(v) for v in old_size), tuple(int(v) for v in new_size)
-    if m <= 0 or old_size[0] * old_size[1] != m:
-        raise ValueError(f'pos_embed of shape {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix token(s) '
-                         f'does not hold a {old_size[0]}x{old_size[1]} grid')
-    if old_size == new_size:
-        return pos_embed
-    lead = pos_embed.shape[:-2]
-    grid = pos_embed[..., num_prefix_tokens:, :].reshape(*lead, *old_size, d)
-    grid = bicubic_resize(grid, new_size).reshape(*lead, new_size[0] * new_size[1], d)
-    return jnp.concatenate([pos_embed[..., :num_prefix_tokens, :], grid], axis=-2)
-
-
-def interpolate_pos_embed(pos_embed: np.ndarray, new_grid: int | tuple[int, int],
-                          num_extra_tokens: int = 1) -> np.ndarray:
-    """Resizes a ViT position table to another patch grid, MAE/DeiT's way.
-
-    The leading ``num_extra_tokens`` rows (class / distillation tokens) are kept unchanged; the
-    remaining rows, a square ``gs x gs`` grid in raster order, are resized with torch bicubic
-    (align_corners=False, :func:`torch_bicubic_resize`) to ``new_grid``.
-    Source: ``facebookresearch/mae@efb2a80 util/pos_embed.py`` ``interpolate_pos_embed``.
-
-    Args:
-      pos_embed: ``(1, E + gs*gs, D)`` or ``(E + gs*gs, D)`` table.
-      new_grid: target grid side, or ``(H', W')``.
-      num_extra_tokens: E, rows that are not patch positions.
-
-    Returns:
-      ``(..., E + H'*W', D)`` in the input dtype; an unchanged copy when the grid already matches.
-
-    Raises:
-      ValueError: the patch rows do not form a square grid.
-    """
-    pe = np.asarray(pos_embed)
-    n, d = pe.shape[-2:]
-    gs = math.isqrt(max(n - num_extra_tokens, 0))
-    if n - num_extra_tokens <= 0 or gs * gs != n - num_extra_tokens:
-        raise ValueError(f'pos_embed of shape {pe.shape} with {num_extra_tokens} extra token(s) does not '
-                         'hold a square patch grid')
-    new = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
-    if (gs, gs) == new:
-        return pe.copy()
-    lead = pe.shape[:-2]
-    extra = pe[..., :num_extra_tokens, :]
-    grid = pe[..., num_extra_tokens:, :].reshape(*lead, gs, gs, d)
-    grid = torch_bicubic_resize(grid, new).reshape(*lead, new[0] * new[1], d)
-    return np.concatenate([extra, grid], axis=-2).astype(pe.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -580,8 +354,8 @@ class VisionTransformer(nnx.Module, Backbone):
 
         As the BEiT / MAE semantic-segmentation backbones and ViTDet take them: images of any size
         that is a multiple of ``patch_size``; ``pos_embed`` resampled bicubically to the new patch
-        grid with the class token kept (:func:`resample_abs_pos_embed`, timm semantics); class
-        token prepended; the blocks run; after block i (``i in out_indices``) the patch tokens
+        grid with the class token kept (:func:`~jaxmim.models.pos_embed.resample_abs_pos_embed`, timm
+        semantics); class token prepended; the blocks run; after block i (``i in out_indices``) the patch tokens
         (class token dropped), **without** a norm, reshaped to a map. The feature-pyramid
         necks (BEiT's ``fpn1..4`` deconvolutions, ViTDet's simple pyramid) are head-side and not
         built here. Sources: ``microsoft/unilm beit/semantic_segmentation/backbone/beit.py``
@@ -641,8 +415,8 @@ class VisionTransformer(nnx.Module, Backbone):
         return ('head.*', 'fc_norm.*') if self.global_pool else ('head.*',)
 
     def adapt_pretrained(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """Resizes a pre-trained ``pos_embed`` of another grid with :func:`interpolate_pos_embed`
-        (class token kept). Raises ValueError (naming the tensor and both shapes) otherwise."""
+        """Resizes a pre-trained ``pos_embed`` of another grid with
+        :func:`~jaxmim.models.pos_embed.interpolate_pos_embed` (class token kept). Raises ValueError (naming the tensor and both shapes) otherwise."""
         value = np.asarray(value)
         shape = tuple(shape)
         if (name == 'pos_embed' and value.ndim == 3 and len(shape) == 3 and value.shape[0] == shape[0]

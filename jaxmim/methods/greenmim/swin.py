@@ -33,7 +33,8 @@ from jaxmim import sharding
 from jaxmim.methods.greenmim.grouping import GreenSwinPlanner, group_attention_logits_bias, planner_pool
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models import swin as swin_lib
-from jaxmim.models.vit import Block, get_2d_sincos_pos_embed, xavier_uniform, xavier_uniform_flat
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.vit import Block, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['GreenSwinBlock', 'GreenSwinTransformer', 'GreenMIMSwin', 'take_tokens',

@@ -47,7 +47,8 @@ from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models.hivit import BlockWithRPE, HiViT
-from jaxmim.models.vit import dense, get_2d_sincos_pos_embed
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.vit import dense
 from jaxmim.registry import register_model
 
 __all__ = ['masking_ids', 'HiViTMaskedAutoencoder']

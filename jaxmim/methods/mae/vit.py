@@ -22,7 +22,8 @@ from flax import nnx
 from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: MAE's pixel layout)
-from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.vit import Block, PatchEmbed, dense, vit_layer_id, xavier_uniform
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['patchify', 'unpatchify', 'random_masking', 'norm_pix_target', 'mae_loss', 'MaskedAutoencoderViT']

@@ -21,7 +21,8 @@ from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import norm_pix_target
-from jaxmim.models.vit import Block, dense, get_2d_sincos_pos_embed, xavier_uniform
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.vit import Block, dense, xavier_uniform
 
 __all__ = ['pixel_shuffle', 'PyramidMAEDecoder', 'SimMIMHead']
 

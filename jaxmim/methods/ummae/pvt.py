@@ -21,9 +21,10 @@ from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, check_pyramid_strides, check_um_pretrain_args
 from jaxmim.methods.ummae.decoder import PyramidMAEDecoder, SimMIMHead
 from jaxmim.models.flat_blocks import UMMAEHooks
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
 from jaxmim.models.pvt import (DATA_256, DATA_DEMO, PVT_DEMO, PVT_SMALL, PatchEmbed, check_stage_lists, pvt_blocks,
                                run_blocks)
-from jaxmim.models.vit import dense, get_2d_sincos_pos_embed, xavier_uniform
+from jaxmim.models.vit import dense, xavier_uniform
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['MaskedAutoencoderPVT', 'SimMIMPVT']

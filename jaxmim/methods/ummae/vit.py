@@ -21,7 +21,8 @@ from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, norm_pix_target
-from jaxmim.models.vit import Block, PatchEmbed, dense, get_2d_sincos_pos_embed, vit_layer_id, xavier_uniform
+from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.vit import Block, PatchEmbed, dense, vit_layer_id, xavier_uniform
 from jaxmim.registry import Backbone, register_model
 
 __all__ = ['MaskedAutoencoderViTUM']
