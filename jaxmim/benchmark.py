@@ -7,6 +7,9 @@ Usage::
     # MAE ViT-B (224, mask 0.75) against SimMIM Swin-B (192) in one run:
     python -m jaxmim.benchmark --config=configs/pretrain/mae_vit_base_800ep.py --kinds=pretrain \
         --also=configs/pretrain/simmim_swin_base_img192_window6.py:100ep --batch_size=8
+    # the same steps at float32 and at bfloat16 (the ImageNet configs' default), one row each:
+    python -m jaxmim.benchmark --config=configs/pretrain/mae_vit_base_800ep.py --kinds=pretrain \
+        --compute_dtypes=float32,bfloat16
 
 ``--config=path[:variant]`` and ``--config.a.b=value`` work as in ``jaxmim.main``; ``--also``
 adds further configs (``path[:variant]``, repeatable) measured in the same run with the same
@@ -103,6 +106,9 @@ _KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices only (0: all).')
 _JSON = flags.DEFINE_string('json_out', None, 'Write the rows (and device info) as JSON to this path.')
 _ALSO = flags.DEFINE_multi_string('also', [], 'Further configs path[:variant] measured in the same run.')
+_DTYPES = flags.DEFINE_list('compute_dtypes', [], 'Run every config at each of these config.compute_dtype values '
+                            '(float32, bfloat16), one row each; default: each config\'s own (the ImageNet configs '
+                            'default to bfloat16, slow emulation on CPU: pass float32 there).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host).')
 _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False,
                                    'Also time the PyTorch twin of each model (convert/), interleaved with JAX.')
@@ -561,9 +567,20 @@ def main(argv: list[str]) -> None:
         f'{jax.process_count()} process(es); jax {jax.__version__}; host malloc: '
         f'{"tuned (jaxmim.host: one arena, no mmap, no trim)" if malloc else "default"}')
     try:
-        from jaxmim.config import load_config_file
+        from jaxmim.config import COMPUTE_DTYPES, load_config_file
         specs = [config_flags.get_config_filename(flags.FLAGS['config'])] + list(_ALSO.value)
         configs = [_CONFIG.value] + [load_config_file(spec) for spec in _ALSO.value]
+        bad = [d for d in _DTYPES.value if d not in COMPUTE_DTYPES]
+        if bad:
+            raise ValueError(f'--compute_dtypes: {bad} not accepted; use {list(COMPUTE_DTYPES)}')
+        if _DTYPES.value:
+            pairs = []
+            for spec, config in zip(specs, configs):
+                for dtype in _DTYPES.value:
+                    variant = config.copy_and_resolve_references()
+                    variant.compute_dtype = dtype
+                    pairs.append((f'{spec} [{dtype}]', variant))
+            specs, configs = [p[0] for p in pairs], [p[1] for p in pairs]
         rows = []
         for spec, config in zip(specs, configs):
             new = run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,

@@ -96,7 +96,9 @@ def _common_defaults() -> ml_collections.ConfigDict:
         accum_steps=1,
         nonfinite='stop',              # non-finite loss/grad norm: 'stop' (exit 3, nothing saved) | 'skip' (count)
         # 'bfloat16': the forward / backward run on bf16 copies of the float32 master weights and
-        # images; the loss and the gradients reaching the optimizer stay float32.
+        # images; the loss and the gradients reaching the optimizer stay float32. float32 here and in
+        # the CPU demos (bf16 is emulated on CPU); the accelerator (ImageNet) configs under
+        # configs/{pretrain,finetune,supervised} set 'bfloat16' (tests/test_bf16.py).
         compute_dtype='float32',
         # The device mesh ('data', 'fsdp', 'model') and the layout of the train state
         # (jaxmim.mesh, jaxmim.sharding). -1: the devices the other axes leave.

@@ -154,6 +154,17 @@ def test_cli_rejects_indivisible_batch(tmp_path):
     assert 'multiple of the device count 2' in proc.stderr
 
 
+def test_cli_rejects_unknown_compute_dtype(tmp_path):
+    """``--compute_dtypes`` names the accepted values in one line (exit 2) before compiling."""
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'jaxmim.benchmark', '--config=configs/demo/simmim_swin_fmnist.py',
+         '--compute_dtypes=float32,float16', '--steps=1', '--warmup=0'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "--compute_dtypes: ['float16'] not accepted; use ['float32', 'bfloat16']" in proc.stderr
+
+
 def test_inference_throughput_the_official_way():
     """``--kinds=inference``: 50 warm-up then 30 timed evaluation forwards of the classifier; its
     XLA FLOPs per image cover at least the forward's multiply-adds (2 FLOPs each, counted from the

@@ -20,8 +20,9 @@ The window-6 relative-position tables of the 192-px pre-training are resized 11x
 load (SimMIM's geometric bicubic scheme).
 Batch 2048 per optimizer update (16 GPUs x 128 in the paper); on fewer accelerators keep
 ``batch_size=2048`` and raise ``--config.accum_steps`` (the update is the same up to float
-rounding; drop-path draws differ per micro-batch). Differences left: apex O1 mixed precision
-(jaxmim runs float32), one mixup lambda per global batch where SimMIM draws one per GPU.
+rounding; drop-path draws differ per micro-batch). Mixed precision: SimMIM's apex O1 (fp16) is bf16
+compute here (``compute_dtype='bfloat16'``). Difference left: one mixup lambda per global batch where
+SimMIM draws one per GPU.
 """
 
 from jaxmim.config import finetune_defaults
@@ -46,4 +47,8 @@ def get_config(arg='100ep'):
     c.log_every = 100
     c.eval_every = 5 * ITERS_PER_EPOCH
     c.checkpoint_every = 5 * ITERS_PER_EPOCH
+    # Accelerators: bf16 forward / backward on float32 master weights, loss and AdamW state
+    # (jaxmim.steps.accumulate_gradients); every family's loss tracks float32 within 0.5 % over 50 steps
+    # (tests/test_bf16.py). --config.compute_dtype=float32 for full precision (on CPU bf16 is emulated, slower).
+    c.compute_dtype = 'bfloat16'
     return c

@@ -30,7 +30,7 @@ memory order). Details that matter (all in the official file):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
-__all__ = ['SeparableConv2d', 'batch_norm', 'Aggregator', 'Agg0', 'ConvRelPosEnc', 'EfficientAtt',
+__all__ = ['SeparableConv2d', 'BatchNorm', 'batch_norm', 'Aggregator', 'Agg0', 'ConvRelPosEnc', 'EfficientAtt',
            'ConvPosEnc', 'ConvStem', 'PatchEmbedLayer', 'GMABlock', 'GMAStage', 'GroupMixFormer',
            'GroupMixFormerForSimMIM', 'CRPE_WINDOW']
 
@@ -69,11 +69,26 @@ def _conv(din: int, dout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1, group
                     kernel_metadata=kernel_axes, bias_metadata=sharding.axes('bias'))
 
 
-def batch_norm(dim: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` whose output keeps the input's dtype.
+
+    Under mixed precision (``config.compute_dtype='bfloat16'``) the float32 running statistics and
+    affine parameters would promote bf16 activations to float32, so every layer after the first
+    BatchNorm would compute in float32; the statistics are still computed in float32 and the
+    result is cast back. float32 inputs are unchanged.
+    """
+
+    def __call__(self, x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        """``nnx.BatchNorm.__call__`` on channels-last ``x``, returned in ``x.dtype``."""
+        return super().__call__(x, *args, **kwargs).astype(x.dtype)
+
+
+def batch_norm(dim: int, rngs: nnx.Rngs) -> BatchNorm:
     """``nn.SyncBatchNorm(dim)``: eps 1e-5, PyTorch momentum 0.1 (Flax 0.9), affine 1/0, running
     mean 0 / var 1; two-pass variance (``use_fast_variance=False``) for parity with PyTorch. Call it
-    as ``bn(x, use_running_average=not train)`` on channels-last ``x``."""
-    return nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs,
+    as ``bn(x, use_running_average=not train)`` on channels-last ``x``; the output has ``x``'s
+    dtype (:class:`BatchNorm`)."""
+    return BatchNorm(dim, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs,
                          scale_metadata=sharding.axes('norm'), bias_metadata=sharding.axes('norm'))
 
 
