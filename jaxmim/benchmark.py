@@ -7,9 +7,6 @@ Usage::
     # MAE ViT-B (224, mask 0.75) against SimMIM Swin-B (192) in one run:
     python -m jaxmim.benchmark --config=configs/pretrain/mae_vit_base_800ep.py --kinds=pretrain \
         --also=configs/pretrain/simmim_swin_base_img192_window6.py:100ep --batch_size=8
-    # the same steps at float32 and at bfloat16 (the ImageNet configs' default), one row each:
-    python -m jaxmim.benchmark --config=configs/pretrain/mae_vit_base_800ep.py --kinds=pretrain \
-        --compute_dtypes=float32,bfloat16
 
 ``--config=path[:variant]`` and ``--config.a.b=value`` work as in ``jaxmim.main``; ``--also``
 adds further configs (``path[:variant]``, repeatable) measured in the same run with the same
@@ -88,11 +85,10 @@ from jaxmim import ops, profiling, registry, rundir, torch_compare
 from jaxmim import steps as steps_lib
 from jaxmim.profiling import counted, host_counter_means
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, path[:variant].',
-    # The file's ConfigDict is locked except model.overrides, which takes new keys (constructor
-    # arguments checked by create_model), e.g. --config.model.overrides.drop_path_rate=0.2.
-    lock_config=False, accept_new_attributes=True)
+# The file's ConfigDict is locked except model.overrides, which takes new keys (constructor arguments
+# checked by create_model), e.g. --config.model.overrides.drop_path_rate=0.2.
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, path[:variant].', lock_config=False,
+                                          accept_new_attributes=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps per step kind.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed train steps after compilation.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch size (default: config.batch_size).')
@@ -106,15 +102,12 @@ _KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices only (0: all).')
 _JSON = flags.DEFINE_string('json_out', None, 'Write the rows (and device info) as JSON to this path.')
 _ALSO = flags.DEFINE_multi_string('also', [], 'Further configs path[:variant] measured in the same run.')
-_DTYPES = flags.DEFINE_list('compute_dtypes', [], 'Run every config at each of these config.compute_dtype values '
-                            '(float32, bfloat16), one row each; default: each config\'s own (the ImageNet configs '
-                            'default to bfloat16, slow emulation on CPU: pass float32 there).')
+_DTYPES = flags.DEFINE_list('compute_dtypes', [], 'Each config at each compute_dtype (float32,bfloat16); default: its own.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first (multi-host).')
 _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False,
                                    'Also time the PyTorch twin of each model (convert/), interleaved with JAX.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'With --compare_torch: also time torch.compile(twin).')
-_PROFILE = flags.DEFINE_string('profile', None, 'Profile each training step after timing it: JAX trace into this '
-                               'directory, per-op cost tables of JAX and (with --compare_torch) PyTorch eager.')
+_PROFILE = flags.DEFINE_string('profile', None, 'Trace each timed step into this directory; per-op cost tables.')
 _PROFILE_TOP = flags.DEFINE_integer('profile_top', 10, 'With --profile: rows of each cost table printed.')
 
 KINDS = ('pretrain', 'finetune')
@@ -567,20 +560,11 @@ def main(argv: list[str]) -> None:
         f'{jax.process_count()} process(es); jax {jax.__version__}; host malloc: '
         f'{"tuned (jaxmim.host: one arena, no mmap, no trim)" if malloc else "default"}')
     try:
-        from jaxmim.config import COMPUTE_DTYPES, load_config_file
+        from jaxmim.config import load_config_file, with_compute_dtypes
         specs = [config_flags.get_config_filename(flags.FLAGS['config'])] + list(_ALSO.value)
         configs = [_CONFIG.value] + [load_config_file(spec) for spec in _ALSO.value]
-        bad = [d for d in _DTYPES.value if d not in COMPUTE_DTYPES]
-        if bad:
-            raise ValueError(f'--compute_dtypes: {bad} not accepted; use {list(COMPUTE_DTYPES)}')
-        if _DTYPES.value:
-            pairs = []
-            for spec, config in zip(specs, configs):
-                for dtype in _DTYPES.value:
-                    variant = config.copy_and_resolve_references()
-                    variant.compute_dtype = dtype
-                    pairs.append((f'{spec} [{dtype}]', variant))
-            specs, configs = [p[0] for p in pairs], [p[1] for p in pairs]
+        specs, configs = with_compute_dtypes(specs, configs, _DTYPES.value, '--compute_dtypes') if _DTYPES.value \
+            else (specs, configs)
         rows = []
         for spec, config in zip(specs, configs):
             new = run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -289,3 +290,25 @@ def _check_keys(cfg, ref, prefix: str) -> None:
             if not isinstance(cfg[key], ml_collections.ConfigDict):
                 raise ValueError(f'config key {name!r} must be a ConfigDict, got {type(cfg[key]).__name__}')
             _check_keys(cfg[key], ref[key], name)
+
+
+def with_compute_dtypes(names: Sequence[str], configs: Sequence[Any], dtypes: Sequence[str],
+                        field: str = 'compute_dtypes') -> tuple[list[str], list[Any]]:
+    """Each config at each of ``dtypes`` (``config.compute_dtype``), in that order, as
+    ``(names, configs)`` with names ``'<name> [<dtype>]'``; the configs are copies (used by
+    ``jaxmim.benchmark --compute_dtypes=float32,bfloat16``).
+
+    Raises:
+      ValueError: a dtype not in :data:`COMPUTE_DTYPES` (the message names ``field``).
+    """
+    bad = [d for d in dtypes if d not in COMPUTE_DTYPES]
+    if bad:
+        raise ValueError(f'{field}: {bad} not accepted; use {list(COMPUTE_DTYPES)}')
+    out_names, out_configs = [], []
+    for name, config in zip(names, configs):
+        for dtype in dtypes:
+            variant = config.copy_and_resolve_references()
+            variant.compute_dtype = dtype
+            out_names.append(f'{name} [{dtype}]')
+            out_configs.append(variant)
+    return out_names, out_configs
