@@ -184,6 +184,33 @@ def resolve_format(f: Any) -> dict[str, Any]:
             'library_kwargs': kwargs}
 
 
+def source_for_format(format: str, source: str | None, library_model: str | None, library_kwargs: Any,
+                      official_needs: str = '--source'):
+    """The :class:`convert.official.Source` a tool's format flags name (``convert.export`` and
+    ``convert.import`` share these checks): ``--format=official`` needs ``--source`` and takes
+    no library flags; ``timm`` / ``hf`` need their model flag and take no ``--source``.
+
+    Raises:
+      ValueError: a flag missing or not applying, or an unknown format (``official_needs`` names
+        what ``--format=official`` requires, for the message). KeyError: an unknown source or
+        library model name.
+    """
+    from convert import official
+    if format == 'official':
+        if not source:
+            raise ValueError(f'--format=official needs {official_needs}')
+        if library_model or library_kwargs:
+            raise ValueError('--timm_model / --hf_model / --timm_kwargs do not apply to --format=official')
+        return official.get_source(source)
+    if format in official.LIBRARIES:
+        if source:
+            raise ValueError(f'--source does not apply to --format={format}')
+        if not library_model:
+            raise ValueError(f'--format={format} needs --{LIBRARY_MODEL_FLAGS[format]}')
+        return official.library_source(format, library_model)   # KeyError for an unknown name, early
+    raise ValueError(f'--format: unknown {format!r}; accepted: {list(FORMATS)}')
+
+
 def is_checkpoint_file(path: str) -> bool:
     """Whether ``path`` names a checkpoint file by its suffix (:data:`PTH_SUFFIXES`, ``.safetensors``);
     anything else is a folder (a transformers ``save_pretrained`` directory)."""

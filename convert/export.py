@@ -77,22 +77,8 @@ def export_run(workdir: str, source: str | None, output: str, step: int | None =
 
     from convert import _cli, official
 
-    folder = False
-    if format == 'official':
-        if not source:
-            raise ValueError('--format=official needs --source')
-        if library_model or library_kwargs:
-            raise ValueError('--timm_model / --hf_model / --timm_kwargs do not apply to --format=official')
-        src = official.get_source(source)
-    elif format in official.LIBRARIES:
-        if source:
-            raise ValueError(f'--source does not apply to --format={format}')
-        if not library_model:
-            raise ValueError(f'--format={format} needs --{_cli.LIBRARY_MODEL_FLAGS[format]}')
-        src = official.library_source(format, library_model)   # KeyError for an unknown name, early
-        folder = format == 'hf' and not _cli.is_checkpoint_file(output)
-    else:
-        raise ValueError(f'--format: unknown {format!r}; accepted: {list(_cli.FORMATS)}')
+    src = _cli.source_for_format(format, source, library_model, library_kwargs)
+    folder = format == 'hf' and not _cli.is_checkpoint_file(output)
     if not folder:
         _cli.file_format(output)   # unknown suffix: ValueError before the run is read
     config = rundir.load_run_config(workdir)

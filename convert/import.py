@@ -115,26 +115,17 @@ def import_checkpoint(checkpoint: str, source: str | None, workdir: str, model: 
 
     from convert import _cli, official
 
+    if format == 'official' and source and not model:
+        raise ValueError('--format=official needs --source and --model')
+    src = _cli.source_for_format(format, source, library_model, library_kwargs, '--source and --model')
     if format == 'official':
-        if not source or not model:
-            raise ValueError('--format=official needs --source and --model')
-        if library_model or library_kwargs:
-            raise ValueError('--timm_model / --hf_model / --timm_kwargs do not apply to --format=official')
-        src = official.get_source(source)
         sd = official.unwrap_state_dict(_cli.read_checkpoint(checkpoint, allow_pickle=allow_pickle))
-    elif format in official.LIBRARIES:
-        if source:
-            raise ValueError(f'--source does not apply to --format={format}')
-        if not library_model:
-            raise ValueError(f'--format={format} needs --{_cli.LIBRARY_MODEL_FLAGS[format]}')
-        src = official.library_source(format, library_model)   # KeyError for an unknown name, early
+    else:
         if src.library_import_fn is None:
             raise ValueError(f'source {src.name!r} cannot import: it has no library_import_fn')
         sd, model, model_overrides, method_overrides = _library_inputs(
             checkpoint, src, format, library_model, library_kwargs, model, model_overrides, method_overrides,
             allow_pickle)
-    else:
-        raise ValueError(f'--format: unknown {format!r}; accepted: {list(_cli.FORMATS)}')
     config = run_config(src.name, model, model_overrides, method_overrides)
     _cli.check_finite(sd, checkpoint, allow_nonfinite)
     jm = rundir.build_model(config)
