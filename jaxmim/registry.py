@@ -84,6 +84,27 @@ class Backbone:
         raise ValueError(f'{name}: pre-trained shape {tuple(value.shape)} does not fit the model\'s '
                          f'{tuple(shape)}')
 
+    def pooled_features(self, x, *, train: bool = False, rng=None):
+        """The classifier's pooled representation, what its head reads: images ``(B, H, W, C)``
+        float NHWC at the model's ``img_size`` -> ``(B, num_features)`` in the compute dtype.
+
+        The features linear probing and k-NN evaluate (MAE ``main_linprobe.py``: the head's
+        input; DINO ``eval_knn.py``). Default: ``self.forward_features(x, train=train, rng=rng)``,
+        which every family defines as its pooling (ViT: the class token after ``norm``, or the
+        mean of the patch tokens after ``fc_norm`` with ``global_pool``; pyramids: the mean of the
+        last stage after the final norm). A family whose ``forward_features`` returns tokens
+        overrides this. A norm that pre-training does not train (``pretrained_fresh``) is at its
+        initial value (scale 1, bias 0) after loading a pre-trained encoder, i.e. it standardises
+        each vector.
+
+        Raises:
+          NotImplementedError: the model has no ``forward_features``.
+        """
+        forward = getattr(self, 'forward_features', None)
+        if forward is None:
+            raise NotImplementedError(f'{type(self).__name__} defines no pooled features')
+        return forward(x, train=train, rng=rng)
+
     def features(self, x, *, train: bool = False, out_indices: Sequence[int] | None = None,
                  rng=None) -> dict:
         """Multi-scale feature maps for detection / segmentation heads.

@@ -517,10 +517,14 @@ class HiViT(nnx.Module, Backbone):
             outs[f'stage{n_stages}'] = y.max(axis=(2, 4))
         return outs
 
-    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+    def pooled_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """Images -> the mean of the main-stage tokens, then ``fc_norm`` when the model has one:
+        ``(B, embed_dim)`` (the head's input, ``models_hivit.py:274-279``)."""
         x = self.forward_features(x, train=train, rng=rng).mean(axis=1)
-        if self.fc_norm is not None:
-            x = self.fc_norm(x)
+        return self.fc_norm(x) if self.fc_norm is not None else x
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        x = self.pooled_features(x, train=train, rng=rng)
         return self.head(x) if self.head is not None else x
 
     # -- hooks -----------------------------------------------------------------------------
