@@ -1,0 +1,147 @@
+"""The report of :mod:`launch.compare`: rows from ``comparison.json``, the Markdown table and the
+bar chart (matplotlib). No JAX: it reads the record only, so a partial comparison can be
+reported at any time (``python -m launch.compare_report --workdir=work/compare``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Mapping
+
+PROTOCOLS = (('knn', 'k-NN'), ('linprobe', 'linear probe'), ('finetune', 'fine-tune'))
+"""Stage key -> column title, in the order of the table and of the bars."""
+
+
+def machine() -> str:
+    """One line naming this machine: CPU model (``/proc/cpuinfo``), cores, Python."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            model = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), model)
+    except OSError:
+        pass
+    return f'{model}, {os.cpu_count()} cores, Python {platform.python_version()}'
+
+
+def _top1(rec: Mapping[str, Any] | None) -> float | None:
+    return rec.get('top1') if rec and rec.get('done') and not rec.get('skipped') else None
+
+
+def rows(data: Mapping[str, Any], pairs: Mapping[str, Any]) -> list[dict]:
+    """Table rows from a ``comparison.json`` record: one per pair that started (method, backbone,
+    pre-training steps and minutes, top-1 per protocol or None), then one ``scratch`` row per
+    backbone with its fine-tune top-1. ``pairs`` maps pair names to :class:`launch.compare.Pair`."""
+    stages = data.get('stages', {})
+    out, backbones = [], []
+    for name in data.get('settings', {}).get('pairs', []):
+        pre = stages.get(f'{name}/pretrain')
+        if pre is None:
+            continue
+        ft = stages.get(f'{name}/finetune', {})
+        backbone = _backbone(ft, stages, name)
+        row = {'pair': name, 'method': pairs[name].method if name in pairs else name, 'backbone': backbone,
+               'scratch': False, 'pretrain_steps': pre.get('steps'), 'skipped': pre.get('skipped'),
+               'pretrain_minutes': round(pre.get('wall_seconds', 0.0) / 60, 1)}
+        for key, _ in PROTOCOLS:
+            row[key] = _top1(stages.get(f'{name}/{key}'))
+        out.append(row)
+        if backbone and backbone not in backbones:
+            backbones.append(backbone)
+    for backbone in backbones:
+        rec = stages.get(f'scratch/{backbone}')
+        if rec is None:
+            continue
+        out.append({'pair': f'scratch/{backbone}', 'method': 'from scratch', 'backbone': backbone, 'scratch': True,
+                    'pretrain_steps': 0, 'skipped': None, 'pretrain_minutes': 0.0, 'knn': None, 'linprobe': None,
+                    'finetune': _top1(rec), 'steps': rec.get('steps'),
+                    'minutes': round(rec.get('wall_seconds', 0.0) / 60, 1)})
+    return out
+
+
+def _backbone(ft: Mapping[str, Any], stages: Mapping[str, Any], name: str) -> str | None:
+    """The backbone of pair ``name``: recorded on its fine-tuning stage, else ``None``."""
+    return ft.get('backbone') or stages.get(f'{name}/pretrain', {}).get('backbone')
+
+
+def markdown(data: Mapping[str, Any], table: list[dict]) -> str:
+    """The Markdown table (top-1 %, '—' where a stage has not run) and a line of settings."""
+    s = data.get('settings', {})
+    m = s.get('minutes', {})
+    fmt = lambda v: '—' if v is None else f'{v:.2f}'
+    lines = [f"Top-1 (%) on {s.get('dataset', '?')} test; pre-training {m.get('pretrain', '?'):g} min, "
+             f"linear probe {m.get('probe', 0):g} min, fine-tuning {m.get('finetune', 0):g} min, from scratch "
+             f"{m.get('scratch', 0):g} min per backbone; k-NN k={s.get('knn', {}).get('k')}, "
+             f"T={s.get('knn', {}).get('temperature')}; {s.get('machine', '')}.", '',
+             '| method | backbone | pre-train steps | ' + ' | '.join(t for _, t in PROTOCOLS) + ' |',
+             '|---|---|---:|' + '---:|' * len(PROTOCOLS)]
+    for r in table:
+        steps = 'does not fit: ' + r['skipped'] if r['skipped'] else str(r['pretrain_steps'])
+        if r['scratch']:
+            steps = f"0 ({r.get('steps')} supervised steps)"
+        lines.append(f"| {r['method']} | {r['backbone'] or '?'} | {steps} | "
+                     + ' | '.join(fmt(r[k]) for k, _ in PROTOCOLS) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def chart(table: list[dict], path: str, title: str) -> None:
+    """Grouped bars: one group per row, one bar per protocol (k-NN, linear probe, fine-tune);
+    scratch rows hatched; missing values left out. Written as PNG to ``path``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r['method']}\n{r['backbone']}" for r in table]
+    x = np.arange(len(table))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.35 * len(table)), 4.2))
+    colors = ('#4c72b0', '#dd8452', '#55a868')
+    for j, ((key, title_j), color) in enumerate(zip(PROTOCOLS, colors)):
+        for i, r in enumerate(table):
+            v = r[key]
+            if v is None:
+                continue
+            bar = ax.bar(x[i] + (j - 1) * width, v, width, color=color, hatch='//' if r['scratch'] else None,
+                         edgecolor='white' if r['scratch'] else color, label=title_j if i == 0 or
+                         all(t[key] is None for t in table[:i]) else None)
+            ax.bar_label(bar, fmt='%.1f', fontsize=6, padding=1)
+    values = [r[k] for r in table for k, _ in PROTOCOLS if r[k] is not None]
+    low = max(0.0, min(values) - 10) if values else 0.0
+    ax.set_ylim(low, 100)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel('top-1 (%)')
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def write_report(data: Mapping[str, Any], workdir: str, pairs: Mapping[str, Any]) -> dict[str, str]:
+    """Writes ``comparison.md`` and ``comparison.png`` into ``workdir``; returns their paths."""
+    table = rows(data, pairs)
+    paths = {'markdown': os.path.join(workdir, 'comparison.md'), 'chart': os.path.join(workdir, 'comparison.png')}
+    with open(paths['markdown'], 'w') as f:
+        f.write(markdown(data, table))
+    s = data.get('settings', {})
+    chart(table, paths['chart'], f"{s.get('dataset', '')}: pre-training {s.get('minutes', {}).get('pretrain', '?'):g} "
+          'min per method; hatched: from scratch at equal time')
+    return paths
+
+
+if __name__ == '__main__':
+    import json
+
+    from absl import app, flags
+
+    _W = flags.DEFINE_string('workdir', 'work/compare', 'Directory holding comparison.json.')
+
+    def _main(argv):
+        del argv
+        from launch.compare import PAIRS
+        with open(os.path.join(_W.value, 'comparison.json')) as f:
+            data = json.load(f)
+        paths = write_report(data, _W.value, PAIRS)
+        print(open(paths['markdown']).read())
+
+    app.run(_main)
