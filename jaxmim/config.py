@@ -74,11 +74,21 @@ def _optim_defaults() -> ml_collections.ConfigDict:
         betas=(0.9, 0.999),
         eps=1e-8,
         layer_decay=1.0,
+        # 'adamw' (torch AdamW: betas, eps) | 'lars' (MAE / MoCo v3 LARS: momentum, trust_coefficient;
+        # linear probing); jaxmim.optim.build_optimizer
+        name='adamw',
+        momentum=0.9,                  # LARS only
+        trust_coefficient=1e-3,        # LARS only
     ))
 
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 """Accepted ``config.compute_dtype`` values (see :func:`jaxmim.steps.accumulate_gradients`)."""
+
+PROBES = ('', 'linear')
+"""Accepted ``config.probe`` values of a fine-tuning run: ``''`` trains the whole classifier,
+``'linear'`` freezes it and trains a BatchNorm + linear head on its pooled features
+(:mod:`jaxmim.probe`)."""
 
 
 def _common_defaults() -> ml_collections.ConfigDict:
@@ -136,7 +146,41 @@ def pretrain_defaults(method: str = 'simmim') -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict(method_config_defaults(method))
     c.data.crop_scale = (0.67, 1.0)
     c.visualize_every = 0              # > 0: reconstruction grid to TensorBoard every N steps (jaxmim.visualize)
+    c.knn_every = 0                    # > 0: k-NN top-1 / top-5 of the encoder every N steps (jaxmim.knn); 0 = off
+    c.knn = knn_defaults()
     return _lock(c)
+
+
+def knn_defaults() -> ml_collections.ConfigDict:
+    """The ``config.knn`` block of a pre-training run (:mod:`jaxmim.knn`, DINO's weighted k-NN):
+    ``k`` neighbours, vote ``temperature``, ``train_examples`` (the first N of the train split as
+    the neighbour bank; 0 = the whole split), ``batch_size`` (global images per feature batch;
+    0 = ``config.batch_size``)."""
+    return ml_collections.ConfigDict(dict(k=20, temperature=0.07, train_examples=0, batch_size=0))
+
+
+def check_knn(knn, every=0, prefix: str = 'config.knn.') -> None:
+    """``config.knn_every`` and the ``config.knn`` block (:func:`knn_defaults`): integers of the
+    right sign, a positive temperature, ``k <= train_examples`` when that is set. ``prefix``
+    names the fields in the messages (``'--'`` for command-line flags).
+
+    Raises:
+      ValueError: naming the field and what it accepts.
+    """
+    def integer(name, value, low):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f'{name}={value!r}: must be an integer >= {low}')
+
+    integer('config.knn_every', every, 0)
+    integer(f'{prefix}k', knn.k, 1)
+    integer(f'{prefix}train_examples', knn.train_examples, 0)
+    integer(f'{prefix}batch_size', knn.batch_size, 0)
+    t = knn.temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise ValueError(f'{prefix}temperature={t!r}: must be a number > 0 (the votes are exp(similarity / T))')
+    if knn.train_examples and knn.k > knn.train_examples:
+        raise ValueError(f'{prefix}k={knn.k} is larger than {prefix}train_examples={knn.train_examples} '
+                         '(the neighbours are taken among those train images); lower k or raise train_examples')
 
 
 def finetune_defaults() -> ml_collections.ConfigDict:
@@ -156,6 +200,9 @@ def finetune_defaults() -> ml_collections.ConfigDict:
       the soft targets; the loss is the soft-target cross entropy.
     * ``accum_steps`` (both modes): micro-batches per optimizer update; ``batch_size`` is the
       images per update. ``ema_decay``: weight EMA evaluated beside the raw weights.
+    * ``probe`` (one of :data:`PROBES`): ``'linear'`` is linear probing (:mod:`jaxmim.probe`,
+      :func:`jaxmim.recipes.linprobe`): the classifier frozen, a BatchNorm + linear head trained
+      on its pooled features; ``optim.layer_decay`` must then be 1.
     """
     c = _common_defaults()
     c.mode = 'finetune'
@@ -176,6 +223,9 @@ def finetune_defaults() -> ml_collections.ConfigDict:
         step=-1,                       # -1: latest checkpoint
         required=False,                # True (':pretrained' variants): an empty workdir is an error
     ))
+    # '' (default): fine-tune the whole classifier; 'linear': linear probing (jaxmim.probe): the
+    # classifier frozen, BatchNorm + linear head trained on its pooled features
+    c.probe = ''
     return _lock(c)
 
 
@@ -217,16 +267,41 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if mode == 'finetune':
         from jaxmim.mixup import MixupConfig
         MixupConfig(**config.mixup.to_dict(), label_smoothing=float(config.label_smoothing)).check()
+        check_probe(config)
+    from jaxmim.optim.build import OPTIMIZERS
+    name = config.optim.get('name', 'adamw')
+    if name not in OPTIMIZERS:
+        close = difflib.get_close_matches(str(name), OPTIMIZERS, n=1)
+        raise ValueError(f'config.optim.name={name!r} is not an optimizer; accepted: {list(OPTIMIZERS)}'
+                         + (f"; did you mean {close[0]!r}?" if close else ''))
     # the host-side augmentation fields, named on error (pure Python: no TensorFlow import)
     augment_config_from_fields(config.data.to_dict(), config.data.mean or IMAGENET_MEAN, config.data.interpolation)
     if not 0.0 <= float(config.ema_decay) < 1.0:
         raise ValueError(f'config.ema_decay must be in [0, 1) (0 disables the EMA), got {config.ema_decay}')
     if config.get('compute_dtype', 'float32') not in COMPUTE_DTYPES:
         raise ValueError(f'config.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {config.compute_dtype!r}')
+    if mode == 'pretrain' and config.get('knn') is not None:
+        check_knn(config.knn, config.get('knn_every', 0))
     if config.get('mesh') is not None:
         from jaxmim.sharding import rules_for
         rules_for(config.mesh)   # layout and rules named on error (sizes are checked against the devices)
     _check_values(config)
+
+
+def check_probe(config: ml_collections.ConfigDict) -> None:
+    """``config.probe`` of a fine-tuning run is one of :data:`PROBES`, and a probe trains no
+    encoder layer, so it takes no layer-wise lr decay (``config.optim.layer_decay == 1``).
+
+    Raises:
+      ValueError: naming the field and the accepted values.
+    """
+    probe = config.get('probe', '')
+    if probe not in PROBES:
+        raise ValueError(f'config.probe={probe!r} is not a probe; accepted: {list(PROBES)} '
+                         "('' fine-tunes the whole classifier, 'linear' trains a linear head on the frozen encoder)")
+    if probe and float(config.optim.layer_decay) != 1.0:
+        raise ValueError(f'config.optim.layer_decay={config.optim.layer_decay} with config.probe={probe!r}: '
+                         'a probe trains only its head (the encoder is frozen), so layer decay must be 1.0')
 
 
 def _check_values(config: ml_collections.ConfigDict) -> None:

@@ -11,6 +11,8 @@ share live here, so a recipe changes in one place:
   HiViT) and :func:`mae_optim` (MAE's AdamW + per-iteration warm-up and half-cycle cosine, lr
   scaled by batch / 256, used by MAE, UM-MAE, GreenMIM pre-training and MAE HiViT);
 * augmentation: :func:`timm_recipe` (the timm / DeiT fine-tuning recipe);
+* linear probing: :func:`linprobe` (MAE's ``main_linprobe.py``: LARS, frozen encoder) and its
+  Fashion-MNIST demo :func:`demo_linprobe`;
 * the small CPU demos on Fashion-MNIST (``make demo``): :func:`demo_simmim_pretrain`,
   :func:`demo_mae_pretrain`, :func:`demo_simmim_finetune`, :func:`demo_mae_finetune`.
 
@@ -29,7 +31,10 @@ from jaxmim.constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['timm_recipe', 'fashion_mnist_data', 'imagenet_data', 'simmim_optim', 'mae_optim',
            'demo_simmim_pretrain', 'demo_mae_pretrain', 'demo_simmim_finetune', 'demo_mae_finetune',
-           'DEMO_VARIANTS']
+           'DEMO_VARIANTS', 'linprobe', 'demo_linprobe', 'IMAGENET_TRAIN_IMAGES']
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+"""Images in ImageNet-1K's train split (the epoch of the ImageNet recipes)."""
 
 DEMO_VARIANTS = ('pretrained', 'scratch', None)
 """Accepted variants of a demo fine-tuning config (``None``: no ``:variant``, i.e. scratch)."""
@@ -158,6 +163,67 @@ def timm_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------------------
+# Linear probing.
+
+
+def linprobe(c: ml_collections.ConfigDict, *, blr: float = 0.1, epochs: int = 90, warmup_epochs: int = 10,
+             batch_size: int = 16384, accum_steps: int = 1, train_images: int = IMAGENET_TRAIN_IMAGES,
+             crop_scale: Sequence[float] = (0.08, 1.0), hflip: bool = True) -> ml_collections.ConfigDict:
+    """Turns a fine-tuning config ``c`` into MAE's linear probing (in place; returns it).
+
+    * ``probe='linear'`` (:mod:`jaxmim.probe`): the classifier frozen, in evaluation mode; a
+      ``BatchNorm1d(affine=False, eps=1e-6)`` + linear head (``trunc_normal(0.01)``, bias 0) trained
+      on its pooled features;
+    * LARS (``optim.name='lars'``: momentum 0.9, trust coefficient 1e-3, weight decay 0, 1-D
+      tensors excluded from both), no gradient clipping, no layer decay; lr ``blr * batch / 256``
+      (``lr_scale_batch=256``, ``base_lr`` only), per-iteration linear warm-up from 0 over
+      ``warmup_epochs``, then the half-cycle cosine to 0 (``'mae_cosine'``);
+    * ``batch_size`` images per update in ``accum_steps`` micro-batches (MAE: 16384 = 512 x 32
+      GPUs, ``--accum_iter`` for fewer), ``epochs`` of ``train_images // batch_size`` iterations
+      (``drop_last=True``); an evaluation and a checkpoint every epoch, as ``main_linprobe.py``;
+    * data: random-resized crop with area ``crop_scale`` and aspect (3/4, 4/3), bicubic, flips
+      when ``hflip``; no RandAugment, colour jitter, random erasing, mixup / cutmix, label
+      smoothing or EMA (cross entropy on the labels).
+
+    ``crop_impl`` stays the caller's: MAE's ``util/crop.py`` samples one window (area, log-aspect),
+    clamped to the image (BYOL's TF sampler); jaxmim's ``'tf'`` draws up to 10 windows that fit and
+    falls back to a centre crop, ``'timm'`` is torchvision's. The model, its overrides (ViT:
+    ``global_pool=False``, the class token as in ``main_linprobe.py``'s default ``--cls_token``), the
+    data set, size and evaluation crop are the caller's.
+
+    Source: facebookresearch/mae@6a2ba40 ``main_linprobe.py:42-76`` (defaults: blr 0.1, 90 epochs,
+    10 warm-up, weight decay 0, min lr 0), ``:131-143`` (transforms), ``:217-227`` (head, freezing),
+    ``:237-252`` (lr, LARS), ``util/lars.py``, ``util/lr_sched.py``; FINETUNE.md "Linear Probing"
+    (batch 512 x 32 GPUs = 16384); MAE paper (He et al., 2022), Appendix A, "Linear probing".
+
+    Raises:
+      ValueError: ``c`` is not a fine-tuning config, or a batch larger than ``train_images``.
+    """
+    if c.get('mode') != 'finetune':
+        raise ValueError(f"linprobe needs a fine-tuning config (mode='finetune'), got mode={c.get('mode')!r}")
+    iters = train_images // batch_size
+    if iters < 1:
+        raise ValueError(f'linprobe: batch_size={batch_size} is larger than the {train_images} training images')
+    c.probe = 'linear'
+    c.batch_size, c.accum_steps = batch_size, accum_steps
+    c.total_steps = epochs * iters
+    o = c.optim
+    o.name, o.momentum, o.trust_coefficient, o.weight_decay = 'lars', 0.9, 1e-3, 0.0
+    o.schedule, o.schedule_unit = 'mae_cosine', 'step'
+    o.base_lr, o.warmup_lr, o.min_lr = blr, 0.0, 0.0
+    o.lr_scale_batch, o.lr_scale_fields = 256, ('base_lr',)
+    o.warmup_steps = warmup_epochs * iters
+    o.clip_grad, o.layer_decay = 0.0, 1.0
+    d = c.data
+    d.crop_scale, d.crop_ratio, d.interpolation, d.hflip = tuple(crop_scale), (3.0 / 4.0, 4.0 / 3.0), 'bicubic', hflip
+    d.auto_augment, d.color_jitter, d.reprob = '', (0.0, 0.0, 0.0), 0.0
+    c.mixup.mixup_alpha, c.mixup.cutmix_alpha = 0.0, 0.0
+    c.label_smoothing, c.ema_decay = 0.0, 0.0
+    c.eval_every = c.checkpoint_every = iters
+    return c
+
+
+# ------------------------------------------------------------------------------------------
 # The Fashion-MNIST demos (jaxmim's own recipes, scaled down for 2 CPU cores).
 
 
@@ -260,4 +326,33 @@ def demo_mae_finetune(c: ml_collections.ConfigDict, variant: Optional[str], *, l
                    total_steps=total_steps, eval_every=eval_every, checkpoint_every=checkpoint_every)
     c.data.hflip = hflip
     mae_optim(c.optim, blr=blr, min_lr=1e-6, warmup_steps=50, betas=(0.9, 0.999))
+    return c
+
+
+def demo_linprobe(c: ml_collections.ConfigDict, *, blr: float, total_steps: int = 1170,
+                  crop_scale: Sequence[float] = (0.85, 1.0), eval_every: int = 585,
+                  checkpoint_every: int = 585) -> ml_collections.ConfigDict:
+    """The demos' linear probe on a ``finetune_defaults`` config ``c`` (in place; returns it):
+    :func:`linprobe` (frozen encoder, BatchNorm + linear head, LARS, warm-up + half-cycle cosine,
+    no regularisation) on Fashion-MNIST at 32 px, batch 256 without accumulation,
+    ``total_steps`` iterations (default 1170 = 5 epochs), the first ``total_steps // 9`` of them
+    warm-up (MAE's 10 of 90 epochs; a reference to ``config.total_steps``, so
+    ``--config.total_steps=N`` rescales it), crop area ``crop_scale`` and flips; evaluation
+    (batch 500) every ``eval_every`` steps and at the end, a checkpoint every ``checkpoint_every``,
+    a log line every 50; ``pretrained.required`` (a run without ``pretrained.workdir`` stops).
+    ``blr`` is per 256 images, i.e. the lr at batch 256.
+
+    jaxmim's own scaled-down recipe. Why ``blr`` is larger than MAE's 0.1: LARS moves each kernel
+    by about ``lr * 1e-3`` of its norm per step (the trust ratio), so MAE's lr of 6.4 at batch
+    16384 moves it about 0.5 of its norm per epoch (78 steps); at batch 256 an epoch is 234 steps,
+    and blr 0.1 would move it 0.02 per epoch. The model name stays the caller's.
+    """
+    linprobe(c, blr=blr, epochs=1, warmup_epochs=0, batch_size=256, train_images=60_000, crop_scale=crop_scale)
+    fashion_mnist_data(c.data, crop_scale=tuple(crop_scale))
+    c.total_steps = total_steps
+    c.optim.warmup_steps = c.get_ref('total_steps') // 9
+    c.log_every = 50
+    c.eval_every, c.checkpoint_every = eval_every, checkpoint_every
+    c.eval_batch_size = 500
+    c.pretrained.required = True
     return c

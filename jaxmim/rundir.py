@@ -31,7 +31,8 @@ from jaxmim.registry import create_model, list_models, match_any
 PyTree = Any
 
 __all__ = ['build_model', 'split_variables', 'merge_variables', 'nonempty', 'load_run_config',
-           'write_run_config', 'restore_model', 'read_checkpoint_variables', 'load_pretrained',
+           'write_run_config', 'restore_model', 'encoder_variables', 'read_checkpoint_variables',
+           'load_pretrained', 'load_variables',
            'save_model_checkpoint', 'previous_history', 'check_model_name', 'check_workdir',
            'check_resume', 'check_pretrained', 'check_image_size']
 
@@ -136,40 +137,79 @@ def restore_model(model: nnx.Module, workdir: str, step: int | None = None) -> i
     return step
 
 
-def read_checkpoint_variables(workdir: str, step: int | None) -> dict[str, np.ndarray]:
-    """``{dotted name: array}`` of every model variable (params and model_state) of a run's
-    checkpoint; a wrapper's ``encoder`` scope is unwrapped (see :func:`load_pretrained`)."""
-    directory = os.path.join(workdir, 'checkpoints')
-    flat = dict(tree_util.flatten_names(ckpt_lib.restore_params(directory, step, key_path=('params',))))
-    try:
-        flat.update(tree_util.flatten_names(ckpt_lib.restore_params(directory, step, key_path=('model_state',))))
-    except FileNotFoundError:
-        pass
+def encoder_variables(params: PyTree, model_state: PyTree | None = None) -> dict[str, Any]:
+    """``{dotted name: array}`` of a model's variables given as nested pure dicts (``params`` and
+    ``model_state``, as :func:`split_variables` and the train state hold them). A method that
+    wraps its encoder (SimMIM) stores it under ``encoder``: that scope is unwrapped and the rest
+    (decoder) dropped. The arrays are returned as they are (NumPy, or ``jax.Array`` on any device)."""
+    flat = dict(tree_util.flatten_names(params))
+    if model_state:
+        flat.update(tree_util.flatten_names(model_state))
     if any(k.startswith('encoder.') for k in flat):
         flat = {k[len('encoder.'):]: v for k, v in flat.items() if k.startswith('encoder.')}
-    return {k: np.asarray(v) for k, v in flat.items()}
+    return flat
+
+
+def read_checkpoint_variables(workdir: str, step: int | None) -> dict[str, np.ndarray]:
+    """``{dotted name: array}`` of every model variable (params and model_state) of a run's
+    checkpoint; a wrapper's ``encoder`` scope is unwrapped (:func:`encoder_variables`)."""
+    directory = os.path.join(workdir, 'checkpoints')
+    params = ckpt_lib.restore_params(directory, step, key_path=('params',))
+    try:
+        model_state = ckpt_lib.restore_params(directory, step, key_path=('model_state',))
+    except FileNotFoundError:
+        model_state = None
+    return {k: np.asarray(v) for k, v in encoder_variables(params, model_state).items()}
 
 
 def load_pretrained(model: nnx.Module, pretrain_workdir: str, step: int = -1) -> dict[str, list[str]]:
-    """Loads a pre-training (or imported) checkpoint into ``model`` in place, by variable name.
-
-    Every variable of the model (parameters, BatchNorm statistics, buffers) takes the
-    checkpoint's tensor of the same dotted name. A method that wraps its encoder (SimMIM) stores
-    it under ``encoder``: that scope is unwrapped and the rest (decoder) dropped. The model's hooks
-    decide the rest: ``adapt_pretrained`` turns tensors of another shape into the model's
-    (relative-position tables of another window, position embeddings of another grid) and
-    ``pretrained_fresh`` names what may keep its initial value (the head; ViT's ``fc_norm``).
-    Sources: ``microsoft/SimMIM@d3e29bc utils.py:98-204``; ``facebookresearch/mae main_finetune.py``.
+    """Loads a pre-training (or imported) checkpoint into ``model`` in place, by variable name:
+    :func:`read_checkpoint_variables` then :func:`load_variables`.
 
     Returns:
       The report ``{'loaded', 'resized', 'fresh', 'unused'}`` of dotted names.
 
     Raises:
       FileNotFoundError: no checkpoint in ``pretrain_workdir``.
-      ValueError: model variables missing from the checkpoint that are not allowed to start
-        fresh, or shapes the model cannot adapt (all named).
+      ValueError: see :func:`load_variables`.
     """
     src = read_checkpoint_variables(pretrain_workdir, None if step < 0 else step)
+    return load_variables(model, src, pretrain_workdir)
+
+
+def _host_array(x) -> np.ndarray:
+    """A NumPy copy of ``x``; a ``jax.Array`` spread over several processes is gathered first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def load_variables(model: nnx.Module, src: dict[str, Any], source: str) -> dict[str, list[str]]:
+    """Loads the variables ``src`` (``{dotted name: array}``, e.g. from
+    :func:`read_checkpoint_variables`, or :func:`encoder_variables` of an in-memory train state)
+    into ``model`` in place, by variable name.
+
+    Every variable of the model (parameters, BatchNorm statistics, buffers) takes the tensor of
+    the same dotted name. The model's hooks decide the rest: ``adapt_pretrained`` turns tensors
+    of another shape into the model's (relative-position tables of another window, position
+    embeddings of another grid; on a host copy) and ``pretrained_fresh`` names what may keep its
+    initial value (the head; ViT's ``fc_norm``). A tensor of the right shape is taken as it is
+    (a ``jax.Array`` stays on its devices), cast to the model's dtype.
+    Sources: ``microsoft/SimMIM@d3e29bc utils.py:98-204``; ``facebookresearch/mae main_finetune.py``.
+
+    Args:
+      model: the NNX model to fill.
+      src: ``{dotted name: array}``.
+      source: what ``src`` is (a workdir), named in the error.
+
+    Returns:
+      The report ``{'loaded', 'resized', 'fresh', 'unused'}`` of dotted names.
+
+    Raises:
+      ValueError: model variables missing from ``src`` that are not allowed to start fresh, or
+        shapes the model cannot adapt (all named).
+    """
     state = nnx.state(model)
     flat = tree_util.flatten_names(nnx.to_pure_dict(state))
     fresh_ok = model.pretrained_fresh()
@@ -180,9 +220,9 @@ def load_pretrained(model: nnx.Module, pretrain_workdir: str, step: int = -1) ->
             (report['fresh'] if match_any(name, fresh_ok) else missing).append(name)
             continue
         arr = src[name]
-        if arr.shape != tuple(value.shape):
+        if tuple(arr.shape) != tuple(value.shape):
             try:
-                arr = np.asarray(model.adapt_pretrained(name, arr, tuple(value.shape)))
+                arr = np.asarray(model.adapt_pretrained(name, _host_array(arr), tuple(value.shape)))
             except ValueError as e:
                 errors.append(str(e))
                 continue
@@ -191,7 +231,7 @@ def load_pretrained(model: nnx.Module, pretrain_workdir: str, step: int = -1) ->
             report['loaded'].append(name)
         flat[name] = jnp.asarray(arr, value.dtype)
     if missing or errors:
-        raise ValueError(f'cannot load {pretrain_workdir} into {type(model).__name__}: '
+        raise ValueError(f'cannot load {source} into {type(model).__name__}: '
                          + '; '.join(([f'missing from the checkpoint: {missing}'] if missing else []) + errors))
     nnx.replace_by_pure_dict(state, tree_util.unflatten_names(flat, nnx.to_pure_dict(state)))
     nnx.update(model, state)

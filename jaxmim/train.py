@@ -29,6 +29,7 @@ from absl import logging
 from jaxmim import checkpoint as ckpt_lib
 from jaxmim import config as config_lib
 from jaxmim import metrics as metrics_lib
+from jaxmim import probe
 from jaxmim import resilience
 from jaxmim import rundir
 from jaxmim import steps
@@ -50,11 +51,16 @@ class _Segment:
     checkpointer, TensorBoard writer, progress bar, metric window, history, timers and summary.
 
     Each method is one named step of :func:`_train_loop`; none of them runs the model.
+    ``eval_fn`` runs every ``eval_every`` steps (default ``config.eval_every``) and at the end; its
+    scalars are reported as ``<eval_kind>/<name>`` (fine-tuning: ``eval``, pre-training: ``knn``).
     """
 
-    def __init__(self, config, workdir: str, trainer: steps.Trainer, eval_fn, extra_summary):
+    def __init__(self, config, workdir: str, trainer: steps.Trainer, eval_fn, extra_summary,
+                 eval_kind: str = 'eval', eval_every: int | None = None):
         self.config, self.workdir, self.trainer = config, workdir, trainer
         self.eval_fn, self.extra_summary = eval_fn, extra_summary or {}
+        self.eval_kind = eval_kind
+        self.eval_every = eval_every if eval_every is not None else config.get('eval_every')
         self.is_main = jax.process_index() == 0
         self.mode = config.get('nonfinite', 'stop')
         self.summary_path = os.path.join(workdir, f'{config.mode}_summary.json')
@@ -138,7 +144,7 @@ class _Segment:
         """``(log, eval, save)``: whether ``step`` logs, evaluates, or saves by the schedule."""
         c, last = self.config, step == self.config.total_steps
         log = step % c.log_every == 0 or last
-        evaluate = self.eval_fn is not None and (step % c.eval_every == 0 or last)
+        evaluate = self.eval_fn is not None and (step % self.eval_every == 0 or last)
         return log, evaluate, self.ckpt.should_save(step) or last
 
     def check_guard(self, state: PyTree, metrics: dict, step: int, logging_step: bool) -> None:
@@ -209,7 +215,7 @@ class _Segment:
         res = self.eval_fn(state, step)
         self.paused += time.perf_counter() - t
         self.evals.append({'step': step, **res})
-        self.report('eval', step, res)
+        self.report(self.eval_kind, step, res)
 
     # -- summary and exit ------------------------------------------------------------------
 
@@ -251,13 +257,15 @@ class _Segment:
 
 def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, data_fn: Callable[[int], Iterator],
                 eval_fn: Callable[[PyTree, int], dict] | None = None, extra_summary: dict | None = None,
-                step_hook: Callable[[PyTree, int], None] | None = None) -> tuple[PyTree, dict]:
+                step_hook: Callable[[PyTree, int], None] | None = None, eval_kind: str = 'eval',
+                eval_every: int | None = None) -> tuple[PyTree, dict]:
     """Runs steps ``state.step .. total_steps`` with logging, checkpoints and evaluation.
 
     ``data_fn(start_step)`` returns the iterator of per-process batches positioned at
     ``start_step``; ``eval_fn(state, step)`` returns a dict of scalars; ``step_hook(state, step)``
-    runs after every step. Writes ``<workdir>/config.json`` and ``<workdir>/<mode>_summary.json``
-    (at every checkpoint and at the end; a resumed run keeps the earlier segments' history).
+    runs after every step; ``eval_kind`` / ``eval_every``: see :class:`_Segment`. Writes
+    ``<workdir>/config.json`` and ``<workdir>/<mode>_summary.json`` (at every checkpoint and at
+    the end; a resumed run keeps the earlier segments' history).
     Logged train metrics are means over the ``log_every`` window (:class:`jaxmim.metrics.WindowMean`).
 
     Reliability (:mod:`jaxmim.resilience`): resumes from the newest readable checkpoint; reads the
@@ -272,7 +280,7 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
       jaxmim.resilience.Preempted: after SIGTERM / SIGINT, once the current step is committed.
       ValueError: ``config.total_steps`` below the checkpoint's step; a corrupt tfrecord (named).
     """
-    seg = _Segment(config, workdir, trainer, eval_fn, extra_summary)
+    seg = _Segment(config, workdir, trainer, eval_fn, extra_summary, eval_kind, eval_every)
     try:
         state = seg.resume(state)
         batches = seg.batches(data_fn(seg.start))
@@ -342,11 +350,16 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
         :func:`jaxmim.visualize.tensorboard_hook` (reconstructions every
         ``config.visualize_every`` steps). Without it no pictures are drawn.
 
+    With ``config.knn_every > 0`` the encoder of the in-memory state is evaluated by weighted
+    k-NN (:func:`jaxmim.knn.make_train_hook`, settings in ``config.knn``) every ``knn_every``
+    steps and at the end, logged as ``knn/top1`` and ``knn/top5``.
+
     Returns:
-      ``(state, summary)``.
+      ``(state, summary)``; ``summary['evals']`` holds the k-NN evaluations.
 
     Raises:
-      ValueError: config errors (unknown keys, sizes that do not fit).
+      ValueError: config errors (unknown keys, sizes that do not fit); with ``knn_every``, a model
+        without classifier, a dataset without labels, ``config.knn.k`` above the train images.
     """
     # every input checked, workdir locked; the model as structure only: the state is built in place on the mesh
     mesh, model = preflight(config, workdir)
@@ -356,13 +369,24 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
     if picture_hook is None and int(config.get('visualize_every', 0) or 0) > 0:
         logging.warning('config.visualize_every=%s but no picture_hook was passed to pretrain(): no '
                         'reconstructions are drawn', config.visualize_every)
-    return _train_loop(config, workdir, trainer, state, _data_fn(config, model, train=True), step_hook=hook)
+    knn_fn = None
+    if int(config.get('knn_every', 0) or 0) > 0:
+        from jaxmim import knn
+        try:
+            knn_fn = knn.make_train_hook(config, mesh, trainer.rules, state)
+        except BaseException:
+            resilience.release_workdir(workdir)
+            raise
+    return _train_loop(config, workdir, trainer, state, _data_fn(config, model, train=True), knn_fn,
+                       step_hook=hook, eval_kind='knn', eval_every=int(config.get('knn_every', 0) or 0) or None)
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, dict]:
     """Supervised fine-tuning (or training from scratch when ``config.pretrained.workdir`` is
     empty) with layer-wise lr decay, label smoothing, optional weight EMA and top-1/top-5
-    evaluation (of the EMA weights too, as ``ema_top1`` ...).
+    evaluation (of the EMA weights too, as ``ema_top1`` ...). With ``config.probe='linear'`` the
+    classifier (pre-trained weights loaded) is frozen and only a probe head is trained on its
+    pooled features (:mod:`jaxmim.probe`; linear probing).
 
     Args:
       config: a fine-tuning config (see ``jaxmim.config.finetune_defaults``).
@@ -378,14 +402,17 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
 
     # every input checked, workdir locked; the model as structure only: without pre-training the
     # state is built in place on the mesh
-    mesh, model = preflight(config, workdir)
-    build = functools.partial(rundir.build_model, config)
+    mesh, classifier = preflight(config, workdir)
+    # config.probe: the classifier wrapped in its probe (frozen encoder + trained head; jaxmim.probe)
+    build, model = probe.prepare(config, functools.partial(rundir.build_model, config), classifier)
     report = None
     if config.pretrained.workdir:
-        # the pre-trained weights are read into a model in host memory, then laid out on the mesh
+        # the pre-trained weights are read into the classifier in host memory (then wrapped in its
+        # probe, if any), then laid out on the mesh
         with jax.default_device(_host_device()):
-            model = build()
+            model = rundir.build_model(config)
             report = rundir.load_pretrained(model, config.pretrained.workdir, config.pretrained.step)
+            model = probe.wrap(config, model)
         logging.info('Loaded %d pre-trained tensors (%d resized); fresh: %s', len(report['loaded']),
                      len(report['resized']), report['fresh'])
     loss_fn = functools.partial(steps.classification_loss, label_smoothing=config.label_smoothing,

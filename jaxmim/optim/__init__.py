@@ -5,7 +5,8 @@ Builds, as one optax chain, what microsoft/SimMIM@d3e29bc (``optimizer.py``, ``l
 ``util/lr_decay.py``, ``main_pretrain.py``) build in PyTorch:
 
 * torch AdamW (decoupled weight decay ``p <- p - lr wd p``) whose decay is switched off for 1-D
-  tensors, biases and the fnmatch patterns of the model's ``no_weight_decay()`` hook;
+  tensors, biases and the fnmatch patterns of the model's ``no_weight_decay()`` hook; or MAE's
+  LARS (``name='lars'``: trust ratio and momentum, facebookresearch/mae ``util/lars.py``);
 * layer-wise lr decay: every parameter gets a layer id from the model's ``layer_id`` hook and
   the lr multiplier ``layer_decay ** (num_layer_ids - 1 - id)``; one ``optax.partition`` label
   per distinct multiplier;
@@ -33,6 +34,7 @@ The package holds one concern per module:
 * :mod:`jaxmim.optim.schedules`: the named lr schedules;
 * :mod:`jaxmim.optim.scaling`: linear lr scaling by batch size;
 * :mod:`jaxmim.optim.clipping`: the global gradient norm and torch-style clipping;
+* :mod:`jaxmim.optim.lars`: MAE's LARS (``optim.name='lars'``, linear probing) up to the lr;
 * :mod:`jaxmim.optim.build`: :func:`build_optimizer`;
 * :mod:`jaxmim.optim.checks`: the argument checks they share.
 
@@ -40,16 +42,18 @@ Which pieces are optax and which are hand-written (and why):
 
 * optax: ``cosine_decay_schedule`` (both cosines), ``piecewise_constant_schedule`` (multistep),
   ``join_schedules`` (warm-up -> decay), ``constant_schedule``, ``partition`` (per-group lr),
-  ``scale_by_learning_rate``, ``scale_by_adam``, ``add_decayed_weights``, ``chain``.
+  ``scale_by_learning_rate``, ``scale_by_adam``, ``add_decayed_weights``, ``chain``; LARS:
+  ``scale_by_trust_ratio``, ``masked``, ``trace`` (not ``optax.lars``: see :mod:`jaxmim.optim.lars`).
 * hand-written: the float32-accurate linear warm-up and the step remapping (the schedulers'
   one-update lag, epoch holding), explained in :mod:`jaxmim.optim.schedules`, and
   :func:`clip_by_global_norm_torch` (``optax.clip_by_global_norm`` uses ``max_norm / norm``,
   without torch's ``+ 1e-6``).
 """
 
-from jaxmim.optim.build import build_optimizer
+from jaxmim.optim.build import OPTIMIZERS, build_optimizer
 from jaxmim.optim.clipping import clip_by_global_norm_torch, global_norm
 from jaxmim.optim.groups import layer_decay_scales, path_names, weight_decay_mask
+from jaxmim.optim.lars import lars_direction, lars_mask
 from jaxmim.optim.scaling import LR_SCALE_FIELDS, scale_lrs, scaled_optim_config
 from jaxmim.optim.schedules import (
     SCHEDULE_UNITS,
@@ -74,4 +78,7 @@ __all__ = [
     'global_norm',
     'clip_by_global_norm_torch',
     'build_optimizer',
+    'OPTIMIZERS',
+    'lars_mask',
+    'lars_direction',
 ]

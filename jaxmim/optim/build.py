@@ -1,10 +1,11 @@
-"""The optimizer: torch AdamW with per-group lr schedules, as one optax chain.
+"""The optimizer: torch AdamW (or MAE's LARS) with per-group lr schedules, as one optax chain.
 
 :func:`build_optimizer` reads an optimizer config and assembles clipping
-(:mod:`jaxmim.optim.clipping`), Adam moments, decoupled weight decay masked by
-:func:`jaxmim.optim.groups.weight_decay_mask`, and one lr schedule
-(:mod:`jaxmim.optim.schedules`) per layer-decay group (:func:`jaxmim.optim.groups.layer_exponents`)
-through ``optax.partition``.
+(:mod:`jaxmim.optim.clipping`), the update direction of ``name`` (:data:`OPTIMIZERS`): Adam
+moments and decoupled weight decay masked by :func:`jaxmim.optim.groups.weight_decay_mask`
+(``'adamw'``), or LARS's trust ratio and momentum (``'lars'``, :mod:`jaxmim.optim.lars`), and
+one lr schedule (:mod:`jaxmim.optim.schedules`) per layer-decay group
+(:func:`jaxmim.optim.groups.layer_exponents`) through ``optax.partition``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ import optax
 from jaxmim.optim.checks import check_nonneg
 from jaxmim.optim.clipping import clip_by_global_norm_torch
 from jaxmim.optim.groups import group_label, layer_exponents, tree_map_named, weight_decay_mask
+from jaxmim.optim.lars import lars_direction
 from jaxmim.optim.schedules import SCHEDULE_UNITS, SCHEDULES, Schedule, lr_schedule
 
 PyTree = Any
 
-__all__ = ['build_optimizer']
+__all__ = ['build_optimizer', 'OPTIMIZERS']
+
+OPTIMIZERS = ('adamw', 'lars')
+"""Accepted values of the optimizer config's ``name`` (``config.optim.name``)."""
 
 
 _REQUIRED = object()
@@ -53,7 +58,8 @@ def build_optimizer(
     num_layer_ids: int | None = None,
     no_weight_decay: Sequence[str] = (),
 ) -> tuple[optax.GradientTransformation, Schedule]:
-    """torch AdamW with per-group lr schedules as one optax chain.
+    """torch AdamW (``name='adamw'``, the default) or MAE's LARS (``name='lars'``) with per-group
+    lr schedules as one optax chain.
 
     The chain is ``clip_by_global_norm_torch`` (if ``clip_grad``) -> ``optax.scale_by_adam(b1,
     b2, eps, eps_root=0)`` -> ``optax.add_decayed_weights(weight_decay, mask)`` ->
@@ -72,6 +78,12 @@ def build_optimizer(
     :func:`lr_schedule`): SimMIM (``'cosine'``, ``'multistep'``) scales the group's base lr only,
     MAE (``'mae_cosine'``) scales the whole schedule including ``min_lr``.
 
+    With ``name='lars'`` the Adam moments and the decoupled decay are replaced by
+    :func:`jaxmim.optim.lars.lars_direction` (MAE / MoCo v3 ``util/lars.py``): for ``ndim > 1``
+    leaves ``g <- g + wd p``, then ``g <- trust_coefficient ||p|| / ||g|| * g`` (1 when a norm
+    is 0); every leaf ``mu <- momentum mu + g`` and ``p <- p - lr_p(t) mu``. ``betas`` / ``eps``
+    are not read; ``no_weight_decay`` patterns do not apply (MAE's LARS tests ``ndim`` only).
+
     Args:
         config: ``ml_collections.ConfigDict`` (or mapping) with fields
 
@@ -88,6 +100,9 @@ def build_optimizer(
 
             Other fields (e.g. ``lr_scale_batch``) are ignored; ``no_weight_decay`` and
             ``no_weight_decay_keywords`` are rejected (they are the model's hook now).
+
+            ``name`` (one of :data:`OPTIMIZERS`, default 'adamw'); with 'lars' also
+            ``momentum`` (default 0.9) and ``trust_coefficient`` (default 1e-3).
         params: the parameter pytree the optimizer will be applied to (arrays or
             ``jax.ShapeDtypeStruct``; only structure, names and ndim are used): nested dicts
             (``to_pure_dict()``), or an ``nnx.State`` for use with ``nnx.Optimizer(model, tx,
@@ -110,11 +125,13 @@ def build_optimizer(
         ValueError: naming the config field and the accepted values for a missing or invalid
             value (unknown schedule / unit, negative lr, warmup > total, bad betas / eps /
             clip / layer_decay, steps not multiples of ``steps_per_epoch``, layer decay without
-            ``layer_id_fn`` / ``num_layer_ids``, out-of-range layer ids, bad patterns).
+            ``layer_id_fn`` / ``num_layer_ids``, out-of-range layer ids, bad patterns, an
+            unknown ``name``, LARS's momentum outside [0, 1) or trust coefficient <= 0).
 
     Source: microsoft/SimMIM@d3e29bc ``optimizer.py``, ``lr_scheduler.py``,
     ``main_simmim.py:156-171``; facebookresearch/mae@be47fef ``util/lr_decay.py``,
-    ``util/lr_sched.py``, ``main_finetune.py`` (torch AdamW).
+    ``util/lr_sched.py``, ``main_finetune.py`` (torch AdamW); facebookresearch/mae@6a2ba40
+    ``util/lars.py``, ``main_linprobe.py`` (LARS).
     """
     for field in ('no_weight_decay', 'no_weight_decay_keywords'):
         if _has(config, field):
@@ -122,6 +139,9 @@ def build_optimizer(
                 f'optimizer config field {field!r} is no longer read: weight-decay exclusions '
                 f"are fnmatch patterns from the model's no_weight_decay() hook, passed as "
                 f'build_optimizer(..., no_weight_decay=...)')
+    name = _cfg(config, 'name', 'adamw')
+    if name not in OPTIMIZERS:
+        raise ValueError(f'optim.name must be one of {OPTIMIZERS}, got {name!r}')
     schedule_name = _cfg(config, 'schedule', 'cosine')
     if schedule_name not in SCHEDULES:
         raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule_name!r}')
@@ -193,9 +213,11 @@ def build_optimizer(
     parts = []
     if clip_grad:
         parts.append(clip_by_global_norm_torch(float(clip_grad)))
-    parts += [
-        optax.scale_by_adam(b1=float(betas[0]), b2=float(betas[1]), eps=eps, eps_root=0.0),
-        optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.partition(transforms, labels),
-    ]
+    if name == 'lars':
+        parts.append(lars_direction(params, weight_decay=weight_decay, momentum=_cfg(config, 'momentum', 0.9),
+                                    trust_coefficient=_cfg(config, 'trust_coefficient', 1e-3)))
+    else:
+        parts += [optax.scale_by_adam(b1=float(betas[0]), b2=float(betas[1]), eps=eps, eps_root=0.0),
+                  optax.add_decayed_weights(weight_decay, mask=mask)]
+    parts.append(optax.partition(transforms, labels))
     return optax.chain(*parts), lr_fn
