@@ -222,12 +222,14 @@ class Runner:
         self.data_dir, self.eval_examples = data_dir, eval_examples
         self.total_stages, self.count = total_stages, 0
 
-    def _common(self, steps: int, warmup: int, mode: str, *, eval_examples: int | None = None) -> dict:
+    def _common(self, steps: int, warmup: int | None, mode: str, *, eval_examples: int | None = None) -> dict:
         """Overrides of every run: data dir, steps, checkpoints, warm-up, the evaluated test
         images (also what k-NN evaluates on: it reads the pre-training run's config)."""
         n = self.eval_examples if eval_examples is None else eval_examples
         out = {'data.data_dir': self.data_dir, 'total_steps': steps, 'checkpoint_every': max(1, min(500, steps)),
-               'optim.warmup_steps': warmup_for(steps, warmup), 'progress_bar': True}
+               'progress_bar': True}
+        if warmup is not None:   # None: the config's warm-up follows total_steps by itself
+            out['optim.warmup_steps'] = warmup_for(steps, warmup)
         if n:
             out['data.eval_split'] = f'test[:{n}]'
         if mode == 'finetune':
@@ -254,7 +256,7 @@ class Runner:
             self.state.save()
         return rec
 
-    def calibrate(self, key: str, config: str, mode: str, warmup: int, extra: dict | None = None) -> float:
+    def calibrate(self, key: str, config: str, mode: str, warmup: int | None, extra: dict | None = None) -> float:
         """Seconds per step of ``config`` on this machine: a ``--calibrate_steps`` run with three
         log points, the median of those after the first (compilation excluded); its directory is
         removed afterwards. Recorded, so a resumed comparison does not measure again."""
@@ -272,7 +274,7 @@ class Runner:
             return {'step_seconds': step_seconds(history, batch)}
         return self.timed(f'calibrate/{key}', run)['step_seconds']
 
-    def train(self, key: str, config: str, mode: str, minutes: float, warmup: int, extra: dict | None = None,
+    def train(self, key: str, config: str, mode: str, minutes: float, warmup: int | None, extra: dict | None = None,
               calibrate_key: str | None = None, min_steps: int = 1) -> dict:
         """Calibrates, fixes the steps that fill ``minutes`` (once), and runs ``config`` in
         ``<workdir>/<key>``; returns the stage record (``steps``, ``top1`` / ``top5`` of a
@@ -327,7 +329,7 @@ def run_pair(runner: Runner, name: str, pair: Pair, *, min_steps: int, k: int, t
     backbone = ft_cfg.model.name
     m = runner.minutes
     for stage in ('pretrain', 'finetune'):
-        runner.state.stage(f'{name}/{stage}')['backbone'] = backbone
+        runner.state.stage(f'{name}/{stage}').update(backbone=backbone, method=pair.method)
     pre = runner.train(f'{name}/pretrain', pair.pretrain, 'pretrain', m['pretrain'], pre_cfg.optim.warmup_steps,
                        min_steps=min_steps)
     if pre.get('skipped'):
@@ -335,7 +337,7 @@ def run_pair(runner: Runner, name: str, pair: Pair, *, min_steps: int, k: int, t
     pre_dir = pre['workdir']
     runner.knn(f'{name}/knn', pre_dir, k, temperature, knn_train)
     probe = f'{PROBE_CONFIG}:{pair.probe}'
-    runner.train(f'{name}/linprobe', probe, 'finetune', m['probe'], _config(probe).optim.warmup_steps,
+    runner.train(f'{name}/linprobe', probe, 'finetune', m['probe'], None,   # warm-up: total_steps // 9
                  extra={'pretrained.workdir': pre_dir})
     runner.train(f'{name}/finetune', pair.finetune + ':pretrained', 'finetune', m['finetune'],
                  ft_cfg.optim.warmup_steps, extra={'pretrained.workdir': pre_dir},
@@ -380,7 +382,7 @@ def main(argv) -> None:
     except StageFailed as e:
         print(f'error: a stage failed: {e}', file=sys.stderr)
         sys.exit(1)
-    paths = compare_report.write_report(state.data, workdir, PAIRS)
+    paths = compare_report.write_report(state.data, workdir)
     print(open(paths['markdown']).read())
     print(f'comparison: {", ".join(paths.values())}')
 

@@ -27,10 +27,11 @@ def _top1(rec: Mapping[str, Any] | None) -> float | None:
     return rec.get('top1') if rec and rec.get('done') and not rec.get('skipped') else None
 
 
-def rows(data: Mapping[str, Any], pairs: Mapping[str, Any]) -> list[dict]:
+def rows(data: Mapping[str, Any]) -> list[dict]:
     """Table rows from a ``comparison.json`` record: one per pair that started (method, backbone,
     pre-training steps and minutes, top-1 per protocol or None), then one ``scratch`` row per
-    backbone with its fine-tune top-1. ``pairs`` maps pair names to :class:`launch.compare.Pair`."""
+    backbone with its fine-tune top-1. Method and backbone are those recorded on the pair's
+    pre-training stage."""
     stages = data.get('stages', {})
     out, backbones = [], []
     for name in data.get('settings', {}).get('pairs', []):
@@ -39,7 +40,7 @@ def rows(data: Mapping[str, Any], pairs: Mapping[str, Any]) -> list[dict]:
             continue
         ft = stages.get(f'{name}/finetune', {})
         backbone = _backbone(ft, stages, name)
-        row = {'pair': name, 'method': pairs[name].method if name in pairs else name, 'backbone': backbone,
+        row = {'pair': name, 'method': pre.get('method', name), 'backbone': backbone,
                'scratch': False, 'pretrain_steps': pre.get('steps'), 'skipped': pre.get('skipped'),
                'pretrain_minutes': round(pre.get('wall_seconds', 0.0) / 60, 1)}
         for key, _ in PROTOCOLS:
@@ -107,25 +108,25 @@ def chart(table: list[dict], path: str, title: str) -> None:
             ax.bar_label(bar, fmt='%.1f', fontsize=6, padding=1)
     values = [r[k] for r in table for k, _ in PROTOCOLS if r[k] is not None]
     low = max(0.0, min(values) - 10) if values else 0.0
-    ax.set_ylim(low, 100)
+    ax.set_ylim(low, 110)   # headroom for the legend above the bars
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel('top-1 (%)')
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc='lower right')
+    ax.legend(fontsize=7, loc='upper center', ncol=len(PROTOCOLS), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def write_report(data: Mapping[str, Any], workdir: str, pairs: Mapping[str, Any]) -> dict[str, str]:
+def write_report(data: Mapping[str, Any], workdir: str) -> dict[str, str]:
     """Writes ``comparison.md`` and ``comparison.png`` into ``workdir``; returns their paths."""
-    table = rows(data, pairs)
+    table = rows(data)
     paths = {'markdown': os.path.join(workdir, 'comparison.md'), 'chart': os.path.join(workdir, 'comparison.png')}
     with open(paths['markdown'], 'w') as f:
         f.write(markdown(data, table))
     s = data.get('settings', {})
     chart(table, paths['chart'], f"{s.get('dataset', '')}: pre-training {s.get('minutes', {}).get('pretrain', '?'):g} "
-          'min per method; hatched: from scratch at equal time')
+          'min per method\nhatched: the backbone from scratch at equal wall-clock time')
     return paths
 
 
@@ -138,10 +139,9 @@ if __name__ == '__main__':
 
     def _main(argv):
         del argv
-        from launch.compare import PAIRS
         with open(os.path.join(_W.value, 'comparison.json')) as f:
             data = json.load(f)
-        paths = write_report(data, _W.value, PAIRS)
+        paths = write_report(data, _W.value)
         print(open(paths['markdown']).read())
 
     app.run(_main)

@@ -98,7 +98,8 @@ def test_stage_exit_statuses(tmp_path):
 
 def _record():
     stages = {
-        'mae_vit/pretrain': {'done': True, 'steps': 400, 'wall_seconds': 480.0, 'backbone': 'vit_demo_patch4_32'},
+        'mae_vit/pretrain': {'done': True, 'steps': 400, 'wall_seconds': 480.0, 'backbone': 'vit_demo_patch4_32',
+                             'method': 'MAE'},
         'mae_vit/knn': {'done': True, 'top1': 70.25},
         'mae_vit/linprobe': {'done': True, 'top1': 65.5},
         'mae_vit/finetune': {'done': True, 'top1': 88.125, 'backbone': 'vit_demo_patch4_32'},
@@ -114,7 +115,7 @@ def _record():
 
 
 def test_rows_and_markdown():
-    table = compare_report.rows(_record(), compare.PAIRS)
+    table = compare_report.rows(_record())
     by_pair = {r['pair']: r for r in table}
     assert [r['pair'] for r in table] == ['simmim_swin', 'mae_vit', 'ummae_pvt', 'scratch/vit_demo_patch4_32']
     assert (by_pair['mae_vit']['knn'], by_pair['mae_vit']['linprobe'], by_pair['mae_vit']['finetune']) == (70.25, 65.5, 88.125)
@@ -127,10 +128,10 @@ def test_rows_and_markdown():
 
 
 def test_report_writes_png(tmp_path):
-    paths = compare_report.write_report(_record(), str(tmp_path), compare.PAIRS)
+    paths = compare_report.write_report(_record(), str(tmp_path))
     with open(paths['chart'], 'rb') as f:
         head = f.read(24)
     assert head[:8] == b'\x89PNG\r\n\x1a\n'
     width, height = struct.unpack('>II', head[16:24])
     assert width > 600 and height > 400
-    assert open(paths['markdown']).read() == compare_report.markdown(_record(), compare_report.rows(_record(), compare.PAIRS))
+    assert open(paths['markdown']).read() == compare_report.markdown(_record(), compare_report.rows(_record()))
