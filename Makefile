@@ -42,7 +42,7 @@ test: venv data $(INTEROP_STAMP)
 	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 demo: venv data
-	$(VPY) -m launch.demo --workdir=$(WORKDIR)
+	$(VPY) -m launch.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
 clean:
 	rm -rf $(VENV) work

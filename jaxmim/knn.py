@@ -17,7 +17,7 @@ via Non-Parametric Instance Discrimination", CVPR 2018, §3.4.
 Command line (any pre-training run whose model registers a classifier, or any fine-tuning run)::
 
     python -m jaxmim.knn --workdir=RUN [--k=20] [--temperature=0.07] [--step=N] \
-        [--train_examples=N] [--batch_size=N] [--chunk=256] [--mesh=dp]
+        [--train_examples=N] [--batch_size=N] [--chunk=256] [--mesh=dp] [--random_init]
 
 prints one line ``knn: top1=... top5=... (k=20, T=0.07, N train, M eval)`` and writes
 ``<workdir>/knn.json``. A bad input is one ``error:`` line and exit status 2. During pre-training
@@ -479,9 +479,11 @@ def _checkpoint_step(workdir: str, step: int | None) -> int:
 
 def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = None, step: int | None = None,
             train_examples: int | None = None, batch_size: int | None = None, chunk: int = DEFAULT_CHUNK,
-            mesh_flag: str = 'dp') -> dict:
+            mesh_flag: str = 'dp', random_init: bool = False) -> dict:
     """k-NN accuracy of a run's checkpoint; writes ``<workdir>/knn.json`` (atomically) and
-    returns its content.
+    returns its content. ``random_init``: the same classifier at its random initialisation
+    (``config.seed``), no checkpoint read: the baseline a pre-trained encoder has to beat;
+    written to ``<workdir>/knn_random.json``.
 
     A pre-training run is evaluated on its registered classifier's pooled features
     (:func:`classifier_of_run`, checkpoint loaded by :func:`jaxmim.rundir.load_pretrained`); a
@@ -506,14 +508,16 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     if chunk < 1:
         raise ValueError(f'--chunk={chunk}: must be an integer >= 1')
     classifier_of_run(config)   # no classifier: named before anything is read
-    step = _checkpoint_step(workdir, step)
+    step = 0 if random_init else _checkpoint_step(workdir, step)
     mesh_cfg = ml_collections.ConfigDict(mesh_lib.parse_mesh_flag(mesh_flag))
     mesh = mesh_lib.make_mesh(mesh_config=mesh_cfg)
     s = _settings(config, mesh, k=k, temperature=temperature, train_examples=train_examples, batch_size=batch_size)
     t0 = time.perf_counter()
     model = _build_classifier(config, s['data'].image_size)
     with jax.default_device(_host_device()):
-        if config.get('mode') == 'pretrain':
+        if random_init:
+            pass
+        elif config.get('mode') == 'pretrain':
             rundir.load_pretrained(model, workdir, step)
         else:
             rundir.restore_model(model, workdir, step)
@@ -525,9 +529,10 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
                        seed=int(config.get('seed', 0)), chunk=chunk)
     out = {**res, 'k': s['k'], 'temperature': s['temperature'], 'step': step, 'workdir': os.path.abspath(workdir),
            'model': classifier_of_run(config)[0], 'train_split': s['data'].train_split,
-           'eval_split': s['data'].eval_split, 'batch_size': s['batch_size'], 'seconds': time.perf_counter() - t0}
+           'eval_split': s['data'].eval_split, 'batch_size': s['batch_size'], 'seconds': time.perf_counter() - t0,
+           'random_init': random_init}
     if jax.process_index() == 0:
-        path = os.path.join(workdir, RESULT_FILE)
+        path = os.path.join(workdir, 'knn_random.json' if random_init else RESULT_FILE)
         with open(path + '.tmp', 'w') as f:
             json.dump(out, f, indent=1)
         os.replace(path + '.tmp', path)
@@ -551,11 +556,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--batch_size', type=int, default=None, help='global images per feature batch')
     parser.add_argument('--chunk', type=int, default=DEFAULT_CHUNK, help='eval images per similarity chunk')
     parser.add_argument('--mesh', default='dp', help="layout[:sizes] as jaxmim.summary's --mesh (default dp)")
+    parser.add_argument('--random_init', action='store_true',
+                        help='the same classifier at random initialisation (baseline; writes knn_random.json)')
     args = parser.parse_args(argv)
     try:
         res = run_knn(args.workdir, k=args.k, temperature=args.temperature, step=args.step,
                       train_examples=args.train_examples, batch_size=args.batch_size, chunk=args.chunk,
-                      mesh_flag=args.mesh)
+                      mesh_flag=args.mesh, random_init=args.random_init)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(resilience.EXIT_BAD_INPUT)

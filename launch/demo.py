@@ -15,7 +15,11 @@ scratch for the same wall-clock time.
    steps 2 + 3: the fine-tuning steps plus as many more as the pre-training time buys at the
    measured fine-tuning step time (:func:`launch.budget.equal_time_steps`; ``--scratch_steps`` fixes it);
 5. writes ``results.json`` and prints ``method | backbone | pre-train steps | fine-tune steps |
-   top-1 | wall time``; saves ``reconstructions.png`` (masked inputs and reconstructions).
+   top-1 | wall time``; saves ``reconstructions.png`` (masked inputs and reconstructions);
+6. with ``--evaluate_encoders`` (``make demo DEMO_FLAGS=--evaluate_encoders``; off by default: it
+   does not fit the 30-minute budget), after step 2 the k-NN and linear-probe top-1 of the
+   pre-trained encoder against the same classifier at random initialisation
+   (:func:`evaluate_encoders`).
 
 Every stage checkpoints into its own sub-directory, so an interrupted demo resumes where it
 stopped when run again. Step budgets are flags (defaults fit 30 minutes on 2 CPU cores).
@@ -43,6 +47,12 @@ _FT_CONFIG = flags.DEFINE_string('finetune_config', 'configs/demo/finetune_pvt_f
                                  'Fine-tuning config (variants :pretrained and :scratch), relative to the repository root.')
 _SCRATCH_STEPS = flags.DEFINE_integer('scratch_steps', None, 'Steps of the from-scratch run (default: the same '
                                       'wall-clock time as pre-training + fine-tuning, see equal_time_steps).')
+_EVAL_ENCODERS = flags.DEFINE_bool('evaluate_encoders', False, 'Also k-NN and linear-probe the pre-trained encoder '
+                                   'against a randomly initialised one (about 6 more minutes on 2 CPU cores).')
+_PROBE_STEPS = flags.DEFINE_integer('probe_steps', 300, 'Linear-probe steps of --evaluate_encoders (batch 256).')
+_KNN_TRAIN = flags.DEFINE_integer('knn_train_examples', 0, 'Train images --evaluate_encoders indexes for k-NN (0: all).')
+PROBE_CONFIG = 'configs/demo/linprobe_fmnist.py'
+PROBE_VARIANTS = ('vit', 'swin', 'pvt', 'hivit', 'greenmim_swin', 'groupmixformer')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,6 +135,36 @@ def save_reconstructions(pretrain_dir: str, cfg, path: str, n: int = 8) -> None:
     plt.close(fig)
 
 
+def evaluate_encoders(pre_dir: str, workdir: str, data_dir: str, classifier: str) -> list[dict]:
+    """k-NN (:func:`jaxmim.knn.run_knn`, k=20, T=0.07) and a linear probe (``--probe_steps`` of
+    ``configs/demo/linprobe_fmnist.py``, frozen encoder) of the pre-trained encoder and of the same
+    classifier at random initialisation; returns one row per encoder and prints them.
+
+    Raises:
+      ValueError: no variant of the probe config builds ``classifier``.
+    """
+    from jaxmim import knn, train
+
+    variant = next((v for v in PROBE_VARIANTS if _config(PROBE_CONFIG, v).model.name == classifier), None)
+    if variant is None:
+        raise ValueError(f'{PROBE_CONFIG} has no variant for classifier {classifier!r}')
+    rows = []
+    for name, random_init in (('pre-trained', False), ('random init', True)):
+        res = knn.run_knn(pre_dir, train_examples=_KNN_TRAIN.value or None, random_init=random_init)
+        cfg = _common(_config(PROBE_CONFIG, variant), data_dir, _PROBE_STEPS.value)
+        if random_init:
+            cfg.pretrained.required = False
+        else:
+            cfg.pretrained.workdir = pre_dir
+        _, probe = train.finetune(cfg, os.path.join(workdir, f"linprobe_{name.replace(' ', '_').replace('-', '_')}"))
+        rows.append({'encoder': name, 'knn_top1': res['top1'], 'knn_train_images': res['train_count'],
+                     'linprobe_top1': probe['final_eval']['top1'], 'linprobe_steps': cfg.total_steps})
+    print(f"\n{'encoder':<12}| k-NN top-1 (k=20) | linear probe top-1 ({rows[0]['linprobe_steps']} steps)")
+    for r in rows:
+        print(f"{r['encoder']:<12}| {r['knn_top1']:16.2f}% | {r['linprobe_top1']:6.2f}%")
+    return rows
+
+
 def main(argv) -> None:
     """Runs the demo stages in order and writes ``results.json`` and ``reconstructions.png``."""
     del argv
@@ -168,6 +208,11 @@ def main(argv) -> None:
     except Exception as e:  # a picture must never sink the run; say why it is missing
         print(f'warning: could not draw reconstructions: {e}')
 
+    encoders = None
+    if _EVAL_ENCODERS.value:
+        classifier = _config(_FT_CONFIG.value, 'scratch').model.name
+        encoders = timed('encoders', lambda: evaluate_encoders(pre_dir, workdir, data_dir, classifier))
+
     pretrained_wall = None
     for variant in ('pretrained', 'scratch'):
         steps = _FINETUNE_STEPS.value
@@ -197,7 +242,7 @@ def main(argv) -> None:
     import jax
     results = {'dataset': 'fashion_mnist (Debian dataset-fashion-mnist), test split 10,000 images',
                'method': method, 'model': rows[0]['backbone'], 'devices': str(jax.devices()),
-               'rows': rows, 'pretrain_final_loss': last.get('loss')}
+               'rows': rows, 'pretrain_final_loss': last.get('loss'), 'encoders': encoders}
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
     width = max(len(r['backbone']) for r in rows)

@@ -192,6 +192,34 @@ def test_cli_equals_numpy_knn_of_the_loaded_encoder(run, capsys):
     assert res['top1'] > 100 / 10 + 5   # well above chance: the features carry the classes
 
 
+def test_random_init_baseline_is_the_seeded_classifier(run, capsys):
+    """``--random_init``: the classifier at its initialisation from ``config.seed``, no checkpoint
+    read, written to ``knn_random.json``; checked against a NumPy k-NN of that model's features."""
+    from jaxmim.config import resolve_data_config
+    from jaxmim.data import pipeline
+    from jaxmim.registry import classifier_for, create_model
+    workdir, cfg, _ = run
+    code, out, err = _cli(['--workdir', workdir, '--train_examples', str(TRAIN_N), '--batch_size', str(BATCH),
+                           '--random_init'], capsys)
+    assert code == 0, err
+    with open(os.path.join(workdir, 'knn_random.json')) as f:
+        res = json.load(f)
+    assert res['random_init'] is True and res['step'] == 0
+    model = create_model(classifier_for(cfg.model.name), seed=int(cfg.seed), embed_dim=16, depth=1, num_heads=2)
+    data = resolve_data_config(cfg)
+
+    def split(name):
+        data.eval_split = name
+        batch = next(iter(pipeline.create_split(data, train=False, batch_size=64, seed=0)))
+        n = int(batch['mask'].sum())
+        return np.asarray(model.pooled_features(jnp.asarray(batch['image'][:n]))), batch['label'][:n]
+
+    train_f, train_l = split(f'train[:{TRAIN_N}]')
+    eval_f, eval_l = split(EVAL_SPLIT)
+    top1, top5 = brute_force_accuracy(brute_force_knn(train_f, train_l, eval_f, K, 0.07, 10), eval_l, K)
+    assert res['top1'] == pytest.approx(top1) and res['top5'] == pytest.approx(top5)
+
+
 @pytest.fixture(scope='module')
 def unlabelled_dataset(data_dir):
     """A prepared tfds dataset whose examples have an image and no label."""

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_EXAMPLES = 256
 STEPS = 4
 BATCH = 16
+KNN_TRAIN = 64
 
 def _png_size(path):
     """(width, height) from the PNG signature and IHDR chunk (PNG spec, ISO/IEC 15948)."""
@@ -51,13 +52,25 @@ def test_demo_writes_results_and_reconstructions(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'launch.demo', f'--workdir={workdir}', f'--pretrain_steps={STEPS}',
          f'--finetune_steps={STEPS}', f'--scratch_steps={STEPS}', f'--batch_size={BATCH}',
-         f'--eval_examples={EVAL_EXAMPLES}', '--shuffle_buffer=256'],
+         f'--eval_examples={EVAL_EXAMPLES}', '--shuffle_buffer=256', '--evaluate_encoders',
+         f'--probe_steps={STEPS}', f'--knn_train_examples={KNN_TRAIN}'],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert 'warning: could not draw reconstructions' not in proc.stdout, proc.stdout
 
     results = json.loads((workdir / 'results.json').read_text())
-    assert set(results) == {'dataset', 'method', 'model', 'devices', 'rows', 'pretrain_final_loss'}
+    assert set(results) == {'dataset', 'method', 'model', 'devices', 'rows', 'pretrain_final_loss', 'encoders'}
+    # --evaluate_encoders: k-NN and a linear probe of the pre-trained encoder and of a random one
+    enc = results['encoders']
+    assert [e['encoder'] for e in enc] == ['pre-trained', 'random init']
+    for e in enc:
+        assert (e['knn_train_images'], e['linprobe_steps']) == (KNN_TRAIN, STEPS)
+        assert _is_hits_percentage(e['knn_top1'], EVAL_EXAMPLES) and _is_hits_percentage(e['linprobe_top1'], EVAL_EXAMPLES)
+    for name, pretrained in (('pre_trained', str(workdir / 'pretrain')), ('random_init', '')):
+        probe_config = json.loads((workdir / f'linprobe_{name}' / 'config.json').read_text())
+        assert (probe_config['probe'], probe_config['pretrained']['workdir']) == ('linear', pretrained)
+    assert json.loads((workdir / 'pretrain' / 'knn_random.json').read_text())['random_init'] is True
+    assert f"{enc[1]['knn_top1']:16.2f}%" in proc.stdout
     assert (results['method'], results['model']) == ('ummae', 'pvt_demo_32')
     assert results['devices'] == '[CpuDevice(id=0)]'
     rows = results['rows']
