@@ -48,7 +48,7 @@ _FT_CONFIG = flags.DEFINE_string('finetune_config', 'configs/demo/finetune_pvt_f
 _SCRATCH_STEPS = flags.DEFINE_integer('scratch_steps', None, 'Steps of the from-scratch run (default: the same '
                                       'wall-clock time as pre-training + fine-tuning, see equal_time_steps).')
 _EVAL_ENCODERS = flags.DEFINE_bool('evaluate_encoders', False, 'Also k-NN and linear-probe the pre-trained encoder '
-                                   'against a randomly initialised one (off: it does not fit make demo'"'"'s 30 minutes).')
+                                   'against a randomly initialised one (off: it does not fit the 30-minute make demo).')
 _PROBE_STEPS = flags.DEFINE_integer('probe_steps', 300, 'Linear-probe steps of --evaluate_encoders (batch 256).')
 _KNN_TRAIN = flags.DEFINE_integer('knn_train_examples', 0, 'Train images --evaluate_encoders indexes for k-NN (0: all).')
 PROBE_CONFIG = 'configs/demo/linprobe_fmnist.py'
