@@ -161,26 +161,36 @@ def dropout(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> ja
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def drop_path(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> jax.Array:
+def drop_path(x: jax.Array, rate: float | jax.Array, train: bool, key: jax.Array | None) -> jax.Array:
     """Stochastic depth (timm ``DropPath``): drops whole samples of a residual branch.
 
     Args:
         x: ``(B, ...)`` residual branch output.
-        rate: drop probability p; kept samples are divided by 1 - p.
+        rate: drop probability p; kept samples are divided by 1 - p. A Python number, or a
+            float32 scalar array (the rate of a block run under ``jax.lax.scan``,
+            :mod:`jaxmim.models.stacking`): then the mask is always drawn (rate 0 draws an
+            all-kept mask and returns ``x`` unchanged, as the number 0 does without drawing),
+            with the same random numbers, and kept samples are multiplied by ``1 / (1 - p)``:
+            what XLA makes of the division by the constant ``1 - p`` of a number rate (its
+            algebraic simplifier folds it into that product), so in float32 both give the same
+            bits.
         train: identity when False.
-        key: PRNG key, required when ``train`` and ``rate > 0``.
+        key: PRNG key, required when ``train`` and ``rate > 0`` (for an array rate: whenever
+            ``train``).
 
     Raises:
-        ValueError: key missing while training with ``rate > 0``.
+        ValueError: key missing while training with ``rate > 0`` (or with an array rate).
     """
-    if not train or rate == 0.0:
+    static = isinstance(rate, (int, float))
+    if not train or (static and rate == 0.0):
         return x
     if key is None:
         raise ValueError('drop_path: a PRNG key is required when train=True and rate > 0')
-    keep_prob = 1.0 - rate
+    keep_prob = 1.0 - (rate if static else jnp.asarray(rate, jnp.float32))
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep = jax.random.bernoulli(key, keep_prob, shape)
-    return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
+    y = x / keep_prob if static else x * (1.0 / keep_prob).astype(x.dtype)
+    return jnp.where(keep, y, 0.0).astype(x.dtype)
 
 
 def patchify(x: jax.Array, p: int) -> jax.Array:
@@ -207,29 +217,76 @@ def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, n))
 
 
-REMAT_POLICIES = ('none', 'block')
-"""Accepted ``remat`` values of the backbones: ``'none'`` keeps every activation for the
-backward pass; ``'block'`` rematerialises each transformer block (``nnx.remat``, i.e.
-``jax.checkpoint``): only block inputs are kept, the block is recomputed in the backward pass."""
+REMAT_POLICIES = ('none', 'block', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
+"""Accepted ``remat`` values of the backbones (the ``remat`` constructor argument of every family,
+``--config.model.overrides.remat=...``). Each names what a transformer block keeps from its
+forward pass for the backward pass; every policy gives the same loss and gradients (tested):
+
+* ``'none'``: everything (no rematerialisation);
+* ``'block'``: nothing but the block's inputs: the whole block is recomputed in the backward pass
+  (``nnx.remat`` = ``jax.checkpoint`` with its default policy, ``nothing_saveable``);
+* ``'dots_saveable'``: the outputs of every matrix product (``jax.checkpoint_policies.dots_saveable``):
+  the projections and the attention products are kept, the elementwise work between them (LayerNorm,
+  GELU, softmax, residual adds) is recomputed;
+* ``'dots_with_no_batch_dims_saveable'``: the outputs of the products without batch dimensions,
+  i.e. the dense layers' (qkv, proj, fc1, fc2), while the batched attention products ``q kᵀ`` and
+  ``attn v`` (``N x N`` per head, the largest activations at long sequences) are recomputed.
+
+On CPU the dense layers run a ``jax.custom_vjp`` (:func:`jaxmim.ops.linear_apply_fast`), whose
+product is not a ``dot_general`` the two ``dots`` policies can see: there they keep only the attention
+products (``dots_saveable``) or nothing (``dots_with_no_batch_dims_saveable``). On accelerators the
+portable forms run and the policies behave as named. Source: JAX's
+``jax.checkpoint`` / ``jax.checkpoint_policies`` documentation ("Gradient checkpointing")."""
+
+_POLICY = {'block': None, 'dots_saveable': jax.checkpoint_policies.dots_saveable,
+           'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def check_remat(remat: str) -> bool:
-    """Whether ``remat`` asks for per-block rematerialisation.
+def check_remat(remat: str) -> str:
+    """``remat`` itself, once checked to be one of :data:`REMAT_POLICIES` (what the backbones store
+    and give :func:`call_block`).
 
     Raises:
-      ValueError: ``remat`` is not one of :data:`REMAT_POLICIES`.
+      ValueError: ``remat`` is not one of :data:`REMAT_POLICIES` (the message names
+        ``config.model.overrides.remat``).
     """
     if remat not in REMAT_POLICIES:
-        raise ValueError(f'remat must be one of {list(REMAT_POLICIES)}, got {remat!r}')
-    return remat == 'block'
+        raise ValueError(f'remat must be one of {list(REMAT_POLICIES)}, got {remat!r} '
+                         '(config.model.overrides.remat)')
+    return remat
 
 
-def call_block(block: nnx.Module, x: jax.Array, *, train: bool, rng: jax.Array | None, remat: bool) -> jax.Array:
-    """``block(x, train=train, rng=rng)``, under ``nnx.remat`` when ``remat``: the same numbers,
-    less activation memory, one more forward of the block in the backward pass."""
-    if not remat:
-        return block(x, train=train, rng=rng)
-    return nnx.remat(lambda b, y, k: b(y, train=train, rng=k))(block, x, rng)
+def remat_policy(remat: str | bool) -> tuple[bool, Callable | None]:
+    """``(rematerialise?, jax.checkpoint policy)`` of a :data:`REMAT_POLICIES` name; ``False`` /
+    ``True`` read as ``'none'`` / ``'block'``. The policy is None for ``'block'`` (JAX's default:
+    save nothing) and for ``'none'`` (no checkpoint at all).
+
+    Raises:
+      ValueError: an unknown name (see :func:`check_remat`).
+    """
+    remat = {False: 'none', True: 'block'}.get(remat, remat) if isinstance(remat, bool) else remat
+    check_remat(remat)
+    return remat != 'none', _POLICY.get(remat)
+
+
+def call_block(block: nnx.Module, x: jax.Array, *args, train: bool, rng: jax.Array | None,
+               remat: str | bool, **kwargs):
+    """``block(x, *args, train=train, rng=rng, **kwargs)`` under ``nnx.remat`` with the policy of
+    ``remat`` (:data:`REMAT_POLICIES`; ``'none'`` / False calls the block directly): the same
+    numbers, less activation memory, one more forward of (part of) the block in the backward pass.
+
+    ``args`` and ``kwargs`` (attention masks, index tables, plans: whatever the family's block
+    takes besides the tokens) reach the block as they are, closed over by the rematerialised
+    function (jax arrays among them become its inputs). Returns what the block returns (an array,
+    or e.g. UM-MAE Swin's ``(tokens, coordinates)``).
+
+    Raises:
+      ValueError: an unknown ``remat``.
+    """
+    on, policy = remat_policy(remat)
+    if not on:
+        return block(x, *args, train=train, rng=rng, **kwargs)
+    return nnx.remat(lambda b, y, k: b(y, *args, train=train, rng=k, **kwargs), policy=policy)(block, x, rng)
 
 
 class Mlp(nnx.Module):

@@ -303,17 +303,18 @@ class GMABlock(nnx.Module):
 
 class GMAStage(nnx.Module):
     """``depth`` :class:`GMABlock` s at constant resolution (``GMA_Stage``, ``:302-319``); attribute
-    ``gma_stage``."""
+    ``gma_stage``; each block under the ``remat`` policy (:func:`jaxmim.layers.call_block`)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
-                 qk_scale: float | None, drop: float, drop_path: Sequence[float], norm_eps: float, *,
-                 rngs: nnx.Rngs):
+                 qk_scale: float | None, drop: float, drop_path: Sequence[float], norm_eps: float,
+                 remat: str = 'none', *, rngs: nnx.Rngs):
+        self.remat = L.check_remat(remat)
         self.gma_stage = nnx.List([GMABlock(dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, drop_path[i],
                                             norm_eps, rngs=rngs) for i in range(depth)])
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         for blk, key in zip(self.gma_stage, L.split_key(rng, len(self.gma_stage))):
-            x = blk(x, train=train, rng=key)
+            x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
         return x
 
 
@@ -359,6 +360,8 @@ class GroupMixFormer(nnx.Module, Backbone):
       drop_rate: dropout after the attention projection and in the MLPs.
       drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths))`` over the blocks.
       norm_eps: LayerNorm eps of the blocks (1e-6; ``Agg_0`` always uses 1e-5).
+      remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers and
+        BatchNorm statistics).
       rngs: NNX RNG streams for initialisation.
 
     Call: ``model(images, train=False, rng=None)`` with images ``(B, img_size, img_size,
@@ -375,7 +378,7 @@ class GroupMixFormer(nnx.Module, Backbone):
                  embed_dims: Sequence[int] = (80, 160, 320, 320), depths: Sequence[int] = (2, 4, 12, 4),
                  num_heads: int = 8, mlp_ratios: Sequence[float] = (4, 4, 4, 4), qkv_bias: bool = True,
                  qk_scale: float | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.2,
-                 norm_eps: float = 1e-6, *, rngs: nnx.Rngs):
+                 norm_eps: float = 1e-6, remat: str = 'none', *, rngs: nnx.Rngs):
         embed_dims, depths, mlp_ratios = tuple(embed_dims), tuple(depths), tuple(mlp_ratios)
         if not len(embed_dims) == len(depths) == len(mlp_ratios) or not depths:
             raise ValueError(f'embed_dims {embed_dims}, depths {depths} and mlp_ratios {mlp_ratios} must have '
@@ -398,7 +401,7 @@ class GroupMixFormer(nnx.Module, Backbone):
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
         self.groupmixformer_backbone = nnx.List([
             GMAStage(embed_dims[i], depths[i], num_heads, mlp_ratios[i], qkv_bias, qk_scale, drop_rate,
-                     dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_eps, rngs=rngs)
+                     dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_eps, remat, rngs=rngs)
             for i in range(self.num_stages)])
         self.norm4 = batch_norm(embed_dims[-1], rngs)
         self.head = (L.linear(embed_dims[-1], num_classes, rngs, axes=('embed', 'classes'))

@@ -34,9 +34,9 @@ official state_dict keys map 1:1 (the list is built at ``models_hivit.py:190-209
 
 Numerics: LayerNorm eps 1e-6 (official, ``models_hivit.py:286``; mmpretrain classification
 1e-5, ``mmpretrain/models/utils/norm.py:120``), biased variance; exact erf GELU; ``q`` scaled
-before ``q @ kᵀ`` (``models_hivit.py:35-36``); logits + bias cast to float32 and clamped to the
-float32 range before the softmax (the self-supervised copy, ``models_hivit.py:46``; identical
-to the other copies for finite float32 logits).
+before ``q @ kᵀ`` (``models_hivit.py:35-36``); logits + bias and softmax in float32
+(:func:`jaxmim.ops.attention`); the self-supervised copy's clamp of the logits to the float32 range
+(``models_hivit.py:46``; the other copies have none) is the identity on finite logits and omitted.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.models.pos_embed import (bicubic_resize, get_2d_sincos_pos_embed, resample_abs_pos_embed,
                                      torch_bicubic_resize)
 from jaxmim.models.vit import Mlp, dense
@@ -76,8 +76,8 @@ class HiViTAttention(nnx.Module):
     (``models_hivit.py:10-53`` ``Attention``).
 
     ``qkv`` Dense(C, 3C) (output channel ``s*C + h*hd + d`` = q/k/v s of head h), ``q *= scale``,
-    logits ``q @ kᵀ`` ``(B, nH, N, N)`` plus ``bias[b?, h, p, q] = table[rpe_index[b?, p, q], h]``,
-    cast to float32, clamped to the float32 range, softmax over keys, dropout, ``@ v``, ``proj``.
+    logits ``q @ kᵀ`` ``(B, nH, N, N)`` plus ``bias[b?, h, p, q] = table[rpe_index[b?, p, q], h]``
+    in float32, softmax over keys, dropout, ``@ v`` (:func:`jaxmim.ops.attention`), ``proj``.
 
     Args:
       dim: channels C.
@@ -88,6 +88,7 @@ class HiViTAttention(nnx.Module):
       rpe_grid: side G of the unit grid; when given the block owns
         ``relative_position_bias_table`` ((2G-1)^2, num_heads).
       rpe_init: ``'trunc_normal'`` (N(0, .02)) or ``'zeros'`` (:data:`RPE_INITS`).
+      attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`.
       rngs: NNX RNG streams.
 
     Call: ``attn(x, rpe_index=None, *, train, rng, rpe_size=None)``: ``x`` (B, N, C); ``rpe_index``
@@ -97,13 +98,13 @@ class HiViTAttention(nnx.Module):
     another size (:meth:`HiViT.features`).
 
     Raises:
-      ValueError: C not divisible by ``num_heads``, unknown ``rpe_init``, or (call) an index
-        without a table.
+      ValueError: C not divisible by ``num_heads``, unknown ``rpe_init`` / ``attn_implementation``, or
+        (call) an index without a table.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, *, rpe_grid: int | None = None,
-                 rpe_init: str = 'trunc_normal', rngs: nnx.Rngs):
+                 rpe_init: str = 'trunc_normal', attn_implementation: str | None = None, rngs: nnx.Rngs):
         if num_heads <= 0 or dim % num_heads:
             raise ValueError(f'num_heads {num_heads} must be positive and divide dim {dim}')
         if rpe_init not in RPE_INITS:
@@ -113,6 +114,7 @@ class HiViTAttention(nnx.Module):
         self.qkv = dense(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
         self.proj = dense(dim, dim, rngs, axes=('heads', 'embed'))
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
         if rpe_grid:
             shape = ((2 * rpe_grid - 1) ** 2, num_heads)
             init = jnp.zeros(shape, jnp.float32) if rpe_init == 'zeros' else L.trunc_normal_02(rngs.params(), shape)
@@ -126,9 +128,7 @@ class HiViTAttention(nnx.Module):
         nh = self.num_heads
         k_attn, k_proj = L.split_key(rng, 2)
         qkv = self.qkv(x).reshape(b, n, 3, nh, c // nh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]               # (B, N, nH, hd)
-        q = q * jnp.asarray(self.scale, q.dtype)
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+        bias = None
         if rpe_index is not None:
             if self.relative_position_bias_table is None:
                 raise ValueError('a relative position index was given to an attention without a bias table')
@@ -136,13 +136,10 @@ class HiViTAttention(nnx.Module):
             side = math.isqrt(table.shape[0])
             if rpe_size is not None and tuple(rpe_size) != (side, side):
                 table = bicubic_resize(table.reshape(side, side, nh), rpe_size).reshape(-1, nh)
-            bias = table[rpe_index]                                         # (..., N, N, nH)
-            logits = logits + jnp.moveaxis(bias, -1, -3).astype(logits.dtype)
-        f32 = jnp.finfo(jnp.float32)
-        logits = jnp.clip(logits.astype(jnp.float32), f32.min, f32.max)
-        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        attn = L.dropout(attn, self.attn_drop, train, k_attn)
-        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, n, c)
+            bias = jnp.moveaxis(table[rpe_index], -1, -3)                   # (B?, nH, N, N)
+        out = ops.attention(qkv[:, :, 0] * jnp.asarray(self.scale, qkv.dtype), qkv[:, :, 1], qkv[:, :, 2],
+                            scale=1.0, bias=bias, implementation=self.attn_implementation,
+                            dropout_rate=self.attn_drop if train else 0.0, dropout_rng=k_attn).reshape(b, n, c)
         return L.dropout(self.proj(out), self.proj_drop, train, k_proj)
 
 
@@ -323,6 +320,8 @@ class HiViT(nnx.Module, Backbone):
         sin-cos table, column half first; still a trainable ``nnx.Param``).
       head_init_std: std of the normal init of ``head.kernel`` (0.02 timm; MAE fine-tuning
         re-initialises it with 2e-5, ``main_finetune.py:249``).
+      attn_implementation: of every attention, :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (jaxmim argument).
+      remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers).
       rngs: NNX RNG streams.
 
     Init (``_init_weights``, ``models_hivit.py:214-223``): Dense kernels N(0, .02) and biases 0,
@@ -332,7 +331,7 @@ class HiViT(nnx.Module, Backbone):
     in_chans)`` float NHWC; returns logits ``(B, num_classes)`` (features ``(B, C)`` without a head).
 
     Raises:
-      ValueError: inconsistent sizes, bad ``rpe_init`` / ``ape_init``, or a wrong image shape.
+      ValueError: inconsistent sizes, bad ``rpe_init`` / ``ape_init`` / ``attn_implementation``, bad images.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, inner_patches: int = 4, in_chans: int = 3,
@@ -341,7 +340,8 @@ class HiViT(nnx.Module, Backbone):
                  qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, ape: bool = True, rpe: bool = True,
                  rpe_init: str = 'trunc_normal', patch_norm: bool = True, fc_norm: bool = True,
-                 ape_init: str = 'trunc_normal', head_init_std: float = 0.02, *, rngs: nnx.Rngs):
+                 ape_init: str = 'trunc_normal', head_init_std: float = 0.02,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         depths = tuple(int(d) for d in depths)
         num_stages = len(depths)
         if num_stages < 1 or any(d < 0 for d in depths):
@@ -357,7 +357,7 @@ class HiViT(nnx.Module, Backbone):
         self.inner_patches = inner_patches
         self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
         self.depths, self.num_heads, self.drop_rate = depths, num_heads, drop_rate
-        self.ape, self.rpe = ape, rpe
+        self.ape, self.rpe, self.remat = ape, rpe, L.check_remat(remat)
         self.num_main_blocks = depths[-1]
 
         dim = embed_dim // 2 ** (num_stages - 1)
@@ -392,6 +392,7 @@ class HiViT(nnx.Module, Backbone):
         self.head = (dense(embed_dim, num_classes, rngs, jax.nn.initializers.normal(head_init_std),
                            axes=('embed', 'classes'))
                      if num_classes > 0 else None)
+        ops.set_attn_implementation(self, attn_implementation)
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -427,7 +428,7 @@ class HiViT(nnx.Module, Backbone):
                 hifeat.append(x)
                 x = sharding.constrain(blk(x), 'batch', None, None, None, None)
             else:
-                x = blk(x, train=train, rng=key)
+                x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
         x = x[:, :, 0, 0, :]
         if self.absolute_pos_embed is not None:
             pos = self.absolute_pos_embed[...].astype(x.dtype)
@@ -438,7 +439,7 @@ class HiViT(nnx.Module, Backbone):
             index = self.relative_position_index()
             rpe_index = index if ids_keep is None else masked_relative_position_index(index, ids_keep)
         for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
-            x = blk(x, rpe_index, train=train, rng=key)
+            x = L.call_block(blk, x, rpe_index, train=train, rng=key, remat=self.remat)
         x = sharding.constrain(x, 'batch', None, None)
         return hifeat + [x] if return_hifeat else x
 
@@ -499,7 +500,7 @@ class HiViT(nnx.Module, Backbone):
                 stage += 1
                 x = sharding.constrain(blk(x), 'batch', None, None, None, None)
             else:
-                x = blk(x, train=train, rng=key)
+                x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
         x = x[:, :, 0, 0, :]
         if self.absolute_pos_embed is not None:
             pos = resample_abs_pos_embed(self.absolute_pos_embed[...], (hp, wp), (self.grid_size, self.grid_size), 0)
@@ -507,7 +508,8 @@ class HiViT(nnx.Module, Backbone):
         x = L.dropout(x, self.drop_rate, train, keys[-1])
         rpe_index = relative_position_index_hw(hp, wp) if self.rpe else None
         for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
-            x = blk(x, rpe_index, train=train, rng=key, rpe_size=(2 * hp - 1, 2 * wp - 1))
+            x = L.call_block(blk, x, rpe_index, train=train, rng=key, remat=self.remat,
+                             rpe_size=(2 * hp - 1, 2 * wp - 1))
         x = sharding.constrain(x.reshape(x.shape[0], hp, wp, x.shape[-1]), 'batch', None, None, None)
         if n_stages - 1 in idx:
             outs[f'stage{n_stages - 1}'] = x

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
 from jaxmim.models.pos_embed import interpolate_pos_embed, resample_abs_pos_embed
 from jaxmim.models.vit import Mlp, dense, xavier_uniform, xavier_uniform_flat
@@ -48,14 +48,17 @@ class PVTAttention(nnx.Module):
 
     ``q = Linear(x)``; keys/values from ``LayerNorm_1e-5(Conv1x1(avg_pool(x, sr)))`` through ``kv``
     (output channel ``s*C + h*head_dim + d``, s = 0 for k, 1 for v); logits ``(q @ kᵀ) * scale``,
-    softmax in float32; ``proj``. Input/output ``(B, H, W, C)``; ``sr_ratio`` must divide H and W.
+    softmax in float32 (:func:`jaxmim.ops.attention`; ``attn_implementation``
+    :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`); ``proj``. Input/output ``(B, H, W, C)``; ``sr_ratio``
+    must divide H and W.
 
     Raises:
-      ValueError: ``dim`` not divisible by ``num_heads``; (call) a map not divisible by ``sr_ratio``.
+      ValueError: ``dim`` not divisible by ``num_heads``, a bad ``attn_implementation``; (call) a map
+        not divisible by ``sr_ratio``.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
-                 sr_ratio: int = 1, *, rngs: nnx.Rngs):
+                 sr_ratio: int = 1, *, attn_implementation: str | None = None, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.num_heads, self.sr_ratio = num_heads, sr_ratio
@@ -65,6 +68,7 @@ class PVTAttention(nnx.Module):
         self.proj = dense(dim, dim, rngs, xavier_uniform, axes=('heads', 'embed'))
         self.sr = conv(dim, dim, 1, rngs)
         self.norm = L.layer_norm(dim, 1e-5, rngs)
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
@@ -75,11 +79,8 @@ class PVTAttention(nnx.Module):
         y = x if s == 1 else x.reshape(b, h // s, s, w // s, s, c).mean(axis=(2, 4))
         y = self.norm(self.sr(y)).reshape(b, -1, c)
         kv = self.kv(y).reshape(b, -1, 2, nh, c // nh)
-        k, v = kv[:, :, 0], kv[:, :, 1]
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.asarray(self.scale, q.dtype)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, h, w, c)
-        return self.proj(out)
+        out = ops.attention(q, kv[:, :, 0], kv[:, :, 1], scale=self.scale, implementation=self.attn_implementation)
+        return self.proj(out.reshape(b, h, w, c))
 
 
 class PatchMerge(nnx.Module):
@@ -173,13 +174,13 @@ def pvt_blocks(embed_dims, depths, num_heads, mlp_ratios, sr_ratios, qkv_bias, d
     return nnx.List(blocks)
 
 
-def run_blocks(blocks, x: jax.Array, train: bool, rng: jax.Array | None) -> jax.Array:
-    """Runs the flat block list on a token map ``(B, H, W, C)``, one drop-path key per block;
-    returns the last stage's map ``(B, H / 2^(stages-1), W / 2^(stages-1), C_last)``. Each stage's
-    output (before the next ``downsample``, and the last) keeps the batch sharded
-    (:func:`jaxmim.sharding.constrain`)."""
+def run_blocks(blocks, x: jax.Array, train: bool, rng: jax.Array | None, remat: str = 'none') -> jax.Array:
+    """Runs the flat block list on a token map ``(B, H, W, C)``, one drop-path key per block, each
+    block under the ``remat`` policy (:func:`jaxmim.layers.call_block`); returns the last stage's
+    map ``(B, H / 2^(stages-1), W / 2^(stages-1), C_last)``. Each stage's output (before the next
+    ``downsample``, and the last) keeps the batch sharded (:func:`jaxmim.sharding.constrain`)."""
     for i, (blk, key) in enumerate(zip(blocks, L.split_key(rng, len(blocks)))):
-        x = blk(x, train=train, rng=key)
+        x = L.call_block(blk, x, train=train, rng=key, remat=remat)
         if i + 1 == len(blocks) or blocks[i + 1].downsample is not None:
             x = sharding.constrain(x, 'batch', None, None, None)
     return x
@@ -232,6 +233,8 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         never passes ``norm_layer`` to ``PVTBlock``; ``attn.norm`` is always 1e-5).
       head_init_std: std of ``head.kernel`` (MAE-style fine-tuning re-initialises it with
         ``trunc_normal_(std=2e-5)``, ``main_finetune.py``); bias 0.
+      attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (jaxmim argument).
+      remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers).
       rngs: NNX RNG streams.
 
     Variables: ``patch_embed.proj``, ``pos_embed`` (1, (img/patch)^2, embed_dims[0]) learnable, zero
@@ -241,17 +244,19 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
     patch embed + pos_embed -> blocks -> mean over tokens -> ``fc_norm`` -> ``head``.
 
     Raises:
-      ValueError: lists of different lengths, or an sr ratio that does not divide its stage.
+      ValueError: lists of different lengths, an sr ratio that does not divide its stage, a bad
+        ``attn_implementation``.
     """
 
     def __init__(self, img_size: int = 224, num_classes: int = 1000, patch_size: int = 4, in_chans: int = 3,
                  embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 4, 6, 3),
                  num_heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), qkv_bias: bool = True, drop_path_rate: float = 0.1,
-                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
+                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         check_stage_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
         self.img_size, self.patch_size, self.in_chans, self.num_classes = img_size, patch_size, in_chans, num_classes
+        self.remat = L.check_remat(remat)
         self.num_features = embed_dims[-1]
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], 'conv', rngs=rngs)
         g = img_size // patch_size
@@ -263,12 +268,13 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         self.fc_norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.head = (dense(embed_dims[-1], num_classes, rngs, jax.nn.initializers.normal(head_init_std),
                            axes=('embed', 'classes')) if num_classes > 0 else None)
+        ops.set_attn_implementation(self, attn_implementation)
 
     def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images -> pooled, normalised features ``(B, embed_dims[-1])``."""
         x = sharding.constrain(self.patch_embed(x), 'batch', None, None, None)
         x = x + self.pos_embed[...].reshape(1, *x.shape[1:]).astype(x.dtype)
-        x = run_blocks(self.blocks, x, train, rng)
+        x = run_blocks(self.blocks, x, train, rng, self.remat)
         return self.fc_norm(x.mean(axis=(1, 2)))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -320,7 +326,8 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         b, h, w, c = x.shape
         pos = resample_abs_pos_embed(self.pos_embed[...], (h, w), (self.grid_size, self.grid_size), 0)
         x = x + pos.reshape(1, h, w, c).astype(x.dtype)
-        return stage_outputs(self.blocks, x, lambda blk, y, key: blk(y, train=train, rng=key), idx, rng)
+        return stage_outputs(self.blocks, x, lambda blk, y, key: L.call_block(blk, y, train=train, rng=key,
+                                                                              remat=self.remat), idx, rng)
 
     def no_weight_decay(self) -> tuple[str, ...]:
         """``('pos_embed',)`` (``models_pvt.py`` ``no_weight_decay``)."""

@@ -29,8 +29,9 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.models.pos_embed import bicubic_resize, resize_rel_pos_table
+from jaxmim.models.stacking import check_scan, run_blocks
 from jaxmim.models.windows import (relative_position_index, shifted_window_mask, stage_window, window_partition,
                                    window_reverse)
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
@@ -45,13 +46,15 @@ class WindowAttention(nnx.Module):
 
     Input ``(B*nW, N, C)`` tokens of windows (N = window_size^2), optional mask
     ``(nW, N, N)`` added per window; output ``(B*nW, N, C)``. The fused ``qkv`` Dense has
-    output channels ordered ``s*C + h*head_dim + d`` (s in q, k, v). Softmax runs in float32.
+    output channels ordered ``s*C + h*head_dim + d`` (s in q, k, v). ``q * scale``, then
+    :func:`jaxmim.ops.attention` with bias + mask as its additive term (softmax in float32);
+    ``attn_implementation``: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`.
     Source: ``models/swin_transformer.py:66-145``.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 *, rngs: nnx.Rngs):
+                 *, attn_implementation: str | None = None, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
@@ -61,27 +64,22 @@ class WindowAttention(nnx.Module):
         self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
         self.proj = L.linear(dim, dim, rngs, axes=('heads', 'embed'))
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
 
     def __call__(self, x: jax.Array, mask: np.ndarray | None = None, *, train: bool = False,
                  rng: jax.Array | None = None) -> jax.Array:
         bw, n, c = x.shape
-        nh, hd = self.num_heads, c // self.num_heads
         k_attn, k_proj = L.split_key(rng, 2)
-        qkv = self.qkv(x).reshape(bw, n, 3, nh, hd)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (Bw, N, nH, hd)
-        q = q * self.scale
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
         index = relative_position_index(self.window_size).reshape(-1)
-        bias = self.relative_position_bias_table[...][index].reshape(n, n, nh).transpose(2, 0, 1)
-        logits = logits + bias[None].astype(logits.dtype)
-        if mask is not None:
-            nw = mask.shape[0]
-            logits = logits.reshape(bw // nw, nw, nh, n, n) + jnp.asarray(mask, logits.dtype)[None, :, None]
-            logits = logits.reshape(bw, nh, n, n)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        attn = L.dropout(attn, self.attn_drop, train, k_attn)
-        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(bw, n, c)
-        return L.dropout(self.proj(out), self.proj_drop, train, k_proj)
+        bias = self.relative_position_bias_table[...][index].reshape(n, n, -1).transpose(2, 0, 1)   # (nH, N, N)
+        lead = (bw,) if mask is None else (bw // mask.shape[0], mask.shape[0])     # (B*nW,) or (B, nW)
+        if mask is not None:                                # the additive -100 shift mask, (nW, 1, N, N)
+            bias = bias + jnp.asarray(mask)[:, None]
+        qkv = self.qkv(x).reshape(*lead, n, 3, self.num_heads, c // self.num_heads)
+        out = ops.attention(qkv[..., 0, :, :] * self.scale, qkv[..., 1, :, :], qkv[..., 2, :, :], scale=1.0,
+                            bias=bias, implementation=self.attn_implementation,
+                            dropout_rate=self.attn_drop if train else 0.0, dropout_rng=k_attn)
+        return L.dropout(self.proj(out.reshape(bw, n, c)), self.proj_drop, train, k_proj)
 
 
 class SwinTransformerBlock(nnx.Module):
@@ -183,13 +181,13 @@ class PatchMerging(nnx.Module):
 class BasicLayer(nnx.Module):
     """One Swin stage: ``depth`` blocks (even ones unshifted, odd ones shifted by window//2),
     then PatchMerging when ``downsample``. ``(B, H, W, C)`` -> ``(B, H', W', C')``.
-    Source: ``models/swin_transformer.py:341-397``."""
+    ``remat`` / ``scan_blocks``: see :class:`SwinTransformer`. Source: ``models/swin_transformer.py:341-397``."""
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int,
                  window_size: int, mlp_ratio: float, qkv_bias: bool, qk_scale: float | None,
                  drop: float, attn_drop: float, drop_path: Sequence[float], norm_eps: float,
-                 downsample: bool, remat: bool = False, *, rngs: nnx.Rngs):
-        self.remat = remat
+                 downsample: bool, remat: str = 'none', scan_blocks: bool = False, *, rngs: nnx.Rngs):
+        self.remat, self.scan_blocks = L.check_remat(remat), check_scan(scan_blocks)
         blocks = []
         for i in range(depth):
             ws, shift = stage_window(input_resolution, window_size, 0 if i % 2 == 0 else window_size // 2)
@@ -200,8 +198,8 @@ class BasicLayer(nnx.Module):
         self.downsample = PatchMerging(dim, norm_eps, rngs=rngs) if downsample else None
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
-        for blk, key in zip(self.blocks, L.split_key(rng, len(self.blocks))):
-            x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
+        # scanned in pairs (shift 0, shift window // 2): one scan step per pair
+        x = run_blocks(self.blocks, x, train=train, rng=rng, remat=self.remat, scan=self.scan_blocks, period=2)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
@@ -285,8 +283,12 @@ class SwinTransformer(nnx.Module, Backbone):
       ape: learned absolute position embedding (off in every official config).
       patch_norm: LayerNorm after the patch embedding.
       norm_eps: LayerNorm epsilon (PyTorch default 1e-5).
-      remat: ``'none'`` or ``'block'`` (recompute each block in the backward pass to save
-        activation memory; same numbers), see :data:`jaxmim.layers.REMAT_POLICIES`.
+      remat: what each block keeps for the backward pass (:data:`jaxmim.layers.REMAT_POLICIES`:
+        ``'none'``, ``'block'``, ``'dots_saveable'``, ``'dots_with_no_batch_dims_saveable'``; same
+        numbers, less activation memory).
+      scan_blocks: run each stage's blocks as one ``jax.lax.scan`` over pairs of blocks (a deep
+        stage compiles once; same parameters and numbers, :func:`jaxmim.models.stacking.run_blocks`).
+      attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (jaxmim argument).
       out_indices: None (a classifier only: the official key set), or the stages whose outputs
         :meth:`features` returns, each with its own LayerNorm ``norm{i}`` (eps ``norm_eps``)
         as the detection backbone has (mmdet ``out_indices=(0, 1, 2, 3)``). These norms are
@@ -301,7 +303,7 @@ class SwinTransformer(nnx.Module, Backbone):
 
     Raises:
       ValueError: sizes that do not fit (a window that does not divide a stage, an odd
-        stage resolution before merging, mismatched ``depths``/``num_heads``).
+        stage resolution before merging, mismatched ``depths``/``num_heads``), a bad ``attn_implementation``.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
@@ -310,7 +312,8 @@ class SwinTransformer(nnx.Module, Backbone):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  ape: bool = False, patch_norm: bool = True, norm_eps: float = 1e-5,
-                 remat: str = 'none', out_indices: Sequence[int] | None = None, *, rngs: nnx.Rngs):
+                 remat: str = 'none', scan_blocks: bool = False, out_indices: Sequence[int] | None = None,
+                 attn_implementation: str | None = None, *, rngs: nnx.Rngs):
         depths, num_heads = tuple(depths), tuple(num_heads)
         use_remat = L.check_remat(remat)
         if out_indices is not None:
@@ -343,7 +346,7 @@ class SwinTransformer(nnx.Module, Backbone):
             stages.append(BasicLayer(
                 embed_dim * 2 ** i, res, depth, heads, window_size, mlp_ratio, qkv_bias, qk_scale,
                 drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_eps,
-                downsample=i < self.num_layers - 1, remat=use_remat, rngs=rngs))
+                downsample=i < self.num_layers - 1, remat=use_remat, scan_blocks=scan_blocks, rngs=rngs))
         self.layers = nnx.List(stages)
         self.norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = (L.linear(self.num_features, num_classes, rngs, axes=('embed', 'classes'))
@@ -351,6 +354,7 @@ class SwinTransformer(nnx.Module, Backbone):
         self.out_indices = out_indices
         for i in out_indices or ():          # mmdet/models/backbones/swin_transformer.py:549-553
             setattr(self, f'norm{i}', L.layer_norm(embed_dim * 2 ** i, norm_eps, rngs))
+        ops.set_attn_implementation(self, attn_implementation)
 
     # -- hooks of jaxmim.registry.Backbone ---------------------------------------------------
 

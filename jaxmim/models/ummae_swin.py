@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.models.flat_blocks import UMMAEHooks, conv, conv_fan_out_init
 from jaxmim.models.windows import shifted_window_mask, window_partition, window_reverse
 from jaxmim.models.pvt import stage_outputs
@@ -66,8 +66,9 @@ class WindowAttention(nnx.Module):
     Call ``attn(x, pos, num_windows, mask)``: ``x`` ``(B*nW, N, C)`` window tokens; ``pos``
     ``(Bp*nW, N, 2)`` their coordinates (Bp = B per sample, or 1 shared), or ``(1, N, 2)``
     coordinates shared by every window (the detection backbone's window-local grid); ``mask``
-    ``(nW, N, N)`` additive or None. Logits ``(q * scale) @ kᵀ + bias (+ mask)``, softmax in float32, ``proj``.
-    ``qkv`` output channel ``s*C + h*head_dim + d``.
+    ``(nW, N, N)`` additive or None. Logits ``(q * scale) @ kᵀ + bias (+ mask)``, softmax in float32
+    (:func:`jaxmim.ops.attention`, ``attn_implementation`` :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`),
+    ``proj``. ``qkv`` output channel ``s*C + h*head_dim + d``.
 
     ``pos_lattice = (scale, extent)`` (optional) promises that every coordinate times ``scale`` is an
     integer in ``[0, extent)``, as in the UM-MAE pre-training encoder, whose coordinates are original
@@ -82,7 +83,8 @@ class WindowAttention(nnx.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, posmlp_dim: int = 32, qkv_bias: bool = True,
-                 qk_scale: float | None = None, pos_lattice: tuple[int, int] | None = None, *, rngs: nnx.Rngs):
+                 qk_scale: float | None = None, pos_lattice: tuple[int, int] | None = None, *,
+                 attn_implementation: str | None = None, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
         if pos_lattice is not None and (len(pos_lattice) != 2 or min(int(v) for v in pos_lattice) < 1):
@@ -93,6 +95,7 @@ class WindowAttention(nnx.Module):
         self.posmlp = nnx.List([conv(2, posmlp_dim, 1, rngs), ReLU(), conv(posmlp_dim, num_heads, 1, rngs)])
         self.qkv = dense(dim, 3 * dim, rngs, xavier_uniform, use_bias=qkv_bias, axes=('embed', 'heads'))
         self.proj = dense(dim, dim, rngs, xavier_uniform, axes=('heads', 'embed'))
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
 
     def _mlp(self, d: jax.Array) -> jax.Array:
         """``(..., 2)`` offsets -> ``(..., nH)``: ``sign(d) * log(1 + |d|)``, then the two 1x1 convs."""
@@ -118,17 +121,14 @@ class WindowAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, pos: jax.Array, num_windows: int, mask: np.ndarray | None = None) -> jax.Array:
         bw, n, c = x.shape
-        nh = self.num_heads
-        qkv = self.qkv(x).reshape(bw, n, 3, nh, c // nh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(self.scale, q.dtype), k)
-        bias = self.position_bias(pos.astype(logits.dtype))
-        bias = bias[:, None] if bias.shape[0] == 1 else bias.reshape(-1, num_windows, nh, n, n)
-        logits = logits.reshape(-1, num_windows, nh, n, n) + bias
+        qkv = self.qkv(x).reshape(bw // num_windows, num_windows, n, 3, self.num_heads, c // self.num_heads)
+        bias = self.position_bias(pos.astype(qkv.dtype))                      # (Bp*nW or 1, nH, N, N)
+        bias = bias[:, None] if bias.shape[0] == 1 else bias.reshape(-1, num_windows, *bias.shape[1:])
         if mask is not None:
-            logits = logits + jnp.asarray(mask, logits.dtype)[None, :, None]
-        attn = jax.nn.softmax(logits.reshape(bw, nh, n, n).astype(jnp.float32), axis=-1).astype(v.dtype)
-        return self.proj(jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(bw, n, c))
+            bias = bias + jnp.asarray(mask)[:, None]                            # (nW, 1, N, N)
+        out = ops.attention(qkv[..., 0, :, :] * jnp.asarray(self.scale, qkv.dtype), qkv[..., 1, :, :],
+                            qkv[..., 2, :, :], scale=1.0, bias=bias, implementation=self.attn_implementation)
+        return self.proj(out.reshape(bw, n, c))
 
 
 class PatchMerge(nnx.Module):
@@ -286,13 +286,14 @@ def swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim
     return nnx.List(blocks)
 
 
-def run_blocks(blocks, x: jax.Array, pos: jax.Array, train: bool, rng: jax.Array | None) -> jax.Array:
+def run_blocks(blocks, x: jax.Array, pos: jax.Array, train: bool, rng: jax.Array | None,
+               remat: str = 'none') -> jax.Array:
     """Runs the flat block list on tokens ``(B, H, W, C)`` with coordinates ``pos`` ``(Bp, H, W, 2)``
-    (halved at each merge), one drop-path key per block; returns the last stage's map. Each stage's
-    output (before the next ``downsample``, and the last) keeps the batch sharded
-    (:func:`jaxmim.sharding.constrain`)."""
+    (halved at each merge), one drop-path key per block, each block under the ``remat`` policy
+    (:func:`jaxmim.layers.call_block`); returns the last stage's map. Each stage's output (before the
+    next ``downsample``, and the last) keeps the batch sharded (:func:`jaxmim.sharding.constrain`)."""
     for i, (blk, key) in enumerate(zip(blocks, L.split_key(rng, len(blocks)))):
-        x, pos = blk(x, pos, train=train, rng=key)
+        x, pos = L.call_block(blk, x, pos, train=train, rng=key, remat=remat)
         if i + 1 == len(blocks) or blocks[i + 1].downsample is not None:
             x = sharding.constrain(x, 'batch', None, None, None)
     return x
@@ -318,23 +319,25 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
     (linear over the flat blocks; FINETUNE.md: 0.1 T, 0.2 L), norm_eps (eps of ``patch_embed.norm``,
     ``downsample.norm`` and ``fc_norm``: the factory's ``norm_layer``, 1e-6), head_init_std
     (``head.kernel`` std; bias 0), block_norm_eps (eps of every block's ``norm1`` / ``norm2``: 1e-5,
-    ``models_swin.py:57-75`` never passes ``norm_layer`` to ``SwinBlock``), rngs.
+    ``models_swin.py:57-75`` never passes ``norm_layer`` to ``SwinBlock``), attn_implementation
+    (:data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`, jaxmim argument), remat (per block,
+    :data:`jaxmim.layers.REMAT_POLICIES`, jaxmim argument), rngs.
 
     Call: ``model(images, train=False, rng=None)`` -> logits ``(B, num_classes)``: patch embed (+ norm),
     blocks with the integer coordinate grid ``pos_hw`` shared by the batch, mean over tokens,
     ``fc_norm``, ``head``.
 
     Raises:
-      ValueError: sizes that do not fit the windows.
+      ValueError: sizes that do not fit the windows; a bad ``attn_implementation``.
     """
 
     def __init__(self, img_size: int = 256, num_classes: int = 1000, patch_size: int = 4, in_chans: int = 3,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  mlp_ratio: float = 4.0, window_size: int = 16, posmlp_dim: int = 32, drop_path_rate: float = 0.1,
-                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
+                 norm_eps: float = 1e-6, head_init_std: float = 2e-5, block_norm_eps: float = 1e-5,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         self.img_size, self.patch_size, self.in_chans, self.num_classes = img_size, patch_size, in_chans, num_classes
-        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.num_features, self.remat = embed_dim * 2 ** (len(depths) - 1), L.check_remat(remat)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_eps, 'conv', rngs=rngs)
         self.grid_size = img_size // patch_size
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
@@ -343,11 +346,12 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
         self.fc_norm = L.layer_norm(self.num_features, norm_eps, rngs)
         self.head = (dense(self.num_features, num_classes, rngs, jax.nn.initializers.normal(head_init_std),
                            axes=('embed', 'classes')) if num_classes > 0 else None)
+        ops.set_attn_implementation(self, attn_implementation)
 
     def forward_features(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images -> pooled, normalised features ``(B, num_features)``."""
         x = sharding.constrain(self.patch_embed(x), 'batch', None, None, None)
-        x = run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), train, rng)
+        x = run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), train, rng, self.remat)
         return self.fc_norm(x.mean(axis=(1, 2)))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:

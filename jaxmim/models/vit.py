@@ -28,8 +28,9 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.models.pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed, resample_abs_pos_embed
+from jaxmim.models.stacking import check_scan, run_blocks
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
 
 __all__ = ['default_vit_out_indices',
@@ -85,10 +86,8 @@ class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (timm 0.3.2 ``Attention``).
 
     Input and output ``(B, N, D)``. ``qkv`` output channel ``s*D + h*head_dim + d`` holds
-    q/k/v (s = 0/1/2) of head h. Logits ``(q @ kᵀ) * scale`` then softmax in float32: computed
-    by ``jax.nn.dot_product_attention`` (XLA implementation: einsum, multiply by the scale,
-    float32 softmax, i.e. the same operation order as timm), except when attention dropout is
-    active, which that function lacks (then an explicit einsum path with the same order).
+    q/k/v (s = 0/1/2) of head h. Logits ``(q @ kᵀ) * scale`` then softmax in float32
+    (:func:`jaxmim.ops.attention`: the operation order of timm).
     Source: ``timm@v0.3.3 models/vision_transformer.py:98-123``.
 
     Args:
@@ -99,12 +98,12 @@ class Attention(nnx.Module):
       attn_drop: dropout on attention probabilities.
       proj_drop: dropout after ``proj``.
       kernel_init: init of both Dense kernels (biases 0).
-      attn_implementation: ``implementation`` of ``jax.nn.dot_product_attention`` (None = XLA
-        in this JAX; ``'cudnn'`` for fused attention on GPU in half precision).
+      attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (None / ``'xla'``: XLA;
+        ``'cudnn'``: cuDNN's fused kernel, GPU and bf16 / fp16 only).
       rngs: NNX RNG streams.
 
     Raises:
-      ValueError: ``dim`` not divisible by ``num_heads``.
+      ValueError: ``dim`` not divisible by ``num_heads``; a bad ``attn_implementation``.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None,
@@ -117,22 +116,16 @@ class Attention(nnx.Module):
         self.qkv = dense(dim, 3 * dim, rngs, kernel_init, use_bias=qkv_bias, axes=('embed', 'heads'))
         self.proj = dense(dim, dim, rngs, kernel_init, axes=('heads', 'embed'))
         self.attn_drop, self.proj_drop = attn_drop, proj_drop
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         b, n, c = x.shape
         nh = self.num_heads
         k_attn, k_proj = L.split_key(rng, 2)
         qkv = self.qkv(x).reshape(b, n, 3, nh, c // nh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (B, N, nH, hd)
-        if train and self.attn_drop > 0.0:
-            logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.asarray(self.scale, q.dtype)
-            attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-            attn = L.dropout(attn, self.attn_drop, train, k_attn)
-            out = jnp.einsum('bhqk,bkhd->bqhd', attn, v)
-        else:
-            out = jax.nn.dot_product_attention(q, k, v, scale=self.scale,
-                                               implementation=self.attn_implementation)
+        out = ops.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], scale=self.scale,      # (B, N, nH, hd)
+                            implementation=self.attn_implementation,
+                            dropout_rate=self.attn_drop if train else 0.0, dropout_rng=k_attn)
         return L.dropout(self.proj(out.reshape(b, n, c)), self.proj_drop, train, k_proj)
 
 
@@ -276,8 +269,11 @@ class VisionTransformer(nnx.Module, Backbone):
         MAE fine-tuning sets after loading the checkpoint (``main_finetune.py:257``
         ``trunc_normal_(model.head.weight, std=2e-5)``); timm's from-scratch init is 0.02.
       attn_implementation: see :class:`Attention`.
-      remat: ``'none'`` or ``'block'`` (recompute each block in the backward pass; same
-        numbers, less activation memory), see :data:`jaxmim.layers.REMAT_POLICIES`.
+      remat: what each block keeps for the backward pass (:data:`jaxmim.layers.REMAT_POLICIES`:
+        ``'none'``, ``'block'``, ``'dots_saveable'``, ``'dots_with_no_batch_dims_saveable'``; same
+        numbers, less activation memory).
+      scan_blocks: run the blocks as one ``jax.lax.scan`` (compiled once, whatever ``depth``;
+        same parameters and numbers, :func:`jaxmim.models.stacking.run_blocks`).
       rngs: NNX RNG streams for initialisation.
 
     Init (timm 0.3.2 ``VisionTransformer.__init__`` / ``_init_weights``): Dense kernels
@@ -298,8 +294,9 @@ class VisionTransformer(nnx.Module, Backbone):
                  qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
                  global_pool: bool = False, fixed_pos_embed: bool = False, head_init_std: float = 2e-5,
-                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
-        self.remat = L.check_remat(remat)
+                 attn_implementation: str | None = None, remat: str = 'none', scan_blocks: bool = False, *,
+                 rngs: nnx.Rngs):
+        self.remat, self.scan_blocks = L.check_remat(remat), check_scan(scan_blocks)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
         self.depth, self.num_heads = depth, num_heads
@@ -337,8 +334,7 @@ class VisionTransformer(nnx.Module, Backbone):
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
         x = L.dropout(x, self.drop_rate, train, k_pos)
-        for blk, key in zip(self.blocks, L.split_key(k_blocks, len(self.blocks))):
-            x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
+        x = run_blocks(self.blocks, x, train=train, rng=k_blocks, remat=self.remat, scan=self.scan_blocks)
         x = sharding.constrain(x, 'batch', None, None)
         if self.global_pool:
             return self.fc_norm(x[:, 1:, :].mean(axis=1))

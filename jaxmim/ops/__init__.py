@@ -44,11 +44,19 @@ op                      fast form, and what it was measured to do
                         img/s at batch 128 on 2 cores ("YNNPACK fusions on XLA's CPU backend")
 ======================  =========================================================================
 
+``attention`` (softmax attention plus an additive bias, :mod:`jaxmim.ops.softmax_attention`) is the one
+op not gated by :data:`FAST_PLATFORMS`: its fast form is ``jax.nn.dot_product_attention``, with
+XLA's implementation on every platform (the portable form's operations in JAX's layout) or, where
+a model is built with ``attn_implementation='cudnn'``, cuDNN's fused kernel (GPU only);
+``JAXMIM_PORTABLE_OPS=1`` and active attention dropout take the portable form.
+
 Not an op: ``JAXMIM_MALLOC=tuned`` (:mod:`jaxmim.host`) is a host allocator setting, opt-in and
 off by default, applied before JAX starts by the command-line entry points.
 """
 
 from jaxmim.ops.activations import gelu, gelu_fast, gelu_portable
+from jaxmim.ops.softmax_attention import (ATTN_IMPLEMENTATIONS, attention, attention_fast, attention_portable,
+                                  check_attn_implementation, set_attn_implementation)
 from jaxmim.ops.compiler import CPU_COMPILER_OPTIONS, compiler_options
 from jaxmim.ops.dispatch import (FAST_PLATFORMS, FORMS, PORTABLE_ENV, current_platform, form, mesh_platform,
                                  platform_scope, portable_forced, traced_on)
@@ -64,5 +72,6 @@ __all__ = [
     'sum_rows', 'sum_rows_fast', 'sum_rows_portable', 'sum_squares', 'sum_squares_fast', 'sum_squares_portable',
     'GRAM_ROWS', 'GRAM_MIN_SIZE', 'linear_apply', 'linear_apply_fast', 'linear_apply_portable', 'SWAP_MIN_ROWS',
     'pointwise_conv', 'pointwise_conv_fast', 'pointwise_conv_portable', 'layer_norm_last', 'layer_norm_last_fast',
-    'layer_norm_last_portable', 'gelu', 'gelu_fast', 'gelu_portable',
+    'layer_norm_last_portable', 'gelu', 'gelu_fast', 'gelu_portable', 'ATTN_IMPLEMENTATIONS', 'attention',
+    'attention_fast', 'attention_portable', 'check_attn_implementation', 'set_attn_implementation',
 ]

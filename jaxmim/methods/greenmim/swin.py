@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.methods.greenmim.grouping import GreenSwinPlanner, group_attention_logits_bias, planner_pool
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models import swin as swin_lib
@@ -82,15 +82,14 @@ class GreenSwinBlock(nnx.Module):
     def attend(self, qkv: jax.Array, term: jax.Array) -> jax.Array:
         """Multi-head attention core per group, projections excluded: ``qkv`` ``(B, G, n, 3C)``
         (the ``attn.qkv`` output), additive ``term`` ``(Bm, G, nH or 1, n, n)`` -> ``(B, G, n, C)``
-        before ``attn.proj``. q scaled by head_dim^-0.5 before ``q k^T``; softmax in float32."""
+        before ``attn.proj``. q scaled by head_dim^-0.5 before ``q k^T``; softmax in float32
+        (:func:`jaxmim.ops.attention` with ``attn.attn_implementation``)."""
         a = self.attn
         b, g, n, c3 = qkv.shape
-        nh, hd = a.num_heads, c3 // (3 * a.num_heads)
-        qkv = qkv.reshape(b, g, n, 3, nh, hd)
-        q, k, v = qkv[..., 0, :, :] * a.scale, qkv[..., 1, :, :], qkv[..., 2, :, :]
-        logits = jnp.einsum('bgqhd,bgkhd->bghqk', q, k).astype(jnp.float32) + term
-        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return jnp.einsum('bghqk,bgkhd->bgqhd', attn, v).reshape(b, g, n, nh * hd)
+        qkv = qkv.reshape(b, g, n, 3, a.num_heads, c3 // (3 * a.num_heads))
+        out = ops.attention(qkv[..., 0, :, :] * a.scale, qkv[..., 1, :, :], qkv[..., 2, :, :], scale=1.0, bias=term,
+                            implementation=a.attn_implementation)
+        return out.reshape(b, g, n, c3 // 3)
 
     def grouped_attention(self, y: jax.Array, term: jax.Array, idx: jax.Array | None = None,
                           inv: jax.Array | None = None, num_groups: int = 1) -> jax.Array:
@@ -163,6 +162,7 @@ class GreenSwinTransformer(nnx.Module):
         (0,0),(1,0),(0,1),(1,1) (HEAD); ``'v1'`` in the row-first order (0,0),(0,1),(1,0),(1,1) of
         the first release, which the released checkpoints were trained with
         (``LayneH/GreenMIM@e33a941 models_swin.py:244-246`` vs ``green_swin_models.py:134-137``).
+      remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers).
 
     Call ``encoder(images, plan, train=, rng=)``: images ``(B, H, W, C)``, plan ``(Bm, P)``
     int32 (Bm 1 or B) -> ``(B, len_keep, num_features)`` final-norm features of the visible units
@@ -173,8 +173,10 @@ class GreenSwinTransformer(nnx.Module):
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: float | None = None, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
-                 mask_unit: int = 32, len_keep: int = 12, merge_order: str = 'swin', *, rngs: nnx.Rngs):
+                 mask_unit: int = 32, len_keep: int = 12, merge_order: str = 'swin', remat: str = 'none', *,
+                 rngs: nnx.Rngs):
         depths, num_heads = tuple(depths), tuple(num_heads)
+        self.remat = L.check_remat(remat)
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} must have the same length')
         _check_choice('merge_order', merge_order, MERGE_ORDERS)
@@ -232,7 +234,8 @@ class GreenSwinTransformer(nnx.Module):
             st = pl.stages[s]
             for j, blk in enumerate(layer.blocks):
                 p = j % len(st.partitions)
-                x = blk(x, st.partitions[p], self.stage_arrays(plan, s, p), train=train, rng=keys[k])
+                x = L.call_block(blk, x, st.partitions[p], self.stage_arrays(plan, s, p), train=train, rng=keys[k],
+                                 remat=self.remat)
                 k += 1
             if layer.downsample is not None:
                 x = self.merge(layer, x, pl.get(plan, f'merge{s}'))
@@ -281,6 +284,8 @@ class GreenMIMSwin(nnx.Module, Backbone):
         features at their units; ``'official'`` reproduces the official concatenate-and-unshuffle
         with ``ids_restore``, which permutes visible features among visible units
         (``base_green_models.py:192-202``; the released checkpoints were trained with it).
+      attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (encoder and decoder).
+      remat: per encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES` (same numbers).
       rngs: initialisation (every Linear xavier-uniform, ``base_green_models.py:94-124``).
 
     Variables: ``encoder.*`` (official Swin names), ``decoder_embed``, ``mask_token`` (1,1,Dd),
@@ -309,12 +314,14 @@ class GreenMIMSwin(nnx.Module, Backbone):
                  mask_unit: int = 32, decoder_embed_dim: int = 512, decoder_depth: int = 1,
                  decoder_num_heads: int = 16, norm_pix_loss: bool = False, mask_ratio: float = 0.75,
                  mask_mode: str = 'batch', decoder_placement: str = 'raster', merge_order: str = 'swin',
-                 *, rngs: nnx.Rngs):
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         self._init_masking(img_size, in_chans, mask_unit, mask_ratio, mask_mode, norm_pix_loss, decoder_placement)
+        self.remat = L.check_remat(remat)
         self.encoder = GreenSwinTransformer(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
                                             mlp_ratio, qkv_bias, qk_scale, drop_path_rate, norm_eps, mask_unit,
-                                            self.len_keep, merge_order, rngs=rngs)
+                                            self.len_keep, merge_order, remat=remat, rngs=rngs)
         self._init_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
+        ops.set_attn_implementation(self, attn_implementation)
 
     def _init_masking(self, img_size: int, in_chans: int, mask_unit: int, mask_ratio: float, mask_mode: str,
                       norm_pix_loss: bool, decoder_placement: str) -> None:
@@ -418,7 +425,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
             x = take_tokens(x, ids_restore)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
         return sharding.constrain(self.decoder_pred(self.decoder_norm(x)), 'batch', None, None)
 
     def __call__(self, images: jax.Array, *, noise: jax.Array, plan: jax.Array | None = None,

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.methods.greenmim.grouping import MASK_VALUE, GreenSwinPlanner
 from jaxmim.methods.greenmim.sparse_conv import block_indices
 from jaxmim.methods.greenmim.swin import GreenMIMSwin, GreenSwinBlock, take_tokens
@@ -199,11 +199,14 @@ def _conv_holder(cin: int, cout: int, k: int, rngs: nnx.Rngs, groups: int = 1) -
 
 
 class _Attention(nnx.Module):
-    """timm ``Attention`` variables: ``qkv`` (C -> 3C), ``proj`` (C -> C)."""
+    """timm ``Attention`` variables: ``qkv`` (C -> 3C), ``proj`` (C -> C); ``attn_implementation``
+    (:data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`) of the grouped core (:meth:`LSABlock.attend`)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None, *,
+                 attn_implementation: str | None = None, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = L.linear(dim, 3 * dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
@@ -257,12 +260,13 @@ class LSABlock(nnx.Module):
 class _GSAAttention(nnx.Module):
     """GSA ``Attention`` variables (``green_twins_models.py:48-70``): ``q`` (C -> C), ``kv``
     (C -> 2C), ``proj``; with ``sr_ratio > 1`` also ``sr`` (sparse conv k = s = sr, kernel
-    ``(sr, sr, C, C)``) and ``norm``."""
+    ``(sr, sr, C, C)``) and ``norm``; ``attn_implementation`` (:data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None, sr_ratio: int,
-                 norm_eps: float, *, rngs: nnx.Rngs):
+                 norm_eps: float, *, attn_implementation: str | None = None, rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.attn_implementation = ops.check_attn_implementation(attn_implementation)
         self.num_heads, self.sr_ratio = num_heads, sr_ratio
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.q = L.linear(dim, dim, rngs, use_bias=qkv_bias, axes=('embed', 'heads'))
@@ -276,7 +280,8 @@ class _GSAAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, sr_idx: jax.Array | None) -> jax.Array:
         """``x`` ``(B, N, C)`` normalised visible tokens, ``sr_idx`` ``(Bm, N)`` reduction blocks
-        (None when ``sr_ratio == 1``) -> ``(B, N, C)``; ``(q k^T) * scale`` as the official code."""
+        (None when ``sr_ratio == 1``) -> ``(B, N, C)``; ``(q k^T) * scale`` as the official code, softmax in
+        float32 (:func:`jaxmim.ops.attention`)."""
         b, n, c = x.shape
         nh, hd = self.num_heads, c // self.num_heads
         q = self.q(x).reshape(b, n, nh, hd)
@@ -284,9 +289,8 @@ class _GSAAttention(nnx.Module):
         if self.sr is not None:
             src = self.norm(sparse_conv_visible(x, sr_idx, self.sr.kernel[...], self.sr.bias[...]))
         kv = self.kv(src).reshape(b, src.shape[1], 2, nh, hd)
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, kv[:, :, 0]).astype(jnp.float32) * self.scale
-        attn = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-        return self.proj(jnp.einsum('bhqk,bkhd->bqhd', attn, kv[:, :, 1]).reshape(b, n, c))
+        out = ops.attention(q, kv[:, :, 0], kv[:, :, 1], scale=self.scale, implementation=self.attn_implementation)
+        return self.proj(out.reshape(b, n, c))
 
 
 class GSABlock(nnx.Module):
@@ -358,6 +362,7 @@ class GreenTwinsTransformer(nnx.Module):
       qkv_bias, qk_scale, drop_path_rate, norm_eps: as the official constructor.
       mask_unit, len_keep: mask unit (pixels) and visible units.
       peg_residual: False (official, no residual) or True (``conv(x) + x``).
+      remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers).
 
     Call ``encoder(images, plan, train=, rng=)``: images ``(B, H, W, C)``, plan ``(Bm, P)`` int32
     -> ``(B, len_keep, embed_dims[-1])`` final-norm features of the visible units, raster order.
@@ -371,7 +376,9 @@ class GreenTwinsTransformer(nnx.Module):
                  mlp_ratios: Sequence[float] = (4, 4, 4), depths: Sequence[int] = (4, 4, 4),
                  sr_ratios: Sequence[int] = (4, 2, 1), wss: Sequence[int] = (7, 7, 7), qkv_bias: bool = False,
                  qk_scale: float | None = None, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
-                 mask_unit: int = 32, len_keep: int = 12, peg_residual: bool = False, *, rngs: nnx.Rngs):
+                 mask_unit: int = 32, len_keep: int = 12, peg_residual: bool = False, remat: str = 'none', *,
+                 rngs: nnx.Rngs):
+        self.remat = L.check_remat(remat)
         embed_dims, num_heads, depths = tuple(embed_dims), tuple(num_heads), tuple(depths)
         mlp_ratios, sr_ratios, wss = tuple(mlp_ratios), tuple(sr_ratios), tuple(wss)
         n = len(depths)
@@ -426,10 +433,8 @@ class GreenTwinsTransformer(nnx.Module):
                 lsa.update(idx=pl.get(plan, f'idx{s}_0'), inv=pl.get(plan, f'inv{s}_0'))
             sr_idx = pl.get(plan, f'sr{s}') if self.sr_ratios[s] > 1 else None
             for j, blk in enumerate(self.blocks[s]):
-                if j % 2 == 0:
-                    x = blk(x, part, lsa, train=train, rng=keys[k])
-                else:
-                    x = blk(x, sr_idx, train=train, rng=keys[k])
+                x = L.call_block(blk, x, *((part, lsa) if j % 2 == 0 else (sr_idx,)), train=train, rng=keys[k],
+                                 remat=self.remat)
                 k += 1
                 if j == 0:
                     x = self.pos_block[s](x, pl.get(plan, f'pos{s}'), st.resolution)
@@ -475,8 +480,8 @@ class GreenMIMTwins(GreenMIMSwin):
       img_size, patch_size, in_chans, embed_dims, num_heads, mlp_ratios, depths, sr_ratios, wss,
         qkv_bias, qk_scale, drop_path_rate, norm_eps, peg_residual: the encoder.
       mask_unit, decoder_embed_dim, decoder_depth, decoder_num_heads, norm_pix_loss, mask_ratio,
-        mask_mode, decoder_placement: as :class:`~jaxmim.methods.greenmim.swin.GreenMIMSwin`
-        (``mlp_ratio`` of the decoder is 4, official).
+        mask_mode, decoder_placement, attn_implementation, remat: as
+        :class:`~jaxmim.methods.greenmim.swin.GreenMIMSwin` (``mlp_ratio`` of the decoder is 4, official).
       rngs: initialisation (every Linear and conv kernel xavier-uniform on its flattened view).
 
     Call ``model(images, *, noise, plan=None, train=False, rng=None)`` -> ``{'loss', 'pred'
@@ -494,12 +499,15 @@ class GreenMIMTwins(GreenMIMSwin):
                  norm_eps: float = 1e-6, peg_residual: bool = False, mask_unit: int = 32,
                  decoder_embed_dim: int = 512, decoder_depth: int = 1, decoder_num_heads: int = 16,
                  norm_pix_loss: bool = False, mask_ratio: float = 0.75, mask_mode: str = 'batch',
-                 decoder_placement: str = 'raster', *, rngs: nnx.Rngs):
+                 decoder_placement: str = 'raster', attn_implementation: str | None = None, remat: str = 'none', *,
+                 rngs: nnx.Rngs):
         self._init_masking(img_size, in_chans, mask_unit, mask_ratio, mask_mode, norm_pix_loss, decoder_placement)
+        self.remat = L.check_remat(remat)
         self.encoder = GreenTwinsTransformer(img_size, patch_size, in_chans, embed_dims, num_heads, mlp_ratios, depths,
                                              sr_ratios, wss, qkv_bias, qk_scale, drop_path_rate, norm_eps, mask_unit,
-                                             self.len_keep, peg_residual, rngs=rngs)
+                                             self.len_keep, peg_residual, remat=remat, rngs=rngs)
         self._init_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, 4.0, norm_eps, rngs)
+        ops.set_attn_implementation(self, attn_implementation)
 
     def layer_id(self, name: str) -> int:
         """:meth:`GreenTwinsTransformer.layer_id` for ``encoder.*``; decoder and ``mask_token``

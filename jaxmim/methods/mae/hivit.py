@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models.hivit import BlockWithRPE, HiViT
 from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
@@ -113,6 +113,9 @@ class HiViTMaskedAutoencoder(HiViT):
       decoder_embed_dim, decoder_depth, decoder_num_heads: 512, 6, 16.
       norm_pix_loss: per-unit normalised targets (True: hard-coded officially).
       mask_ratio: fraction of units removed (0.75).
+      attn_implementation: of the encoder's and the decoder's attention,
+        :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (jaxmim argument).
+      remat: per encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES` (same numbers).
       rngs: NNX RNG streams.
 
     Init: as HiViT (Dense N(0, .02), LN 1/0, conv PyTorch default), ``absolute_pos_embed`` and
@@ -126,7 +129,8 @@ class HiViTMaskedAutoencoder(HiViT):
     (1 = removed), ``latent`` ``(B, len_keep, F)``, ``ids_restore`` ``(B, N)``.
 
     Raises:
-      ValueError: bad sizes, ``mask_ratio`` outside [0, 1), a wrong noise shape.
+      ValueError: bad sizes, ``mask_ratio`` outside [0, 1), a bad ``attn_implementation``, a wrong noise
+        shape.
     """
 
     input_keys: tuple[str, ...] = ('noise',)
@@ -137,8 +141,8 @@ class HiViTMaskedAutoencoder(HiViT):
                  qk_scale: float | None = None, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
                  ape: bool = True, rpe: bool = False, rpe_init: str = 'zeros', patch_norm: bool = True,
                  hifeat: bool = True, decoder_embed_dim: int = 512, decoder_depth: int = 6,
-                 decoder_num_heads: int = 16, norm_pix_loss: bool = True, mask_ratio: float = 0.75, *,
-                 rngs: nnx.Rngs):
+                 decoder_num_heads: int = 16, norm_pix_loss: bool = True, mask_ratio: float = 0.75,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         super().__init__(img_size=img_size, patch_size=patch_size, inner_patches=inner_patches,
@@ -146,7 +150,8 @@ class HiViTMaskedAutoencoder(HiViT):
                          num_heads=num_heads, stem_mlp_ratio=stem_mlp_ratio, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, qk_scale=qk_scale, drop_path_rate=drop_path_rate,
                          norm_eps=norm_eps, ape=ape, rpe=rpe, rpe_init=rpe_init, patch_norm=patch_norm,
-                         fc_norm=False, ape_init='sincos', rngs=rngs)
+                         fc_norm=False, ape_init='sincos', attn_implementation=attn_implementation,
+                         remat=remat, rngs=rngs)
         self.hifeat, self.norm_pix_loss, self.mask_ratio = hifeat, norm_pix_loss, mask_ratio
         self.len_keep = int(self.num_patches * (1 - mask_ratio))
         # hifeat width: each early-stage merge input flattened per unit (inner^2 * c = C * 2^(S-1-s)),
@@ -168,6 +173,7 @@ class HiViTMaskedAutoencoder(HiViT):
             for _ in range(decoder_depth)])
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
         self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, axes=('embed', 'pixels'))
+        ops.set_attn_implementation(self, attn_implementation)
 
     # -- masking inputs --------------------------------------------------------------------
 
@@ -213,7 +219,7 @@ class HiViTMaskedAutoencoder(HiViT):
         x = jnp.take_along_axis(x, ids_restore[:, :, None], axis=1)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
         x = sharding.constrain(x, 'batch', None, None)
         return self.decoder_pred(self.decoder_norm(x))
 

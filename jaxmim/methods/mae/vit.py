@@ -23,6 +23,7 @@ from jaxmim import layers as L
 from jaxmim import sharding
 from jaxmim.layers import patchify, unpatchify  # noqa: F401  (re-exported: MAE's pixel layout)
 from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.stacking import check_scan, run_blocks
 from jaxmim.models.vit import Block, PatchEmbed, dense, vit_layer_id, xavier_uniform
 from jaxmim.registry import Backbone, register_model
 
@@ -119,8 +120,10 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         PRETRAIN.md recipe passes ``--norm_pix_loss``).
       mask_ratio: fraction of patches removed (0.75).
       attn_implementation: see :class:`jaxmim.models.vit.Attention`.
-      remat: ``'none'`` or ``'block'`` (recompute each encoder / decoder block in the backward
-        pass; same numbers, less memory), see :data:`jaxmim.layers.REMAT_POLICIES`.
+      remat: what each encoder / decoder block keeps for the backward pass
+        (:data:`jaxmim.layers.REMAT_POLICIES`; same numbers, less memory).
+      scan_blocks: run the encoder blocks and the decoder blocks each as one ``jax.lax.scan``
+        (same parameters and numbers, :func:`jaxmim.models.stacking.run_blocks`).
       rngs: NNX RNG streams for initialisation.
 
     Variables (official keys): ``patch_embed.proj``, ``cls_token`` (1,1,D), ``pos_embed``
@@ -151,8 +154,9 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
                  depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                  decoder_num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, mask_ratio: float = 0.75,
-                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
-        self.remat = L.check_remat(remat)
+                 attn_implementation: str | None = None, remat: str = 'none', scan_blocks: bool = False, *,
+                 rngs: nnx.Rngs):
+        self.remat, self.scan_blocks = L.check_remat(remat), check_scan(scan_blocks)
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
@@ -209,8 +213,7 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         x, mask, ids_restore = random_masking(x, noise, self.mask_ratio)
         cls = (self.cls_token[...] + self.pos_embed[...][:, :1, :]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
-        for blk in self.blocks:
-            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
+        x = run_blocks(self.blocks, x, train=False, rng=None, remat=self.remat, scan=self.scan_blocks)
         return sharding.constrain(self.norm(x), 'batch', None, None), mask, ids_restore
 
     def forward_decoder(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
@@ -223,8 +226,7 @@ class MaskedAutoencoderViT(nnx.Module, Backbone):
         x_ = jnp.concatenate([x[:, 1:, :], mask_tokens], axis=1)
         x_ = jnp.take_along_axis(x_, ids_restore[:, :, None], axis=1)
         x = jnp.concatenate([x[:, :1, :], x_], axis=1) + self.decoder_pos_embed[...].astype(x.dtype)
-        for blk in self.decoder_blocks:
-            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
+        x = run_blocks(self.decoder_blocks, x, train=False, rng=None, remat=self.remat, scan=self.scan_blocks)
         x = sharding.constrain(x, 'batch', None, None)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 

@@ -94,8 +94,8 @@ class PyramidMAEDecoder:
         pos_mask = take(masked_raster)
         x = jnp.concatenate([x_vis + pos_vis, self.mask_token[...].astype(x.dtype) + pos_mask], axis=1)
         x = sharding.constrain(x, 'batch', None, None)
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        for blk in self.decoder_blocks:      # the encoder's remat policy (``self.remat``), when it has one
+            x = L.call_block(blk, x, train=False, rng=None, remat=getattr(self, 'remat', 'none'))
         x = sharding.constrain(x, 'batch', None, None)
         pred = self.decoder_pred(self.decoder_norm(x))
         return pred, jnp.concatenate([block_units, masked_raster], axis=1)

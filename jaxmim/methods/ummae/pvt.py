@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, check_pyramid_strides, check_um_pretrain_args
 from jaxmim.methods.ummae.decoder import PyramidMAEDecoder, SimMIMHead
@@ -52,6 +52,8 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
       mask_ratio: 0.75 (``--mask_ratio``); sampling: ``'uniform'`` or ``'uniform_block'``
         (:data:`jaxmim.methods.ummae.masking.SAMPLINGS`; random masks cannot be compacted).
       official_decoder_pos: reproduce the official visible pos-embed order (``models_mae_pvt.py:358-386``).
+      attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (encoder and decoder).
+      remat: per encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES` (same numbers).
       rngs: NNX RNG streams.
 
     Variables: ``vis_mask_token`` (1,1,C0), ``patch_embed.proj``, ``pos_embed`` (1, G*G, C0) fixed
@@ -77,9 +79,10 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
                  sr_ratios: Sequence[int] = (4, 2, 1, 1), decoder_embed_dim: int = 512, decoder_depth: int = 2,
                  decoder_num_heads: int = 16, decoder_mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
-                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
+                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         check_stage_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
+        self.remat = L.check_remat(remat)
         self.grid, self.k = check_um_pretrain_args('MaskedAutoencoderPVT', img_size, patch_size, stride,
                                                    len(depths), mask_ratio, sampling, vis_mask_ratio)
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
@@ -100,6 +103,7 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
         self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.build_decoder(embed_dims[-1], decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio,
                            norm_eps, rngs)
+        ops.set_attn_implementation(self, attn_implementation)
 
     def forward_encoder(self, images: jax.Array, mask: jax.Array, noise: jax.Array
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -119,7 +123,7 @@ class MaskedAutoencoderPVT(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEHo
             secondary = jnp.zeros_like(mask)
         pos = jnp.broadcast_to(self.pos_embed[...].reshape(1, g, g, c), (b, g, g, c)).astype(x.dtype)
         x = x + U.compact(pos, choice, self.k)
-        x = run_blocks(self.blocks, x, False, None)
+        x = run_blocks(self.blocks, x, False, None, self.remat)
         return self.norm(x), choice, secondary
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
@@ -152,7 +156,7 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
     ``sampling`` defaults to ``'random'`` (the Makefile runs the baseline without ``--mask_regular``);
     ``norm_eps`` (1e-6 in the factory) is the eps of ``norm`` only, ``block_norm_eps`` (1e-5:
     ``models_simmim_pvt.py:59-70`` never passes ``norm_layer`` to ``PVTBlock``) that of every block's
-    ``norm1`` / ``norm2``.
+    ``norm1`` / ``norm2``; ``attn_implementation`` and ``remat`` as there.
 
     Call: ``model(images, *, mask, train=False, rng=None)`` -> ``{'loss', 'pred' (B, L, stride^2*C)
     raster, 'mask', 'secondary_mask' (zeros)}``.
@@ -165,9 +169,10 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
                  embed_dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (3, 4, 6, 3),
                  num_heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), norm_eps: float = 1e-6, norm_pix_loss: bool = False,
-                 mask_ratio: float = 0.75, sampling: str = 'random', block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
+                 mask_ratio: float = 0.75, sampling: str = 'random', block_norm_eps: float = 1e-5,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         check_stage_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios)
+        self.remat = L.check_remat(remat)
         U.check_sampling(mask_ratio, sampling)
         self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
@@ -184,6 +189,7 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         self.norm = L.layer_norm(embed_dims[-1], norm_eps, rngs)
         self.decoder_pred = dense(embed_dims[-1], 4 * stride ** 2 * in_chans, rngs, xavier_uniform,
                                   axes=('embed', 'pixels'))
+        ops.set_attn_implementation(self, attn_implementation)
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
@@ -194,7 +200,7 @@ class SimMIMPVT(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
         x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
         x = x + self.pos_embed[...].reshape(1, g, g, c).astype(x.dtype)
-        x = self.norm(run_blocks(self.blocks, x, False, None))
+        x = self.norm(run_blocks(self.blocks, x, False, None, self.remat))
         return self.simmim_outputs(images, x, mask)
 
     def no_weight_decay(self) -> tuple[str, ...]:

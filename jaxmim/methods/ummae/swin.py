@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, check_pyramid_strides, check_um_pretrain_args
 from jaxmim.methods.ummae.decoder import PyramidMAEDecoder, SimMIMHead
@@ -47,7 +47,8 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
     sampling ('uniform' | 'uniform_block'), official_decoder_pos (the official visible pos-embed
     order, ``models_mae_swin.py:499-548``), block_norm_eps (eps of every encoder block's ``norm1`` /
     ``norm2``: 1e-5, ``models_mae_swin.py:326-343`` never passes ``norm_layer`` to ``SwinBlock``),
-    rngs.
+    attn_implementation (:data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`, encoder and decoder), remat (per
+    encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES`; same numbers), rngs.
 
     Forward (``forward_encoder``, ``models_mae_swin.py:437-497``): patch embed + norm; Secondary
     Masking, the secondary-masked units becoming ``patch_embed.norm(vis_mask_token)``; compaction of
@@ -66,10 +67,11 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
                  mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, decoder_embed_dim: int = 512,
                  decoder_depth: int = 2, decoder_num_heads: int = 16, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, vis_mask_ratio: float = 0.0, mask_ratio: float = 0.75,
-                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5, *,
-                 rngs: nnx.Rngs):
+                 sampling: str = 'uniform', official_decoder_pos: bool = False, block_norm_eps: float = 1e-5,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         self.grid, self.k = check_um_pretrain_args('MaskedAutoencoderSwin', img_size, patch_size, stride,
                                                    len(depths), mask_ratio, sampling, vis_mask_ratio)
+        self.remat = L.check_remat(remat)
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
         self.embed_dim = embed_dim
         self.mask_ratio, self.sampling, self.vis_mask_ratio = mask_ratio, sampling, vis_mask_ratio
@@ -87,6 +89,7 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
         enc_dim = embed_dim * 2 ** (len(depths) - 1)
         self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
         self.build_decoder(enc_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
+        ops.set_attn_implementation(self, attn_implementation)
 
     def forward_encoder(self, images: jax.Array, mask: jax.Array, noise: jax.Array
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -107,7 +110,7 @@ class MaskedAutoencoderSwin(nnx.Module, MaskingInputs, PyramidMAEDecoder, UMMAEH
             secondary = jnp.zeros_like(mask)
         pos = jnp.broadcast_to(jnp.asarray(pos_grid(g), x.dtype), (b, g, g, 2))
         pos = U.compact(pos, choice, self.k)
-        x = run_blocks(self.blocks, x, pos, False, None)
+        x = run_blocks(self.blocks, x, pos, False, None, self.remat)
         return self.norm(x), choice, secondary
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
@@ -137,7 +140,7 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
     ``sampling`` defaults to ``'random'`` (Makefile line 54: no ``--mask_regular``); ``norm_eps``
     (1e-6 in the factory) is the eps of ``patch_embed.norm``, ``downsample.norm`` and ``norm``,
     ``block_norm_eps`` (1e-5: ``models_simmim_swin.py:60-77`` never passes ``norm_layer`` to
-    ``SwinBlock``) that of every block's ``norm1`` / ``norm2``.
+    ``SwinBlock``) that of every block's ``norm1`` / ``norm2``; attn_implementation and remat as there.
 
     Call: ``model(images, *, mask, train=False, rng=None)``.
 
@@ -149,8 +152,10 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  mlp_ratio: float = 4.0, window_size: int = 8, posmlp_dim: int = 32, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, mask_ratio: float = 0.75, sampling: str = 'random',
-                 block_norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
+                 block_norm_eps: float = 1e-5, attn_implementation: str | None = None, remat: str = 'none', *,
+                 rngs: nnx.Rngs):
         U.check_sampling(mask_ratio, sampling)
+        self.remat = L.check_remat(remat)
         self.grid, self.k = check_pyramid_strides(img_size, patch_size, stride, len(depths))
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, stride
         self.mask_ratio, self.sampling, self.norm_pix_loss = mask_ratio, sampling, norm_pix_loss
@@ -164,6 +169,7 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         enc_dim = embed_dim * 2 ** (len(depths) - 1)
         self.norm = L.layer_norm(enc_dim, norm_eps, rngs)
         self.decoder_pred = dense(enc_dim, 4 * stride ** 2 * in_chans, rngs, xavier_uniform, axes=('embed', 'pixels'))
+        ops.set_attn_implementation(self, attn_implementation)
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
@@ -173,7 +179,7 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
         b = x.shape[0]
         w = U.upsample_units(mask.reshape(b, self.grid, self.grid), self.k)[..., None].astype(x.dtype)
         x = x * (1.0 - w) + self.mask_token[...].astype(x.dtype) * w
-        x = run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), False, None)
+        x = run_blocks(self.blocks, x, jnp.asarray(pos_grid(self.grid_size), x.dtype), False, None, self.remat)
         return self.simmim_outputs(images, self.norm(x), mask)
 
     def no_weight_decay(self) -> tuple[str, ...]:

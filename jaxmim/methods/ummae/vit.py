@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmim import layers as L
-from jaxmim import sharding
+from jaxmim import ops, sharding
 from jaxmim.methods.ummae import masking as U
 from jaxmim.methods.ummae.common import MaskingInputs, norm_pix_target
 from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
@@ -41,7 +41,9 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
     norm_pix_loss, mask_ratio (0.75), vis_mask_ratio (0: no ``vis_mask_token``); plus sampling
     (``'random'`` = RS, the repo default without ``--mask_regular``; ``'uniform'`` /
     ``'uniform_block'``) and ``official_decoder_pos`` (accepted for the method block, no effect:
-    this decoder has no order mismatch). rngs: NNX streams.
+    this decoder has no order mismatch), attn_implementation (:data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`),
+    remat (per encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES`; same numbers).
+    rngs: NNX streams.
 
     Variables: the MAE keys (``cls_token``, ``pos_embed`` / ``decoder_pos_embed`` sin-cos Buffers
     with a class row, ``patch_embed.proj``, ``blocks.{i}``, ``norm``, ``decoder_embed``, ``mask_token``,
@@ -60,8 +62,10 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
                  depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                  decoder_num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
                  norm_pix_loss: bool = False, mask_ratio: float = 0.75, vis_mask_ratio: float = 0.0,
-                 sampling: str = 'random', official_decoder_pos: bool = False, *, rngs: nnx.Rngs):
+                 sampling: str = 'random', official_decoder_pos: bool = False,
+                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
         U.check_sampling(mask_ratio, sampling)
+        self.remat = L.check_remat(remat)
         if not 0.0 <= vis_mask_ratio < 1.0:
             raise ValueError(f'vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}')
         self.img_size, self.patch_size, self.in_chans, self.stride = img_size, patch_size, in_chans, patch_size
@@ -97,6 +101,7 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         self.decoder_norm = L.layer_norm(decoder_embed_dim, norm_eps, rngs)
         self.decoder_pred = dense(decoder_embed_dim, patch_size ** 2 * in_chans, rngs, xavier_uniform,
                                   axes=('embed', 'pixels'))
+        ops.set_attn_implementation(self, attn_implementation)
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, noise: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
@@ -118,7 +123,7 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         cls = (self.cls_token[...] + self.pos_embed[...][:, :1, :]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
         for blk in self.blocks:
-            x = blk(x)
+            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
         x = sharding.constrain(self.norm(x), 'batch', None, None)
         # decoder (models_mae.py:169-196)
         x = self.decoder_embed(x)
@@ -128,7 +133,7 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
                               self.mask_token[...].astype(x.dtype) + take(dpos, masked_idx)], axis=1)
         x = jnp.concatenate([x[:, :1] + self.decoder_pos_embed[...][:, :1, :].astype(x.dtype), x_], axis=1)
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
         x = sharding.constrain(x, 'batch', None, None)
         pred_seq = self.decoder_pred(self.decoder_norm(x))[:, 1:].astype(jnp.float32)
         # loss (models_mae.py:198-212) on the primary-masked patches only
