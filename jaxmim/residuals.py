@@ -30,11 +30,18 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, path[:variant].', lock_config=False,
-                                          accept_new_attributes=True)
-_BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch size (default: config.batch_size).')
-_REMAT = flags.DEFINE_list('remat', ['none', 'block'], 'remat policies to size (jaxmim.layers.REMAT_POLICIES).')
-_SCAN = flags.DEFINE_list('scan_blocks', ['false'], 'scan_blocks values to size (false, true).')
+_CONFIG = _BATCH = _REMAT = _SCAN = None
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when the module runs as a program, so that it can be
+    imported beside :mod:`jaxmim.benchmark` (both name a ``--config`` flag)."""
+    global _CONFIG, _BATCH, _REMAT, _SCAN
+    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, path[:variant].', lock_config=False,
+                                              accept_new_attributes=True)
+    _BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch size (default: config.batch_size).')
+    _REMAT = flags.DEFINE_list('remat', ['none', 'block'], 'remat policies to size (jaxmim.layers.REMAT_POLICIES).')
+    _SCAN = flags.DEFINE_list('scan_blocks', ['false'], 'scan_blocks values to size (false, true).')
 
 ACCELERATOR = 'gpu'
 """The platform whose op forms stand for an accelerator's (:func:`jaxmim.ops.platform_scope`)."""
@@ -121,4 +128,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    _define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
