@@ -85,7 +85,7 @@ _METHODS = flags.DEFINE_list('methods', list(PAIRS), f'Pairs to compare, any of 
 _WORKDIR = flags.DEFINE_string('workdir', 'work/compare', 'Output directory.')
 _FT_MIN = flags.DEFINE_float('finetune_minutes', None, 'Fine-tuning minutes (default: budget / 2).')
 _PROBE_MIN = flags.DEFINE_float('probe_minutes', None, 'Linear-probe minutes (default: budget / 4).')
-_CALIB = flags.DEFINE_integer('calibrate_steps', 30, 'Steps of each calibration run (3 log points).')
+_CALIB = flags.DEFINE_integer('calibrate_steps', 60, 'Steps of each calibration run (6 log points).')
 _MIN_STEPS = flags.DEFINE_integer('min_steps', 50, 'Fewest pre-training steps a pair must get to fit.')
 _EVAL_EXAMPLES = flags.DEFINE_integer('eval_examples', 0, 'Evaluate on the first N test images (0: all).')
 _K = flags.DEFINE_integer('knn_k', 20, 'k of the k-NN evaluation.')
@@ -257,14 +257,16 @@ class Runner:
         return rec
 
     def calibrate(self, key: str, config: str, mode: str, warmup: int | None, extra: dict | None = None) -> float:
-        """Seconds per step of ``config`` on this machine: a ``--calibrate_steps`` run with three
-        log points, the median of those after the first (compilation excluded); its directory is
-        removed afterwards. Recorded, so a resumed comparison does not measure again."""
+        """Seconds per step of ``config`` on this machine: a ``--calibrate_steps`` run with six
+        log points, the median of those after the first (compilation excluded; with 30 steps and
+        three points the median window still held warm-up and overestimated the step time by about
+        10 %); its directory is removed afterwards. Recorded, so a resumed comparison does not
+        measure again."""
         def run():
-            n = max(3, _CALIB.value)
+            n = max(6, _CALIB.value)
             d = os.path.join(self.workdir, 'calibrate', key.replace('/', '_'))
             shutil.rmtree(d, ignore_errors=True)
-            overrides = {**self._common(n, warmup, mode, eval_examples=100), 'log_every': max(1, n // 3),
+            overrides = {**self._common(n, warmup, mode, eval_examples=100), 'log_every': max(1, n // 6),
                          'progress_bar': False, **(extra or {})}
             run_process(main_argv(config, d, overrides), os.path.join(self.workdir, 'logs', f'calibrate_{key}.log'))
             with open(os.path.join(d, f'{mode}_summary.json')) as f:
