@@ -515,11 +515,9 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     t0 = time.perf_counter()
     model = _build_classifier(config, s['data'].image_size)
     with jax.default_device(_host_device()):
-        if random_init:
-            pass
-        elif config.get('mode') == 'pretrain':
+        if not random_init and config.get('mode') == 'pretrain':
             rundir.load_pretrained(model, workdir, step)
-        else:
+        elif not random_init:
             rundir.restore_model(model, workdir, step)
     rules = sharding_lib.rules_for(mesh_cfg)
     layout = _layout(model, mesh, rules)

@@ -159,10 +159,26 @@ def _cli(argv, capsys):
     return code, out.out.strip().splitlines(), out.err.strip().splitlines()
 
 
-def test_cli_equals_numpy_knn_of_the_loaded_encoder(run, capsys):
-    from jaxmim import rundir
+def _numpy_knn_accuracy(model, cfg):
+    """(top-1, top-5) of a brute-force NumPy k-NN on ``model.pooled_features`` of the first
+    ``TRAIN_N`` train images against the ``EVAL_SPLIT`` images (the run's evaluation transform)."""
     from jaxmim.config import resolve_data_config
     from jaxmim.data import pipeline
+    data = resolve_data_config(cfg)
+
+    def split(name):
+        data.eval_split = name
+        batch = next(iter(pipeline.create_split(data, train=False, batch_size=64, seed=0)))
+        n = int(batch['mask'].sum())
+        return np.asarray(model.pooled_features(jnp.asarray(batch['image'][:n]))), batch['label'][:n]
+
+    train_f, train_l = split(f'train[:{TRAIN_N}]')
+    eval_f, eval_l = split(EVAL_SPLIT)
+    return brute_force_accuracy(brute_force_knn(train_f, train_l, eval_f, K, 0.07, 10), eval_l, K)
+
+
+def test_cli_equals_numpy_knn_of_the_loaded_encoder(run, capsys):
+    from jaxmim import rundir
     from jaxmim.registry import classifier_for, create_model
     workdir, cfg, summary = run
     code, out, err = _cli(['--workdir', workdir, '--train_examples', str(TRAIN_N), '--batch_size', str(BATCH)], capsys)
@@ -177,17 +193,7 @@ def test_cli_equals_numpy_knn_of_the_loaded_encoder(run, capsys):
     # independently: the classifier loaded from the checkpoint, features of the same images
     model = create_model(classifier_for(cfg.model.name), embed_dim=16, depth=1, num_heads=2)
     rundir.load_pretrained(model, workdir)
-    data = resolve_data_config(cfg)
-
-    def split(name):
-        data.eval_split = name
-        batch = next(iter(pipeline.create_split(data, train=False, batch_size=64, seed=0)))
-        n = int(batch['mask'].sum())
-        return np.asarray(model.pooled_features(jnp.asarray(batch['image'][:n]))), batch['label'][:n]
-
-    train_f, train_l = split(f'train[:{TRAIN_N}]')
-    eval_f, eval_l = split(EVAL_SPLIT)
-    top1, top5 = brute_force_accuracy(brute_force_knn(train_f, train_l, eval_f, K, 0.07, 10), eval_l, K)
+    top1, top5 = _numpy_knn_accuracy(model, cfg)
     assert res['top1'] == pytest.approx(top1) and res['top5'] == pytest.approx(top5)
     assert res['top1'] > 100 / 10 + 5   # well above chance: the features carry the classes
 
@@ -195,8 +201,6 @@ def test_cli_equals_numpy_knn_of_the_loaded_encoder(run, capsys):
 def test_random_init_baseline_is_the_seeded_classifier(run, capsys):
     """``--random_init``: the classifier at its initialisation from ``config.seed``, no checkpoint
     read, written to ``knn_random.json``; checked against a NumPy k-NN of that model's features."""
-    from jaxmim.config import resolve_data_config
-    from jaxmim.data import pipeline
     from jaxmim.registry import classifier_for, create_model
     workdir, cfg, _ = run
     code, out, err = _cli(['--workdir', workdir, '--train_examples', str(TRAIN_N), '--batch_size', str(BATCH),
@@ -206,17 +210,7 @@ def test_random_init_baseline_is_the_seeded_classifier(run, capsys):
         res = json.load(f)
     assert res['random_init'] is True and res['step'] == 0
     model = create_model(classifier_for(cfg.model.name), seed=int(cfg.seed), embed_dim=16, depth=1, num_heads=2)
-    data = resolve_data_config(cfg)
-
-    def split(name):
-        data.eval_split = name
-        batch = next(iter(pipeline.create_split(data, train=False, batch_size=64, seed=0)))
-        n = int(batch['mask'].sum())
-        return np.asarray(model.pooled_features(jnp.asarray(batch['image'][:n]))), batch['label'][:n]
-
-    train_f, train_l = split(f'train[:{TRAIN_N}]')
-    eval_f, eval_l = split(EVAL_SPLIT)
-    top1, top5 = brute_force_accuracy(brute_force_knn(train_f, train_l, eval_f, K, 0.07, 10), eval_l, K)
+    top1, top5 = _numpy_knn_accuracy(model, cfg)
     assert res['top1'] == pytest.approx(top1) and res['top5'] == pytest.approx(top5)
 
 
