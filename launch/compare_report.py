@@ -42,7 +42,8 @@ def rows(data: Mapping[str, Any]) -> list[dict]:
         backbone = _backbone(ft, stages, name)
         row = {'pair': name, 'method': pre.get('method', name), 'backbone': backbone,
                'scratch': False, 'pretrain_steps': pre.get('steps'), 'skipped': pre.get('skipped'),
-               'pretrain_minutes': round(pre.get('wall_seconds', 0.0) / 60, 1)}
+               'pretrain_minutes': round(pre.get('wall_seconds', 0.0) / 60, 1),
+               'wall_minutes': _minutes(pre, ft)}
         for key, _ in PROTOCOLS:
             row[key] = _top1(stages.get(f'{name}/{key}'))
         out.append(row)
@@ -55,8 +56,18 @@ def rows(data: Mapping[str, Any]) -> list[dict]:
         out.append({'pair': f'scratch/{backbone}', 'method': 'from scratch', 'backbone': backbone, 'scratch': True,
                     'pretrain_steps': 0, 'skipped': None, 'pretrain_minutes': 0.0, 'knn': None, 'linprobe': None,
                     'finetune': _top1(rec), 'steps': rec.get('steps'),
-                    'minutes': round(rec.get('wall_seconds', 0.0) / 60, 1)})
+                    'minutes': round(rec.get('wall_seconds', 0.0) / 60, 1), 'wall_minutes': _minutes(rec)})
     return out
+
+
+def _minutes(*recs: Mapping[str, Any] | None) -> float | None:
+    """Measured minutes of the training stages that the equal-time comparison sets side by side
+    (pre-training + fine-tuning of a pair, or the scratch run): the sum of their ``wall_seconds``
+    (whole processes: start-up, compilation, checkpoints and evaluation included, calibration
+    runs not), or ``None`` until all of them are done."""
+    if not all(r and r.get('done') and not r.get('skipped') for r in recs):
+        return None
+    return round(sum(r.get('wall_seconds', 0.0) for r in recs) / 60, 1)
 
 
 def _backbone(ft: Mapping[str, Any], stages: Mapping[str, Any], name: str) -> str | None:
@@ -73,14 +84,16 @@ def markdown(data: Mapping[str, Any], table: list[dict]) -> str:
              f"linear probe {m.get('probe', 0):g} min, fine-tuning {m.get('finetune', 0):g} min, from scratch "
              f"{m.get('scratch', 0):g} min per backbone; k-NN k={s.get('knn', {}).get('k')}, "
              f"T={s.get('knn', {}).get('temperature')}; {s.get('machine', '')}.", '',
-             '| method | backbone | pre-train steps | ' + ' | '.join(t for _, t in PROTOCOLS) + ' |',
-             '|---|---|---:|' + '---:|' * len(PROTOCOLS)]
+             '| method | backbone | pre-train steps | ' + ' | '.join(t for _, t in PROTOCOLS)
+             + ' | pre-train + fine-tune wall (min) |',
+             '|---|---|---:|' + '---:|' * len(PROTOCOLS) + '---:|']
     for r in table:
         steps = 'does not fit: ' + r['skipped'] if r['skipped'] else str(r['pretrain_steps'])
         if r['scratch']:
             steps = f"0 ({r.get('steps')} supervised steps)"
+        wall = '—' if r.get('wall_minutes') is None else f"{r['wall_minutes']:.1f}"
         lines.append(f"| {r['method']} | {r['backbone'] or '?'} | {steps} | "
-                     + ' | '.join(fmt(r[k]) for k, _ in PROTOCOLS) + ' |')
+                     + ' | '.join(fmt(r[k]) for k, _ in PROTOCOLS) + f' | {wall} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -102,7 +102,7 @@ def _record():
                              'method': 'MAE'},
         'mae_vit/knn': {'done': True, 'top1': 70.25},
         'mae_vit/linprobe': {'done': True, 'top1': 65.5},
-        'mae_vit/finetune': {'done': True, 'top1': 88.125, 'backbone': 'vit_demo_patch4_32'},
+        'mae_vit/finetune': {'done': True, 'top1': 88.125, 'backbone': 'vit_demo_patch4_32', 'wall_seconds': 258.0},
         'scratch/vit_demo_patch4_32': {'done': True, 'top1': 86.0, 'steps': 900, 'wall_seconds': 720.0},
         'ummae_pvt/pretrain': {'done': True, 'steps': 3, 'skipped': '3 steps in 8 min (< --min_steps=50)',
                                'backbone': 'pvt_demo_32'},
@@ -121,8 +121,10 @@ def test_rows_and_markdown():
     assert (by_pair['mae_vit']['knn'], by_pair['mae_vit']['linprobe'], by_pair['mae_vit']['finetune']) == (70.25, 65.5, 88.125)
     assert by_pair['simmim_swin']['finetune'] is None                      # still running
     md = compare_report.markdown(_record(), table)
-    assert '| MAE | vit_demo_patch4_32 | 400 | 70.25 | 65.50 | 88.12 |' in md
-    assert '| from scratch | vit_demo_patch4_32 | 0 (900 supervised steps) | — | — | 86.00 |' in md
+    # wall: (480 + 258) s / 60 = 12.3 min for the pair, 720 s / 60 = 12.0 min from scratch
+    assert '| MAE | vit_demo_patch4_32 | 400 | 70.25 | 65.50 | 88.12 | 12.3 |' in md
+    assert '| from scratch | vit_demo_patch4_32 | 0 (900 supervised steps) | — | — | 86.00 | 12.0 |' in md
+    assert '| simmim_swin | swin_demo_patch4_window4_32 | 300 | — | — | — | — |' in md   # still running: no wall yet
     assert 'does not fit: 3 steps in 8 min' in md
     assert 'pre-training 8 min' in md and 'from scratch 12 min' in md
 
