@@ -1,8 +1,8 @@
 r"""Every method on the same data at equal wall-clock time: pre-training, then k-NN, linear
 probing and fine-tuning of the same encoder, beside each backbone trained from scratch.
 
-    python -m launch.compare --budget_minutes=8 --dataset=fashion_mnist_local --workdir=work/compare
-    python -m launch.compare --budget_minutes=8 --methods=mae_vit,ummae_pvt     # a subset
+    python -m launch.compare --budget_minutes=5 --dataset=fashion_mnist_local --workdir=work/compare
+    python -m launch.compare --budget_minutes=5 --methods=mae_vit,ummae_pvt     # a subset
 
 For each (method, backbone) pair of :data:`PAIRS` (at least SimMIM Swin, MAE ViT, UM-MAE PVT,
 GreenMIM Swin, HiViT MAE, SimMIM GroupMixFormer), in order:
@@ -155,14 +155,33 @@ class State:
     ``'scratch/<backbone>'``, ``'calibrate/<key>'``) a dict with ``done``, ``steps``,
     ``wall_seconds`` and the stage's results, plus the run's settings."""
 
+    FIXED = ('dataset', 'minutes', 'knn', 'eval_examples')
+    """Settings that the recorded stages were run with: a later run into the same record must
+    repeat them, or its rows would not be comparable with the recorded ones."""
+
     def __init__(self, path: str, settings: dict):
+        """Reads ``path`` when it exists, else starts an empty record.
+
+        A later run may name other pairs (``--methods``): they are added to the recorded ones, in
+        the order of :data:`PAIRS`, so a comparison can be completed one pair at a time.
+
+        Raises:
+          ValueError: a setting of :attr:`FIXED` differs from the recorded one (names both).
+        """
         self.path = path
         self.data = {'settings': settings, 'stages': {}}
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
+            recorded = old.get('settings', {})
+            for key in self.FIXED:
+                if key in recorded and key in settings and recorded[key] != settings[key]:
+                    raise ValueError(f'{path} was recorded with {key}={recorded[key]}, this run has '
+                                     f'{key}={settings[key]}; repeat the recorded flags or use another --workdir')
+            pairs = set(recorded.get('pairs', [])) | set(settings.get('pairs', []))
             self.data['stages'] = old.get('stages', {})
-            self.data['settings'] = {**old.get('settings', {}), **settings}
+            self.data['settings'] = {**recorded, **settings,
+                                     'pairs': [n for n in PAIRS if n in pairs] + sorted(pairs - set(PAIRS))}
 
     def stage(self, key: str) -> dict:
         return self.data['stages'].setdefault(key, {'done': False, 'wall_seconds': 0.0})
@@ -367,7 +386,11 @@ def main(argv) -> None:
     settings = {'dataset': _DATASET.value, 'minutes': minutes, 'pairs': pairs, 'knn': {'k': _K.value,
                 'temperature': _T.value, 'train_examples': _KNN_TRAIN.value}, 'eval_examples': _EVAL_EXAMPLES.value,
                 'machine': compare_report.machine()}
-    state = State(os.path.join(workdir, 'comparison.json'), settings)
+    try:
+        state = State(os.path.join(workdir, 'comparison.json'), settings)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
     state.save()
     backbones = {_config(PAIRS[n].finetune + ':scratch').model.name for n in pairs}
     runner = Runner(workdir, state, minutes, data_dir, _EVAL_EXAMPLES.value,

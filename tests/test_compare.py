@@ -137,3 +137,19 @@ def test_report_writes_png(tmp_path):
     width, height = struct.unpack('>II', head[16:24])
     assert width > 600 and height > 400
     assert open(paths['markdown']).read() == compare_report.markdown(_record(), compare_report.rows(_record()))
+
+
+def test_state_adds_pairs_of_a_later_run_and_refuses_other_settings(tmp_path):
+    path = str(tmp_path / 'comparison.json')
+    five = {'pairs': ['mae_vit', 'simmim_swin'], 'minutes': {'pretrain': 5, 'finetune': 2.5}, 'dataset': 'fmnist'}
+    state = compare.State(path, five)
+    state.stage('mae_vit/knn').update(done=True, top1=80.0)
+    state.save()
+    # completing the comparison one pair at a time: the recorded pairs stay, in the order of PAIRS
+    later = compare.State(path, {**five, 'pairs': ['simmim_groupmixformer']})
+    assert later.data['settings']['pairs'] == ['simmim_swin', 'mae_vit', 'simmim_groupmixformer']
+    assert later.data['stages']['mae_vit/knn']['top1'] == 80.0
+    with pytest.raises(ValueError, match=r"minutes=\{'pretrain': 5, 'finetune': 2.5\}.*minutes=\{'pretrain': 8"):
+        compare.State(path, {**five, 'minutes': {'pretrain': 8, 'finetune': 4}})
+    with pytest.raises(ValueError, match='dataset=fmnist, this run has dataset=imagenet2012'):
+        compare.State(path, {**five, 'dataset': 'imagenet2012'})
