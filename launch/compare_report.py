@@ -98,34 +98,42 @@ def markdown(data: Mapping[str, Any], table: list[dict]) -> str:
 
 
 def chart(table: list[dict], path: str, title: str) -> None:
-    """Grouped bars: one group per row, one bar per protocol (k-NN, linear probe, fine-tune);
-    scratch rows hatched; missing values left out. Written as PNG to ``path``."""
+    """Grouped bars, one group per pair: k-NN, linear probe and fine-tune top-1, then the pair's
+    backbone from scratch (hatched) beside them; a scratch row whose backbone has no pair gets a
+    group of its own. Missing values are left out. Written as PNG to ``path``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{r['method']}\n{r['backbone']}" for r in table]
-    x = np.arange(len(table))
-    width = 0.27
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.35 * len(table)), 4.2))
-    colors = ('#4c72b0', '#dd8452', '#55a868')
-    for j, ((key, title_j), color) in enumerate(zip(PROTOCOLS, colors)):
-        for i, r in enumerate(table):
-            v = r[key]
+    scratch = {r['backbone']: r for r in table if r['scratch']}
+    groups = [(r, scratch.get(r['backbone'])) for r in table if not r['scratch']]
+    paired = {r['backbone'] for r, _ in groups}
+    groups += [(None, r) for r in table if r['scratch'] and r['backbone'] not in paired]
+    bars = [(key, title_j, color) for (key, title_j), color in zip(PROTOCOLS, ('#4c72b0', '#dd8452', '#55a868'))]
+    width, x = 0.2, np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(groups)), 4.2))
+    labelled = set()
+    for i, (pair, base) in enumerate(groups):
+        values = [(pair[key] if pair else None, title_j, color, False) for key, title_j, color in bars]
+        values.append((base['finetune'] if base else None, 'from scratch, equal time', '#55a868', True))
+        for j, (v, name, color, hatched) in enumerate(values):
             if v is None:
                 continue
-            bar = ax.bar(x[i] + (j - 1) * width, v, width, color=color, hatch='//' if r['scratch'] else None,
-                         edgecolor='white' if r['scratch'] else color, label=title_j if i == 0 or
-                         all(t[key] is None for t in table[:i]) else None)
+            bar = ax.bar(x[i] + (j - 1.5) * width, v, width, color='white' if hatched else color,
+                         hatch='//' if hatched else None, edgecolor=color,
+                         label=None if name in labelled else name)
+            labelled.add(name)
             ax.bar_label(bar, fmt='%.1f', fontsize=6, padding=1)
     values = [r[k] for r in table for k, _ in PROTOCOLS if r[k] is not None]
     low = max(0.0, min(values) - 10) if values else 0.0
     ax.set_ylim(low, 110)   # headroom for the legend above the bars
-    ax.set_xticks(x, labels, fontsize=7)
+    names = [f"{(p or b)['method'] if p else 'from scratch'}\n{(p or b)['backbone'] or '?'}".replace('_demo', '')
+             for p, b in groups]
+    ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel('top-1 (%)')
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc='upper center', ncol=len(PROTOCOLS), frameon=False)
+    ax.legend(fontsize=7, loc='upper center', ncol=len(PROTOCOLS) + 1, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
