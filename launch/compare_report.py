@@ -56,7 +56,7 @@ def rows(data: Mapping[str, Any]) -> list[dict]:
         out.append({'pair': f'scratch/{backbone}', 'method': 'from scratch', 'backbone': backbone, 'scratch': True,
                     'pretrain_steps': 0, 'skipped': None, 'pretrain_minutes': 0.0, 'knn': None, 'linprobe': None,
                     'finetune': _top1(rec), 'steps': rec.get('steps'),
-                    'minutes': round(rec.get('wall_seconds', 0.0) / 60, 1), 'wall_minutes': _minutes(rec)})
+                    'wall_minutes': _minutes(rec)})
     return out
 
 
@@ -91,7 +91,7 @@ def markdown(data: Mapping[str, Any], table: list[dict]) -> str:
         steps = 'does not fit: ' + r['skipped'] if r['skipped'] else str(r['pretrain_steps'])
         if r['scratch']:
             steps = f"0 ({r.get('steps')} supervised steps)"
-        wall = '—' if r.get('wall_minutes') is None else f"{r['wall_minutes']:.1f}"
+        wall = '—' if r['wall_minutes'] is None else f"{r['wall_minutes']:.1f}"
         lines.append(f"| {r['method']} | {r['backbone'] or '?'} | {steps} | "
                      + ' | '.join(fmt(r[k]) for k, _ in PROTOCOLS) + f' | {wall} |')
     return '\n'.join(lines) + '\n'
@@ -128,7 +128,7 @@ def chart(table: list[dict], path: str, title: str) -> None:
     values = [r[k] for r in table for k, _ in PROTOCOLS if r[k] is not None]
     low = max(0.0, min(values) - 10) if values else 0.0
     ax.set_ylim(low, 110)   # headroom for the legend above the bars
-    names = [f"{(p or b)['method'] if p else 'from scratch'}\n{(p or b)['backbone'] or '?'}".replace('_demo', '')
+    names = [f"{p['method'] if p else 'from scratch'}\n{(p or b)['backbone'] or '?'}".replace('_demo', '')
              for p, b in groups]
     ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel('top-1 (%)')
