@@ -34,15 +34,17 @@ Measured per step kind:
 * per-step wall time over ``--steps`` timed steps after ``--warmup`` untimed ones, each step
   waited for (``block_until_ready``); ``img/s`` = batch / median step time (the table's
   headline, robust to a busy host) and ``img/s overall`` = steps x batch / total time;
-* ``GFLOPs/img``: ``compiled.cost_analysis()['flops']`` of the train step. Under SPMD the
-  compiled module is the per-device program, so its FLOPs are divided by the per-device batch
-  (global batch / devices). They include the backward pass and the optimizer update
-  (replicated, so counted once per device: negligible at realistic per-device batches). The
-  JSON also keeps the unpartitioned program's count (``lowered.cost_analysis()``) as a
-  cross-check;
+* ``GFLOPs/img``: the step's model FLOPs per image (:func:`model_flops_per_image`, the JSON's
+  ``model_flops_per_image``): XLA's count of the lowered train step in its reference form (no
+  remat, blocks unrolled, XLA's attention) on one CPU device, so the figure is the same on every
+  backend and for every remat / scan / attention setting. They include the backward pass and
+  the optimizer update. The JSON also keeps the compiled step's own count
+  (``flops_per_image``: ``compiled.cost_analysis()`` of the per-device program over the
+  per-device batch; it grows with remat, counts a scanned stage's body once and, on GPU, leaves
+  the cuBLAS / cuDNN calls out) and the unpartitioned program's (``lowered.cost_analysis()``);
 * ``memory GiB``: the compiled step's device memory from XLA's memory analysis (arguments +
   outputs + temporaries - aliased donations), per device (:func:`jaxmim.profiling.memory_gib`);
-* ``achieved TFLOP/s`` = GFLOPs/img x img/s over all devices, and ``MFU`` = achieved /
+* ``achieved TFLOP/s`` = model GFLOPs/img x img/s over all devices, and ``MFU`` = achieved /
   (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
   989, A100 312, TPU v4 275, v5p 459).
 
@@ -81,7 +83,9 @@ from ml_collections import config_flags
 
 from jaxmim import config as config_lib
 from jaxmim import mesh as mesh_lib
+from jaxmim import model_flops as model_flops_lib
 from jaxmim import ops, profiling, registry, rundir, torch_compare
+from jaxmim.benchmark_report import format_table
 from jaxmim import steps as steps_lib
 from jaxmim.profiling import counted, host_counter_means
 
@@ -185,6 +189,41 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_c
     return make(jax.random.key(seed))
 
 
+def model_flops_per_image(kind: str, config, mesh, lowered=None) -> tuple[float | None, str]:
+    """Model FLOPs per image of one step kind (the MFU numerator, :mod:`jaxmim.model_flops`) and
+    where they were counted.
+
+    The count is XLA's cost analysis of the lowered (unoptimised) train step of the config's
+    reference form (:func:`jaxmim.model_flops.reference_config`: no remat, no scanned blocks, XLA's
+    attention) on one CPU device: the CPU count of the same step, which every backend shares (a
+    GPU's cost analysis leaves the cuBLAS and cuDNN calls out). When the step itself already is that
+    (reference config on a CPU mesh) and ``lowered`` is given, its own lowered module is counted.
+
+    Args:
+      kind: ``'pretrain'`` or ``'finetune'``; config: the step's config (not modified); mesh: the
+        mesh the step runs on; lowered: the step's ``jax.stages.Lowered``, if at hand.
+
+    Returns:
+      ``(flops per image or None, source)`` with source ``'step'`` or ``'reference form, 1 CPU
+      device'``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    batch_size = int(config.batch_size)
+    if lowered is not None and model_flops_lib.is_reference(config) and ops.mesh_platform(mesh) == 'cpu':
+        return model_flops_lib.lowered_flops_per_image(lambda: lowered, batch_size), 'step'
+    cpu_mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
+    ref = model_flops_lib.reference_config(config)
+    _, trainer, state, _, in_chans, _ = _build_step(kind, ref, cpu_mesh)
+    size = int(config_lib.resolve_data_config(ref).image_size)
+    sharding = mesh_lib.batch_sharding(cpu_mesh)
+    batch = {'image': jax.ShapeDtypeStruct((batch_size, size, size, in_chans), jnp.float32, sharding=sharding),
+             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
+    fpi = model_flops_lib.lowered_flops_per_image(lambda: trainer.train_step.lower(state, batch), batch_size)
+    return fpi, 'reference form, 1 CPU device'
+
+
 def _wait(out):
     """Blocks until the step output ``(state, metrics)`` is computed; returns ``out``."""
     import jax
@@ -200,7 +239,7 @@ def _wait(out):
 
 def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tflops: float | None = None,
                    compare_torch: bool = False, torch_compile: bool = True, profile_dir: str | None = None,
-                   profile_steps: int = 5, profile_top: int = 10,
+                   profile_steps: int = 5, profile_top: int = 10, model_flops: float | None = None,
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """Compiles and times one step kind; returns its row (see :func:`run_benchmark`).
 
@@ -211,7 +250,10 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
 
     With ``compare_torch`` the PyTorch twin of the same model and weights (eager, and
     ``torch.compile`` when ``torch_compile``) is timed in the same loop: each timed round runs
-    one JAX step, one eager step, one compiled step, so a busy host slows all of them alike."""
+    one JAX step, one eager step, one compiled step, so a busy host slows all of them alike.
+
+    ``model_flops`` (FLOPs per image) is the MFU numerator when the caller counted it already;
+    otherwise :func:`model_flops_per_image` counts it."""
     import jax
     import numpy as np
 
@@ -233,6 +275,10 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     step_flops_global = profiling.total_flops(profiling.safe_analysis(lowered.cost_analysis))
     per_device_batch = batch_size // n_dev
     flops_per_image = step_flops_device / per_device_batch if step_flops_device else None
+    if model_flops is not None:
+        model_fpi, model_src = float(model_flops), 'given'
+    else:
+        model_fpi, model_src = model_flops_per_image(kind, config, mesh, lowered)
 
     torch_steps = {}
     if twin is not None:
@@ -298,7 +344,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     median = statistics.median(times) if times else None
     img_s = batch_size / median if times else None
     img_s_overall = steps * batch_size / sum(times) if times else None
-    achieved = flops_per_image * img_s if flops_per_image and img_s else None
+    achieved = model_fpi * img_s if model_fpi and img_s else None
     row = {
         'kind': kind, 'model': name, 'image_size': image_size, 'batch_size': batch_size,
         'per_device_batch': per_device_batch, 'devices': n_dev,
@@ -310,6 +356,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
         'step_flops_per_device': step_flops_device,
         'flops_per_image': flops_per_image,
         'flops_per_image_unpartitioned': step_flops_global / batch_size if step_flops_global else None,
+        'model_flops_per_image': model_fpi, 'model_flops_source': model_src,
         'achieved_tflops': achieved / 1e12 if achieved else None,
         'achieved_tflops_per_device': achieved / 1e12 / n_dev if achieved else None,
         'peak_tflops_per_device': peak_tflops,
@@ -406,6 +453,7 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
                   peak_tflops: float | None = None, kinds: Sequence[str] | None = None,
                   devices: Sequence[Any] | None = None, compare_torch: bool = False,
                   torch_compile: bool = True, profile_dir: str | None = None, profile_top: int = 10,
+                  model_flops: dict[str, float] | None = None,
                   log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Benchmarks the train step(s) of ``config`` on synthetic device-resident batches.
 
@@ -428,12 +476,15 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
       profile_dir: profile each training step kind after timing it (JAX trace under
         ``profile_dir/<kind>``; the eager twin too with ``compare_torch``), see
         :func:`benchmark_step`; ``profile_top`` rows of each side are logged.
+      model_flops: ``{kind: model FLOPs per image}`` counted already (e.g. by an earlier process
+        of the same config); the kinds it lacks are counted (:func:`model_flops_per_image`).
       log: progress callback (one line per call).
 
     Returns:
       One dict per step kind with, among others, ``kind``, ``model``, ``image_size``,
       ``batch_size``, ``devices``, ``device_kind``, ``compile_s``, ``img_s`` (batch / median
-      step time), ``img_s_overall``, ``flops_per_image`` (None when XLA reports no FLOPs),
+      step time), ``img_s_overall``, ``model_flops_per_image`` (the MFU numerator) and
+      ``flops_per_image`` (the compiled step's count; each None when XLA reports no FLOPs),
       ``achieved_tflops``, ``mfu``, ``device_memory_gib``, ``host_per_step`` (the timed steps'
       mean host page faults and kernel / user CPU seconds, :func:`jaxmim.profiling.host_counter_means`; None
       without timings) and ``out_of_memory`` (None, or the
@@ -475,48 +526,9 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
             continue
         rows.append(benchmark_step(kind, cfg, mesh, steps=steps, warmup=warmup, peak_tflops=peak_tflops,
                                    compare_torch=compare_torch, torch_compile=torch_compile,
-                                   profile_dir=profile_dir, profile_top=profile_top, log=log))
+                                   profile_dir=profile_dir, profile_top=profile_top,
+                                   model_flops=(model_flops or {}).get(kind), log=log))
     return rows
-
-
-# ----------------------------------------------------------------------------------------
-# Reporting.
-# ----------------------------------------------------------------------------------------
-
-def format_table(rows: Sequence[dict]) -> str:
-    """A fixed-width text table of the rows; a last ``config`` column when rows carry ``config``
-    (the ``path[:variant]`` each row was measured from)."""
-    def num(v, fmt, unit=''):
-        return 'n/a' if v is None else format(v, fmt) + unit
-
-    has_mfu = any(r.get('mfu') is not None for r in rows)
-    has_torch = any('torch_eager_img_s' in r for r in rows)
-    head = ['step', 'model', 'image', 'batch', 'devices', 'compile s', 'img/s', 'img/s overall',
-            'GFLOPs/img', 'TFLOP/s', 'memory GiB'] + (['MFU %'] if has_mfu else []) + (
-            ['torch eager img/s', 'JAX/eager', 'torch.compile img/s', 'JAX/compile'] if has_torch else []) + (
-            ['config'] if any(r.get('config') for r in rows) else [])
-    body = []
-    for r in rows:
-        fpi = r.get('flops_per_image')
-        line = [r['kind'], r['model'], str(r['image_size']), str(r['batch_size']), str(r['devices']),
-                num(r['compile_s'], '.1f'), 'OOM' if r.get('out_of_memory') else num(r['img_s'], ',.1f'),
-                'OOM' if r.get('out_of_memory') else num(r['img_s_overall'], ',.1f'),
-                num(fpi / 1e9 if fpi else None, '.3f'), num(r.get('achieved_tflops'), '.3f'),
-                num(r.get('device_memory_gib'), '.3f')]
-        if has_mfu:
-            mfu = r.get('mfu')
-            line.append(num(100 * mfu if mfu is not None else None, '.1f'))
-        if has_torch:
-            line += [num(r.get('torch_eager_img_s'), ',.1f'), num(r.get('jax_over_torch_eager'), '.2f', 'x'),
-                     num(r.get('torch_compile_img_s'), ',.1f'), num(r.get('jax_over_torch_compile'), '.2f', 'x')]
-        if head[-1] == 'config':
-            line.append(r.get('config') or '')
-        body.append(line)
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    left = {0, 1, len(head) - 1} if head[-1] == 'config' else {0, 1}
-    fmt = lambda cells: '  '.join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    rule = '  '.join('-' * w for w in widths)
-    return '\n'.join([fmt(head), rule] + [fmt(b) for b in body])
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
