@@ -70,23 +70,21 @@ per-op costs of the JAX step and, with ``--compare_torch``, of the eager PyTorch
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
 import sys
 import time
 from typing import Any, Callable, Sequence
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmim import config as config_lib
 from jaxmim import mesh as mesh_lib
-from jaxmim import model_flops as model_flops_lib
-from jaxmim import ops, profiling, registry, rundir, torch_compare
+from jaxmim import ops, profiling, rundir, torch_compare
 from jaxmim.benchmark_report import format_table
-from jaxmim import steps as steps_lib
+from jaxmim.benchmark_steps import (build_model_shape, build_step, finetune_config_from_pretrain,
+                                    model_flops_per_image, synthetic_batch)
 from jaxmim.profiling import counted, host_counter_means
 
 # The file's ConfigDict is locked except model.overrides, which takes new keys (constructor arguments
@@ -123,107 +121,6 @@ fixed batch, images/s = passes x batch / total time."""
 INFERENCE_WARMUP, INFERENCE_STEPS = 50, 30
 
 
-# ----------------------------------------------------------------------------------------
-# Building the steps.
-# ----------------------------------------------------------------------------------------
-
-def _finetune_config_from_pretrain(config, num_classes: int, layer_decay: float):
-    """A fine-tuning config with the pre-training run's image size, batch, optimizer and seed;
-    the model is the classifier the pre-training model registered (``classifier=`` of
-    :func:`jaxmim.registry.register_model`) with ``num_classes`` classes.
-
-    Raises:
-      ValueError: the pre-training model registered no classifier.
-    """
-    classifier = registry.classifier_for(config.model.name)
-    if classifier is None:
-        raise ValueError(f'model {config.model.name!r} registers no fine-tuning classifier '
-                         '(register_model(..., classifier=...)); run with --kinds=pretrain')
-    ft = config_lib.finetune_defaults()
-    ft.seed = config.seed
-    ft.batch_size = config.batch_size
-    ft.total_steps = config.total_steps
-    ft.data.image_size = config_lib.resolve_data_config(config).image_size
-    for key, value in config.optim.items():
-        ft.optim[key] = value
-    ft.optim.layer_decay = layer_decay
-    ft.model.name = classifier
-    with ft.unlocked():
-        ft.model.overrides = ml_collections.ConfigDict({'num_classes': num_classes})
-    return ft
-
-
-def _build_step(kind: str, config, mesh, *, with_twin: bool = False):
-    """``(model_name, trainer, state, num_classes, in_chans, twin)`` of one step kind, built as
-    the training loops of :mod:`jaxmim.train` build them (the model's hooks included); ``twin``
-    is ``(torch module holding the same weights, source name)`` when ``with_twin`` (else None)."""
-
-    model = rundir.build_model(config)
-    twin = torch_compare.torch_twin(model) if with_twin else None
-    if kind == 'pretrain':
-        trainer, state = steps_lib.make_trainer(model, steps_lib.mim_loss, config, mesh)
-        return config.model.name, trainer, state, 1, getattr(model, 'in_chans', 3), twin
-    loss_fn = functools.partial(steps_lib.classification_loss, label_smoothing=config.label_smoothing,
-                                num_classes=model.num_classes)
-    trainer, state = steps_lib.make_trainer(model, loss_fn, config, mesh)
-    return config.model.name, trainer, state, model.num_classes, getattr(model, 'in_chans', 3), twin
-
-
-def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_classes: int,
-                    seed: int = 0) -> dict:
-    """A device-resident global batch sharded on ``data``: ``image`` float32
-    ``(B, S, S, in_chans)`` standard normal, ``label`` int32 ``(B,)`` uniform in
-    ``[0, num_classes)``. Generated on the devices (no host transfer)."""
-    import jax
-    import jax.numpy as jnp
-
-
-    sharding = mesh_lib.batch_sharding(mesh)
-
-    @functools.partial(jax.jit, out_shardings={'image': sharding, 'label': sharding})
-    def make(key):
-        k_img, k_lab = jax.random.split(key)
-        return {'image': jax.random.normal(k_img, (batch_size, image_size, image_size, in_chans), jnp.float32),
-                'label': jax.random.randint(k_lab, (batch_size,), 0, max(num_classes, 1), jnp.int32)}
-
-    return make(jax.random.key(seed))
-
-
-def model_flops_per_image(kind: str, config, mesh, lowered=None) -> tuple[float | None, str]:
-    """Model FLOPs per image of one step kind (the MFU numerator, :mod:`jaxmim.model_flops`) and
-    where they were counted.
-
-    The count is XLA's cost analysis of the lowered (unoptimised) train step of the config's
-    reference form (:func:`jaxmim.model_flops.reference_config`: no remat, no scanned blocks, XLA's
-    attention) on one CPU device: the CPU count of the same step, which every backend shares (a
-    GPU's cost analysis leaves the cuBLAS and cuDNN calls out). When the step itself already is that
-    (reference config on a CPU mesh) and ``lowered`` is given, its own lowered module is counted.
-
-    Args:
-      kind: ``'pretrain'`` or ``'finetune'``; config: the step's config (not modified); mesh: the
-        mesh the step runs on; lowered: the step's ``jax.stages.Lowered``, if at hand.
-
-    Returns:
-      ``(flops per image or None, source)`` with source ``'step'`` or ``'reference form, 1 CPU
-      device'``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    batch_size = int(config.batch_size)
-    if lowered is not None and model_flops_lib.is_reference(config) and ops.mesh_platform(mesh) == 'cpu':
-        return model_flops_lib.lowered_flops_per_image(lambda: lowered, batch_size), 'step'
-    cpu_mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
-    ref = model_flops_lib.reference_config(config)
-    _, trainer, state, _, in_chans, _ = _build_step(kind, ref, cpu_mesh)
-    size = int(config_lib.resolve_data_config(ref).image_size)
-    sharding = mesh_lib.batch_sharding(cpu_mesh)
-    batch = {'image': jax.ShapeDtypeStruct((batch_size, size, size, in_chans), jnp.float32, sharding=sharding),
-             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
-    fpi = model_flops_lib.lowered_flops_per_image(lambda: trainer.train_step.lower(state, batch), batch_size)
-    return fpi, 'reference form, 1 CPU device'
-
-
 def _wait(out):
     """Blocks until the step output ``(state, metrics)`` is computed; returns ``out``."""
     import jax
@@ -258,7 +155,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     import numpy as np
 
 
-    name, trainer, state, num_classes, in_chans, twin = _build_step(kind, config, mesh, with_twin=compare_torch)
+    name, trainer, state, num_classes, in_chans, twin = build_step(kind, config, mesh, with_twin=compare_torch)
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state['params'])))
     n_dev = mesh.devices.size
     batch_size = int(config.batch_size)
@@ -280,21 +177,24 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     else:
         model_fpi, model_src = model_flops_per_image(kind, config, mesh, lowered)
 
-    torch_steps = {}
+    torch_steps, torch_first, torch_memory = {}, {}, {}
     if twin is not None:
         host = jax.device_get(batch)
         inputs = {}
         if kind == 'pretrain':
-            model = _build_model_shape(config)
+            model = build_model_shape(config)
             inputs = model.host_inputs(np.random.default_rng(config.seed), batch_size)
         variants = ['eager'] + (['compile'] if torch_compile else [])
         for v in variants:
             try:
                 step = torch_compare.TorchStep(twin[0], config, np.asarray(host['image']),
-                                               np.asarray(host['label']), inputs, compile=v == 'compile')
+                                               np.asarray(host['label']), inputs, compile=v == 'compile',
+                                               device='cuda' if ops.mesh_platform(mesh) == 'gpu' else 'cpu')
                 t = time.perf_counter()
                 step()   # first call: torch.compile compiles here
-                log(f'[{kind}] torch {v} ({twin[1]}): first step {time.perf_counter() - t:.1f}s')
+                torch_first[v] = time.perf_counter() - t
+                torch_memory[v] = step.peak_memory_gib()
+                log(f'[{kind}] torch {v} ({twin[1]}): first step {torch_first[v]:.1f}s')
                 torch_steps[v] = step
             except Exception as e:  # noqa: BLE001  (torch.compile is optional: report, go on)
                 log(f'[{kind}] torch {v}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]})')
@@ -373,6 +273,8 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             row[f'torch_{v}_img_s'] = batch_size / statistics.median(ts) if ts else None
             row[f'jax_over_torch_{v}'] = img_s / row[f'torch_{v}_img_s'] if ts else None
             row[f'torch_{v}_host_per_step'] = host_counter_means(torch_host.get(v, [])) if ts else None
+            row[f'torch_{v}_first_step_s'] = torch_first.get(v)
+            row[f'torch_{v}_memory_gib'] = torch_memory.get(v)
     if times:
         log(f'[{kind}] {img_s:.1f} img/s (median step {median * 1e3:.1f} ms'
             f'{profiling.format_host(row["host_per_step"])})'
@@ -439,13 +341,6 @@ def benchmark_inference(config, mesh, *, warmup: int = INFERENCE_WARMUP, steps: 
         'mfu': achieved / (peak_tflops * 1e12 * n_dev) if achieved and peak_tflops else None,
         'device_memory_gib': profiling.memory_gib(compiled), 'final_loss': None,
     }
-
-
-def _build_model_shape(config):
-    """The config's model with abstract weights (for its ``host_inputs``; nothing allocated)."""
-    from flax import nnx
-
-    return nnx.eval_shape(lambda: rundir.build_model(config))
 
 
 def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
@@ -518,7 +413,7 @@ def run_benchmark(config, *, steps: int = 20, warmup: int = 3, batch_size: int |
     rows = []
     for kind in kinds:
         if kind in ('finetune', INFERENCE) and config.mode == 'pretrain':
-            cfg = _finetune_config_from_pretrain(config, num_classes, finetune_layer_decay)
+            cfg = finetune_config_from_pretrain(config, num_classes, finetune_layer_decay)
         else:
             cfg = config
         if kind == INFERENCE:

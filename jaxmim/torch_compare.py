@@ -13,7 +13,7 @@ from typing import Any
 
 from absl import logging
 
-__all__ = ['torch_twin', 'TorchStep']
+__all__ = ['torch_twin', 'TorchStep', 'AUTOCAST_DTYPES']
 
 
 def torch_twin(model) -> tuple[Any, str] | None:
@@ -41,55 +41,92 @@ def torch_twin(model) -> tuple[Any, str] | None:
         return None
 
 
-class TorchStep:
-    """One PyTorch train step of a twin, as the official trainers run it: forward, loss,
-    ``backward``, ``clip_grad_norm_`` (the config's ``optim.clip_grad``, when set), ``AdamW.step``.
+AUTOCAST_DTYPES = {'bfloat16': 'bfloat16', 'float16': 'float16'}
+"""``config.compute_dtype`` values the twin's step runs under ``torch.autocast`` (to that torch
+dtype); any other (``float32``) runs without autocast."""
 
-    The batch is the JAX benchmark's synthetic batch moved to the host (NCHW float32 images,
+
+class TorchStep:
+    """One PyTorch train step of a twin, as the official trainers run it: forward and loss (under
+    ``torch.autocast`` when the config computes in bfloat16 / float16), ``backward``,
+    ``clip_grad_norm_`` (the config's ``optim.clip_grad``, when set), ``AdamW.step``.
+
+    The batch is the JAX benchmark's synthetic batch moved to ``device`` (NCHW float32 images,
     int64 labels) with the JAX model's masking inputs drawn once by its ``host_inputs``; a
     classifier's loss is cross entropy with the config's label smoothing, a pre-training twin
     returns its own loss. ``compile=True`` wraps the twin in ``torch.compile`` (default inductor).
+    The weights and AdamW's moments stay float32 (autocast's mixed precision, as the official
+    trainers' ``--amp``), like the JAX step's master weights under ``compute_dtype``.
 
     Args:
-      twin: the ``torch.nn.Module`` (set to train mode here).
+      twin: the ``torch.nn.Module`` (moved to ``device`` and set to train mode here).
       config: the run's config (``optim.weight_decay``, ``optim.clip_grad``,
-        ``label_smoothing`` are read).
+        ``label_smoothing``, ``compute_dtype`` are read).
       images: float32 ``(B, H, W, C)`` NHWC host array (transposed to NCHW).
       labels: integer ``(B,)`` host array (cast to int64).
       inputs: the masking inputs of a pre-training model (name -> host array, passed to the twin
         as keyword tensors); empty for a classifier.
       compile: wrap the twin in ``torch.compile``.
+      device: ``'cpu'`` or ``'cuda'`` (the benchmark passes ``'cuda'`` when the JAX step runs on
+        a GPU mesh).
 
-    Calling the step runs one iteration and returns its loss as a Python float.
+    Calling the step runs one iteration, waits for the device (``torch.cuda.synchronize``: the
+    optimizer update is timed too) and returns its loss as a Python float.
+
+    Raises:
+      ValueError: an unknown ``device``.
+      RuntimeError: from torch, e.g. ``'cuda'`` without a CUDA build or device.
 
     Source: the official trainers' loop, e.g. microsoft/SimMIM@d3e29bc ``main_simmim.py:156-171``
-    (``backward``, ``clip_grad_norm_``, ``optimizer.step``).
+    (``backward``, ``clip_grad_norm_``, ``optimizer.step``); mixed precision as MAE's
+    ``engine_pretrain.py:41-43`` (``torch.cuda.amp.autocast()`` around the forward and loss).
     """
 
-    def __init__(self, twin, config, images, labels, inputs: dict, *, compile: bool = False):
+    def __init__(self, twin, config, images, labels, inputs: dict, *, compile: bool = False, device: str = 'cpu'):
         import torch
 
+        if device not in ('cpu', 'cuda'):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.torch = torch
-        self.module = twin.train()
+        self.device = torch.device(device)
+        self.module = twin.to(self.device).train()
         self.fn = torch.compile(self.module) if compile else self.module
+        dtype = AUTOCAST_DTYPES.get(str(config.get('compute_dtype', 'float32')))
+        self.autocast_dtype = getattr(torch, dtype) if dtype else None
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4, weight_decay=float(config.optim.weight_decay))
         self.clip = config.optim.get('clip_grad')
         self.smoothing = float(config.get('label_smoothing', 0.0) or 0.0)
-        self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-        self.labels = torch.from_numpy(labels.astype('int64'))
-        self.inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(self.device)
+        self.labels = torch.from_numpy(labels.astype('int64')).to(self.device)
+        self.inputs = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
         self.classifier = not inputs
 
     def __call__(self) -> float:
         torch = self.torch
         self.opt.zero_grad(set_to_none=True)
-        out = self.fn(self.images, **self.inputs)
-        if self.classifier:
-            loss = torch.nn.functional.cross_entropy(out, self.labels, label_smoothing=self.smoothing)
-        else:
-            loss = out['loss'] if isinstance(out, dict) else out
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = self.fn(self.images, **self.inputs)
+            if self.classifier:
+                loss = torch.nn.functional.cross_entropy(out, self.labels, label_smoothing=self.smoothing)
+            else:
+                loss = out['loss'] if isinstance(out, dict) else out
         loss.backward()
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), float(self.clip))
         self.opt.step()
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
         return float(loss.detach())
+
+    def peak_memory_gib(self) -> float | None:
+        """Peak memory of one step on a CUDA device, GiB (``torch.cuda.max_memory_allocated`` over
+        one step run after resetting the peak; the twin's weights and AdamW state included), or
+        None on the CPU. Runs one step."""
+        torch = self.torch
+        if self.device.type != 'cuda':
+            return None
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self()
+        return torch.cuda.max_memory_allocated(self.device) / 2 ** 30

@@ -130,14 +130,14 @@ def test_host_counter_means_are_per_step_means():
 
 def test_finetune_step_uses_the_registered_classifier_and_errors():
     config = _load_config('configs/demo/simmim_swin_fmnist.py')
-    ft = benchmark._finetune_config_from_pretrain(config, num_classes=7, layer_decay=0.9)
+    ft = benchmark.finetune_config_from_pretrain(config, num_classes=7, layer_decay=0.9)
     assert ft.mode == 'finetune' and ft.model.name == 'swin_demo_patch4_window4_32'
     assert ft.model.overrides.num_classes == 7 and ft.optim.layer_decay == 0.9
     assert ft.data.image_size == 32 and ft.optim.base_lr == config.optim.base_lr
     orphan = _load_config('configs/demo/simmim_swin_fmnist.py')
     orphan.model.name = 'simmim_swin_large_patch4_window12_192'       # registers no classifier
     with pytest.raises(ValueError, match='registers no fine-tuning classifier'):
-        benchmark._finetune_config_from_pretrain(orphan, num_classes=7, layer_decay=0.9)
+        benchmark.finetune_config_from_pretrain(orphan, num_classes=7, layer_decay=0.9)
     n_dev = len(jax.devices())
     if n_dev > 1:
         with pytest.raises(ValueError, match='multiple of the device count'):
