@@ -11,8 +11,8 @@
   pass keeps for the backward pass shrink from ``none`` to ``dots_saveable`` to
   ``dots_with_no_batch_dims_saveable`` to ``block``, and the dense layers' saved outputs are at
   least the qkv and fc1 products every block's backward pass reads.
-* ``scan_blocks=True`` runs ViT, MAE and Swin blocks as one ``jax.lax.scan`` (Swin: by pairs, an odd
-  block left over) with the same parameter tree and checkpoint keys, the same loss and gradients
+* ``scan_blocks=True`` runs ViT, MAE, Swin and HiViT (main stage; MAE-HiViT's decoder too) blocks as
+  one ``jax.lax.scan`` (Swin: by pairs, an odd block left over) with the same parameter tree and checkpoint keys, the same loss and gradients
   (float32, 1e-6 of the largest gradient), with and without remat, in training and evaluation.
 """
 
@@ -225,11 +225,17 @@ SCANNED = {
              _classify(X), 1),
     'mae_vit': (lambda **kw: create_mim_model(dict(method_config_defaults('mae')), 'mae_vit_demo_patch4_32_dec128d2b',
                                               overrides=kw), _pretrain(X), 2),
+    # the main stage (6 blocks, relative position bias, keys from the whole model's split); MAE: the
+    # main stage on the kept units, and the decoder
+    'hivit': (lambda **kw: create_model('hivit_demo_patch4_32', drop_path_rate=0.2, **kw), _classify(X), 1),
+    'mae_hivit': (lambda **kw: create_mim_model(dict(method_config_defaults('mae')), 'mae_hivit_demo_patch4_32_dec128d2b',
+                                                overrides=dict(drop_path_rate=0.2, **kw)), _pretrain(X), 2),
 }
 
 
 @pytest.mark.parametrize('family,remat', [('vit', 'none'), ('vit', 'block'), ('swin', 'none'),
-                                          ('swin', 'dots_with_no_batch_dims_saveable'), ('mae_vit', 'dots_saveable')])
+                                          ('swin', 'dots_with_no_batch_dims_saveable'), ('mae_vit', 'dots_saveable'),
+                                          ('hivit', 'none'), ('mae_hivit', 'block')])
 def test_scanned_blocks_give_the_unrolled_numbers_and_keep_the_parameter_layout(family, remat):
     make, call, n_scans = SCANNED[family]
     ref_model, model = make(remat=remat), make(remat=remat, scan_blocks=True)
@@ -241,6 +247,11 @@ def test_scanned_blocks_give_the_unrolled_numbers_and_keep_the_parameter_layout(
     if family == 'vit' and remat == 'none':          # evaluation: no drop path, no keys
         x = jnp.asarray(X)
         assert_close(jax.jit(lambda m: m(x))(model), jax.jit(lambda m: m(x))(ref_model), rel=1e-6)
+    if family == 'hivit':                            # dense features at another size: resized bias tables
+        x = jnp.asarray(X64)
+        got, want = (jax.jit(lambda m: m.features(x))(m) for m in (model, ref_model))
+        for k in want:
+            assert_close(got[k], want[k], rel=1e-6)
 
 
 def test_scan_refuses_blocks_it_cannot_stack():
@@ -249,6 +260,10 @@ def test_scan_refuses_blocks_it_cannot_stack():
     with pytest.raises(ValueError, match='block 1 differs from block 0'):   # shift 0 then 2: pairs only
         run_blocks(swin.layers[0].blocks, x, train=False, rng=None, scan=True, period=1)
     assert run_blocks(swin.layers[0].blocks, x, train=False, rng=None, scan=True, period=2).shape == x.shape
+    with pytest.raises(ValueError, match='keys must be 4 keys .* got 4 with rng set'):
+        run_blocks(swin.layers[0].blocks, x, train=True, rng=KEY, keys=[KEY] * 4, scan=True, period=2)
+    with pytest.raises(ValueError, match='keys must be 4 keys .* got 3 with rng None'):
+        run_blocks(swin.layers[0].blocks, x, train=True, rng=None, keys=[KEY] * 3, scan=True, period=2)
     gmf = create_model('groupmixformer_demo_32')
     with pytest.raises(ValueError, match='BatchStat'):
         run_blocks(gmf.groupmixformer_backbone[2].gma_stage, jnp.zeros((1, 8, 8, 160)), train=False, rng=None,

@@ -54,6 +54,7 @@ from jaxmim import ops, sharding
 from jaxmim.models.pos_embed import (bicubic_resize, get_2d_sincos_pos_embed, resample_abs_pos_embed,
                                      torch_bicubic_resize)
 from jaxmim.models.vit import Mlp, dense
+from jaxmim.models.stacking import check_scan, run_blocks
 from jaxmim.models.windows import (map_from_units, masked_relative_position_index, relative_position_index,
                                    relative_position_index_hw, units_from_map)
 from jaxmim.registry import Backbone, check_feature_images, check_out_indices, register_model
@@ -322,6 +323,8 @@ class HiViT(nnx.Module, Backbone):
         re-initialises it with 2e-5, ``main_finetune.py:249``).
       attn_implementation: of every attention, :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (jaxmim argument).
       remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers).
+      scan_blocks: run the main stage's blocks as one ``jax.lax.scan`` (jaxmim argument; same
+        parameters and numbers, :func:`jaxmim.models.stacking.run_blocks`).
       rngs: NNX RNG streams.
 
     Init (``_init_weights``, ``models_hivit.py:214-223``): Dense kernels N(0, .02) and biases 0,
@@ -341,7 +344,8 @@ class HiViT(nnx.Module, Backbone):
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, ape: bool = True, rpe: bool = True,
                  rpe_init: str = 'trunc_normal', patch_norm: bool = True, fc_norm: bool = True,
                  ape_init: str = 'trunc_normal', head_init_std: float = 0.02,
-                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
+                 attn_implementation: str | None = None, remat: str = 'none', scan_blocks: bool = False, *,
+                 rngs: nnx.Rngs):
         depths = tuple(int(d) for d in depths)
         num_stages = len(depths)
         if num_stages < 1 or any(d < 0 for d in depths):
@@ -358,6 +362,7 @@ class HiViT(nnx.Module, Backbone):
         self.num_classes, self.embed_dim, self.num_features = num_classes, embed_dim, embed_dim
         self.depths, self.num_heads, self.drop_rate = depths, num_heads, drop_rate
         self.ape, self.rpe, self.remat = ape, rpe, L.check_remat(remat)
+        self.scan_blocks = check_scan(scan_blocks)
         self.num_main_blocks = depths[-1]
 
         dim = embed_dim // 2 ** (num_stages - 1)
@@ -438,8 +443,8 @@ class HiViT(nnx.Module, Backbone):
         if self.rpe:
             index = self.relative_position_index()
             rpe_index = index if ids_keep is None else masked_relative_position_index(index, ids_keep)
-        for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
-            x = L.call_block(blk, x, rpe_index, train=train, rng=key, remat=self.remat)
+        x = run_blocks(list(self.blocks)[n_early:], x, rpe_index, train=train, rng=None, keys=keys[n_early:-1],
+                       remat=self.remat, scan=self.scan_blocks)
         x = sharding.constrain(x, 'batch', None, None)
         return hifeat + [x] if return_hifeat else x
 
@@ -507,9 +512,8 @@ class HiViT(nnx.Module, Backbone):
             x = x + pos.astype(x.dtype)
         x = L.dropout(x, self.drop_rate, train, keys[-1])
         rpe_index = relative_position_index_hw(hp, wp) if self.rpe else None
-        for blk, key in zip(list(self.blocks)[n_early:], keys[n_early:-1]):
-            x = L.call_block(blk, x, rpe_index, train=train, rng=key, remat=self.remat,
-                             rpe_size=(2 * hp - 1, 2 * wp - 1))
+        x = run_blocks(list(self.blocks)[n_early:], x, rpe_index, train=train, rng=None, keys=keys[n_early:-1],
+                       remat=self.remat, scan=self.scan_blocks, rpe_size=(2 * hp - 1, 2 * wp - 1))
         x = sharding.constrain(x.reshape(x.shape[0], hp, wp, x.shape[-1]), 'batch', None, None, None)
         if n_stages - 1 in idx:
             outs[f'stage{n_stages - 1}'] = x

@@ -3,8 +3,9 @@
 A deep uniform stack (ViT-B's 12 blocks, MAE's encoder and decoder, a Swin stage: Swin-B's third
 stage has 18 blocks) is traced, and appears in the compiled program, once per block when unrolled;
 under ``jax.lax.scan`` once, whatever the depth (the ``scan_blocks`` option of
-:class:`jaxmim.models.vit.VisionTransformer`, :class:`jaxmim.methods.mae.vit.MaskedAutoencoderViT`
-and :class:`jaxmim.models.swin.SwinTransformer`). Measured on XLA:CPU (README, "Rematerialisation
+:class:`jaxmim.models.vit.VisionTransformer`, :class:`jaxmim.methods.mae.vit.MaskedAutoencoderViT`,
+:class:`jaxmim.models.swin.SwinTransformer`, :class:`jaxmim.models.hivit.HiViT` (its main stage:
+HiViT-B has 20 blocks there) and :class:`jaxmim.methods.mae.hivit.MaskedAutoencoderHiViT`). Measured on XLA:CPU (README, "Rematerialisation
 and scanned blocks"): the trace of a Swin-B / MAE ViT-B step is a third to a half shorter, XLA's own
 compile is not, and with ``remat='block'`` the step needs about a fifth less memory.
 
@@ -85,7 +86,8 @@ def _check_stateless(block: nnx.Module, index: int) -> None:
 
 
 def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, rng: jax.Array | None,
-               remat: str = 'none', scan: bool = False, period: int = 1, **kwargs) -> jax.Array:
+               remat: str = 'none', scan: bool = False, period: int = 1,
+               keys: Sequence[jax.Array | None] | None = None, **kwargs) -> jax.Array:
     """Runs ``blocks`` in order on ``x``: ``x = block_i(x, *args, train=train, rng=key_i, **kwargs)``.
 
     Args:
@@ -100,12 +102,16 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
         ``len(blocks) // period`` groups of ``period`` blocks as one ``jax.lax.scan`` when there are
         at least two groups (otherwise unrolled), then any remaining blocks unrolled.
       period: blocks per scan step (2 for Swin's alternating shifts).
+      keys: the blocks' keys, one per block (all None, or all keys), instead of splitting ``rng``
+        (which must then be None): a family whose unrolled loop draws its blocks' keys from a
+        longer split (HiViT: one key per block of every stage, plus one) keeps its numbers.
 
     Returns:
       The last block's output, same shape and dtype as ``x``.
 
     Raises:
-      ValueError: an unknown ``remat``; ``period < 1``; with ``scan``, groups whose blocks differ in
+      ValueError: an unknown ``remat``; ``period < 1``; ``keys`` with ``rng``, or not one per block;
+        with ``scan``, groups whose blocks differ in
         more than their drop-path rate (other static attributes or variable shapes), or blocks with
         variables other than parameters and buffers (BatchNorm statistics).
     """
@@ -113,9 +119,14 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
     if not isinstance(period, int) or period < 1:
         raise ValueError(f'run_blocks: period must be a positive int, got {period!r}')
     on, policy = L.remat_policy(remat)
+    if keys is not None:
+        keys = list(keys)
+        if rng is not None or len(keys) != n or len({k is None for k in keys}) > 1:
+            raise ValueError(f'run_blocks: keys must be {n} keys (or {n} Nones) given instead of rng, got '
+                             f'{len(keys)} with rng {"set" if rng is not None else "None"}')
     groups = n // period if scan else 0
     if groups < 2:
-        keys = L.split_key(rng, n)
+        keys = L.split_key(rng, n) if keys is None else keys
         for blk, key in zip(blocks, keys):
             x = L.call_block(blk, x, *args, train=train, rng=key, remat=remat, **kwargs)
         return x
@@ -142,7 +153,10 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
     # stacked[p]: the variables of the blocks at position p of every group, leaves (groups, ...)
     stacked = [jax.tree.map(lambda *leaves: jnp.stack(leaves), *states[p::period]) for p in range(period)]
     rate_arr = jnp.asarray([r or 0.0 for r in rates], jnp.float32).reshape(groups, period)
-    all_keys = None if rng is None else jax.random.split(rng, n)
+    if keys is not None:
+        all_keys = None if keys[0] is None else jnp.stack(keys)
+    else:
+        all_keys = None if rng is None else jax.random.split(rng, n)
     keys = None if all_keys is None else all_keys[:done].reshape((groups, period) + all_keys.shape[1:])
 
     def one_block(p):

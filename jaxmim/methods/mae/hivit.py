@@ -48,6 +48,7 @@ from jaxmim import ops, sharding
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models.hivit import BlockWithRPE, HiViT
 from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
+from jaxmim.models.stacking import run_blocks
 from jaxmim.models.vit import dense
 from jaxmim.registry import register_model
 
@@ -116,6 +117,8 @@ class HiViTMaskedAutoencoder(HiViT):
       attn_implementation: of the encoder's and the decoder's attention,
         :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (jaxmim argument).
       remat: per encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES` (same numbers).
+      scan_blocks: the encoder's main stage and the decoder each as one ``jax.lax.scan`` (same
+        parameters and numbers, :func:`jaxmim.models.stacking.run_blocks`).
       rngs: NNX RNG streams.
 
     Init: as HiViT (Dense N(0, .02), LN 1/0, conv PyTorch default), ``absolute_pos_embed`` and
@@ -142,7 +145,8 @@ class HiViTMaskedAutoencoder(HiViT):
                  ape: bool = True, rpe: bool = False, rpe_init: str = 'zeros', patch_norm: bool = True,
                  hifeat: bool = True, decoder_embed_dim: int = 512, decoder_depth: int = 6,
                  decoder_num_heads: int = 16, norm_pix_loss: bool = True, mask_ratio: float = 0.75,
-                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
+                 attn_implementation: str | None = None, remat: str = 'none', scan_blocks: bool = False, *,
+                 rngs: nnx.Rngs):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         super().__init__(img_size=img_size, patch_size=patch_size, inner_patches=inner_patches,
@@ -151,7 +155,7 @@ class HiViTMaskedAutoencoder(HiViT):
                          qkv_bias=qkv_bias, qk_scale=qk_scale, drop_path_rate=drop_path_rate,
                          norm_eps=norm_eps, ape=ape, rpe=rpe, rpe_init=rpe_init, patch_norm=patch_norm,
                          fc_norm=False, ape_init='sincos', attn_implementation=attn_implementation,
-                         remat=remat, rngs=rngs)
+                         remat=remat, scan_blocks=scan_blocks, rngs=rngs)
         self.hifeat, self.norm_pix_loss, self.mask_ratio = hifeat, norm_pix_loss, mask_ratio
         self.len_keep = int(self.num_patches * (1 - mask_ratio))
         # hifeat width: each early-stage merge input flattened per unit (inner^2 * c = C * 2^(S-1-s)),
@@ -218,8 +222,7 @@ class HiViTMaskedAutoencoder(HiViT):
         x = jnp.concatenate([x, mask_tokens], axis=1)
         x = jnp.take_along_axis(x, ids_restore[:, :, None], axis=1)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
-        for blk in self.decoder_blocks:
-            x = L.call_block(blk, x, train=False, rng=None, remat=self.remat)
+        x = run_blocks(self.decoder_blocks, x, train=False, rng=None, remat=self.remat, scan=self.scan_blocks)
         x = sharding.constrain(x, 'batch', None, None)
         return self.decoder_pred(self.decoder_norm(x))
 
