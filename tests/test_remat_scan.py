@@ -11,8 +11,9 @@
   pass keeps for the backward pass shrink from ``none`` to ``dots_saveable`` to
   ``dots_with_no_batch_dims_saveable`` to ``block``, and the dense layers' saved outputs are at
   least the qkv and fc1 products every block's backward pass reads.
-* ``scan_blocks=True`` runs ViT, MAE, Swin and HiViT (main stage; MAE-HiViT's decoder too) blocks as
-  one ``jax.lax.scan`` (Swin: by pairs, an odd block left over) with the same parameter tree and checkpoint keys, the same loss and gradients
+* ``scan_blocks=True`` runs ViT, MAE, Swin, HiViT (main stage; MAE-HiViT's decoder too) and GreenMIM
+  Swin blocks as one ``jax.lax.scan`` (Swin, GreenMIM: by pairs where a stage shifts, an odd block
+  left over) with the same parameter tree and checkpoint keys, the same loss and gradients
   (float32, 1e-6 of the largest gradient), with and without remat, in training and evaluation.
 """
 
@@ -230,12 +231,20 @@ SCANNED = {
     'hivit': (lambda **kw: create_model('hivit_demo_patch4_32', drop_path_rate=0.2, **kw), _classify(X), 1),
     'mae_hivit': (lambda **kw: create_mim_model(dict(method_config_defaults('mae')), 'mae_hivit_demo_patch4_32_dec128d2b',
                                                 overrides=dict(drop_path_rate=0.2, **kw)), _pretrain(X), 2),
+    # depths (5, 2, 2): stage 0 alternates the regular and the shifted partition (two pairs scanned,
+    # the fifth block unrolled), stage 1 (one pair) stays unrolled, stage 2 (4 x 4 tokens, window 4:
+    # no shift) scans its two blocks one at a time
+    'greenmim_swin': (lambda **kw: create_mim_model(dict(method_config_defaults('greenmim')),
+                                                    'green_mim_swin_demo_patch2_32_dec64b1',
+                                                    overrides=dict(drop_path_rate=0.3, depths=(5, 2, 2), **kw)),
+                      _pretrain(X), 2),
 }
 
 
 @pytest.mark.parametrize('family,remat', [('vit', 'none'), ('vit', 'block'), ('swin', 'none'),
                                           ('swin', 'dots_with_no_batch_dims_saveable'), ('mae_vit', 'dots_saveable'),
-                                          ('hivit', 'none'), ('mae_hivit', 'block')])
+                                          ('hivit', 'none'), ('mae_hivit', 'block'), ('greenmim_swin', 'none'),
+                                          ('greenmim_swin', 'dots_saveable')])
 def test_scanned_blocks_give_the_unrolled_numbers_and_keep_the_parameter_layout(family, remat):
     make, call, n_scans = SCANNED[family]
     ref_model, model = make(remat=remat), make(remat=remat, scan_blocks=True)

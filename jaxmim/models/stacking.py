@@ -5,7 +5,8 @@ stage has 18 blocks) is traced, and appears in the compiled program, once per bl
 under ``jax.lax.scan`` once, whatever the depth (the ``scan_blocks`` option of
 :class:`jaxmim.models.vit.VisionTransformer`, :class:`jaxmim.methods.mae.vit.MaskedAutoencoderViT`,
 :class:`jaxmim.models.swin.SwinTransformer`, :class:`jaxmim.models.hivit.HiViT` (its main stage:
-HiViT-B has 20 blocks there) and :class:`jaxmim.methods.mae.hivit.MaskedAutoencoderHiViT`). Measured on XLA:CPU (README, "Rematerialisation
+HiViT-B has 20 blocks there), :class:`jaxmim.methods.mae.hivit.MaskedAutoencoderHiViT` and GreenMIM's
+:class:`jaxmim.methods.greenmim.swin.GreenSwinTransformer`). Measured on XLA:CPU (README, "Rematerialisation
 and scanned blocks"): the trace of a Swin-B / MAE ViT-B step is a third to a half shorter, XLA's own
 compile is not, and with ``remat='block'`` the step needs about a fifth less memory.
 
@@ -87,7 +88,8 @@ def _check_stateless(block: nnx.Module, index: int) -> None:
 
 def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, rng: jax.Array | None,
                remat: str = 'none', scan: bool = False, period: int = 1,
-               keys: Sequence[jax.Array | None] | None = None, **kwargs) -> jax.Array:
+               keys: Sequence[jax.Array | None] | None = None, position_args: Sequence[tuple] | None = None,
+               **kwargs) -> jax.Array:
     """Runs ``blocks`` in order on ``x``: ``x = block_i(x, *args, train=train, rng=key_i, **kwargs)``.
 
     Args:
@@ -105,12 +107,15 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
       keys: the blocks' keys, one per block (all None, or all keys), instead of splitting ``rng``
         (which must then be None): a family whose unrolled loop draws its blocks' keys from a
         longer split (HiViT: one key per block of every stage, plus one) keeps its numbers.
+      position_args: ``period`` tuples; block ``i`` takes ``*position_args[i % period]`` before
+        ``args`` (GreenMIM: the regular or the shifted partition and its index arrays).
 
     Returns:
       The last block's output, same shape and dtype as ``x``.
 
     Raises:
       ValueError: an unknown ``remat``; ``period < 1``; ``keys`` with ``rng``, or not one per block;
+        ``position_args`` not ``period`` long;
         with ``scan``, groups whose blocks differ in
         more than their drop-path rate (other static attributes or variable shapes), or blocks with
         variables other than parameters and buffers (BatchNorm statistics).
@@ -124,11 +129,16 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
         if rng is not None or len(keys) != n or len({k is None for k in keys}) > 1:
             raise ValueError(f'run_blocks: keys must be {n} keys (or {n} Nones) given instead of rng, got '
                              f'{len(keys)} with rng {"set" if rng is not None else "None"}')
+    if position_args is None:
+        position_args = [()] * period
+    if len(position_args) != period:
+        raise ValueError(f'run_blocks: position_args must hold period={period} tuples, got {len(position_args)}')
+    pargs = [tuple(a) + tuple(args) for a in position_args]
     groups = n // period if scan else 0
     if groups < 2:
         keys = L.split_key(rng, n) if keys is None else keys
-        for blk, key in zip(blocks, keys):
-            x = L.call_block(blk, x, *args, train=train, rng=key, remat=remat, **kwargs)
+        for i, (blk, key) in enumerate(zip(blocks, keys)):
+            x = L.call_block(blk, x, *pargs[i % period], train=train, rng=key, remat=remat, **kwargs)
         return x
 
     blocks = list(blocks)
@@ -164,7 +174,7 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
             blk = nnx.merge(graphdefs[p], state)
             if scanned[p]:
                 blk.drop_path = rate
-            return blk(y, *args, train=train, rng=key, **kwargs)
+            return blk(y, *pargs[p], train=train, rng=key, **kwargs)
         # prevent_cse=False: scan already keeps XLA from merging the recomputation with the forward
         return jax.checkpoint(apply, policy=policy, prevent_cse=False) if on else apply
 
@@ -179,6 +189,6 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, *args, train: bool, r
 
     x, _ = jax.lax.scan(body, x, (stacked, keys, rate_arr))
     tail_keys = L.split_key(None, n - done) if all_keys is None else list(all_keys[done:])
-    for blk, key in zip(blocks[done:], tail_keys):
-        x = L.call_block(blk, x, *args, train=train, rng=key, remat=remat, **kwargs)
+    for i, (blk, key) in enumerate(zip(blocks[done:], tail_keys), start=done):
+        x = L.call_block(blk, x, *pargs[i % period], train=train, rng=key, remat=remat, **kwargs)
     return x

@@ -33,6 +33,7 @@ from jaxmim import ops, sharding
 from jaxmim.methods.greenmim.grouping import GreenSwinPlanner, group_attention_logits_bias, planner_pool
 from jaxmim.methods.mae.vit import mae_loss
 from jaxmim.models import swin as swin_lib
+from jaxmim.models.stacking import check_scan, run_blocks
 from jaxmim.models.pos_embed import get_2d_sincos_pos_embed
 from jaxmim.models.vit import Block, xavier_uniform, xavier_uniform_flat
 from jaxmim.registry import Backbone, register_model
@@ -163,6 +164,9 @@ class GreenSwinTransformer(nnx.Module):
         the first release, which the released checkpoints were trained with
         (``LayneH/GreenMIM@e33a941 models_swin.py:244-246`` vs ``green_swin_models.py:134-137``).
       remat: per block, :data:`jaxmim.layers.REMAT_POLICIES` (jaxmim argument; same numbers).
+      scan_blocks: each stage's blocks as one ``jax.lax.scan`` (by pairs where the stage alternates
+        regular and shifted partitions; jaxmim argument; same parameters and numbers,
+        :func:`jaxmim.models.stacking.run_blocks`).
 
     Call ``encoder(images, plan, train=, rng=)``: images ``(B, H, W, C)``, plan ``(Bm, P)``
     int32 (Bm 1 or B) -> ``(B, len_keep, num_features)`` final-norm features of the visible units
@@ -173,10 +177,10 @@ class GreenSwinTransformer(nnx.Module):
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: float | None = None, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
-                 mask_unit: int = 32, len_keep: int = 12, merge_order: str = 'swin', remat: str = 'none', *,
-                 rngs: nnx.Rngs):
+                 mask_unit: int = 32, len_keep: int = 12, merge_order: str = 'swin', remat: str = 'none',
+                 scan_blocks: bool = False, *, rngs: nnx.Rngs):
         depths, num_heads = tuple(depths), tuple(num_heads)
-        self.remat = L.check_remat(remat)
+        self.remat, self.scan_blocks = L.check_remat(remat), check_scan(scan_blocks)
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} must have the same length')
         _check_choice('merge_order', merge_order, MERGE_ORDERS)
@@ -231,12 +235,12 @@ class GreenSwinTransformer(nnx.Module):
         keys = L.split_key(rng, sum(self.depths))
         k = 0
         for s, layer in enumerate(self.layers):
-            st = pl.stages[s]
-            for j, blk in enumerate(layer.blocks):
-                p = j % len(st.partitions)
-                x = L.call_block(blk, x, st.partitions[p], self.stage_arrays(plan, s, p), train=train, rng=keys[k],
-                                 remat=self.remat)
-                k += 1
+            parts = pl.stages[s].partitions      # block j runs on partition j % len(parts)
+            n = len(layer.blocks)
+            x = run_blocks(layer.blocks, x, train=train, rng=None, keys=keys[k:k + n], remat=self.remat,
+                           scan=self.scan_blocks, period=len(parts),
+                           position_args=[(part, self.stage_arrays(plan, s, p)) for p, part in enumerate(parts)])
+            k += n
             if layer.downsample is not None:
                 x = self.merge(layer, x, pl.get(plan, f'merge{s}'))
             x = sharding.constrain(x, 'batch', None, None)
@@ -286,6 +290,7 @@ class GreenMIMSwin(nnx.Module, Backbone):
         (``base_green_models.py:192-202``; the released checkpoints were trained with it).
       attn_implementation: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS` (encoder and decoder).
       remat: per encoder and decoder block, :data:`jaxmim.layers.REMAT_POLICIES` (same numbers).
+      scan_blocks: the encoder's stages as scans (:class:`GreenSwinTransformer`).
       rngs: initialisation (every Linear xavier-uniform, ``base_green_models.py:94-124``).
 
     Variables: ``encoder.*`` (official Swin names), ``decoder_embed``, ``mask_token`` (1,1,Dd),
@@ -314,12 +319,13 @@ class GreenMIMSwin(nnx.Module, Backbone):
                  mask_unit: int = 32, decoder_embed_dim: int = 512, decoder_depth: int = 1,
                  decoder_num_heads: int = 16, norm_pix_loss: bool = False, mask_ratio: float = 0.75,
                  mask_mode: str = 'batch', decoder_placement: str = 'raster', merge_order: str = 'swin',
-                 attn_implementation: str | None = None, remat: str = 'none', *, rngs: nnx.Rngs):
+                 attn_implementation: str | None = None, remat: str = 'none', scan_blocks: bool = False, *,
+                 rngs: nnx.Rngs):
         self._init_masking(img_size, in_chans, mask_unit, mask_ratio, mask_mode, norm_pix_loss, decoder_placement)
         self.remat = L.check_remat(remat)
         self.encoder = GreenSwinTransformer(img_size, patch_size, in_chans, embed_dim, depths, num_heads, window_size,
                                             mlp_ratio, qkv_bias, qk_scale, drop_path_rate, norm_eps, mask_unit,
-                                            self.len_keep, merge_order, remat=remat, rngs=rngs)
+                                            self.len_keep, merge_order, remat=remat, scan_blocks=scan_blocks, rngs=rngs)
         self._init_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, rngs)
         ops.set_attn_implementation(self, attn_implementation)
 
