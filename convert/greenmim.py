@@ -94,7 +94,7 @@ class _TwinBlock(nn.Module):
         local = local[:, 0] * ws + local[:, 1]
         qkv = a.qkv(y).reshape(B, N, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * a.scale, qkv[1], qkv[2]
-        out = torch.zeros(B, nh, N, C // nh, dtype=y.dtype)
+        out = torch.zeros(B, nh, N, C // nh, dtype=y.dtype, device=y.device)
         for w in torch.unique(win):
             idx = torch.nonzero(win == w).reshape(-1)
             lo = local[idx]
@@ -208,7 +208,7 @@ class GreenMIMSwinTwin(nn.Module):
         len_keep = int(L * (1 - self.mask_ratio))
         ids_shuffle = torch.argsort(noise[:1], dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
-        mask = torch.ones(1, L)
+        mask = torch.ones(1, L, device=noise.device)
         mask[:, :len_keep] = 0
         mask = torch.gather(mask, 1, ids_restore).expand(B, L)
         keep = mask[0] == 0
@@ -503,7 +503,7 @@ class _TwinsAttnLSA(nn.Module):
         win = (coords[:, 0] // ws) * 100_000 + coords[:, 1] // ws
         qkv = self.qkv(y).reshape(B, N, 3, nh, C // nh).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        out = torch.zeros(B, nh, N, C // nh, dtype=y.dtype)
+        out = torch.zeros(B, nh, N, C // nh, dtype=y.dtype, device=y.device)
         for w in torch.unique(win):
             idx = torch.nonzero(win == w).reshape(-1)
             attn = (q[:, :, idx] @ k[:, :, idx].transpose(-2, -1)).softmax(-1)

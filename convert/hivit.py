@@ -56,7 +56,7 @@ from flax import nnx
 from convert import official as O
 from convert import _entries as E
 from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
-from convert.vit import get_2d_sincos_pos_embed
+from convert.vit import MAETwinCall, get_2d_sincos_pos_embed
 from jaxmim.models.hivit import HiViT as JaxHiViT
 
 __all__ = [
@@ -460,15 +460,16 @@ class HiViTMaskedAutoencoder(HiViT):
     def masking_id(self, batch_size: int, mask_ratio: float, noise: Optional[torch.Tensor] = None):
         """``models_hivit_mae.py:119-137`` with optional given noise -> ids_keep, ids_restore, mask."""
         N, L = batch_size, self.absolute_pos_embed.size(1)
+        device = self.absolute_pos_embed.device
         len_keep = int(L * (1 - mask_ratio))
         if noise is None:
-            noise = torch.rand(N, L)
+            noise = torch.rand(N, L, device=device)
         elif tuple(noise.shape) != (N, L):
             raise ValueError(f'noise must have shape {(N, L)}, got {tuple(noise.shape)}')
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
-        mask = torch.ones([N, L])
+        mask = torch.ones([N, L], device=device)
         mask[:, :len_keep] = 0
         return ids_keep, ids_restore, torch.gather(mask, dim=1, index=ids_restore)
 
@@ -855,12 +856,42 @@ O.register_source(O.Source(
     build_fn=build_hivit_ssl,
     entries_fn=hivit_ssl_entries))
 
+def hivit_mae_twin(model: nnx.Module) -> nn.Module:
+    """The PyTorch twin of a jaxmim :class:`jaxmim.methods.mae.hivit.HiViTMaskedAutoencoder`: the
+    official :class:`HiViTMaskedAutoencoder` above with the model's sizes, rates and options (read
+    from its layers), called ``twin(images NCHW, noise=(B, N))`` with the model's ``mask_ratio``
+    (:class:`convert.vit.MAETwinCall`); its state dict has :func:`hivit_mae_entries`' keys.
+
+    Raises:
+      TypeError: not a jaxmim HiViT MAE. LookupError: a model the official class cannot express
+        (``norm_pix_loss=False``: the official loss always normalises; no ``absolute_pos_embed``).
+    """
+    _check_type(model, 'hivit_mae', mae=True)
+    if not model.norm_pix_loss or model.absolute_pos_embed is None:
+        raise LookupError('the official HiViT MAE always normalises the pixel targets and has an absolute '
+                          'position embedding; this model has norm_pix_loss=False or ape=False: no PyTorch twin')
+    first, last = model.blocks[0], model.blocks[model.main_block[-1]]
+    ratio = lambda blk: blk.mlp.fc1.kernel.shape[1] / blk.mlp.fc1.kernel.shape[0]  # noqa: E731
+    head_dim = model.embed_dim // model.num_heads
+    dec = model.decoder_blocks[0]
+    return MAETwinCall(HiViTMaskedAutoencoder(
+        img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, embed_dim=model.embed_dim,
+        depths=tuple(model.depths), num_heads=model.num_heads, stem_mlp_ratio=ratio(first), mlp_ratio=ratio(last),
+        qkv_bias=last.attn.qkv.bias is not None,
+        qk_scale=None if last.attn.scale == head_dim ** -0.5 else last.attn.scale,
+        drop_path_rate=float(last.drop_path), norm_layer=functools.partial(nn.LayerNorm, eps=last.norm2.epsilon),
+        ape=True, rpe=bool(model.rpe), patch_norm=model.patch_embed.norm is not None,
+        decoder_embed_dim=model.decoder_embed.kernel.shape[1], decoder_depth=len(model.decoder_blocks),
+        decoder_num_heads=dec.attn.num_heads, hifeat=bool(model.hifeat)), model.mask_ratio)
+
+
 O.register_source(O.Source(
     name='hivit_mae',
     reference='zhangxiaosong18/hivit@2718339 self_supervised/models/models_hivit_mae.py HiViTMaskedAutoencoder',
     build_fn=build_hivit_mae,
     entries_fn=hivit_mae_entries,
-    method='mae'))
+    method='mae',
+    twin_fn=hivit_mae_twin))
 
 O.register_source(O.Source(
     name='mmpretrain_hivit',

@@ -821,7 +821,8 @@ class MaskedAutoencoderSwin(nn.Module):
         self.patch_embed = SwinPatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer)
         res = self.patch_embed.patches_resolution
         self.embed_h = self.embed_w = res[0]
-        self.pos_hw = _grid_pos_hw(self.embed_h).permute(0, 3, 1, 2)   # (1, 2, H, W), official layout
+        # (1, 2, H, W), official layout; a non-persistent buffer: moves with .to(device), not in the state dict
+        self.register_buffer('pos_hw', _grid_pos_hw(self.embed_h).permute(0, 3, 1, 2), persistent=False)
         self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, res, 1,
                                    [0.0] * sum(depths), norm_layer)
         out_dim = embed_dim * 2 ** (len(depths) - 1)
@@ -906,7 +907,7 @@ class Swin(nn.Module):
             raise ValueError('global_pool must be True (models_swin.Swin always mean-pools)')
         self.patch_embed = SwinPatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer)
         res = self.patch_embed.patches_resolution
-        self.pos_hw = _grid_pos_hw(res[0])
+        self.register_buffer('pos_hw', _grid_pos_hw(res[0]), persistent=False)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
         self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, res, 0, dpr,
                                    norm_layer)
@@ -940,7 +941,7 @@ class SimMIMSwin(nn.Module):
         self.patch_embed = SwinPatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer)
         res = self.patch_embed.patches_resolution
         self.embed_h = res[0]
-        self.pos_hw = _grid_pos_hw(res[0])
+        self.register_buffer('pos_hw', _grid_pos_hw(res[0]), persistent=False)
         self.blocks = _swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, res, 0,
                                    [0.0] * sum(depths), norm_layer)
         out_dim = embed_dim * 2 ** (len(depths) - 1)
@@ -1504,6 +1505,41 @@ def build_ummae_vit_pretrain(*, rngs: nnx.Rngs, img_size: int = 224, patch_size:
         mask_ratio=float(mask_ratio), vis_mask_ratio=float(vis_mask_ratio)))
 
 
+def ummae_swin_pretrain_twin(model: nnx.Module) -> nn.Module:
+    """The PyTorch twin of a jaxmim :class:`jaxmim.methods.ummae.swin.MaskedAutoencoderSwin`: the
+    official-layout :class:`MaskedAutoencoderSwin` above with the model's sizes and options (stage
+    depths and heads, window, MLP and position-MLP widths, decoder, norms, ``norm_pix_loss``,
+    ``vis_mask_ratio``, ``official_decoder_pos``; read from its layers), called ``twin(images NCHW,
+    mask=(B, L) bool, noise=(B, L))`` with the model's ``host_inputs``; its state dict has
+    :func:`ummae_swin_pretrain_entries`' keys.
+
+    Raises:
+      TypeError: not a jaxmim UM-MAE Swin. LookupError: a model the official class cannot express
+        (block norms other than ``nn.LayerNorm``'s eps 1e-5, or drop path: the official encoder has
+        neither).
+    """
+    _check_type(model, 'jaxmim.methods.ummae.swin', 'MaskedAutoencoderSwin', 'ummae_swin_pretrain')
+    blocks = list(model.blocks)
+    if any(b.norm1.epsilon != _BLOCK_NORM_EPS or float(b.drop_path) for b in blocks):
+        raise LookupError('the official UM-MAE Swin encoder has LayerNorm eps 1e-5 in its blocks and no drop '
+                          'path; this model differs: no PyTorch twin')
+    depths, heads = [], []
+    for blk in blocks:                      # a stage starts at its merging block
+        if not depths or blk.downsample is not None:
+            depths.append(0)
+            heads.append(blk.attn.num_heads)
+        depths[-1] += 1
+    first, dec = blocks[0], model.decoder_blocks[0]
+    return MaskedAutoencoderSwin(
+        img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, stride=model.stride,
+        embed_dim=model.embed_dim, depths=tuple(depths), num_heads=tuple(heads),
+        mlp_ratio=first.mlp.fc1.kernel.shape[1] / first.mlp.fc1.kernel.shape[0], window_size=first.feature_window,
+        posmlp_dim=first.attn.posmlp[0].kernel.shape[-1], decoder_embed_dim=model.mask_token.shape[-1],
+        decoder_depth=len(model.decoder_blocks), decoder_num_heads=dec.attn.num_heads,
+        norm_layer=functools.partial(nn.LayerNorm, eps=model.norm.epsilon), norm_pix_loss=bool(model.norm_pix_loss),
+        vis_mask_ratio=float(model.vis_mask_ratio), official_decoder_pos=bool(model.official_decoder_pos))
+
+
 _REF = 'implus/UM-MAE@cb7776b '
 for _name, _ref, _build, _entries, _method in (
         ('ummae_pvt_pretrain', 'models_mae_pvt.py MaskedAutoencoderPVT', build_ummae_pvt_pretrain,
@@ -1521,5 +1557,6 @@ for _name, _ref, _build, _entries, _method in (
         ('ummae_vit', 'models_vit.py VisionTransformer (timm 0.3.2)', _vit.build_mae_vit_cls,
          _vit.mae_vit_cls_entries, None)):
     O.register_source(O.Source(name=_name, reference=_REF + _ref, build_fn=_build, entries_fn=_entries,
-                               method=_method))
+                               method=_method,
+                               twin_fn=ummae_swin_pretrain_twin if _name == 'ummae_swin_pretrain' else None))
 del _name, _ref, _build, _entries, _method

@@ -550,7 +550,7 @@ def _mae_vit_twin(model: nnx.Module) -> nn.Module:
         norm_layer=functools.partial(nn.LayerNorm, eps=model.norm.epsilon), norm_pix_loss=model.norm_pix_loss)
 
 
-class _MAETwinCall(nn.Module):
+class MAETwinCall(nn.Module):
     """Adapts the MAE twin to the jaxmim call convention ``twin(images, noise=...)`` with the
     jaxmim model's ``mask_ratio``."""
 
@@ -569,7 +569,7 @@ class _MAETwinCall(nn.Module):
 
 
 def _mae_vit_call_twin(model: nnx.Module) -> nn.Module:
-    return _MAETwinCall(_mae_vit_twin(model), model.mask_ratio)
+    return MAETwinCall(_mae_vit_twin(model), model.mask_ratio)
 
 
 def _mae_vit_cls_twin(model: nnx.Module) -> nn.Module:

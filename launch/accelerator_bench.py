@@ -17,8 +17,12 @@ real jitted train step of :mod:`jaxmim.benchmark`), in this order of priority:
 2. the same for the four steps the papers' speed claims compare them with: SimMIM Swin-B 224
    (window 7), SimMIM Swin-T 256, UM-MAE PVT-S 256, SimMIM PVT-S 256;
 3. float32 (XLA's attention) for the five targets;
-4. the five targets at bfloat16 again, each round one JAX step, one eager PyTorch step and one
-   ``torch.compile``-d step of the twin (``--compare_torch``: ``torch.autocast`` to bfloat16).
+4. the targets at bfloat16 again, each round one JAX step, one eager PyTorch step and one
+   ``torch.compile``-d step of the twin (``--compare_torch``: ``torch.autocast`` to bfloat16): MAE
+   ViT-B, HiViT-B MAE, SimMIM Swin-B 192 and UM-MAE Swin-T 256 (:data:`NO_TORCH`: GreenMIM's twin
+   attends window by window in a Python loop, a correctness reference, not a speed comparator);
+5. the deep targets (:data:`SCANNED`) at bfloat16 with ``scan_blocks=True``: their compile time and
+   memory against group 1's unrolled steps.
 
 Each row: images/s (batch / median step time), the compiled step's device memory, the cold compile
 time, model FLOPs per image (:mod:`jaxmim.model_flops`: the reference form counted on one CPU
@@ -58,14 +62,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One measured step: ``spec`` (``configs/...py[:variant]``, relative to the repository root) at
-    ``compute_dtype`` with ``attention`` (None: XLA's; ``'cudnn'``), optionally timed beside the
-    twin (``torch``); ``group`` orders the timed phase."""
+    ``compute_dtype`` with ``attention`` (None: XLA's; ``'cudnn'``) and further model ``overrides``
+    (``(key, value)`` pairs, e.g. ``(('scan_blocks', True),)``), optionally timed beside the twin
+    (``torch``); ``group`` orders the timed phase."""
     name: str
     spec: str
     compute_dtype: str
     attention: str | None
     torch: bool
     group: int
+    overrides: tuple = ()
 
 
 TARGETS = {
@@ -84,6 +90,13 @@ BASELINES = {
     'simmim_pvt_s_256': 'configs/pretrain/ummae_simmim_256.py:pvt_small_200ep',
 }
 """The steps the papers' speed claims compare the targets with."""
+
+NO_TORCH = {'greenmim_swin_b': "the twin (convert/greenmim.py) loops over windows in Python: a correctness "
+                               "reference, not the official grouped kernel, so no speed comparator"}
+"""Targets whose PyTorch twin is not timed, with the reason."""
+
+SCANNED = ('mae_vit_b', 'hivit_b_mae', 'simmim_swin_b_192', 'greenmim_swin_b')
+"""Targets measured once more with ``scan_blocks=True`` (12 to 20 blocks in their deepest stack)."""
 
 RATIOS = {
     'accelerator': (
@@ -108,7 +121,7 @@ v5p 459, v6e 918."""
 def plan(which: str) -> list[Variant]:
     """The variants of a plan, in the order they are timed.
 
-    ``'accelerator'``: the four groups of the module docstring. ``'smoke'``: the same groups on
+    ``'accelerator'``: the five groups of the module docstring. ``'smoke'``: the same groups on
     the demo MAE ViT and SimMIM Swin configs (a CPU check of the whole path; cuDNN is asked for and
     refused there, so the fall-back to XLA's attention runs too).
 
@@ -125,7 +138,11 @@ def plan(which: str) -> list[Variant]:
     out = [Variant(f'{n}/bf16', s, 'bfloat16', 'cudnn', False, 1) for n, s in targets.items()]
     out += [Variant(f'{n}/bf16', s, 'bfloat16', 'cudnn', False, 2) for n, s in baselines.items()]
     out += [Variant(f'{n}/fp32', s, 'float32', None, False, 3) for n, s in targets.items()]
-    out += [Variant(f'{n}/bf16+torch', s, 'bfloat16', 'cudnn', True, 4) for n, s in targets.items()]
+    out += [Variant(f'{n}/bf16+torch', s, 'bfloat16', 'cudnn', True, 4) for n, s in targets.items()
+            if n not in NO_TORCH]
+    scanned = SCANNED if which == 'accelerator' else tuple(targets)
+    out += [Variant(f'{n}/bf16+scan', s, 'bfloat16', 'cudnn', False, 5, (('scan_blocks', True),))
+            for n, s in targets.items() if n in scanned]
     return out
 
 
@@ -146,6 +163,8 @@ def variant_config(v: Variant, attention: str | None, batch_size: int):
     config.batch_size = batch_size
     if attention is not None:
         config.model.overrides.attn_implementation = attention
+    for key, value in v.overrides:
+        config.model.overrides[key] = value
     return config
 
 
@@ -270,7 +289,7 @@ def compile_one(v: Variant, batch_size: int, cache_dir: str, warm_torch: bool) -
 
 
 def _job_id(v: Variant, torch_job: bool) -> str:
-    base = f'{v.spec}|{v.compute_dtype}|{v.attention}'
+    base = f'{v.spec}|{v.compute_dtype}|{v.attention}' + ''.join(f'|{k}={val}' for k, val in v.overrides)
     return ('torch|' if torch_job else 'jax|') + base
 
 

@@ -23,19 +23,33 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_plan_covers_targets_and_baselines_in_priority_order():
     variants = ab.plan('accelerator')
     assert [v.group for v in variants] == sorted(v.group for v in variants)
-    by_group = {g: [v for v in variants if v.group == g] for g in (1, 2, 3, 4)}
+    by_group = {g: [v for v in variants if v.group == g] for g in (1, 2, 3, 4, 5)}
+    assert {v.name for v in by_group[5]} == {f'{n}/bf16+scan' for n in ab.SCANNED}
+    assert all(v.overrides == (('scan_blocks', True),) for v in by_group[5])
     targets = {'mae_vit_b', 'hivit_b_mae', 'simmim_swin_b_192', 'greenmim_swin_b', 'ummae_swin_t_256'}
     assert {v.name.split('/')[0] for v in by_group[1]} == targets
     assert all(v.compute_dtype == 'bfloat16' and v.attention == 'cudnn' and not v.torch for v in by_group[1])
     assert {v.name.split('/')[0] for v in by_group[3]} == targets
     assert all(v.compute_dtype == 'float32' and v.attention is None for v in by_group[3])
-    assert all(v.torch and v.compute_dtype == 'bfloat16' for v in by_group[4]) and len(by_group[4]) == 5
+    assert all(v.torch and v.compute_dtype == 'bfloat16' for v in by_group[4])
+    assert {v.name.split('/')[0] for v in by_group[4]} == targets - set(ab.NO_TORCH) == targets - {'greenmim_swin_b'}
     names = {v.name.split('/')[0] for v in variants}
     for _, num, den in ab.RATIOS['accelerator']:
         assert num in names and den in names
     assert len({v.name for v in variants}) == len(variants)
     with pytest.raises(ValueError, match="'accelerator' or 'smoke'"):
         ab.plan('gpu')
+
+
+@pytest.mark.parametrize('name', sorted(set(ab.TARGETS) - set(ab.NO_TORCH)))
+def test_every_timed_twin_exists_for_the_target_model(name):
+    """Each target timed beside PyTorch has a twin (``convert.official.torch_twin``), checked on the
+    abstract model's registered source: no weights are built."""
+    from convert import official
+    from jaxmim import rundir
+    config = ab.variant_config(ab.Variant('x', ab.TARGETS[name], 'bfloat16', None, True, 4), None, 8)
+    model = nnx.eval_shape(lambda: rundir.build_model(config))
+    assert official.sources_for(model, with_twin=True)
 
 
 @pytest.mark.parametrize('spec', sorted(set(ab.TARGETS.values()) | set(ab.BASELINES.values())))
@@ -93,6 +107,10 @@ def test_two_phase_run_on_the_demo_configs(tmp_path):
     # phase 1 compiled each distinct step once; its model FLOPs reach the timed rows
     assert all(r['compile_s_cold'] > 0 and r['model_flops_source'] == 'given' for r in rows.values())
     assert rows['mae_vit_demo/bf16+torch']['model_flops_per_image'] == bf16['model_flops_per_image']
+    # the scanned step: its compiled count holds the scanned body once, its model FLOPs do not change
+    scan = rows['mae_vit_demo/bf16+scan']
+    assert scan['model_flops_per_image'] == bf16['model_flops_per_image']
+    assert scan['flops_per_image'] < 0.7 * bf16['flops_per_image']
     assert os.listdir(tmp_path / 'cache' / 'jax')                   # the persistent compilation cache
     # the twin beside the JAX step, and its ratio by definition
     torch_row = rows['mae_vit_demo/bf16+torch']

@@ -23,6 +23,9 @@ from helpers import assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+X64 = np.random.RandomState(1).randn(2, 64, 64, 3).astype(np.float32)
+TINY_UM_SWIN = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 1, 1), num_heads=(1, 2, 2), window_size=4,
+                    posmlp_dim=8, mlp_ratio=2.0)
 
 
 @pytest.mark.parametrize('name,source', [('swin_demo_patch4_window4_32', 'simmim_swin'),
@@ -43,14 +46,20 @@ def test_classifier_twin_computes_the_jax_logits(name, source):
 @pytest.mark.parametrize('method,name,block', [
     ('simmim', 'simmim_swin_demo_patch4_window4_32', dict(encoder_stride=16, mask_patch_size=8)),
     ('mae', 'mae_vit_demo_patch4_32_dec128d2b', dict(mask_ratio=0.5, norm_pix_loss=True)),
+    ('mae', 'mae_hivit_demo_patch4_32_dec128d2b', dict(mask_ratio=0.75, norm_pix_loss=True)),
+    ('ummae', 'mae_swin_tiny_256', dict(norm_pix_loss=True)),
 ])
 def test_pretraining_twin_computes_the_jax_loss_on_the_same_masks(method, name, block):
-    model = create_mim_model(dict(method_config_defaults(method), name=method, **block), name)
+    # UM-MAE Swin: Swin-T's layout at 64 px (stride 8: an 8 x 8 unit grid), Secondary Masking on
+    overrides = dict(TINY_UM_SWIN, stride=8, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+                     vis_mask_ratio=0.25, norm_pix_loss=True) if method == 'ummae' else None
+    model = create_mim_model(dict(method_config_defaults(method), name=method, **block), name, overrides=overrides)
+    x = X64 if method == 'ummae' else X
     twin, _ = official.torch_twin(model)
     inputs = model.host_inputs(np.random.default_rng(1), 2)
-    loss = float(model(jnp.asarray(X), train=False, rng=None, **inputs)['loss'])
+    loss = float(model(jnp.asarray(x), train=False, rng=None, **inputs)['loss'])
     with torch.no_grad():
-        out = twin.eval()(torch.from_numpy(X.transpose(0, 3, 1, 2)), **{k: torch.from_numpy(v) for k, v in inputs.items()})
+        out = twin.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2)), **{k: torch.from_numpy(v) for k, v in inputs.items()})
     ref = float(out['loss'] if isinstance(out, dict) else out)
     assert loss == pytest.approx(ref, rel=1e-5)
 
