@@ -30,8 +30,8 @@ device) and MFU over the device's bf16 dense peak (``--peak_tflops``, else from 
 :data:`PEAK_BF16_TFLOPS`). Then the ratios (:data:`RATIOS`): GreenMIM / SimMIM Swin-B, UM-MAE /
 SimMIM Swin-T and PVT-S, HiViT-B MAE / SimMIM Swin-B at 224 (images/s, and memory).
 
-To fit a short lease the compilations run first, in parallel processes (``--compile_workers``),
-into JAX's persistent compilation cache under ``--cache_dir``, and (with ``--warm_torch``) the
+To fit a short lease the compilations run first, in parallel processes (``--compile_workers``, 3/4 of
+the cores), into JAX's persistent compilation cache under ``--cache_dir``, and (with ``--warm_torch``) the
 ``torch.compile`` of each twin, one at a time beside them, into inductor's cache; the timed phase
 then runs every step in this process, one after the other, loading its executable from the cache.
 A row's ``compile_s_cold`` is its compile time in that first phase (several compilations share the
@@ -39,6 +39,9 @@ host's cores then), ``compile_s`` the cached load. Rows are written to
 ``OUT/accelerator_bench.json`` after every step, so a run stopped at its time limit keeps what it
 measured; a step not started before ``--deadline_minutes`` is listed as skipped. At the end
 ``OUT/accelerator_bench.md`` holds the table and the ratios.
+
+``--groups=1,2,4`` (or ``--only=NAME,...``) measures part of the plan, e.g. to split it over two
+short leases.
 
 Exit statuses: 0 done (skipped or failed steps are rows, not errors); 2 a bad flag.
 """
@@ -405,9 +408,11 @@ for _name, _value in (('steps', 5), ('warmup', 2), ('batch_size', 128)):
 _OUT = flags.DEFINE_string('out_dir', None, 'Where accelerator_bench.json / .md go.')
 _PLAN = flags.DEFINE_enum('plan', 'accelerator', ['accelerator', 'smoke'], 'Which steps (see plan()).')
 _ONLY = flags.DEFINE_list('only', [], 'Measure only these variant names (e.g. mae_vit_b/bf16).')
+_GROUPS = flags.DEFINE_list('groups', [], 'Measure only these groups (1-5, see the module docstring).')
 _DEADLINE = flags.DEFINE_float('deadline_minutes', 8.5, 'No variant starts after this many minutes.')
 _COMPILE_MIN = flags.DEFINE_float('compile_minutes', 3.5, 'Phase 1 stops after this many minutes.')
-_WORKERS = flags.DEFINE_integer('compile_workers', 8, 'Parallel compilations in phase 1 (0: no phase 1).')
+_WORKERS = flags.DEFINE_integer('compile_workers', max(1, (os.cpu_count() or 1) * 3 // 4),
+                                'Parallel compilations in phase 1 (0: no phase 1); default 3/4 of the cores.')
 _WARM_TORCH = flags.DEFINE_bool('warm_torch', True, 'Phase 1 also runs each twin\'s torch.compile.')
 _CACHE = flags.DEFINE_string('cache_dir', '/tmp/jaxmim_accelerator_bench', 'Compilation caches, phase-1 logs.')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: compile this variant (phase 1 worker).')
@@ -450,8 +455,15 @@ def main(argv: list[str]) -> None:
     if unknown:
         print(f'error: --only names {unknown}; the plan has {[v.name for v in variants]}', file=sys.stderr)
         sys.exit(2)
+    bad_groups = sorted(set(_GROUPS.value) - {str(v.group) for v in variants})
+    if bad_groups:
+        print(f'error: --groups names {bad_groups}; the plan has groups {sorted({v.group for v in variants})}',
+              file=sys.stderr)
+        sys.exit(2)
     if _ONLY.value:
         variants = [v for v in variants if v.name in _ONLY.value]
+    if _GROUPS.value:
+        variants = [v for v in variants if str(v.group) in _GROUPS.value]
     os.makedirs(_OUT.value, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     phase1 = {}

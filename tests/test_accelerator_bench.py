@@ -125,9 +125,9 @@ def test_two_phase_run_on_the_demo_configs(tmp_path):
 
 
 def test_a_run_past_its_deadline_keeps_a_record(tmp_path):
-    report, table, _ = _run(tmp_path, '--compile_workers=0', '--deadline_minutes=0', '--only=mae_vit_demo/fp32')
-    (row,) = report['rows']
-    assert row['variant'] == 'mae_vit_demo/fp32' and row['status'].startswith('skipped')
+    report, table, _ = _run(tmp_path, '--compile_workers=0', '--deadline_minutes=0', '--groups=3,5')
+    assert [r['variant'] for r in report['rows']] == ['mae_vit_demo/fp32', 'mae_vit_demo/bf16+scan']
+    assert all(r['status'].startswith('skipped') for r in report['rows'])
     assert '| mae_vit_demo/fp32 |' in table and 'skipped' in table
 
 
@@ -137,3 +137,6 @@ def test_unknown_variant_is_one_error_line(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and 'error: --only names' in proc.stderr and 'mae_vit_demo/bf16' in proc.stderr
+    proc = subprocess.run(cmd[:-1] + ['--groups=6'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error: --groups names ['6']" in proc.stderr
