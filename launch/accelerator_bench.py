@@ -22,7 +22,11 @@ real jitted train step of :mod:`jaxmim.benchmark`), in this order of priority:
    ViT-B, HiViT-B MAE, SimMIM Swin-B 192 and UM-MAE Swin-T 256 (:data:`NO_TORCH`: GreenMIM's twin
    attends window by window in a Python loop, a correctness reference, not a speed comparator);
 5. the deep targets (:data:`SCANNED`) at bfloat16 with ``scan_blocks=True``: their compile time and
-   memory against group 1's unrolled steps.
+   memory against group 1's unrolled steps;
+6. two targets (:data:`FAST_OPS_TARGETS`) at bfloat16 with every op's fast form
+   (``JAXMIM_FAST_OPS=all``: the hand-written backward passes, reductions as matrix products,
+   GELU's ``erf`` form, measured to help on XLA:CPU and unmeasured elsewhere) against group 1's
+   portable forms: whether a fast form should be enabled for the device's platform.
 
 Each row: images/s (batch / median step time), the compiled step's device memory, the cold compile
 time, model FLOPs per image (:mod:`jaxmim.model_flops`: the reference form counted on one CPU
@@ -66,7 +70,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Variant:
     """One measured step: ``spec`` (``configs/...py[:variant]``, relative to the repository root) at
     ``compute_dtype`` with ``attention`` (None: XLA's; ``'cudnn'``) and further model ``overrides``
-    (``(key, value)`` pairs, e.g. ``(('scan_blocks', True),)``), optionally timed beside the twin
+    (``(key, value)`` pairs, e.g. ``(('scan_blocks', True),)``) and environment variables ``env``
+    (pairs, set while the step is built, traced and timed), optionally timed beside the twin
     (``torch``); ``group`` orders the timed phase."""
     name: str
     spec: str
@@ -75,6 +80,7 @@ class Variant:
     torch: bool
     group: int
     overrides: tuple = ()
+    env: tuple = ()
 
 
 TARGETS = {
@@ -99,6 +105,8 @@ NO_TORCH = {'greenmim_swin_b': "the twin (convert/greenmim.py) loops over window
 """Targets whose PyTorch twin is not timed, with the reason."""
 
 SCANNED = ('mae_vit_b', 'hivit_b_mae', 'simmim_swin_b_192', 'greenmim_swin_b')
+FAST_OPS_TARGETS = ('mae_vit_b', 'simmim_swin_b_192')
+"""Targets measured once more with the CPU-measured fast forms of :mod:`jaxmim.ops` on."""
 """Targets measured once more with ``scan_blocks=True`` (12 to 20 blocks in their deepest stack)."""
 
 RATIOS = {
@@ -124,7 +132,7 @@ v5p 459, v6e 918."""
 def plan(which: str) -> list[Variant]:
     """The variants of a plan, in the order they are timed.
 
-    ``'accelerator'``: the five groups of the module docstring. ``'smoke'``: the same groups on
+    ``'accelerator'``: the six groups of the module docstring. ``'smoke'``: the same groups on
     the demo MAE ViT and SimMIM Swin configs (a CPU check of the whole path; cuDNN is asked for and
     refused there, so the fall-back to XLA's attention runs too).
 
@@ -146,6 +154,9 @@ def plan(which: str) -> list[Variant]:
     scanned = SCANNED if which == 'accelerator' else tuple(targets)
     out += [Variant(f'{n}/bf16+scan', s, 'bfloat16', 'cudnn', False, 5, (('scan_blocks', True),))
             for n, s in targets.items() if n in scanned]
+    fast = FAST_OPS_TARGETS if which == 'accelerator' else tuple(targets)
+    out += [Variant(f'{n}/bf16+fast_ops', s, 'bfloat16', 'cudnn', False, 6, env=(('JAXMIM_FAST_OPS', 'all'),))
+            for n, s in targets.items() if n in fast]
     return out
 
 
@@ -292,7 +303,7 @@ def compile_one(v: Variant, batch_size: int, cache_dir: str, warm_torch: bool) -
 
 
 def _job_id(v: Variant, torch_job: bool) -> str:
-    base = f'{v.spec}|{v.compute_dtype}|{v.attention}' + ''.join(f'|{k}={val}' for k, val in v.overrides)
+    base = f'{v.spec}|{v.compute_dtype}|{v.attention}' + ''.join(f'|{k}={val}' for k, val in v.overrides + v.env)
     return ('torch|' if torch_job else 'jax|') + base
 
 
@@ -360,7 +371,8 @@ def timed_phase(variants: list[Variant], phase1: dict[str, dict], *, batch_size:
     fewer than 30 s (JAX alone) or 120 s (with the twin) are left before ``deadline``."""
     json_path = os.path.join(out_dir, 'accelerator_bench.json')
     for v in variants:
-        base = {'variant': v.name, 'spec': v.spec, 'compute_dtype': v.compute_dtype, 'with_torch': v.torch}
+        base = {'variant': v.name, 'spec': v.spec, 'compute_dtype': v.compute_dtype, 'with_torch': v.torch,
+                'group': v.group, 'overrides': dict(v.overrides), 'env': dict(v.env)}
         left = deadline - time.time()
         p1 = phase1.get(_job_id(v, False), {})
         if left < (120 if v.torch else 30):
@@ -368,9 +380,11 @@ def timed_phase(variants: list[Variant], phase1: dict[str, dict], *, batch_size:
         elif 'error' in p1:
             row = dict(base, status='failed to compile', error=p1['error'])
         else:
-            attempts = [None if p1['attention'] == 'xla' else p1['attention']] if p1 else \
-                [v.attention] + ([None] if v.attention else [])
+            chosen = (None if p1['attention'] == 'xla' else p1['attention']) if p1 else v.attention
+            attempts = [chosen] + ([None] if chosen else [])    # XLA's attention if cuDNN fails at run time
             row, errors = None, []
+            saved = {k: os.environ.get(k) for k, _ in v.env}
+            os.environ.update(dict(v.env))
             for attention in attempts:
                 try:
                     (got,) = benchmark.run_benchmark(
@@ -385,6 +399,11 @@ def timed_phase(variants: list[Variant], phase1: dict[str, dict], *, batch_size:
                            compile_s_cold=p1.get('compile_s'), attention_refused=p1.get('refused') or errors or None,
                            torch_compile_first_step_s_cold=phase1.get(_job_id(v, True), {}).get('torch_first_step_s'))
                 break
+            for k, old in saved.items():
+                if old is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = old
             if row is None:
                 row = dict(base, status='failed', error='; '.join(errors))
         report['rows'].append(row)
@@ -447,6 +466,7 @@ def main(argv: list[str]) -> None:
     variants = plan(_PLAN.value)
     if _WORKER.value:
         (v,) = [v for v in variants if v.name == _WORKER.value]
+        os.environ.update(dict(v.env))
         _write_json(_WORKER_OUT.value, compile_one(v, FLAGS.batch_size, _CACHE.value, _WORKER_TORCH.value))
         return
     if not _OUT.value:

@@ -23,7 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_plan_covers_targets_and_baselines_in_priority_order():
     variants = ab.plan('accelerator')
     assert [v.group for v in variants] == sorted(v.group for v in variants)
-    by_group = {g: [v for v in variants if v.group == g] for g in (1, 2, 3, 4, 5)}
+    by_group = {g: [v for v in variants if v.group == g] for g in (1, 2, 3, 4, 5, 6)}
+    assert {v.name for v in by_group[6]} == {f'{n}/bf16+fast_ops' for n in ab.FAST_OPS_TARGETS}
+    assert all(v.env == (('JAXMIM_FAST_OPS', 'all'),) for v in by_group[6])
     assert {v.name for v in by_group[5]} == {f'{n}/bf16+scan' for n in ab.SCANNED}
     assert all(v.overrides == (('scan_blocks', True),) for v in by_group[5])
     targets = {'mae_vit_b', 'hivit_b_mae', 'simmim_swin_b_192', 'greenmim_swin_b', 'ummae_swin_t_256'}
@@ -108,6 +110,7 @@ def test_two_phase_run_on_the_demo_configs(tmp_path):
     assert all(r['compile_s_cold'] > 0 and r['model_flops_source'] == 'given' for r in rows.values())
     assert rows['mae_vit_demo/bf16+torch']['model_flops_per_image'] == bf16['model_flops_per_image']
     # the scanned step: its compiled count holds the scanned body once, its model FLOPs do not change
+    assert rows['mae_vit_demo/bf16+fast_ops']['env'] == {'JAXMIM_FAST_OPS': 'all'}
     scan = rows['mae_vit_demo/bf16+scan']
     assert scan['model_flops_per_image'] == bf16['model_flops_per_image']
     assert scan['flops_per_image'] < 0.7 * bf16['flops_per_image']
@@ -137,6 +140,6 @@ def test_unknown_variant_is_one_error_line(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and 'error: --only names' in proc.stderr and 'mae_vit_demo/bf16' in proc.stderr
-    proc = subprocess.run(cmd[:-1] + ['--groups=6'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+    proc = subprocess.run(cmd[:-1] + ['--groups=7'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "error: --groups names ['6']" in proc.stderr
+    assert proc.returncode == 2 and "error: --groups names ['7']" in proc.stderr

@@ -471,6 +471,29 @@ def test_portable_ops_env_routes_every_op_to_its_portable_form(monkeypatch):
         ops.form('gelu')
 
 
+def test_fast_ops_env_puts_named_fast_forms_on_every_platform(monkeypatch):
+    """``JAXMIM_FAST_OPS`` is the measuring switch: the named ops (or ``all``) take their fast form
+    on a GPU trace too, the others stay portable; ``compiler_options`` (XLA:CPU flags) cannot be
+    named; ``JAXMIM_PORTABLE_OPS`` wins."""
+    monkeypatch.delenv(ops.PORTABLE_ENV, raising=False)
+    monkeypatch.setenv(ops.FAST_OPS_ENV, 'gelu, linear_apply')
+    with ops.platform_scope('gpu'):
+        forms = _which_forms()
+    assert forms == {'sum_rows': 'portable', 'sum_squares': 'portable', 'gelu': 'fast', 'linear_apply': 'fast',
+                     'layer_norm_last': 'portable', 'pointwise_conv': 'portable'}
+    monkeypatch.setenv(ops.FAST_OPS_ENV, 'all')
+    with ops.platform_scope('gpu'):
+        assert set(_which_forms().values()) == {'fast'}
+        assert ops.form('compiler_options') == 'portable' and ops.compiler_options('gpu') is None
+    monkeypatch.setenv(ops.PORTABLE_ENV, '1')
+    assert set(_which_forms().values()) == {'portable'}
+    monkeypatch.delenv(ops.PORTABLE_ENV)
+    for bad in ('compiler_options', 'gelu,softmax'):
+        monkeypatch.setenv(ops.FAST_OPS_ENV, bad)
+        with pytest.raises(ValueError, match='JAXMIM_FAST_OPS names'):
+            ops.form('gelu')
+
+
 def test_steps_trace_under_their_mesh_platform(monkeypatch):
     """A CPU mesh takes the CPU forms whatever the default backend says (simulated here by an
     outer ``platform_scope('gpu')``), the eval step included."""

@@ -12,7 +12,11 @@ has ``X_fast`` and ``X_portable``; ``X`` runs ``X_fast`` when :func:`form` says 
   :func:`jaxmim.mesh.step_compiler_options` asks the same predicate, so a CPU mesh on a GPU
   host takes the CPU forms and the CPU compiler options;
 * and ``JAXMIM_PORTABLE_OPS`` is not set: ``JAXMIM_PORTABLE_OPS=1`` runs every op (and the step's
-  compiler options) on the portable form, read when a step is traced.
+  compiler options) on the portable form, read when a step is traced;
+* or the op is named in ``JAXMIM_FAST_OPS`` (``all`` or a comma-separated list; not
+  ``compiler_options``): its fast form then runs on every platform, the switch for measuring a fast
+  form where it is not yet known to help (the accelerator run's sixth group,
+  ``launch/accelerator_bench.py``).
 
 Where each fast form was measured to help (all on XLA's CPU backend, jax 0.10, the 2-core
 reference machine; docs/performance.md). The one accelerator figure (H200, float32) predates
@@ -58,8 +62,8 @@ from jaxmim.ops.activations import gelu, gelu_fast, gelu_portable
 from jaxmim.ops.softmax_attention import (ATTN_IMPLEMENTATIONS, attention, attention_fast, attention_portable,
                                   check_attn_implementation, set_attn_implementation)
 from jaxmim.ops.compiler import CPU_COMPILER_OPTIONS, compiler_options
-from jaxmim.ops.dispatch import (FAST_PLATFORMS, FORMS, PORTABLE_ENV, current_platform, form, mesh_platform,
-                                 platform_scope, portable_forced, traced_on)
+from jaxmim.ops.dispatch import (FAST_OPS_ENV, FAST_PLATFORMS, FORMS, PORTABLE_ENV, current_platform, fast_forced,
+                                 form, mesh_platform, platform_scope, portable_forced, traced_on)
 from jaxmim.ops.linear import (SWAP_MIN_ROWS, linear_apply, linear_apply_fast, linear_apply_portable,
                                pointwise_conv, pointwise_conv_fast, pointwise_conv_portable)
 from jaxmim.ops.norm import layer_norm_last, layer_norm_last_fast, layer_norm_last_portable
@@ -67,8 +71,8 @@ from jaxmim.ops.reductions import (GRAM_MIN_SIZE, GRAM_ROWS, sum_rows, sum_rows_
                                    sum_squares, sum_squares_fast, sum_squares_portable)
 
 __all__ = [
-    'FAST_PLATFORMS', 'FORMS', 'PORTABLE_ENV', 'current_platform', 'form', 'mesh_platform', 'platform_scope',
-    'portable_forced', 'traced_on', 'CPU_COMPILER_OPTIONS', 'compiler_options',
+    'FAST_PLATFORMS', 'FORMS', 'PORTABLE_ENV', 'FAST_OPS_ENV', 'current_platform', 'form', 'mesh_platform',
+    'platform_scope', 'portable_forced', 'fast_forced', 'traced_on', 'CPU_COMPILER_OPTIONS', 'compiler_options',
     'sum_rows', 'sum_rows_fast', 'sum_rows_portable', 'sum_squares', 'sum_squares_fast', 'sum_squares_portable',
     'GRAM_ROWS', 'GRAM_MIN_SIZE', 'linear_apply', 'linear_apply_fast', 'linear_apply_portable', 'SWAP_MIN_ROWS',
     'pointwise_conv', 'pointwise_conv_fast', 'pointwise_conv_portable', 'layer_norm_last', 'layer_norm_last_fast',

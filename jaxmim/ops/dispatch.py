@@ -22,12 +22,18 @@ from typing import Callable, Iterator
 
 import jax
 
-__all__ = ['PORTABLE_ENV', 'FAST_PLATFORMS', 'FORMS', 'platform_scope', 'traced_on', 'mesh_platform',
-           'current_platform', 'portable_forced', 'form']
+__all__ = ['PORTABLE_ENV', 'FAST_OPS_ENV', 'FAST_PLATFORMS', 'FORMS', 'platform_scope', 'traced_on',
+           'mesh_platform', 'current_platform', 'portable_forced', 'fast_forced', 'form']
 
 PORTABLE_ENV = 'JAXMIM_PORTABLE_OPS'
 """Environment variable: ``1`` (or ``true`` / ``yes`` / ``on``) runs every op on its portable
 form; unset, empty, ``0`` (or ``false`` / ``no`` / ``off``) leaves the choice to the platform."""
+
+FAST_OPS_ENV = 'JAXMIM_FAST_OPS'
+"""Environment variable, for measuring a fast form where it is not yet known to help (e.g. on a
+GPU): a comma-separated list of op names (or ``all``) whose fast form runs on every platform.
+``compiler_options`` cannot be named (its options are XLA:CPU flags). ``JAXMIM_PORTABLE_OPS``
+wins over it."""
 
 _TRUE = ('1', 'true', 'yes', 'on')
 _FALSE = ('', '0', 'false', 'no', 'off')
@@ -117,18 +123,41 @@ def portable_forced() -> bool:
     raise ValueError(f'{PORTABLE_ENV} must be one of {list(_TRUE)} or {list(_FALSE[1:])} (or unset), got {value!r}')
 
 
+def fast_forced() -> frozenset[str]:
+    """The ops ``JAXMIM_FAST_OPS`` puts on their fast form everywhere (read at each call).
+
+    Raises:
+      ValueError: an unknown op name, or ``compiler_options`` (named, with the accepted ones).
+    """
+    value = os.environ.get(FAST_OPS_ENV, '').strip().lower()
+    if not value:
+        return frozenset()
+    allowed = sorted(op for op in FAST_PLATFORMS if op != 'compiler_options')
+    names = {n.strip() for n in value.split(',') if n.strip()}
+    if 'all' in names:
+        return frozenset(allowed)
+    bad = sorted(names - set(allowed))
+    if bad:
+        raise ValueError(f'{FAST_OPS_ENV} names {bad}; accepted: all or a comma-separated list of {allowed} '
+                         '(compiler_options holds XLA:CPU flags and stays on the CPU)')
+    return frozenset(names)
+
+
 def form(op: str, platform: str | None = None) -> str:
     """``'fast'`` or ``'portable'``: the form ``op`` takes on ``platform`` (default
     :func:`current_platform`). The one predicate of the library: the dispatching ops, the
-    layers' fall-backs and the step's compiler options all ask it.
+    layers' fall-backs and the step's compiler options all ask it. ``JAXMIM_PORTABLE_OPS`` first,
+    then ``JAXMIM_FAST_OPS`` (:func:`fast_forced`), then :data:`FAST_PLATFORMS`.
 
     Raises:
       KeyError: ``op`` is not in :data:`FAST_PLATFORMS`.
-      ValueError: a bad ``JAXMIM_PORTABLE_OPS`` or ``platform``.
+      ValueError: a bad ``JAXMIM_PORTABLE_OPS``, ``JAXMIM_FAST_OPS`` or ``platform``.
     """
     if op not in FAST_PLATFORMS:
         raise KeyError(f'unknown op {op!r}; the ops with a fast form are {sorted(FAST_PLATFORMS)}')
     if portable_forced():
         return 'portable'
+    if op in fast_forced():
+        return 'fast'
     p = current_platform() if platform is None else _normalise(platform)
     return 'fast' if p in FAST_PLATFORMS[op] else 'portable'
