@@ -45,8 +45,9 @@ Measured per step kind:
 * ``memory GiB``: the compiled step's device memory from XLA's memory analysis (arguments +
   outputs + temporaries - aliased donations), per device (:func:`jaxmim.profiling.memory_gib`);
 * ``achieved TFLOP/s`` = model GFLOPs/img x img/s over all devices, and ``MFU`` = achieved /
-  (``--peak_tflops`` per device x devices) when a peak is given (bf16 dense peaks: H100 SXM
-  989, A100 312, TPU v4 275, v5p 459).
+  (``--peak_tflops`` per device x devices; by default the bf16 dense peak of a known device kind,
+  :data:`jaxmim.model_flops.PEAK_BF16_TFLOPS`: H100 / H200 SXM 989.4, A100 312, TPU v4 275, v5p 459;
+  none on a CPU).
 
 ``--kinds=inference`` adds the classifier's evaluation forward timed the official way
 (50 warm-up then 30 timed passes of one batch, as GroupMixFormer's and Swin's ``throughput``),
@@ -81,7 +82,7 @@ from ml_collections import config_flags
 
 from jaxmim import config as config_lib
 from jaxmim import mesh as mesh_lib
-from jaxmim import ops, profiling, rundir, torch_compare
+from jaxmim import model_flops, ops, profiling, rundir, torch_compare
 from jaxmim.benchmark_report import format_table
 from jaxmim.benchmark_steps import (build_model_shape, build_step, finetune_config_from_pretrain,
                                     model_flops_per_image, synthetic_batch)
@@ -98,7 +99,8 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000,
                                     'Classes of the fine-tuning classifier built for a pre-training config.')
 _FT_LAYER_DECAY = flags.DEFINE_float('finetune_layer_decay', 0.9,
                                      'Layer decay of the fine-tuning step built for a pre-training config.')
-_PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of ONE device, for MFU (e.g. 989 for H100 bf16).')
+_PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak TFLOP/s of ONE device, for MFU (default: the bf16 dense '
+                           'peak of a known device kind, jaxmim.model_flops.PEAK_BF16_TFLOPS; none on a CPU).')
 _KINDS = flags.DEFINE_list('kinds', None, 'Step kinds to run (pretrain, finetune, inference); default: the '
                           'training steps the config has (inference: 50 + 30 forward passes, opt-in).')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Use the first N devices only (0: all).')
@@ -461,6 +463,7 @@ def main(argv: list[str]) -> None:
             print(f'error: --num_devices={_NUM_DEVICES.value} but {len(devices)} devices exist', file=sys.stderr)
             sys.exit(2)
         devices = devices[:_NUM_DEVICES.value]
+    peak = _PEAK.value or model_flops.peak_tflops(devices[0].device_kind)
     is_main = jax.process_index() == 0
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
     log(f'devices: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), '
@@ -476,7 +479,7 @@ def main(argv: list[str]) -> None:
         for spec, config in zip(specs, configs):
             new = run_benchmark(config, steps=_STEPS.value, warmup=_WARMUP.value, batch_size=_BATCH.value,
                                 num_classes=_NUM_CLASSES.value, finetune_layer_decay=_FT_LAYER_DECAY.value,
-                                peak_tflops=_PEAK.value, kinds=_KINDS.value, devices=devices,
+                                peak_tflops=peak, kinds=_KINDS.value, devices=devices,
                                 compare_torch=_COMPARE_TORCH.value, torch_compile=_TORCH_COMPILE.value,
                                 profile_dir=_PROFILE.value, profile_top=_PROFILE_TOP.value, log=log)
             rows += [dict(r, config=spec) for r in new]

@@ -32,7 +32,8 @@ import ml_collections
 
 from jaxmim import profiling
 
-__all__ = ['REFERENCE_OVERRIDES', 'reference_config', 'is_reference', 'lowered_flops_per_image']
+__all__ = ['REFERENCE_OVERRIDES', 'PEAK_BF16_TFLOPS', 'reference_config', 'is_reference', 'lowered_flops_per_image',
+           'peak_tflops']
 
 REFERENCE_OVERRIDES: dict[str, Any] = {'remat': 'none', 'scan_blocks': False, 'attn_implementation': None}
 """Model overrides that change how a step runs but not what it computes, with the value of the
@@ -83,3 +84,18 @@ def lowered_flops_per_image(lower: Callable[[], Any], batch_size: int) -> float 
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     flops = profiling.total_flops(profiling.safe_analysis(lower().cost_analysis))
     return flops / batch_size if flops else None
+
+
+PEAK_BF16_TFLOPS = (('H200', 989.4), ('H100 PCIe', 756.0), ('H100', 989.4), ('A100', 312.0),
+                    ('TPU v6', 918.0), ('TPU v5p', 459.0), ('TPU v5', 197.0), ('TPU v4', 275.0))
+"""Dense bfloat16 peaks per device (vendor data sheets), matched in order as substrings of the
+device kind: an H100 / H200 SXM 989.4 TFLOP/s, an H100 PCIe 756, an A100 312, TPU v4 275, v5e 197,
+v5p 459, v6e 918."""
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """The dense bf16 peak of one device of this kind (:data:`PEAK_BF16_TFLOPS`), or None."""
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return value
+    return None

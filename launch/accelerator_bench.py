@@ -31,8 +31,8 @@ real jitted train step of :mod:`jaxmim.benchmark`), in this order of priority:
 Each row: images/s (batch / median step time), the compiled step's device memory, the cold compile
 time, model FLOPs per image (:mod:`jaxmim.model_flops`: the reference form counted on one CPU
 device) and MFU over the device's bf16 dense peak (``--peak_tflops``, else from the device kind:
-:data:`PEAK_BF16_TFLOPS`). Then the ratios (:data:`RATIOS`): GreenMIM / SimMIM Swin-B, UM-MAE /
-SimMIM Swin-T and PVT-S, HiViT-B MAE / SimMIM Swin-B at 224 (images/s, and memory).
+:data:`jaxmim.model_flops.PEAK_BF16_TFLOPS`). Then the ratios (:data:`RATIOS`): GreenMIM / SimMIM
+Swin-B, UM-MAE / SimMIM Swin-T and PVT-S, HiViT-B MAE / SimMIM Swin-B at 224 (images/s, and memory).
 
 To fit a short lease the compilations run first, in parallel processes (``--compile_workers``, 3/4 of
 the cores), into JAX's persistent compilation cache under ``--cache_dir``, and (with ``--warm_torch``) the
@@ -61,7 +61,7 @@ import time
 
 from absl import app, flags
 
-from jaxmim import benchmark  # noqa: F401  (defines --steps, --warmup, --batch_size, --peak_tflops, --torch_compile)
+from jaxmim import benchmark, model_flops  # noqa: F401  (defines --steps, --warmup, --batch_size, --peak_tflops, --torch_compile)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,13 +122,6 @@ RATIOS = {
 claims of the papers' abstracts (GreenMIM 2.7x faster than SimMIM on hierarchical ViTs; UM-MAE about
 2x faster and 2x less memory than SimMIM; HiViT 1.9x faster than Swin-B under MIM)."""
 
-PEAK_BF16_TFLOPS = (('H200', 989.4), ('H100 PCIe', 756.0), ('H100', 989.4), ('A100', 312.0),
-                    ('TPU v6', 918.0), ('TPU v5p', 459.0), ('TPU v5', 197.0), ('TPU v4', 275.0))
-"""Dense bfloat16 peaks per device (vendor data sheets), matched in order as substrings of the
-device kind: an H100 / H200 SXM 989.4 TFLOP/s, an H100 PCIe 756, an A100 312, TPU v4 275, v5e 197,
-v5p 459, v6e 918."""
-
-
 def plan(which: str) -> list[Variant]:
     """The variants of a plan, in the order they are timed.
 
@@ -158,14 +151,6 @@ def plan(which: str) -> list[Variant]:
     out += [Variant(f'{n}/bf16+fast_ops', s, 'bfloat16', 'cudnn', False, 6, env=(('JAXMIM_FAST_OPS', 'all'),))
             for n, s in targets.items() if n in fast]
     return out
-
-
-def peak_tflops(device_kind: str) -> float | None:
-    """The dense bf16 peak of one device of this kind (:data:`PEAK_BF16_TFLOPS`), or None."""
-    for key, value in PEAK_BF16_TFLOPS:
-        if key.lower() in device_kind.lower():
-            return value
-    return None
 
 
 def variant_config(v: Variant, attention: str | None, batch_size: int):
@@ -493,7 +478,7 @@ def main(argv: list[str]) -> None:
                                log=log)
     _enable_cache(_CACHE.value)
     env = _environment()
-    peak = FLAGS.peak_tflops or peak_tflops(env['device_kind'])
+    peak = FLAGS.peak_tflops or model_flops.peak_tflops(env['device_kind'])
     report = dict(env, plan=_PLAN.value, batch_size=FLAGS.batch_size, steps=FLAGS.steps, warmup=FLAGS.warmup,
                   peak_tflops=peak, phase1_s=time.time() - start, rows=[], ratios=[])
     log(f"[timed] {env['num_devices']} x {env['device_kind']}; phase 1 took {report['phase1_s']:.0f}s")
