@@ -334,7 +334,12 @@ def compile_phase(variants: list[Variant], *, plan_name: str, batch_size: int, c
                 with open(path + '.json') as f:
                     results[job] = json.load(f)
             except (OSError, ValueError):
-                results[job] = {'error': f'worker exited with status {proc.returncode} (log: {path}.log)'}
+                try:
+                    with open(path + '.log') as f:
+                        tail = ' | '.join(line.strip() for line in f.readlines()[-6:])
+                except OSError:
+                    tail = ''
+                results[job] = {'error': f'worker exited with status {proc.returncode}: {tail[-1500:]}'}
             log(f'[phase 1] {job}: {time.time() - t0:.1f}s {json.dumps(results[job])[:300]}')
     for job, (proc, *_rest) in running.items():
         proc.kill()
