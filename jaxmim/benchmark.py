@@ -177,7 +177,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
     if model_flops is not None:
         model_fpi, model_src = float(model_flops), 'given'
     else:
-        model_fpi, model_src = model_flops_per_image(kind, config, mesh, lowered)
+        model_fpi, model_src = model_flops_per_image(kind, config, mesh, step_flops_global)
 
     torch_steps, torch_first, torch_memory = {}, {}, {}
     if twin is not None:
@@ -191,7 +191,7 @@ def benchmark_step(kind: str, config, mesh, *, steps: int, warmup: int, peak_tfl
             try:
                 step = torch_compare.TorchStep(twin[0], config, np.asarray(host['image']),
                                                np.asarray(host['label']), inputs, compile=v == 'compile',
-                                               device='cuda' if ops.mesh_platform(mesh) == 'gpu' else 'cpu')
+                                               device=torch_compare.device_for(mesh))
                 t = time.perf_counter()
                 step()   # first call: torch.compile compiles here
                 torch_first[v] = time.perf_counter() - t

@@ -1,14 +1,18 @@
-"""The benchmark's text table: one fixed-width row per measured step (:mod:`jaxmim.benchmark`).
-
-Kept apart from the measuring so the launch scripts that gather rows from several runs
-(``launch/accelerator_bench.py``) print them the same way without importing the benchmark's flags.
+"""The benchmark's text table: one fixed-width row per measured step (:mod:`jaxmim.benchmark`), and
+the cell format it shares with ``launch/accelerator_bench.py``'s Markdown table.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ['format_table']
+__all__ = ['format_table', 'format_value']
+
+
+def format_value(v: float | None, fmt: str, unit: str = '') -> str:
+    """``v`` formatted with ``fmt`` (a ``format`` spec such as ``',.1f'``) plus ``unit``, or ``'n/a'``
+    when ``v`` is None."""
+    return 'n/a' if v is None else format(v, fmt) + unit
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -16,9 +20,7 @@ def format_table(rows: Sequence[dict]) -> str:
     (``GFLOPs/img`` is the row's ``model_flops_per_image``, else its ``flops_per_image``); a last
     ``config`` column when rows carry ``config`` (the ``path[:variant]`` each row was measured
     from). Missing values print as ``n/a``, a step that did not fit as ``OOM``."""
-    def num(v, fmt, unit=''):
-        return 'n/a' if v is None else format(v, fmt) + unit
-
+    num = format_value
     has_mfu = any(r.get('mfu') is not None for r in rows)
     has_torch = any('torch_eager_img_s' in r for r in rows)
     head = ['step', 'model', 'image', 'batch', 'devices', 'compile s', 'img/s', 'img/s overall',

@@ -84,7 +84,7 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_c
     return make(jax.random.key(seed))
 
 
-def model_flops_per_image(kind: str, config, mesh, lowered=None) -> tuple[float | None, str]:
+def model_flops_per_image(kind: str, config, mesh, step_flops: float | None = None) -> tuple[float | None, str]:
     """Model FLOPs per image of one step kind (the MFU numerator, :mod:`jaxmim.model_flops`) and
     where they were counted.
 
@@ -92,11 +92,13 @@ def model_flops_per_image(kind: str, config, mesh, lowered=None) -> tuple[float 
     reference form (:func:`jaxmim.model_flops.reference_config`: no remat, no scanned blocks, XLA's
     attention) on one CPU device: the CPU count of the same step, which every backend shares (a
     GPU's cost analysis leaves the cuBLAS and cuDNN calls out). When the step itself already is that
-    (reference config on a CPU mesh) and ``lowered`` is given, its own lowered module is counted.
+    (reference config on a CPU mesh) and ``step_flops`` is given, that count of its own lowered
+    module is used.
 
     Args:
       kind: ``'pretrain'`` or ``'finetune'``; config: the step's config (not modified); mesh: the
-        mesh the step runs on; lowered: the step's ``jax.stages.Lowered``, if at hand.
+        mesh the step runs on; step_flops: XLA's count of the step's own lowered module (the global
+        batch; ``lowered.cost_analysis()``), if at hand.
 
     Returns:
       ``(flops per image or None, source)`` with source ``'step'`` or ``'reference form, 1 CPU
@@ -106,8 +108,8 @@ def model_flops_per_image(kind: str, config, mesh, lowered=None) -> tuple[float 
     import jax.numpy as jnp
 
     batch_size = int(config.batch_size)
-    if lowered is not None and model_flops_lib.is_reference(config) and ops.mesh_platform(mesh) == 'cpu':
-        return model_flops_lib.lowered_flops_per_image(lambda: lowered, batch_size), 'step'
+    if step_flops and model_flops_lib.is_reference(config) and ops.mesh_platform(mesh) == 'cpu':
+        return step_flops / batch_size, 'step'
     cpu_mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
     ref = model_flops_lib.reference_config(config)
     _, trainer, state, _, in_chans, _ = build_step(kind, ref, cpu_mesh)

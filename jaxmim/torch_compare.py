@@ -13,7 +13,7 @@ from typing import Any
 
 from absl import logging
 
-__all__ = ['torch_twin', 'TorchStep', 'AUTOCAST_DTYPES']
+__all__ = ['torch_twin', 'TorchStep', 'AUTOCAST_DTYPES', 'device_for']
 
 
 def torch_twin(model) -> tuple[Any, str] | None:
@@ -41,9 +41,17 @@ def torch_twin(model) -> tuple[Any, str] | None:
         return None
 
 
-AUTOCAST_DTYPES = {'bfloat16': 'bfloat16', 'float16': 'float16'}
-"""``config.compute_dtype`` values the twin's step runs under ``torch.autocast`` (to that torch
-dtype); any other (``float32``) runs without autocast."""
+AUTOCAST_DTYPES = ('bfloat16', 'float16')
+"""``config.compute_dtype`` values the twin's step runs under ``torch.autocast`` (to the torch dtype
+of that name); any other (``float32``) runs without autocast."""
+
+
+def device_for(mesh) -> str:
+    """The torch device of the twin of a step that runs on ``mesh``: ``'cuda'`` for a GPU mesh
+    (:func:`jaxmim.ops.mesh_platform`), else ``'cpu'``."""
+    from jaxmim import ops
+
+    return 'cuda' if ops.mesh_platform(mesh) == 'gpu' else 'cpu'
 
 
 class TorchStep:
@@ -67,8 +75,8 @@ class TorchStep:
       inputs: the masking inputs of a pre-training model (name -> host array, passed to the twin
         as keyword tensors); empty for a classifier.
       compile: wrap the twin in ``torch.compile``.
-      device: ``'cpu'`` or ``'cuda'`` (the benchmark passes ``'cuda'`` when the JAX step runs on
-        a GPU mesh).
+      device: ``'cpu'`` or ``'cuda'`` (the benchmark passes :func:`device_for` of the JAX step's
+        mesh).
 
     Calling the step runs one iteration, waits for the device (``torch.cuda.synchronize``: the
     optimizer update is timed too) and returns its loss as a Python float.
@@ -91,8 +99,8 @@ class TorchStep:
         self.device = torch.device(device)
         self.module = twin.to(self.device).train()
         self.fn = torch.compile(self.module) if compile else self.module
-        dtype = AUTOCAST_DTYPES.get(str(config.get('compute_dtype', 'float32')))
-        self.autocast_dtype = getattr(torch, dtype) if dtype else None
+        dtype = str(config.get('compute_dtype', 'float32'))
+        self.autocast_dtype = getattr(torch, dtype) if dtype in AUTOCAST_DTYPES else None
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=1e-4, weight_decay=float(config.optim.weight_decay))
         self.clip = config.optim.get('clip_grad')
         self.smoothing = float(config.get('label_smoothing', 0.0) or 0.0)

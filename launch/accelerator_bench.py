@@ -58,10 +58,12 @@ import os
 import subprocess
 import sys
 import time
+from unittest import mock
 
 from absl import app, flags
 
-from jaxmim import benchmark, model_flops  # noqa: F401  (defines --steps, --warmup, --batch_size, --peak_tflops, --torch_compile)
+# jaxmim.benchmark also defines --steps, --warmup, --batch_size, --peak_tflops and --torch_compile
+from jaxmim import benchmark, benchmark_report, model_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,9 +107,10 @@ NO_TORCH = {'greenmim_swin_b': "the twin (convert/greenmim.py) loops over window
 """Targets whose PyTorch twin is not timed, with the reason."""
 
 SCANNED = ('mae_vit_b', 'hivit_b_mae', 'simmim_swin_b_192', 'greenmim_swin_b')
+"""Targets measured once more with ``scan_blocks=True`` (12 to 20 blocks in their deepest stack)."""
+
 FAST_OPS_TARGETS = ('mae_vit_b', 'simmim_swin_b_192')
 """Targets measured once more with the CPU-measured fast forms of :mod:`jaxmim.ops` on."""
-"""Targets measured once more with ``scan_blocks=True`` (12 to 20 blocks in their deepest stack)."""
 
 RATIOS = {
     'accelerator': (
@@ -121,6 +124,7 @@ RATIOS = {
 """Per plan, ``(label, numerator, denominator)`` of the speed ratios, over the bfloat16 rows: the
 claims of the papers' abstracts (GreenMIM 2.7x faster than SimMIM on hierarchical ViTs; UM-MAE about
 2x faster and 2x less memory than SimMIM; HiViT 1.9x faster than Swin-B under MIM)."""
+
 
 def plan(which: str) -> list[Variant]:
     """The variants of a plan, in the order they are timed.
@@ -169,11 +173,14 @@ def variant_config(v: Variant, attention: str | None, batch_size: int):
 
 def ratios(rows: list[dict], plan_name: str, dtype: str = 'bfloat16') -> list[dict]:
     """The speed and memory ratios of ``RATIOS[plan_name]`` from the timed rows at ``dtype`` (the first
-    timed row of each name, without the PyTorch group): ``{'label', 'numerator', 'denominator',
-    'img_s_ratio', 'memory_ratio'}``, a ratio None where a side is missing."""
+    timed row of each name among the plain steps: not beside the twin, without further overrides or
+    environment, so a scanned or fast-form row never stands in for a missing plain one):
+    ``{'label', 'numerator', 'denominator', 'img_s_ratio', 'memory_ratio'}``, a ratio None where a
+    side is missing."""
     by_name = {}
     for r in rows:
-        if r.get('compute_dtype') == dtype and not r.get('with_torch') and r.get('img_s'):
+        plain = not (r.get('with_torch') or r.get('overrides') or r.get('env'))
+        if plain and r.get('compute_dtype') == dtype and r.get('img_s'):
             by_name.setdefault(r['variant'].split('/')[0], r)
     out = []
     for label, num, den in RATIOS[plan_name]:
@@ -185,17 +192,14 @@ def ratios(rows: list[dict], plan_name: str, dtype: str = 'bfloat16') -> list[di
     return out
 
 
-def _num(v, fmt: str, unit: str = '') -> str:
-    return 'n/a' if v is None else format(v, fmt) + unit
-
-
 def markdown(report: dict) -> str:
     """The report as Markdown: one table row per variant (images/s, memory, compile, model
     GFLOPs/img, TFLOP/s, MFU, the twin's images/s and the JAX / PyTorch ratios) and the ratios."""
+    num = benchmark_report.format_value
     lines = [f"{report['num_devices']} x {report['device_kind']} ({report['platform']}), jax "
              f"{report['jax_version']}, torch {report.get('torch_version')}; batch {report['batch_size']}, "
              f"img/s = batch / median of {report['steps']} steps after {report['warmup']} warm-up; MFU over "
-             f"{_num(report.get('peak_tflops'), '.1f')} TFLOP/s (bf16 dense peak)", '',
+             f"{num(report.get('peak_tflops'), '.1f')} TFLOP/s (bf16 dense peak)", '',
              '| step | dtype | attention | img/s | memory GiB | compile s (cold) | GFLOPs/img | TFLOP/s | MFU '
              '| torch eager img/s | JAX/eager | torch.compile img/s | JAX/compile |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
@@ -206,15 +210,15 @@ def markdown(report: dict) -> str:
         fpi = r.get('model_flops_per_image')
         lines.append('| ' + ' | '.join([
             r['variant'], r['compute_dtype'], str(r.get('attention')),
-            'OOM' if r.get('out_of_memory') else _num(r.get('img_s'), ',.1f'),
-            _num(r.get('device_memory_gib'), '.2f'), _num(r.get('compile_s_cold'), '.1f'),
-            _num(fpi / 1e9 if fpi else None, '.1f'), _num(r.get('achieved_tflops'), '.1f'),
-            _num(100 * r['mfu'] if r.get('mfu') is not None else None, '.1f', ' %'),
-            _num(r.get('torch_eager_img_s'), ',.1f'), _num(r.get('jax_over_torch_eager'), '.2f', 'x'),
-            _num(r.get('torch_compile_img_s'), ',.1f'), _num(r.get('jax_over_torch_compile'), '.2f', 'x')]) + ' |')
+            'OOM' if r.get('out_of_memory') else num(r.get('img_s'), ',.1f'),
+            num(r.get('device_memory_gib'), '.2f'), num(r.get('compile_s_cold'), '.1f'),
+            num(fpi / 1e9 if fpi else None, '.1f'), num(r.get('achieved_tflops'), '.1f'),
+            num(100 * r['mfu'] if r.get('mfu') is not None else None, '.1f', ' %'),
+            num(r.get('torch_eager_img_s'), ',.1f'), num(r.get('jax_over_torch_eager'), '.2f', 'x'),
+            num(r.get('torch_compile_img_s'), ',.1f'), num(r.get('jax_over_torch_compile'), '.2f', 'x')]) + ' |')
     lines += ['', '| ratio (bfloat16 rows) | images/s | step memory |', '|---|---|---|']
     for q in report['ratios']:
-        lines.append(f"| {q['label']} | {_num(q['img_s_ratio'], '.2f', 'x')} | {_num(q['memory_ratio'], '.2f', 'x')} |")
+        lines.append(f"| {q['label']} | {num(q['img_s_ratio'], '.2f', 'x')} | {num(q['memory_ratio'], '.2f', 'x')} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -246,7 +250,7 @@ def compile_one(v: Variant, batch_size: int, cache_dir: str, warm_torch: bool) -
     import jax
     import numpy as np
 
-    from jaxmim import benchmark_steps, mesh as mesh_lib, rundir, torch_compare
+    from jaxmim import benchmark_steps, mesh as mesh_lib, profiling, rundir, torch_compare
     from jaxmim.config import resolve_data_config
 
     _enable_cache(cache_dir)
@@ -259,9 +263,9 @@ def compile_one(v: Variant, batch_size: int, cache_dir: str, warm_torch: bool) -
             return {'error': 'no PyTorch twin'}
         size, chans = int(resolve_data_config(config).image_size), getattr(model, 'in_chans', 3)
         images = np.random.default_rng(0).standard_normal((batch_size, size, size, chans)).astype(np.float32)
-        inputs = benchmark_steps.build_model_shape(config).host_inputs(np.random.default_rng(config.seed), batch_size)
+        inputs = model.host_inputs(np.random.default_rng(config.seed), batch_size)
         step = torch_compare.TorchStep(twin[0], config, images, np.zeros(batch_size, np.int64), inputs, compile=True,
-                                       device='cuda' if jax.default_backend() == 'gpu' else 'cpu')
+                                       device=torch_compare.device_for(mesh))
         t = time.perf_counter()
         step()
         return {'torch_first_step_s': time.perf_counter() - t}
@@ -280,7 +284,8 @@ def compile_one(v: Variant, batch_size: int, cache_dir: str, warm_torch: bool) -
         except Exception as e:  # noqa: BLE001  (cuDNN refusing a shape: fall back, say why)
             result.setdefault('refused', []).append(f'{attention}: {type(e).__name__}: {str(e).splitlines()[0][:300]}')
             continue
-        fpi, _ = benchmark_steps.model_flops_per_image('pretrain', config, mesh, lowered)
+        step_flops = profiling.total_flops(profiling.safe_analysis(lowered.cost_analysis))
+        fpi, _ = benchmark_steps.model_flops_per_image('pretrain', config, mesh, step_flops)
         result.update(attention=attention or 'xla', compile_s=t2 - t0, lower_s=t1 - t0, model_flops_per_image=fpi)
         return result
     result['error'] = '; '.join(result.pop('refused'))
@@ -373,27 +378,23 @@ def timed_phase(variants: list[Variant], phase1: dict[str, dict], *, batch_size:
             chosen = (None if p1['attention'] == 'xla' else p1['attention']) if p1 else v.attention
             attempts = [chosen] + ([None] if chosen else [])    # XLA's attention if cuDNN fails at run time
             row, errors = None, []
-            saved = {k: os.environ.get(k) for k, _ in v.env}
-            os.environ.update(dict(v.env))
-            for attention in attempts:
-                try:
-                    (got,) = benchmark.run_benchmark(
-                        variant_config(v, attention, batch_size), steps=steps, warmup=warmup, kinds=['pretrain'],
-                        peak_tflops=peak, compare_torch=v.torch, torch_compile=v.torch and torch_compile,
-                        model_flops={'pretrain': p1['model_flops_per_image']} if p1.get('model_flops_per_image') else None,
-                        log=log)
-                except Exception as e:  # noqa: BLE001  (a failed step is a row; the run goes on)
-                    errors.append(f'{attention}: {type(e).__name__}: {str(e).splitlines()[0][:300]}')
-                    continue
-                row = dict(got, **base, status='ok', attention=attention or 'xla',
-                           compile_s_cold=p1.get('compile_s'), attention_refused=p1.get('refused') or errors or None,
-                           torch_compile_first_step_s_cold=phase1.get(_job_id(v, True), {}).get('torch_first_step_s'))
-                break
-            for k, old in saved.items():
-                if old is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = old
+            counted = {'pretrain': p1['model_flops_per_image']} if p1.get('model_flops_per_image') else None
+            with mock.patch.dict(os.environ, dict(v.env)):      # the variant's environment, restored after
+                for attention in attempts:
+                    try:
+                        (got,) = benchmark.run_benchmark(
+                            variant_config(v, attention, batch_size), steps=steps, warmup=warmup, kinds=['pretrain'],
+                            peak_tflops=peak, compare_torch=v.torch, torch_compile=v.torch and torch_compile,
+                            model_flops=counted, log=log)
+                    except Exception as e:  # noqa: BLE001  (a failed step is a row; the run goes on)
+                        errors.append(f'{attention}: {type(e).__name__}: {str(e).splitlines()[0][:300]}')
+                        continue
+                    warm = phase1.get(_job_id(v, True), {})
+                    row = dict(got, **base, status='ok', attention=attention or 'xla',
+                               compile_s_cold=p1.get('compile_s'),
+                               attention_refused=p1.get('refused') or errors or None,
+                               torch_compile_first_step_s_cold=warm.get('torch_first_step_s'))
+                    break
             if row is None:
                 row = dict(base, status='failed', error='; '.join(errors))
         report['rows'].append(row)
@@ -417,7 +418,7 @@ for _name, _value in (('steps', 5), ('warmup', 2), ('batch_size', 128)):
 _OUT = flags.DEFINE_string('out_dir', None, 'Where accelerator_bench.json / .md go.')
 _PLAN = flags.DEFINE_enum('plan', 'accelerator', ['accelerator', 'smoke'], 'Which steps (see plan()).')
 _ONLY = flags.DEFINE_list('only', [], 'Measure only these variant names (e.g. mae_vit_b/bf16).')
-_GROUPS = flags.DEFINE_list('groups', [], 'Measure only these groups (1-5, see the module docstring).')
+_GROUPS = flags.DEFINE_list('groups', [], 'Measure only these groups (1-6, see the module docstring).')
 _DEADLINE = flags.DEFINE_float('deadline_minutes', 8.5, 'No variant starts after this many minutes.')
 _COMPILE_MIN = flags.DEFINE_float('compile_minutes', 3.5, 'Phase 1 stops after this many minutes.')
 _WORKERS = flags.DEFINE_integer('compile_workers', max(1, (os.cpu_count() or 1) * 3 // 4),
@@ -441,7 +442,8 @@ def _environment() -> dict:
     except ImportError:
         env['torch_version'] = None
     try:
-        env['nvidia_smi'] = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=20).stdout.strip()
+        smi = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=20)
+        env['nvidia_smi'] = smi.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         env['nvidia_smi'] = None
     return env
@@ -479,8 +481,8 @@ def main(argv: list[str]) -> None:
     phase1 = {}
     if _WORKERS.value > 0:
         phase1 = compile_phase(variants, plan_name=_PLAN.value, batch_size=FLAGS.batch_size, cache_dir=_CACHE.value,
-                               workers=_WORKERS.value, warm_torch=_WARM_TORCH.value and FLAGS.torch_compile, limit_s=_COMPILE_MIN.value * 60,
-                               log=log)
+                               workers=_WORKERS.value, warm_torch=_WARM_TORCH.value and FLAGS.torch_compile,
+                               limit_s=_COMPILE_MIN.value * 60, log=log)
     _enable_cache(_CACHE.value)
     env = _environment()
     peak = FLAGS.peak_tflops or model_flops.peak_tflops(env['device_kind'])

@@ -5,7 +5,7 @@ stage has 18 blocks) is traced, and appears in the compiled program, once per bl
 under ``jax.lax.scan`` once, whatever the depth (the ``scan_blocks`` option of
 :class:`jaxmim.models.vit.VisionTransformer`, :class:`jaxmim.methods.mae.vit.MaskedAutoencoderViT`,
 :class:`jaxmim.models.swin.SwinTransformer`, :class:`jaxmim.models.hivit.HiViT` (its main stage:
-HiViT-B has 20 blocks there), :class:`jaxmim.methods.mae.hivit.MaskedAutoencoderHiViT` and GreenMIM's
+HiViT-B has 20 blocks there), :class:`jaxmim.methods.mae.hivit.HiViTMaskedAutoencoder` and GreenMIM's
 :class:`jaxmim.methods.greenmim.swin.GreenSwinTransformer`). Measured on XLA:CPU (README, "Rematerialisation
 and scanned blocks"): the trace of a Swin-B / MAE ViT-B step is a third to a half shorter, XLA's own
 compile is not, and with ``remat='block'`` the step needs about a fifth less memory.
