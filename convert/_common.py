@@ -127,3 +127,10 @@ def square(value: Any, name: str, family: str) -> int:
                              f'(jaxmim {family} supports square images and patches only)')
         value = value[0]
     return int(value)
+
+
+def mlp_ratio_of(block: Any) -> float:
+    """The MLP ratio of a jaxmim transformer block (``block.mlp.fc1``, an ``nnx.Linear`` whose kernel
+    is ``(in, hidden)``): hidden width over input width, the official constructors' ``mlp_ratio``."""
+    d_in, hidden = block.mlp.fc1.kernel.shape
+    return hidden / d_in

@@ -56,7 +56,7 @@ from flax import nnx
 
 from convert import official as O
 from convert import _entries as E
-from convert._common import Mlp, square
+from convert._common import Mlp, mlp_ratio_of, square
 from convert.swin import PatchEmbed, PatchMerging, WindowAttention
 from convert.vit import Block, get_2d_sincos_pos_embed
 
@@ -695,8 +695,7 @@ def greenmim_twins_twin(model: nnx.Module) -> nn.Module:
     :class:`GreenTwinsTwin`), configured from its attributes and variable shapes."""
     enc = model.encoder
     norm_layer = functools.partial(nn.LayerNorm, eps=enc.norm.epsilon)
-    mlp_ratios = [blk.mlp.fc1.kernel.shape[1] / blk.mlp.fc1.kernel.shape[0] for blk in
-                  (stage[0] for stage in enc.blocks)]
+    mlp_ratios = [mlp_ratio_of(stage[0]) for stage in enc.blocks]
     tenc = GreenTwinsTwin(img_size=enc.img_size, patch_size=enc.patch_size, in_chans=enc.in_chans,
                           embed_dims=list(enc.embed_dims), num_heads=list(enc.num_heads), mlp_ratios=mlp_ratios,
                           qkv_bias=enc.blocks[0][0].attn.qkv.bias is not None, norm_layer=norm_layer,

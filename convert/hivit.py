@@ -55,7 +55,7 @@ from flax import nnx
 
 from convert import official as O
 from convert import _entries as E
-from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, pair, square, trunc_normal_
+from convert._common import DropPath, IntOr2, Mlp, init_linear_layernorm, mlp_ratio_of, pair, square, trunc_normal_
 from convert.vit import MAETwinCall, get_2d_sincos_pos_embed
 from jaxmim.models.hivit import HiViT as JaxHiViT
 
@@ -871,12 +871,11 @@ def hivit_mae_twin(model: nnx.Module) -> nn.Module:
         raise LookupError('the official HiViT MAE always normalises the pixel targets and has an absolute '
                           'position embedding; this model has norm_pix_loss=False or ape=False: no PyTorch twin')
     first, last = model.blocks[0], model.blocks[model.main_block[-1]]
-    ratio = lambda blk: blk.mlp.fc1.kernel.shape[1] / blk.mlp.fc1.kernel.shape[0]  # noqa: E731
     head_dim = model.embed_dim // model.num_heads
     dec = model.decoder_blocks[0]
     return MAETwinCall(HiViTMaskedAutoencoder(
         img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, embed_dim=model.embed_dim,
-        depths=tuple(model.depths), num_heads=model.num_heads, stem_mlp_ratio=ratio(first), mlp_ratio=ratio(last),
+        depths=tuple(model.depths), num_heads=model.num_heads, stem_mlp_ratio=mlp_ratio_of(first), mlp_ratio=mlp_ratio_of(last),
         qkv_bias=last.attn.qkv.bias is not None,
         qk_scale=None if last.attn.scale == head_dim ** -0.5 else last.attn.scale,
         drop_path_rate=float(last.drop_path), norm_layer=functools.partial(nn.LayerNorm, eps=last.norm2.epsilon),

@@ -1090,7 +1090,7 @@ from flax import nnx  # noqa: E402  (conversion half; the twins above need only 
 from convert import _entries as E  # noqa: E402
 from convert import official as O  # noqa: E402
 from convert import vit as _vit  # noqa: E402
-from convert._common import square  # noqa: E402
+from convert._common import mlp_ratio_of, square  # noqa: E402
 
 
 def _variables(model: nnx.Module) -> set:
@@ -1533,7 +1533,7 @@ def ummae_swin_pretrain_twin(model: nnx.Module) -> nn.Module:
     return MaskedAutoencoderSwin(
         img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, stride=model.stride,
         embed_dim=model.embed_dim, depths=tuple(depths), num_heads=tuple(heads),
-        mlp_ratio=first.mlp.fc1.kernel.shape[1] / first.mlp.fc1.kernel.shape[0], window_size=first.feature_window,
+        mlp_ratio=mlp_ratio_of(first), window_size=first.feature_window,
         posmlp_dim=first.attn.posmlp[0].kernel.shape[-1], decoder_embed_dim=model.mask_token.shape[-1],
         decoder_depth=len(model.decoder_blocks), decoder_num_heads=dec.attn.num_heads,
         norm_layer=functools.partial(nn.LayerNorm, eps=model.norm.epsilon), norm_pix_loss=bool(model.norm_pix_loss),

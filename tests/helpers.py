@@ -1,11 +1,16 @@
 """Helpers shared by the conversion tests (imported as ``helpers``: pytest puts ``tests/`` on
-``sys.path``). Expectations live in the tests; these only compare and perturb."""
+``sys.path``). Expectations live in the tests; these only compare, perturb and size models."""
 
 import numpy as np
 import torch
 from flax import nnx
 
 from convert import official
+
+
+TINY_UM_SWIN = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 1, 1), num_heads=(1, 2, 2), window_size=4,
+                    posmlp_dim=8, mlp_ratio=2.0)
+"""A UM-MAE Swin small enough for a CPU test: Swin-T's layout (window 8 -> 4) at 64 px, 16 channels."""
 
 
 def assert_close(out, ref, rel=1e-5):

@@ -19,13 +19,11 @@ from jaxmim import benchmark
 from jaxmim.methods import create_mim_model, method_config_defaults
 from jaxmim.registry import create_model
 
-from helpers import assert_close
+from helpers import TINY_UM_SWIN, assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
 X64 = np.random.RandomState(1).randn(2, 64, 64, 3).astype(np.float32)
-TINY_UM_SWIN = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 1, 1), num_heads=(1, 2, 2), window_size=4,
-                    posmlp_dim=8, mlp_ratio=2.0)
 
 
 @pytest.mark.parametrize('name,source', [('swin_demo_patch4_window4_32', 'simmim_swin'),

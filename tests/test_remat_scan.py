@@ -29,15 +29,13 @@ from jaxmim.models.stacking import run_blocks
 from jaxmim.ops import platform_scope
 from jaxmim.registry import create_model
 
-from helpers import assert_close
+from helpers import TINY_UM_SWIN, assert_close
 
 X = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
 X64 = np.random.RandomState(1).randn(2, 64, 64, 3).astype(np.float32)
 KEY = jax.random.key(1)
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 """XLA:CPU options that halve the compile time of these small steps (both sides of a comparison)."""
-TINY_UM_SWIN = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 1, 1), num_heads=(1, 2, 2), window_size=4,
-                    posmlp_dim=8, mlp_ratio=2.0)
 
 
 def _classify(images):
