@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import ml_collections
+from flax import nnx
 
 from jaxmim import config as config_lib
 from jaxmim import mesh as mesh_lib
@@ -18,7 +19,7 @@ from jaxmim import model_flops as model_flops_lib
 from jaxmim import ops, registry, rundir, torch_compare
 from jaxmim import steps as steps_lib
 
-__all__ = ['finetune_config_from_pretrain', 'build_step', 'synthetic_batch', 'model_flops_per_image',
+__all__ = ['finetune_config_from_pretrain', 'build_step', 'synthetic_batch', 'abstract_batch', 'model_flops_per_image',
            'build_model_shape']
 
 
@@ -48,20 +49,34 @@ def finetune_config_from_pretrain(config, num_classes: int, layer_decay: float):
     return ft
 
 
-def build_step(kind: str, config, mesh, *, with_twin: bool = False):
+def build_step(kind: str, config, mesh, *, with_twin: bool = False, abstract_state: bool = False):
     """``(model_name, trainer, state, num_classes, in_chans, twin)`` of one step kind, built as
-    the training loops of :mod:`jaxmim.train` build them (the model's hooks included); ``twin``
-    is ``(torch module holding the same weights, source name)`` when ``with_twin`` (else None)."""
+    the training loops of :mod:`jaxmim.train` build them (the model's hooks included).
 
-    model = rundir.build_model(config)
+    The model is built eagerly and its weights laid out on the mesh; with ``abstract_state`` it is
+    only traced (``nnx.eval_shape``) and the state is ``jax.ShapeDtypeStruct`` leaves with their
+    shardings, enough to lower and compile the step with nothing initialised. ``twin`` is
+    ``(torch module holding the same weights, source name)`` when ``with_twin`` (else None).
+
+    Raises:
+      ValueError: ``with_twin`` together with ``abstract_state`` (a twin needs the weights); the
+        config errors of :func:`jaxmim.steps.make_trainer`.
+    """
+    if with_twin and abstract_state:
+        raise ValueError('build_step: with_twin=True needs the weights; abstract_state must be False')
+    if abstract_state:
+        model = nnx.eval_shape(functools.partial(rundir.build_model, config))
+    else:
+        model = rundir.build_model(config)
     twin = torch_compare.torch_twin(model) if with_twin else None
     if kind == 'pretrain':
-        trainer, state = steps_lib.make_trainer(model, steps_lib.mim_loss, config, mesh)
-        return config.model.name, trainer, state, 1, getattr(model, 'in_chans', 3), twin
-    loss_fn = functools.partial(steps_lib.classification_loss, label_smoothing=config.label_smoothing,
-                                num_classes=model.num_classes)
-    trainer, state = steps_lib.make_trainer(model, loss_fn, config, mesh)
-    return config.model.name, trainer, state, model.num_classes, getattr(model, 'in_chans', 3), twin
+        loss_fn, num_classes = steps_lib.mim_loss, 1
+    else:
+        num_classes = model.num_classes
+        loss_fn = functools.partial(steps_lib.classification_loss, label_smoothing=config.label_smoothing,
+                                    num_classes=num_classes)
+    trainer, state = steps_lib.make_trainer(model, loss_fn, config, mesh, abstract_state=abstract_state)
+    return config.model.name, trainer, state, num_classes, getattr(model, 'in_chans', 3), twin
 
 
 def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_classes: int,
@@ -82,6 +97,19 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, in_chans: int, num_c
                 'label': jax.random.randint(k_lab, (batch_size,), 0, max(num_classes, 1), jnp.int32)}
 
     return make(jax.random.key(seed))
+
+
+def abstract_batch(mesh, batch_size: int, image_size: int, in_chans: int) -> dict:
+    """The shapes and layout of :func:`synthetic_batch`'s batch, as ``jax.ShapeDtypeStruct``
+    (``image`` float32 ``(B, S, S, in_chans)``, ``label`` int32 ``(B,)``, both sharded on
+    ``data``): to lower or compile a step without allocating it."""
+    import jax
+    import jax.numpy as jnp
+
+    sharding = mesh_lib.batch_sharding(mesh)
+    return {'image': jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_chans), jnp.float32,
+                                          sharding=sharding),
+            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
 
 
 def model_flops_per_image(kind: str, config, mesh, step_flops: float | None = None) -> tuple[float | None, str]:
@@ -105,24 +133,19 @@ def model_flops_per_image(kind: str, config, mesh, step_flops: float | None = No
       device'``.
     """
     import jax
-    import jax.numpy as jnp
 
     batch_size = int(config.batch_size)
     if step_flops and model_flops_lib.is_reference(config) and ops.mesh_platform(mesh) == 'cpu':
         return step_flops / batch_size, 'step'
     cpu_mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
     ref = model_flops_lib.reference_config(config)
-    _, trainer, state, _, in_chans, _ = build_step(kind, ref, cpu_mesh)
+    _, trainer, state, _, in_chans, _ = build_step(kind, ref, cpu_mesh, abstract_state=True)
     size = int(config_lib.resolve_data_config(ref).image_size)
-    sharding = mesh_lib.batch_sharding(cpu_mesh)
-    batch = {'image': jax.ShapeDtypeStruct((batch_size, size, size, in_chans), jnp.float32, sharding=sharding),
-             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
+    batch = abstract_batch(cpu_mesh, batch_size, size, in_chans)
     fpi = model_flops_lib.lowered_flops_per_image(lambda: trainer.train_step.lower(state, batch), batch_size)
     return fpi, 'reference form, 1 CPU device'
 
 
 def build_model_shape(config):
     """The config's model with abstract weights (for its ``host_inputs``; nothing allocated)."""
-    from flax import nnx
-
     return nnx.eval_shape(lambda: rundir.build_model(config))

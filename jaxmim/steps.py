@@ -79,7 +79,8 @@ class Trainer:
 def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable,
                  config: ml_collections.ConfigDict, mesh,
                  batch_transform: Callable | None = None, *,
-                 abstract_model: nnx.Module | None = None) -> tuple[Trainer, PyTree]:
+                 abstract_model: nnx.Module | None = None,
+                 abstract_state: bool = False) -> tuple[Trainer, PyTree]:
     """Builds the optimizer, the initial state laid out on ``mesh`` and the jitted train step.
 
     The optimizer takes the model's hooks: ``no_weight_decay()`` patterns, and, when
@@ -104,9 +105,13 @@ def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable
         into soft targets, :mod:`jaxmim.mixup`); its key is ``fold_in(step key, 0x6d6978)``.
       abstract_model: with a builder ``model``, its ``nnx.eval_shape`` when the caller has it
         already (e.g. from :func:`jaxmim.preflight.preflight`), so the model is not traced twice.
+      abstract_state: return the state as ``jax.ShapeDtypeStruct`` leaves carrying their
+        ``NamedSharding`` instead of allocating it: enough to ``train_step.lower(state, batch)``
+        and compile or count the step (:func:`jaxmim.benchmark_steps.model_flops_per_image`), with
+        nothing initialised (a built ``model`` is not copied either).
 
     Returns:
-      ``(trainer, state)`` with the state placed on the mesh.
+      ``(trainer, state)`` with the state placed on the mesh (abstract with ``abstract_state``).
 
     Raises:
       ValueError: optimizer or mesh config errors (named field).
@@ -125,7 +130,10 @@ def make_trainer(model: nnx.Module | Callable[[], nnx.Module], loss_fn: Callable
     nonfinite_mode = config.get('nonfinite', 'stop')
     rep = replicated(mesh)
     init = functools.partial(_init_state, tx=tx, ema_decay=ema_decay)
-    if build is not None:
+    if abstract_state:
+        state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                             layout.shapes, state_sharding)
+    elif build is not None:
         state = jax.jit(lambda: init(*split_variables(build())[1:]), out_shardings=state_sharding)()
     else:
         _, params, model_state = split_variables(model)

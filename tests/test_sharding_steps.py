@@ -172,3 +172,22 @@ def test_export_of_an_fsdp_run_equals_a_replicated_run(tmp_path):
     assert meta_a == meta_b and list(a) == list(b)
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_abstract_state_lowers_the_same_step_without_allocating():
+    """``make_trainer(..., abstract_state=True)``: every state leaf is a ``jax.ShapeDtypeStruct``
+    with the shape, dtype and sharding of the allocated state's, and the step lowers to the same
+    module from it (what the benchmark counts and phase 1 of the accelerator run compiles)."""
+    cfg = config_of('vit_mae', 'fsdp', (1, 8, 1))
+    mesh = cpu_mesh((1, 8, 1))
+    build = functools.partial(rundir.build_model, cfg)
+    model = nnx.eval_shape(build)
+    trainer, state = steps.make_trainer(build, loss_fn_of(cfg, model), cfg, mesh)
+    t_abs, abstract = steps.make_trainer(build, loss_fn_of(cfg, model), cfg, mesh, abstract_state=True)
+    leaves, abs_leaves = jax.tree.leaves(state), jax.tree.leaves(abstract)
+    assert len(leaves) == len(abs_leaves) and all(isinstance(a, jax.ShapeDtypeStruct) for a in abs_leaves)
+    for x, a in zip(leaves, abs_leaves):
+        assert (a.shape, a.dtype, a.sharding) == (x.shape, x.dtype, x.sharding)
+    batch = mesh_lib.global_batch(batch_of(cfg, model), mesh_lib.batch_sharding(mesh))
+    text = trainer.train_step.lower(state, batch).as_text()
+    assert t_abs.train_step.lower(abstract, batch).as_text() == text
