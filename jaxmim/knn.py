@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -54,7 +53,8 @@ from jaxmim import ops
 from jaxmim import registry
 from jaxmim import rundir
 from jaxmim import sharding as sharding_lib
-from jaxmim.mesh import batch_sharding, batch_size_divisor, global_batch, replicated, step_compiler_options
+from jaxmim.mesh import (batch_sharding, batch_size_divisor, data_shards, global_batch, replicated,
+                         step_compiler_options)
 
 __all__ = ['DEFAULTS', 'DEFAULT_CHUNK', 'RESULT_FILE', 'knn_class_scores', 'knn_counts', 'make_feature_step',
            'extract_features', 'knn_accuracy', 'classifier_of_run', 'make_train_hook', 'run_knn', 'main']
@@ -251,19 +251,21 @@ def extract_features(feature_step, variables, batches: Iterator[dict], mesh) -> 
     return _concat_fn(mesh)(feats, labels, valid)
 
 
-def _batches(data_cfg, split: str, batch_size: int, seed: int, limit: int = 0) -> Iterator[dict]:
-    """Evaluation batches (no augmentation, one pass, padded and masked) of ``split``; with
-    ``limit > 0`` only the first ``limit`` examples count (one process: the first of the split;
-    P processes: the first ``limit / P`` of each process's contiguous slice)."""
+def _batches(data_cfg, split: str, batch_size: int, seed: int, mesh, limit: int = 0) -> Iterator[dict]:
+    """Evaluation batches (no augmentation, one pass, padded and masked) of ``split``, this
+    process's part of each (:func:`jaxmim.mesh.data_shards` of ``mesh``); with ``limit > 0`` only
+    the first ``limit`` examples count (one part: the first of the split; P parts: the first
+    ``limit / P`` of each part's contiguous slice)."""
     from jaxmim.data import pipeline
 
     cfg = ml_collections.ConfigDict(data_cfg.to_dict())
     cfg.eval_split, cfg.cache = split, False
-    it = pipeline.create_split(cfg, train=False, batch_size=batch_size, seed=seed)
+    p, procs = data_shards(mesh)
+    it = pipeline.create_split(cfg, train=False, batch_size=batch_size, seed=seed, process_index=p,
+                               process_count=procs)
     if not limit:
         yield from it
         return
-    procs, p = jax.process_count(), jax.process_index()
     quota = limit // procs + (p < limit % procs)
     local = batch_size // procs
     most = limit // procs + (limit % procs > 0)   # the largest quota: every process runs as many batches
@@ -296,8 +298,8 @@ def knn_accuracy(feature_step, variables, mesh, data_cfg, *, k: int, temperature
       ValueError: ``k`` larger than the train images used.
     """
     train = extract_features(feature_step, variables,
-                             _batches(data_cfg, data_cfg.train_split, batch_size, seed, train_examples), mesh)
-    test = extract_features(feature_step, variables, _batches(data_cfg, data_cfg.eval_split, batch_size, seed), mesh)
+                             _batches(data_cfg, data_cfg.train_split, batch_size, seed, mesh, train_examples), mesh)
+    test = extract_features(feature_step, variables, _batches(data_cfg, data_cfg.eval_split, batch_size, seed, mesh), mesh)
     n_train = int(jax.device_get(train[2].sum()))
     if k > n_train:
         raise ValueError(f'k={k} neighbours but only {n_train} train images')
@@ -401,10 +403,10 @@ def _settings(config, mesh, *, k=None, temperature=None, train_examples=None, ba
                              prefix='--' if flags[key] is not None else 'config.knn.')
     if not s['batch_size']:
         s['batch_size'] = int(config.get('eval_batch_size') or config.batch_size)
-    n = math.lcm(batch_size_divisor(mesh), jax.process_count())
+    n = batch_size_divisor(mesh)   # a multiple of the processes' distinct parts (mesh.data_shards)
     if s['batch_size'] % n:
         raise ValueError(f'k-NN batch size {s["batch_size"]} (--batch_size / config.knn.batch_size) must be a '
-                         f'multiple of {n} (the data x fsdp mesh axes and the {jax.process_count()} processes)')
+                         f'multiple of {n} (the data x fsdp mesh axes, over which the processes split it)')
     data_cfg = config_lib.resolve_data_config(config)
     try:
         builder = datasets.get_dataset_builder(data_cfg.dataset, data_cfg.data_dir)

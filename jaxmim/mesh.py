@@ -29,7 +29,8 @@ from jaxmim.ops import CPU_COMPILER_OPTIONS  # noqa: F401  (re-exported)
 from jaxmim.sharding import BATCH_AXES, MESH_AXES
 
 __all__ = ['make_mesh', 'mesh_shape', 'CPU_COMPILER_OPTIONS', 'step_compiler_options', 'batch_sharding',
-           'replicated', 'batch_size_divisor', 'global_batch', 'check_batch_sizes', 'parse_mesh_flag']
+           'replicated', 'batch_size_divisor', 'data_shards', 'global_batch', 'check_batch_sizes',
+           'parse_mesh_flag']
 
 _AXIS_TYPES = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
 
@@ -160,28 +161,68 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def data_shards(mesh) -> tuple[int, int]:
+    """``(index, count)``: which of the ``count`` distinct parts of every global batch this process
+    loads (its data split, its masking-input stream, its rows of the batch).
+
+    A process loads the rows of the batch its devices hold. Processes whose devices hold the same
+    rows (a ``model`` axis across processes, e.g. one process per GPU under ``fsdp_tp``) are
+    replicas of one part: they must load identical data, so they share an index. With every
+    process holding rows of its own this is ``(jax.process_index(), jax.process_count())``; with
+    replicas, parts are numbered by the lowest process index among their holders. Pass it to
+    :func:`jaxmim.data.pipeline.create_split` as ``(process_index, process_count)``.
+
+    Raises:
+      ValueError: the processes' rows overlap without being equal, a process's rows are not one
+        contiguous run, the parts differ in size, or this process has no device in ``mesh``.
+    """
+    n = batch_size_divisor(mesh)
+    rows_of: dict[int, set[int]] = {}
+    for device, (rows, *_) in batch_sharding(mesh).devices_indices_map((n,)).items():
+        rows_of.setdefault(device.process_index, set()).update(range(*rows.indices(n)))
+    me = jax.process_index()
+    if me not in rows_of:
+        raise ValueError(f'process {me} has no device in the mesh {dict(zip(mesh.axis_names, mesh.devices.shape))}')
+    parts = {frozenset(r) for r in rows_of.values()}
+    if sum(len(r) for r in parts) != n or len({len(r) for r in parts}) != 1 or any(
+            max(r) - min(r) + 1 != len(r) for r in parts):
+        raise ValueError(
+            f'the mesh {dict(zip(mesh.axis_names, mesh.devices.shape))} gives processes rows of the batch '
+            f'that overlap partly, differ in number or are not contiguous '
+            f'({ {p: sorted(r) for p, r in sorted(rows_of.items())} } of the {n} pieces split over data x fsdp); '
+            'order the devices so that each process holds whole pieces of the data and fsdp axes')
+    order = sorted(parts, key=lambda r: min(p for p, rows in rows_of.items() if rows == r))
+    return order.index(frozenset(rows_of[me])), len(order)
+
+
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles the per-process NumPy batch ``{name: (B / processes, ...)}`` into global arrays
-    ``(B, ...)`` sharded as ``sharding``."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    """Assembles the per-process NumPy batch ``{name: (B / count, ...)}`` (``count`` the parts of
+    :func:`data_shards`; replica processes pass identical data) into global arrays ``(B, ...)``
+    sharded as ``sharding``."""
+    _, count = data_shards(sharding.mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * count,) + v.shape[1:])
+            for k, v in local.items()}
 
 
 def check_batch_sizes(config, mesh) -> None:
     """``config.batch_size`` (and ``eval_batch_size`` when fine-tuning) split evenly over the
-    batch axes of ``mesh`` (``data x fsdp``) and over the processes; ``batch_size`` also over
-    ``accum_steps`` micro-batches, each split evenly over the batch axes.
+    batch axes of ``mesh`` (``data x fsdp``) and so over the processes' distinct parts
+    (:func:`data_shards`); ``batch_size`` also over ``accum_steps`` micro-batches, each split
+    evenly over the batch axes.
 
     Raises:
-      ValueError: naming the field, its value and the ``data x fsdp`` size.
+      ValueError: naming the field, its value and the ``data x fsdp`` size; a mesh whose
+        processes hold overlapping rows of the batch (:func:`data_shards`).
     """
-    n = batch_size_divisor(mesh)
+    data_shards(mesh)
+    n = batch_size_divisor(mesh)   # a multiple of the processes' distinct parts
     fields = [('batch_size', config.batch_size)] + (
         [('eval_batch_size', config.eval_batch_size)] if config.mode == 'finetune' else [])
     for field, value in fields:
-        if value < 1 or value % n or value % jax.process_count():
+        if value < 1 or value % n:
             raise ValueError(f'config.{field}={value} must be a positive multiple of data x fsdp = {n} '
-                             f'(batches are split evenly over the data and fsdp mesh axes) and of the '
-                             f'{jax.process_count()} processes')
+                             f'(batches are split evenly over the data and fsdp mesh axes, and so over '
+                             f'the processes)')
     accum = int(config.get('accum_steps', 1))
     if config.batch_size % (accum * n):
         raise ValueError(f'config.batch_size={config.batch_size} must be a multiple of config.accum_steps={accum} '

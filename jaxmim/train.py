@@ -34,7 +34,7 @@ from jaxmim import resilience
 from jaxmim import rundir
 from jaxmim import steps
 from jaxmim.data import checks as data_checks
-from jaxmim.mesh import batch_sharding, global_batch
+from jaxmim.mesh import batch_sharding, data_shards, global_batch
 from jaxmim.preflight import preflight
 
 PyTree = Any
@@ -310,28 +310,31 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
         seg.close()
 
 
-def _data_fn(config, model=None, *, train: bool):
+def _data_fn(config, mesh, model=None, *, train: bool):
     """``start_step -> iterator`` of per-process batches for the run's (resolved) data config.
 
     With ``config.method.inputs_from == 'pipeline'`` each batch also carries the method's masking
     inputs made on the host by ``model.host_inputs`` from a NumPy generator seeded by
-    ``(seed, process, step)``, so a resumed run draws the same masks.
+    ``(seed, part, step)``, so a resumed run draws the same masks. ``part`` is this process's part
+    of the batch (:func:`jaxmim.mesh.data_shards`: processes holding the same rows of ``mesh``'s
+    batch load the same data and draw the same inputs).
     """
     from jaxmim.data import pipeline
 
     data_cfg = config_lib.resolve_data_config(config)
     from_pipeline = train and config.mode == 'pretrain' and config.method.inputs_from == 'pipeline'
-    local_batch = config.batch_size // jax.process_count()
+    part, parts = data_shards(mesh)     # replica processes (a model axis across them) load the same part
+    local_batch = config.batch_size // parts
 
     def make(start_step: int):
-        it = pipeline.create_split(data_cfg, train=train, batch_size=config.batch_size,
-                                   seed=config.seed, start_step=start_step)
+        it = pipeline.create_split(data_cfg, train=train, batch_size=config.batch_size, seed=config.seed,
+                                   process_index=part, process_count=parts, start_step=start_step)
         if not from_pipeline:
             return it
 
         def with_inputs():
             for step, batch in enumerate(it, start=start_step):
-                rng = np.random.default_rng((config.seed, jax.process_index(), step))
+                rng = np.random.default_rng((config.seed, part, step))
                 yield {**batch, **model.host_inputs(rng, local_batch)}
 
         return with_inputs()
@@ -377,7 +380,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
         except BaseException:
             resilience.release_workdir(workdir)
             raise
-    return _train_loop(config, workdir, trainer, state, _data_fn(config, model, train=True), knn_fn,
+    return _train_loop(config, workdir, trainer, state, _data_fn(config, mesh, model, train=True), knn_fn,
                        step_hook=hook, eval_kind='knn', eval_every=int(config.get('knn_every', 0) or 0) or None)
 
 
@@ -428,8 +431,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
 
     def eval_fn(state, step):
         def run(variables):
+            part, parts = data_shards(mesh)
             batches = pipeline.create_split(data_cfg, train=False, batch_size=config.eval_batch_size,
-                                            seed=config.seed)
+                                            seed=config.seed, process_index=part, process_count=parts)
             return steps.evaluate(eval_step, variables, batches, sharding)
 
         res = run({'params': state['params'], 'model_state': state['model_state']})
@@ -437,7 +441,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
             res |= {f'ema_{k}': v for k, v in run(state['ema']).items() if k != 'count'}
         return res
 
-    return _train_loop(config, workdir, trainer, state, _data_fn(config, train=True), eval_fn,
+    return _train_loop(config, workdir, trainer, state, _data_fn(config, mesh, train=True), eval_fn,
                        extra_summary={'pretrained': report})
 
 

@@ -60,8 +60,8 @@ def run_interrupted(monkeypatch, train_module, run, stop_at: int):
 
     real = train_module._data_fn
 
-    def interrupted(config, model=None, *, train):
-        make = real(config, model, train=train)
+    def interrupted(config, mesh, model=None, *, train):
+        make = real(config, mesh, model, train=train)
 
         def gen(start):
             it = make(start)

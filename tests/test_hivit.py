@@ -383,7 +383,7 @@ def test_tiny_mae_run_lowers_the_loss_compiles_once_and_fine_tunes_by_name(tmp_p
     bank = np.stack([np.stack([1.0 + 0.5 * np.sin(2 * np.pi * (f * xx + g * yy + p)) for p in rng.rand(3)], -1)
                      for f, g in rng.randint(1, 4, size=(32, 2))]).astype(np.float32)
 
-    def data_fn(config, model=None, *, train):
+    def data_fn(config, mesh, model=None, *, train):
         def make(start):
             for step in range(start, 10_000):
                 idx = np.arange(16) + 16 * (step % 2)

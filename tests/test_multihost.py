@@ -72,7 +72,7 @@ def _two_process_split(original):
     """``create_split`` for one process that yields, as its batch, process 0's batch of a
     2-process run followed by process 1's."""
     def create_split(config, *, train, batch_size, seed=0, process_index=None, process_count=None, start_step=0):
-        assert train and process_index is None and process_count is None
+        assert train and (process_index, process_count) == (0, 1)   # the single process's data_shards
         streams = [original(config, train=train, batch_size=batch_size, seed=seed, process_index=p,
                             process_count=PROCESSES, start_step=start_step) for p in range(PROCESSES)]
         for parts in zip(*streams):

@@ -1,8 +1,11 @@
 """Two local processes (jax.distributed + gloo on 127.0.0.1) train like one process.
 
-Each process owns 2 fake CPU devices and half of the global batch; the global arrays are
-assembled with ``jax.make_array_from_process_local_data``. Two steps must give the losses
-and parameters of a single process that holds all 4 devices and the whole batch.
+* Each process owns 2 fake CPU devices and half of the global batch; the global arrays are
+  assembled with ``jax.make_array_from_process_local_data``. Two steps must give the losses
+  and parameters of a single process that holds all 4 devices and the whole batch.
+* Tensor parallelism across processes (one device each, ``fsdp_tp`` with ``model=2``): the two
+  processes hold the same rows of the batch, so both load the whole batch (part 0 of 1,
+  :func:`jaxmim.mesh.data_shards`), and two steps equal one process holding both devices.
 """
 
 import json
@@ -12,17 +15,21 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (devices per process, config.mesh) of each case
+CASES = {'dp': (2, {}), 'model_across': (1, {'layout': 'fsdp_tp', 'data': 1, 'fsdp': 1, 'model': 2})}
 
 
 def GLOBAL_BATCH():
     return np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
 
 
-def run_steps(devices, local_images, steps=2):
-    """Runs ``steps`` SimMIM steps of a tiny demo Swin on a mesh over ``devices``; returns the
-    losses and a checksum of the final parameters."""
+def run_steps(devices, images, mesh_config=None, steps=2):
+    """Runs ``steps`` SimMIM steps of a tiny demo Swin on a mesh over ``devices``, each process
+    feeding its part (:func:`jaxmim.mesh.data_shards`) of the global batch ``images``; returns the
+    losses, a checksum of the final parameters and ``(part, parts, global batch shape)``."""
     import jax
 
     from jaxmim import mesh as mesh_lib
@@ -32,17 +39,23 @@ def run_steps(devices, local_images, steps=2):
     from jaxmim.config import load_config_file
     cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
     cfg.batch_size, cfg.total_steps, cfg.optim.warmup_steps = 8, 10, 2
-    mesh = mesh_lib.make_mesh(devices)
+    cfg.mesh.update(mesh_config or {})
+    mesh = mesh_lib.make_mesh(devices, cfg.mesh)
+    mesh_lib.check_batch_sizes(cfg, mesh)
+    part, parts = mesh_lib.data_shards(mesh)
+    rows = images.shape[0] // parts
+    batch = mesh_lib.global_batch({'image': images[part * rows:(part + 1) * rows]}, mesh_lib.batch_sharding(mesh))
     model = create_mim_model(cfg.method.to_dict(), cfg.model.name,
                              overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
     trainer, state = steps_lib.make_trainer(model, steps_lib.mim_loss, cfg, mesh)
     losses = []
     for _ in range(steps):
-        state, metrics = trainer.train_step(state, mesh_lib.global_batch({'image': local_images},
-                                                                      mesh_lib.batch_sharding(mesh)))
+        state, metrics = trainer.train_step(state, batch)
         losses.append(float(metrics['loss']))
-    leaves = jax.tree.leaves(jax.device_get(state['params']))
-    return losses, float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))
+    from jax.experimental import multihost_utils    # parameters split over processes (model axis)
+    leaves = jax.tree.leaves(multihost_utils.process_allgather(state['params'], tiled=True))
+    checksum = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))
+    return losses, checksum, (part, parts, list(batch['image'].shape))
 
 
 def _free_port():
@@ -51,13 +64,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_two_processes_match_one_process(tmp_path, case):
     import jax
-    out = str(tmp_path / 'result.json')
+    per_process, mesh_config = CASES[case]
+    out = str(tmp_path / 'result')
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     worker = os.path.join(ROOT, 'tests', '_multiprocess_worker.py')
-    procs = [subprocess.Popen([sys.executable, worker, str(port), str(pid), out], cwd=ROOT, env=env,
+    procs = [subprocess.Popen([sys.executable, worker, str(port), str(pid), out, case], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for pid in range(2)]
     logs = []
@@ -69,7 +84,12 @@ def test_two_processes_match_one_process(tmp_path):
                 q.kill()
             raise
     assert all(p.returncode == 0 for p in procs), '\n'.join(log[-3000:] for log in logs)
-    multi = json.load(open(out))
-    losses, checksum = run_steps(jax.devices()[:4], GLOBAL_BATCH())
-    np.testing.assert_allclose(multi['losses'], losses, rtol=1e-5)
-    np.testing.assert_allclose(multi['checksum'], checksum, rtol=1e-5)
+    multi = [json.load(open(f'{out}.{pid}.json')) for pid in range(2)]
+    # which part of the batch each process loaded, and the global batch both assembled
+    expected_parts = [[0, 2], [1, 2]] if case == 'dp' else [[0, 1], [0, 1]]
+    assert [m['part'][:2] for m in multi] == expected_parts
+    assert all(m['part'][2] == [8, 32, 32, 3] for m in multi)
+    losses, checksum, _ = run_steps(jax.devices()[:2 * per_process], GLOBAL_BATCH(), mesh_config)
+    for m in multi:
+        np.testing.assert_allclose(m['losses'], losses, rtol=1e-5)
+        np.testing.assert_allclose(m['checksum'], checksum, rtol=1e-5)

@@ -97,8 +97,8 @@ def data_hook(monkeypatch, on_batch):
     of every step (1-based) before the loop gets it."""
     real = train._data_fn
 
-    def hooked(config, model=None, *, train):
-        make = real(config, model, train=train)
+    def hooked(config, mesh, model=None, *, train):
+        make = real(config, mesh, model, train=train)
 
         def gen(start):
             for step, batch in enumerate(make(start), start=start + 1):

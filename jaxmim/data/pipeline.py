@@ -142,8 +142,10 @@ def create_split(
       batch_size: GLOBAL batch size over all processes.
       seed: seeds file order, shuffling and augmentation; same seed, same
         config and same process layout give the same batches.
-      process_index: this process in ``[0, process_count)`` [``jax.process_index()``].
-      process_count: number of processes [``jax.process_count()``].
+      process_index: this process's part in ``[0, process_count)`` [``jax.process_index()``];
+        a run passes :func:`jaxmim.mesh.data_shards` of its mesh (replica processes of a
+        ``model`` axis across processes share a part).
+      process_count: number of distinct parts [``jax.process_count()``].
       start_step: training only: start the stream after ``start_step`` batches,
         so a run resumed at step k sees exactly the batches an uninterrupted run
         sees from step k on. The order is a pure function of (seed, process,
