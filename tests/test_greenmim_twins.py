@@ -228,6 +228,41 @@ def test_twins_large_parameter_count():
     assert 99.2e6 <= enc + 1024 * 1000 + 1000 < 99.3e6     # Twins-SVT-L: 99.2M (Chu et al. 2021, truncated)
 
 
+def test_initialisation_follows_the_official_order():
+    """Official init (``CPVTV2._init_weights``, then ``MaskedAutoencoder.initialize_weights``): every
+    Linear and dense conv kernel xavier-uniform on its flattened view, bound sqrt(6 / (fan_in +
+    fan_out)); dense conv biases (patch_embeds.0, the PEGs) zero; the spconv weights
+    (patch_embeds.1-2, attn.sr) spconv 2.3.8's own: kernel and bias U(+-1/sqrt(k*k*C_in)), a
+    bound below xavier's for these shapes, so a re-initialised kernel would exceed it."""
+    m = create_model(DEMO, embed_dims=(32, 64, 128), num_heads=(1, 2, 4), decoder_embed_dim=32)
+    enc = m.encoder
+
+    def check_bound(x, bound, what):
+        x = np.abs(np.asarray(x))
+        assert x.max() <= bound and x.max() > 0.8 * bound, (what, x.max(), bound)
+
+    sparse = [(f'patch_embeds.{s}.proj', enc.patch_embeds[s].proj) for s in (1, 2)]
+    sparse += [(f'blocks.{s}.{j}.attn.sr', blk.attn.sr) for s, stage in enumerate(enc.blocks)
+               for j, blk in enumerate(stage) if getattr(blk.attn, 'sr', None) is not None]
+    assert len(sparse) == 4        # stages 1-2 embeds; the GSA blocks of stages 1-2 (sr 4, 2)
+    for name, conv in sparse:
+        k, _, cin, cout = conv.kernel.shape
+        bound = 1 / np.sqrt(k * k * cin)
+        assert np.sqrt(6 / (k * k * (cin + cout))) > 1.2 * bound, name   # distinguishable from xavier
+        check_bound(conv.kernel[...], bound, name)
+        check_bound(conv.bias[...], bound, name + '.bias')
+    dense = enc.patch_embeds[0].proj
+    kh, kw, cin, cout = dense.kernel.shape
+    check_bound(dense.kernel[...], np.sqrt(6 / (kh * kw * cin + cout)), 'patch_embeds.0.proj')
+    assert not np.any(np.asarray(dense.bias[...]))
+    for peg in enc.pos_block:
+        assert not np.any(np.asarray(peg.proj[0].bias[...]))
+    for path, lin in nnx.iter_graph(m):
+        if isinstance(lin, nnx.Linear):
+            fan_in, fan_out = lin.kernel.shape
+            check_bound(lin.kernel[...], np.sqrt(6 / (fan_in + fan_out)), path)
+
+
 def test_planner_static_shapes_and_bad_sr():
     """Twins-L plan: 768 / 192 / 48 / 12 visible tokens, LSA grouped at stages 1-2 and masked at
     3-4, one window size 7 with no shift; an sr that splits a mask unit is refused."""

@@ -171,6 +171,10 @@ class GreenSwinTransformer(nnx.Module):
     Call ``encoder(images, plan, train=, rng=)``: images ``(B, H, W, C)``, plan ``(Bm, P)``
     int32 (Bm 1 or B) -> ``(B, len_keep, num_features)`` final-norm features of the visible units
     in raster order.
+
+    Raises:
+      ValueError: ``depths`` and ``num_heads`` differ in length, a bad ``merge_order``/``remat``/``scan_blocks``,
+        a geometry :class:`GreenSwinPlanner` rejects; on call, ``plan`` not of shape ``(1 or B, plan_length)``.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
@@ -249,11 +253,12 @@ class GreenSwinTransformer(nnx.Module):
 
 def _xavier_reinit(module: nnx.Module, key: jax.Array) -> None:
     """Official ``MaskedAutoencoder.initialize_weights`` (``base_green_models.py:94-124``): every
-    Linear kernel xavier-uniform (bias 0, already), conv kernels xavier on the flattened view."""
+    Linear kernel xavier-uniform (bias 0, already), conv kernels xavier on the flattened view; a
+    conv whose class sets ``keeps_own_init`` (the Twins encoder's spconv weights) is left alone."""
     for i, (_, m) in enumerate(nnx.iter_graph(module)):
         if isinstance(m, nnx.Linear):
             m.kernel[...] = xavier_uniform(jax.random.fold_in(key, i), m.kernel.shape)
-        elif isinstance(m, nnx.Conv):
+        elif isinstance(m, nnx.Conv) and not getattr(type(m), 'keeps_own_init', False):
             m.kernel[...] = xavier_uniform_flat(jax.random.fold_in(key, i), m.kernel.shape)
 
 

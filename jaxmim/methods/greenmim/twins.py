@@ -47,7 +47,7 @@ from jaxmim.models import swin as swin_lib
 from jaxmim.registry import register_model
 
 __all__ = ['GreenTwinsPlanner', 'group_mask', 'sparse_conv_visible', 'depthwise_conv_visible', 'LSABlock',
-           'GSABlock', 'SparsePatchEmbed', 'PosCNN', 'GreenTwinsTransformer', 'GreenMIMTwins']
+           'GSABlock', 'SparseConvWeights', 'SparsePatchEmbed', 'PosCNN', 'GreenTwinsTransformer', 'GreenMIMTwins']
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,14 +188,24 @@ def depthwise_conv_visible(x: jax.Array, pos: jax.Array, resolution: tuple[int, 
     return out + bias.astype(x.dtype) if bias is not None else out
 
 
-def _conv_holder(cin: int, cout: int, k: int, rngs: nnx.Rngs, groups: int = 1) -> nnx.Conv:
-    """An ``nnx.Conv`` holding a ``(k, k, cin/groups, cout)`` kernel (logical axes ``(None, None,
-    conv_in, conv_out)``, ``conv_in`` dropped when grouped) and a zero bias; its weights are
-    applied by :func:`sparse_conv_visible` / :func:`depthwise_conv_visible`."""
-    return nnx.Conv(cin, cout, (k, k), strides=k, padding='VALID', feature_group_count=groups,
-                    kernel_init=L.torch_default_kernel_init, bias_init=jax.nn.initializers.zeros, rngs=rngs,
-                    kernel_metadata=sharding.axes(None, None, 'conv_in' if groups == 1 else None, 'conv_out'),
-                    bias_metadata=sharding.axes('bias'))
+class SparseConvWeights(nnx.Conv):
+    """The weights of an official ``spconv`` sparse conv (``SparseConv2d``, not an ``nn.Conv2d``),
+    applied by :func:`sparse_conv_visible`; kept out of the xavier re-initialisation
+    (``keeps_own_init``), as ``initialize_weights`` (``base_green_models.py:94-124``) and
+    ``CPVTV2._init_weights`` only touch ``nn.Linear`` / ``nn.Conv2d``."""
+
+    keeps_own_init = True
+
+
+def _conv_holder(cin: int, cout: int, k: int, rngs: nnx.Rngs) -> SparseConvWeights:
+    """A ``(k, k, cin, cout)`` kernel and a bias (logical axes ``(None, None, conv_in, conv_out)``
+    and ``bias``) initialised as spconv 2.x's ``SparseConvolution.reset_parameters``
+    (traveller59/spconv v2.3.8 ``spconv/pytorch/conv.py:705-750``): both U(+-1/sqrt(k*k*cin)),
+    kaiming-uniform with a = sqrt(5) over fan_in = cin * k * k."""
+    return SparseConvWeights(cin, cout, (k, k), strides=k, padding='VALID',
+                             kernel_init=L.torch_default_kernel_init, bias_init=L.torch_default_bias_init(k * k * cin),
+                             rngs=rngs, kernel_metadata=sharding.axes(None, None, 'conv_in', 'conv_out'),
+                             bias_metadata=sharding.axes('bias'))
 
 
 class _Attention(nnx.Module):
@@ -397,6 +407,7 @@ class GreenTwinsTransformer(nnx.Module):
         self.planner = GreenTwinsPlanner(img_size, patch_size, mask_unit, len_keep, self.window_size, n, embed_dims,
                                          sr_ratios)
         embeds = [swin_lib.PatchEmbed(img_size, patch_size, in_chans, embed_dims[0], True, norm_eps, rngs=rngs)]
+        embeds[0].proj.bias[...] = jnp.zeros_like(embeds[0].proj.bias[...])  # CPVTV2._init_weights zeroes conv biases
         embeds += [SparsePatchEmbed(embed_dims[s - 1], embed_dims[s], norm_eps, rngs=rngs) for s in range(1, n)]
         self.patch_embeds = nnx.List(embeds)
         dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths), dtype=np.float32)]
@@ -482,7 +493,10 @@ class GreenMIMTwins(GreenMIMSwin):
       mask_unit, decoder_embed_dim, decoder_depth, decoder_num_heads, norm_pix_loss, mask_ratio,
         mask_mode, decoder_placement, attn_implementation, remat: as
         :class:`~jaxmim.methods.greenmim.swin.GreenMIMSwin` (``mlp_ratio`` of the decoder is 4, official).
-      rngs: initialisation (every Linear and conv kernel xavier-uniform on its flattened view).
+      rngs: initialisation (official ``CPVTV2._init_weights`` then ``initialize_weights``): every
+        Linear and dense conv kernel xavier-uniform on its flattened view, dense conv biases zero;
+        the sparse convs (``patch_embeds.{1,2,3}.proj``, ``attn.sr``) keep spconv's own init
+        (:class:`SparseConvWeights`).
 
     Call ``model(images, *, noise, plan=None, train=False, rng=None)`` -> ``{'loss', 'pred'
     (B, L, unit*unit*C), 'mask' (B, L), 'latent'}`` exactly as the Swin model.
