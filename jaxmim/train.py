@@ -82,7 +82,9 @@ class _Segment:
     def resume(self, state: PyTree) -> PyTree:
         """Restores the newest readable checkpoint into ``state`` (damaged newer ones set aside
         with a message), writes ``config.json``, opens the writer and the bar, and takes back the
-        earlier segments' history.
+        earlier segments' history. When the workdir holds a checkpoint, the arrays of ``state``
+        (the freshly initialised state, whose layout is the target) are deleted before it is read,
+        so the peak is one train state.
 
         Raises:
           ValueError: ``config.total_steps`` below the checkpoint's step.
@@ -94,6 +96,13 @@ class _Segment:
                 raise ValueError('it holds non-finite values')
 
         target = ckpt_lib.abstract_like(rundir.nonempty(state), rundir.nonempty(self.trainer.state_sharding))
+        if self.ckpt.all_steps():
+            # a checkpoint replaces the freshly initialised state: free its arrays first, so a resumed
+            # run never holds two train states (the small guard and step stay: a step may lack the guard)
+            for key, item in state.items():
+                if key not in ('guard', 'step'):
+                    for x in jax.tree.leaves(item):
+                        x.delete()
         start, restored, damaged = self.ckpt.restore_newest_readable(target, verify=verify,
                                                                      optional_items=('guard',))
         for bad_step, why, moved in damaged:

@@ -75,7 +75,24 @@ def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     run_interrupted(monkeypatch, train,
                     lambda: train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed')), 4)
     assert sorted(int(s) for s in os.listdir(tmp_path / 'resumed' / 'checkpoints')) == [3]
+    # the resumed run frees its freshly initialised state before reading the checkpoint (one state at a time)
+    made, freed = [], []
+    real_make, real_restore = train.steps.make_trainer, train.ckpt_lib.Checkpointer.restore_newest_readable
+
+    def make_trainer(*args, **kwargs):
+        made.append(real_make(*args, **kwargs))
+        return made[-1]
+
+    def restore(self, *args, **kwargs):
+        initial = made[-1][1]
+        freed.append([all(x.is_deleted() for x in jax.tree.leaves(initial[k])) for k in ('params', 'opt_state')]
+                     + [not x.is_deleted() for x in jax.tree.leaves(initial['guard'])])
+        return real_restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.steps, 'make_trainer', make_trainer)
+    monkeypatch.setattr(train.ckpt_lib.Checkpointer, 'restore_newest_readable', restore)
     resumed = train.pretrain(pretrain_cfg(data_dir, 6), str(tmp_path / 'resumed'))[1]
+    assert freed and all(freed[0]), freed
     assert resumed['start_step'] == 3
     got = {h['step']: h['loss'] for h in resumed['history']}
     want = {h['step']: h['loss'] for h in full['history']}
