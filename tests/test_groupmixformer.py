@@ -264,13 +264,15 @@ def test_batchnorm_updates_in_training_and_is_frozen_in_evaluation():
     # Evaluation is per-sample: sample 0 does not depend on its batch mates.
     np.testing.assert_allclose(fwd(model, jnp.asarray(other), False)[0], out_eval[0], rtol=1e-5, atol=1e-6)
 
-    # Training: the stem's first BatchNorm moves to 0.9 * old + 0.1 * (biased) batch statistics.
+    # Training: the stem's first BatchNorm moves to 0.9 * old + 0.1 * batch statistics, the variance
+    # unbiased (ddof=1 over the 4 * 16 * 16 values per channel), as PyTorch's.
     conv1 = np.asarray(model.conv_stem.proj1(jnp.asarray(x)), np.float64)
     out_train = np.asarray(fwd(model, jnp.asarray(x), True))
     after = _batch_stats(model)
     np.testing.assert_allclose(after[('conv_stem', 'norm1', 'mean')], 0.1 * conv1.mean((0, 1, 2)), rtol=1e-4,
                                atol=1e-7)
-    np.testing.assert_allclose(after[('conv_stem', 'norm1', 'var')], 0.9 + 0.1 * conv1.var((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(after[('conv_stem', 'norm1', 'var')], 0.9 + 0.1 * conv1.var((0, 1, 2), ddof=1),
+                               rtol=1e-5)
     assert all(not np.array_equal(before[k], after[k]) for k in before if k[-1] == 'mean')   # every BN moved
     assert np.abs(out_train - out_eval).max() > 1e-3            # batch statistics, not running ones
     # ... and in training sample 0 depends on its batch mates.
@@ -284,7 +286,7 @@ def test_aggregator_statistics_are_shared_by_q_k_v():
     att(jnp.asarray(x), train=True)
     seg0 = np.concatenate([qkv[..., t * 40:t * 40 + 8] for t in range(3)], 0)      # q0, k0, v0 stacked
     np.testing.assert_allclose(att.aggregator.norm0.mean[...], 0.1 * seg0.mean((0, 1, 2)), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(att.aggregator.norm0.var[...], 0.9 + 0.1 * seg0.var((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(att.aggregator.norm0.var[...], 0.9 + 0.1 * seg0.var((0, 1, 2), ddof=1), rtol=1e-5)
 
 
 def test_batchnorm_statistics_are_global_over_1_and_8_devices():

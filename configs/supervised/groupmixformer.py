@@ -24,8 +24,9 @@ rand-m9-mstd0.5-inc1 (colour jitter 0.4 ignored beside it), random erasing 0.25 
 resize 256 bicubic + centre crop 224; no EMA, dropout 0. BatchNorm statistics (the official
 SyncBatchNorm) are reduced over the global batch (``model_state``).
 
-Mixed precision: the official apex O1 (fp16) is bf16 compute here (``compute_dtype='bfloat16'``; today
-GroupMixFormer's BatchNorm turns the activations back to float32, see tests/test_bf16.py). Difference
+Mixed precision: the official apex O1 (fp16) is bf16 compute here (``compute_dtype='bfloat16'``;
+BatchNorm computes its statistics in float32 and returns the input's dtype, see
+tests/test_bf16_groupmixformer.py). Difference
 left: one mixup lambda per global batch (timm draws one per GPU).
 """
 

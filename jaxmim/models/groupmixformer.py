@@ -24,12 +24,14 @@ memory order). Details that matter (all in the official file):
   statistics in training (``train=True``, running statistics updated), running statistics in
   evaluation (frozen). The statistics are plain means over the batch, height and width axes of the
   traced array: under ``jax.jit`` with the batch axis sharded over devices XLA reduces them over
-  the **global** batch, which is SyncBatchNorm. The running variance is updated with the biased
-  batch variance (Flax); PyTorch uses the unbiased one (differs by ``n / (n - 1)`` in training).
+  the **global** batch, which is SyncBatchNorm. The running variance is updated with the unbiased
+  batch variance (``n / (n - 1)`` times the biased one that normalises), as PyTorch does
+  (:class:`BatchNorm`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -70,17 +72,26 @@ def _conv(din: int, dout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1, group
 
 
 class BatchNorm(nnx.BatchNorm):
-    """``nnx.BatchNorm`` whose output keeps the input's dtype.
+    """``nnx.BatchNorm`` as PyTorch's: output in the input's dtype, running variance unbiased.
 
     Under mixed precision (``config.compute_dtype='bfloat16'``) the float32 running statistics and
     affine parameters would promote bf16 activations to float32, so every layer after the first
     BatchNorm would compute in float32; the statistics are still computed in float32 and the
-    result is cast back. float32 inputs are unchanged.
+    result is cast back. float32 inputs are unchanged. In training the running variance takes the
+    unbiased batch variance, ``var * n / (n - 1)`` with ``n`` the values per channel of the traced
+    (global) batch, as ``torch.nn.BatchNorm2d`` / ``SyncBatchNorm`` do; Flax takes the biased one.
     """
 
-    def __call__(self, x: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        """``nnx.BatchNorm.__call__`` on channels-last ``x``, returned in ``x.dtype``."""
-        return super().__call__(x, *args, **kwargs).astype(x.dtype)
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, **kwargs: Any) -> jax.Array:
+        """``nnx.BatchNorm.__call__`` on channels-last ``x`` ``(..., C)``, returned in ``x.dtype``."""
+        training = not (self.use_running_average if use_running_average is None else use_running_average)
+        old = self.var[...] if training else None
+        y = super().__call__(x, use_running_average, **kwargs)
+        n = math.prod(x.shape[:-1])
+        if training and n > 1:   # new = m old + (1 - m) v  ->  m old + (1 - m) v n / (n - 1)
+            new = self.var[...]
+            self.var[...] = new + (new - self.momentum * old) / (n - 1)
+        return y.astype(x.dtype)
 
 
 def batch_norm(dim: int, rngs: nnx.Rngs) -> BatchNorm:
@@ -135,6 +146,9 @@ class Aggregator(nnx.Module):
     Returns ``(qkv, local)``: ``qkv`` ``(3, B, num_heads, H*W, 4s / num_heads)`` (head j takes
     channels ``[j c, (j+1) c)`` of the concatenated segments 0-3, so heads 0-1 come from the
     identity segment, 2-3 from 3x3, 4-5 from 5x5, 6-7 from 7x7), and ``local`` ``(B, H, W, s)``.
+
+    Raises:
+      ValueError: ``dim`` is not a multiple of ``seg``.
     """
 
     def __init__(self, dim: int, seg: int = 5, *, rngs: nnx.Rngs):
@@ -175,6 +189,9 @@ class ConvRelPosEnc(nnx.Module):
     as ``(B, H, W, h*Ch)``, its channels split by :data:`CRPE_WINDOW` heads (2, 3, 3) and each
     group convolved depthwise with its own kernel (3, 5, 7; padding k // 2, with bias);
     ``conv_list.{0,1,2}``.
+
+    Raises:
+      ValueError: the head counts of ``window`` do not sum to ``num_heads`` (8 for :data:`CRPE_WINDOW`).
     """
 
     def __init__(self, ch: int, num_heads: int, window: Sequence[tuple[int, int]] = CRPE_WINDOW, *,
@@ -208,6 +225,10 @@ class EfficientAtt(nnx.Module):
        (C // num_heads)^-0.5`` (the full stage width, not the head width).
     4. Heads merged -> ``(B, H, W, 4C/5)``, the non-attention branch appended last, ``proj`` Dense,
        dropout. ``attn_drop`` exists officially but is unused (``:168``).
+
+    Raises:
+      ValueError: ``dim`` not a multiple of 5, ``4 * dim / 5`` not divisible by ``num_heads``, or ``num_heads != 8``
+        (:class:`ConvRelPosEnc`); on call, ``train`` with ``proj_drop > 0`` and no ``rng``.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, qk_scale: float | None = None,
@@ -313,6 +334,7 @@ class GMAStage(nnx.Module):
                                             norm_eps, rngs=rngs) for i in range(depth)])
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """``(B, H, W, dim)`` NHWC -> ``(B, H, W, dim)``; ``rng`` split into one key per block."""
         for blk, key in zip(self.gma_stage, L.split_key(rng, len(self.gma_stage))):
             x = L.call_block(blk, x, train=train, rng=key, remat=self.remat)
         return x
