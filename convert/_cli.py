@@ -276,7 +276,11 @@ def run_main(argv: list[str], body: Callable[[Any], None]) -> None:
     logging to WARNING unless ``--verbosity`` was given (orbax logs every step at INFO), then runs
     ``body(flags.FLAGS)``; a ``FileNotFoundError``, ``KeyError``, ``TypeError`` or ``ValueError``
     from it goes to :func:`fail` (``error: ...`` on stderr, exit status 1), anything else (e.g. an
-    ``app.UsageError``) propagates."""
+    ``app.UsageError``) propagates.
+
+    Raises:
+      app.UsageError: ``argv`` has positional arguments (or ``body`` raised one).
+    """
     from absl import app, flags, logging
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')

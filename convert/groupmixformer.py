@@ -120,6 +120,11 @@ class ConvRelPosEnc(nn.Module):
     ``q * DWConv(v)``; ``conv_list.{0,1,2}`` depthwise with bias, padding k // 2."""
 
     def __init__(self, ch: int, num_heads: int):
+        """Builds the three depthwise convs of width ``n * ch`` for the window's ``n`` heads each.
+
+        Raises:
+          ValueError: ``num_heads`` is not 8 (the heads of the CRPE window).
+        """
         super().__init__()
         if sum(n for _, n in _CRPE_WINDOW) != num_heads:
             raise ValueError(f'num_heads must be 8 for the CRPE split, got {num_heads}')

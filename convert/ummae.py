@@ -4,8 +4,11 @@ Two halves, one file (official code ``implus/UM-MAE@cb7776b``; bare ``file:line`
 point into it):
 
 * **PyTorch twins** (``torch`` + ``einops`` only, no timm), with the official ``state_dict`` keys,
-  shapes and registration order, and the official numerics (LayerNorm eps 1e-6 except PVT
-  ``Attention.norm``'s 1e-5, ``models_mae_pvt.py:60``; exact GELU; -100 shift masks):
+  shapes and registration order, and the official numerics (LayerNorm eps 1e-6 for the model
+  norms and the decoder, but PyTorch's default 1e-5 inside every PVT / Swin block, whose
+  constructors are not passed ``norm_layer``, ``models_mae_pvt.py:185-196``,
+  ``models_mae_swin.py:326-343``, and in PVT ``Attention.norm``, ``models_mae_pvt.py:60``; exact
+  GELU; -100 shift masks):
 
   :class:`MaskedAutoencoderPVT`
       ``models_mae_pvt.py:152-407`` (UM-MAE on the PVT-S variant).
@@ -264,6 +267,11 @@ class PVTPatchMerge(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor, H: int, W: int):
+        """(B, H*W, C_in), H, W -> (B, H*W/4, C_out), (H/2, W/2).
+
+        Raises:
+            ValueError: the token count of ``x`` is not ``H * W``.
+        """
         N, L, C = x.shape
         if L != H * W:
             raise ValueError(f'token count {L} != {H}x{W}')
@@ -655,6 +663,11 @@ class SwinPatchMerge(nn.Module):
     Conv2d(C_in, C_out, k = s = 2); ``pos_hw <- pos_hw[:, ::2, ::2] / 2``."""
 
     def __init__(self, patch_size: IntOr2 = 2, in_chans: int = 3, embed_dim: int = 96, norm_layer=nn.LayerNorm):
+        """Builds ``norm`` LN(in_chans) and ``proj`` Conv2d(in_chans -> embed_dim, k = s = 2).
+
+        Raises:
+            ValueError: ``patch_size`` is not 2 (or not a positive int / pair, :func:`pair`).
+        """
         super().__init__()
         self.patch_size = pair(patch_size, 'patch_size')
         if self.patch_size[0] != 2:
@@ -682,6 +695,11 @@ class SwinBlock(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  posmlp_dim: int = 32, drop_path: float = 0.0, act_layer=nn.GELU, norm_layer=nn.LayerNorm,
                  downsample: Optional[nn.Module] = None):
+        """Builds the block (arguments as the official constructor) and its shift mask.
+
+        Raises:
+            ValueError: ``shift_size`` (after the clip) outside ``[0, window_size)``.
+        """
         super().__init__()
         self.input_resolution = input_resolution
         self.window_size = window_size
@@ -714,12 +732,17 @@ class SwinBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor, pos_hw: torch.Tensor):
+        """x (B, H*W, C), pos_hw (B|1, H, W, 2) -> (x, pos_hw), halved first by a ``downsample``.
+
+        Raises:
+            ValueError: the token count of ``x`` (after the downsample) is not ``H * W`` of ``pos_hw``.
+        """
         H, W = pos_hw.size(1), pos_hw.size(2)
         if self.downsample is not None:
             x, (H, W), pos_hw = self.downsample(x, pos_hw)
         B, L, C = x.shape
         if L != H * W:
-            raise ValueError('input dimension wrong')
+            raise ValueError(f'input dimension wrong: expected (B, {H}*{W}={H * W}, C) tokens, got {tuple(x.shape)}')
         shortcut = x
         x = self.norm1(x).view(B, H, W, C)
         s, ws = self.shift_size, self.window_size

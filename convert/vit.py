@@ -561,10 +561,12 @@ class MAETwinCall(nn.Module):
     def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict:
         return self.mae(images, self.mask_ratio, noise=noise)
 
-    def state_dict(self, *args, **kwargs):  # the official keys, without the adapter's prefix
+    def state_dict(self, *args, **kwargs):
+        """The wrapped twin's ``state_dict``: the official keys, without the adapter's ``mae.`` prefix."""
         return self.mae.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        """Loads official-key ``state_dict`` into the wrapped twin (no ``mae.`` prefix)."""
         return self.mae.load_state_dict(state_dict, strict=strict, **kwargs)
 
 

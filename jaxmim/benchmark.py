@@ -444,7 +444,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    """absl main: benchmarks the config's steps, prints the table, optionally writes JSON."""
+    """absl main: benchmarks the config's steps, prints the table, optionally writes JSON.
+
+    Raises:
+      app.UsageError: unexpected positional arguments, or ``--config`` is missing.
+    """
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     if _CONFIG.value is None:

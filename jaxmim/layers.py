@@ -152,7 +152,11 @@ def linear(din: int, dout: int, rngs: nnx.Rngs, use_bias: bool = True,
 
 
 def dropout(x: jax.Array, rate: float, train: bool, key: jax.Array | None) -> jax.Array:
-    """Element-wise dropout with inverted scaling (``torch.nn.Dropout``); identity when not training."""
+    """Element-wise dropout with inverted scaling (``torch.nn.Dropout``); identity when not training.
+
+    Raises:
+      ValueError: ``train`` and ``rate > 0`` but ``key`` is None.
+    """
     if not train or rate == 0.0:
         return x
     if key is None:

@@ -104,6 +104,9 @@ def main(argv: list[str]) -> None:
     ``FileNotFoundError``), 3 and one line when the run diverges
     (:class:`jaxmim.resilience.Diverged`), 75 after a stop signal
     (:class:`jaxmim.resilience.Preempted`, which prints its own line).
+
+    Raises:
+      app.UsageError: ``--config`` or ``--workdir`` is missing.
     """
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:

@@ -66,7 +66,11 @@ class Backbone:
 
     @property
     def num_layer_ids(self) -> int:
-        """Number of layer ids (see :meth:`layer_id`)."""
+        """Number of layer ids (see :meth:`layer_id`).
+
+        Raises:
+          NotImplementedError: the backbone does not support layer decay.
+        """
         raise NotImplementedError(f'{type(self).__name__} defines no layer ids; set optim.layer_decay=1.0')
 
     def pretrained_fresh(self) -> tuple[str, ...]:

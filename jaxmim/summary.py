@@ -341,6 +341,14 @@ def _build(name: str, overrides: dict[str, Any]) -> nnx.Module:
 
 
 def main(argv: Sequence[str]) -> None:
+    """absl main: prints each named model's (or, with ``--all``, every model's) parameter/MAC table.
+
+    With ``--sharding`` it runs the sharding report instead. Exits non-zero when ``--all`` could not trace a model.
+
+    Raises:
+      app.UsageError: no model named (and no ``--all``), ``--overrides`` is not valid JSON, an unknown model,
+        or ``--sharding`` without ``--config`` (or with a bad ``--mesh``).
+    """
     from jaxmim.registry import list_models, model_data_defaults
     if FLAGS.sharding:
         return _sharding_main()

@@ -452,13 +452,23 @@ def _environment() -> dict:
 
 
 def main(argv: list[str]) -> None:
-    """absl main: phase 1, phase 2, the Markdown table (see the module docstring)."""
+    """absl main: phase 1, phase 2, the Markdown table (see the module docstring).
+
+    Exits with status 2 and one ``error:`` line when ``--only`` or ``--groups`` names something not in the plan.
+
+    Raises:
+      app.UsageError: unexpected arguments, ``--worker`` not a variant of ``--plan``, or no ``--out_dir``.
+    """
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')   # JAX and PyTorch share the device
     start = time.time()
     variants = plan(_PLAN.value)
     if _WORKER.value:
+        names = [v.name for v in variants]
+        if _WORKER.value not in names:
+            raise app.UsageError(f'--worker={_WORKER.value!r} is not a variant of --plan={_PLAN.value}; '
+                                 f'the plan has {names}')
         (v,) = [v for v in variants if v.name == _WORKER.value]
         os.environ.update(dict(v.env))
         _write_json(_WORKER_OUT.value, compile_one(v, FLAGS.batch_size, _CACHE.value, _WORKER_TORCH.value))

@@ -184,9 +184,11 @@ class State:
                                      'pairs': [n for n in PAIRS if n in pairs] + sorted(pairs - set(PAIRS))}
 
     def stage(self, key: str) -> dict:
+        """The mutable record of stage ``key``, created as ``{'done': False, 'wall_seconds': 0.0}`` if new."""
         return self.data['stages'].setdefault(key, {'done': False, 'wall_seconds': 0.0})
 
     def save(self) -> None:
+        """Writes the record to ``path`` atomically (a ``.tmp`` file, then ``os.replace``)."""
         tmp = self.path + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(self.data, f, indent=1)

@@ -173,6 +173,13 @@ def launch(module_args: Sequence[str], num_processes: int, devices_per_process: 
 
 
 def main(argv: Sequence[str]) -> None:
+    """absl main: runs the module after ``--`` as ``--num_processes`` local processes (:func:`launch`).
+
+    Exits with :func:`launch`'s status.
+
+    Raises:
+      SystemExit: with the usage line, when no module is given.
+    """
     from absl import flags
     module_args = list(argv[1:])
     if not module_args:

@@ -144,3 +144,6 @@ def test_unknown_variant_is_one_error_line(tmp_path):
     proc = subprocess.run(cmd[:-1] + ['--groups=7'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error: --groups names ['7']" in proc.stderr
+    proc = subprocess.run(cmd[:-1] + ['--worker=nope/bf16'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--worker='nope/bf16' is not a variant of --plan=smoke" in proc.stderr

@@ -1,4 +1,6 @@
-r"""UM-MAE pre-training on ImageNet-1K, one variant per target of the official Makefile (implus/UM-MAE).
+r"""UM-MAE pre-training on ImageNet-1K: a variant per target of the official Makefile (implus/UM-MAE),
+plus the 800-epoch PVT-S and Swin-T runs (40 warm-up epochs), which are jaxmim's own (no Makefile
+target).
 
     python -m jaxmim.main --config=configs/pretrain/ummae.py:swin_tiny_200ep \
         --workdir=<out> --config.data.data_dir=/path/to/tensorflow_datasets

@@ -143,7 +143,12 @@ class ImageFolderBuilder:
     def as_dataset(self, split, shuffle_files=False, read_config=None, decoders=None, **unused):
         """``tf.data.Dataset`` of ``{'image': encoded bytes (tf.string), 'label': int64}`` for a
         split or sub-split, in file order (the pipeline shuffles). ``decoders`` must skip image
-        decoding (the pipeline decodes); ``shuffle_files`` is ignored."""
+        decoding (the pipeline decodes); ``shuffle_files`` is ignored.
+
+        Raises:
+          ValueError: ``decoders`` given without ``tfds.decode.SkipDecoding`` for ``'image'``, or a split the
+            folder does not have.
+        """
         del shuffle_files, unused
         if decoders is not None and not isinstance(decoders.get('image'), tfds.decode.SkipDecoding):
             raise ValueError('ImageFolderBuilder.as_dataset yields encoded images only (SkipDecoding)')

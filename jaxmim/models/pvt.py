@@ -121,7 +121,11 @@ class PVTBlock(nnx.Module):
 class PatchEmbed(nnx.Module):
     """``proj`` Conv(C -> D, k = s = patch_size), no norm: ``(B, H, W, C)`` -> ``(B, H/p, W/p, D)``.
     ``init='mae'``: xavier on the flattened kernel (pre-training models); ``'conv'``: N(0,
-    sqrt(2/fan_out)) (classifier). Bias 0. Source: ``models_mae_pvt.py:126-146``."""
+    sqrt(2/fan_out)) (classifier). Bias 0. Source: ``models_mae_pvt.py:126-146``.
+
+    Raises:
+      ValueError: ``patch_size`` does not divide ``img_size``; on call, images not ``(B, img_size, img_size, C)``.
+    """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, init: str = 'conv', *,
                  rngs: nnx.Rngs):

@@ -50,6 +50,9 @@ class WindowAttention(nnx.Module):
     :func:`jaxmim.ops.attention` with bias + mask as its additive term (softmax in float32);
     ``attn_implementation``: :data:`jaxmim.ops.ATTN_IMPLEMENTATIONS`.
     Source: ``models/swin_transformer.py:66-145``.
+
+    Raises:
+      ValueError: ``dim`` not divisible by ``num_heads``, or a bad ``attn_implementation``.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
@@ -89,6 +92,10 @@ class SwinTransformerBlock(nnx.Module):
     and ``shift_size`` are given after the clamp rule (:func:`~jaxmim.models.windows.stage_window`);
     ``feature_shift`` (default ``shift_size``) is the shift of the detection backbone's block,
     which has no clamp rule (:meth:`forward_padded`). Source: ``models/swin_transformer.py:164-271``.
+
+    Raises:
+      ValueError: ``window_size`` does not divide ``input_resolution``, ``feature_shift`` outside
+        ``[0, window_size)``, or ``dim`` not divisible by ``num_heads``.
     """
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int,
@@ -158,6 +165,9 @@ class PatchMerging(nnx.Module):
     Concatenates the offsets (0,0), (1,0), (0,1), (1,1) (row offset fastest) on channels,
     so input feature ``k*C + c`` comes from offset k; then LayerNorm(4C) and a bias-free
     Dense 4C -> 2C. Source: ``models/swin_transformer.py:292-329``.
+
+    Raises:
+      ValueError: on call, an odd ``H`` or ``W`` without ``pad=True``.
     """
 
     def __init__(self, dim: int, norm_eps: float = 1e-5, *, rngs: nnx.Rngs):
@@ -220,7 +230,11 @@ class BasicLayer(nnx.Module):
 class PatchEmbed(nnx.Module):
     """Non-overlapping patch embedding: conv k=s=patch_size, then LayerNorm when ``patch_norm``.
     ``(B, H, W, in_chans)`` -> ``(B, H/p, W/p, embed_dim)``. The conv keeps PyTorch's default
-    init. Source: ``models/swin_transformer.py:411-449``."""
+    init. Source: ``models/swin_transformer.py:411-449``.
+
+    Raises:
+      ValueError: on call, images not of shape ``(B, img_size, img_size, C)``.
+    """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int,
                  patch_norm: bool, norm_eps: float, *, rngs: nnx.Rngs):

@@ -179,6 +179,12 @@ class SwinBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, pos: jax.Array, *, train: bool = False,
                  rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """``x`` ``(B, H, W, C_in)`` NHWC, ``pos`` ``(Bp, H, W, 2)`` (h, w) coordinates (Bp = B or 1), both at
+        ``2R`` before a ``downsample`` else ``R = input_resolution`` -> ``(x, pos)`` ``(B, R, R, dim), (Bp, R, R, 2)``.
+
+        Raises:
+          ValueError: ``x`` or ``pos`` (after ``downsample``) not at ``R x R``.
+        """
         k1, k2 = L.split_key(rng, 2)
         if self.downsample is not None:
             x, pos = self.downsample(x, pos)
@@ -240,7 +246,11 @@ class SwinBlock(nnx.Module):
 class PatchEmbed(nnx.Module):
     """``proj`` Conv(k = s = patch) then ``norm`` LN; ``(B, H, W, C)`` -> ``(B, H/p, W/p, D)``. ``init``
     'mae': xavier on the flattened kernel (pre-training models), 'conv': N(0, sqrt(2/fan_out))
-    (classifier); bias 0. Source: ``models_mae_swin.py:258-280``."""
+    (classifier); bias 0. Source: ``models_mae_swin.py:258-280``.
+
+    Raises:
+      ValueError: ``patch_size`` does not divide ``img_size``; on call, images not ``(B, img_size, img_size, C)``.
+    """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, norm_eps: float = 1e-6,
                  init: str = 'conv', *, rngs: nnx.Rngs):

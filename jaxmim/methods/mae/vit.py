@@ -66,7 +66,8 @@ def random_masking(x: jax.Array, noise: jax.Array, mask_ratio: float
 
 def norm_pix_target(target: jax.Array) -> jax.Array:
     """Per-patch normalised target ``(t - mean) / sqrt(var + 1e-6)`` over the last axis with the
-    *unbiased* variance (torch ``Tensor.var`` default, ddof=1). Source: ``models_mae.py:203-206``."""
+    *unbiased* variance (torch ``Tensor.var`` default, ddof=1): patchified ``(N, L, p*p*C)`` -> same shape.
+    Source: ``models_mae.py:203-206``."""
     mean = target.mean(axis=-1, keepdims=True)
     var = target.var(axis=-1, keepdims=True, ddof=1)
     return (target - mean) / (var + 1.0e-6) ** 0.5

@@ -133,7 +133,15 @@ class SimMIM(nnx.Module, Backbone):
     # -- hooks: the encoder's, under ``encoder.`` -------------------------------------------
 
     def no_weight_decay(self) -> tuple[str, ...]:
-        """The encoder's patterns under ``encoder.`` (the decoder conv kernel is decayed)."""
+        """The encoder's patterns under ``encoder.`` (the decoder conv kernel is decayed).
+
+        Differs from the official pre-training in one respect, kept on purpose: official
+        ``SimMIM.no_weight_decay_keywords`` prefixes Swin's keyword into
+        ``'encoder.relative_position_bias_table'`` (``microsoft/SimMIM@d3e29bc
+        models/simmim.py:129-133``), which the substring test of ``get_pretrain_param_groups``
+        (``optimizer.py:47-66``) never finds in a real name, so the official run decays the
+        relative-position tables (Swin-B 192: 45,496 parameters) while fine-tuning does not. Here
+        they get no decay in both stages, as the Swin hook (and the paper's intent) says."""
         return tuple(f'encoder.{p}' for p in self.encoder.no_weight_decay())
 
     def layer_id(self, name: str) -> int:

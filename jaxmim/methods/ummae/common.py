@@ -60,8 +60,8 @@ def check_um_pretrain_args(model: str, img_size: int, patch_size: int, stride: i
 
 
 def norm_pix_target(t: jax.Array) -> jax.Array:
-    """``(t - mean) / sqrt(var + 1e-6)`` over the last axis, unbiased variance (torch ``var``).
-    Source: ``models_mae_pvt.py:398-401``."""
+    """``(t - mean) / sqrt(var + 1e-6)`` over the last axis, unbiased variance (torch ``var``):
+    patchified ``(N, L, p*p*C)`` -> same shape. Source: ``models_mae_pvt.py:398-401``."""
     mean = t.mean(axis=-1, keepdims=True)
     var = t.var(axis=-1, keepdims=True, ddof=1)
     return (t - mean) / (var + 1.0e-6) ** 0.5

@@ -173,6 +173,13 @@ class SimMIMSwin(nnx.Module, MaskingInputs, SimMIMHead, UMMAEHooks, Backbone):
 
     def __call__(self, images: jax.Array, *, mask: jax.Array, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, Any]:
+        """``images`` ``(B, img_size, img_size, in_chans)``, ``mask`` ``(B, L)`` (L = (img_size/stride)^2 units,
+        raster order, 1 = masked) -> ``{'loss'`` scalar, ``'pred'`` ``(B, L, stride^2 * in_chans)``, ``'mask'`` and
+        ``'secondary_mask'`` (zeros) ``(B, L)``}, all float32.
+
+        Raises:
+          ValueError: ``images`` or ``mask`` of another shape.
+        """
         del train, rng
         mask = self._check_mask(images, mask)
         x = sharding.constrain(self.patch_embed(images), 'batch', None, None, None)
