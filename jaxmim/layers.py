@@ -197,6 +197,18 @@ def drop_path(x: jax.Array, rate: float | jax.Array, train: bool, key: jax.Array
     return jnp.where(keep, y, 0.0).astype(x.dtype)
 
 
+def images_to(x: jax.Array, layer: nnx.Module) -> jax.Array:
+    """Images ``(B, H, W, C)`` cast to the dtype of ``layer.kernel``, the first layer they meet.
+
+    Under mixed precision (``config.compute_dtype='bfloat16'``, :func:`jaxmim.steps.accumulate_gradients`)
+    the step casts the weights but hands the model float32 images, from which the methods make
+    their reconstruction targets: the targets stay float32 and the network computes in bf16 from
+    its first layer, as ``torch.autocast`` casts a conv's input (official MAE / SimMIM / UM-MAE /
+    GreenMIM / HiViT train under autocast). In float32 this is the identity.
+    """
+    return x.astype(layer.kernel.dtype)
+
+
 def patchify(x: jax.Array, p: int) -> jax.Array:
     """Cuts images ``(B, H, W, C)`` into ``p x p`` units ``(B, (H/p)*(W/p), p*p*C)``: units in
     raster order, pixels in ``(p, q, c)`` order (MAE ``models_mae.py`` ``patchify``, whose

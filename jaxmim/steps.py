@@ -286,8 +286,10 @@ def accumulate_gradients(graphdef, loss_fn: Callable, params: PyTree, model_stat
     one update and memory of one micro-batch's activations.
 
     Mixed precision (``compute_dtype=bfloat16``, ``config.compute_dtype``): the loss function
-    sees a model holding bf16 copies of the float32 ``params`` and bf16 images (masking inputs and
-    soft targets keep their dtype); the loss is returned in float32, and the gradient flows back through the
+    sees a model holding bf16 copies of the float32 ``params`` and the float32 batch (images,
+    masking inputs, soft targets): reconstruction targets are made from float32 images, and each
+    model's first layer casts the images to bf16 (:func:`jaxmim.layers.images_to`, as
+    ``torch.autocast`` does); the loss is returned in float32, and the gradient flows back through the
     casts, so the optimizer gets float32 gradients and updates the float32 master weights.
     Non-parameter state (BatchNorm statistics, fixed tables) stays float32.
 
@@ -298,8 +300,9 @@ def accumulate_gradients(graphdef, loss_fn: Callable, params: PyTree, model_stat
 
     def objective(p, ms, b, key):
         if low:
+            # images stay float32: the reconstruction targets are made from them, and the models'
+            # first layer casts them to the weights' dtype (jaxmim.layers.images_to)
             p = cast_floating(p, compute_dtype)
-            b = {**b, 'image': b['image'].astype(compute_dtype)}   # masks, noise and targets keep their dtype
         m = merge_variables(graphdef, p, ms)
         loss, metrics = loss_fn(m, b, key)
         new_state = split_variables(m)[2]

@@ -10,18 +10,16 @@ Per family (issue 26): the demo config of every family (``FAMILIES``) trains 50 
 8 Fashion-MNIST training images, in float32 and in bfloat16 from the same initialisation and the
 same per-step masks, at the config's own learning rate for batch 8 (its linear scaling rule), and
 every step's loss, the 50th included, stays within 0.5 % of float32. Measured (2-core CPU, jax
-0.10.2): largest gap over the 50 steps 0.04 % (SimMIM Swin), 0.17 % (MAE ViT), 0.11 % (UM-MAE PVT),
-0.11 % (GreenMIM Swin), 0.08 % (MAE HiViT), 0.03 % (SimMIM GroupMixFormer), 0.26 % (supervised
-GroupMixFormer; 0.37 % once its BatchNorm keeps bf16, below). At step 0 most of the gap (0.01-0.05 %)
-is the bf16 rounding of the images, which are also the reconstruction targets. At the demo's
-batch-128 learning rate on 8 images the trajectories turn chaotic after ~35 steps: float32 against
-float32 on the same images rounded to bf16 already differs by up to 6 %, so that regime cannot tell
-a precision defect from chance.
+0.10.2; the README's table): largest gap over the 50 steps 0.02 % (SimMIM Swin), 0.18 % (MAE ViT),
+0.11 % (UM-MAE PVT), 0.11 % (GreenMIM Swin), 0.04 % (MAE HiViT), 0.02 % (SimMIM GroupMixFormer), 0.38 % (supervised GroupMixFormer).
+The images reach the model in float32 (its first layer casts them, ``jaxmim.layers.images_to``), so
+the reconstruction targets are made from float32 images. At the demo's batch-128 learning rate on 8
+images the trajectories turn chaotic after ~35 steps: float32 against float32 on the same images
+rounded to bf16 already differs by up to 6 %, so that regime cannot tell a precision defect from
+chance.
 
-GroupMixFormer computes in float32 under ``compute_dtype='bfloat16'``: ``nnx.BatchNorm`` promotes
-its bf16 input with its float32 running statistics, so everything after the first BatchNorm is
-float32 (1 % of the step's matrix-product FLOPs in bf16; ``test_groupmixformer_computes_in_bf16``,
-an expected failure until the model casts the BatchNorm output back to its input's dtype).
+GroupMixFormer keeps bf16 through its BatchNorms (statistics in float32, output in the input's
+dtype; ``tests/test_bf16_groupmixformer.py``).
 """
 
 import functools
@@ -88,6 +86,40 @@ def test_bf16_simmim_pretraining_tracks_float32():
     make = lambda: create_mim_model(cfg.method.to_dict(), cfg.model.name,   # noqa: E731
                                     overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
     _compare(make, steps.mim_loss, cfg, {'image': images})
+
+
+def test_bf16_targets_come_from_float32_images():
+    """Under bf16 the loss sees the float32 images (the MAE target, the per-patch normalised pixels,
+    is made from them, as under official autocast) while the model computes in bf16 from its first
+    layer: the bf16 step's target equals the target written out from the float32 images, and differs
+    from the one of the images rounded to bf16."""
+    from jaxmim import layers as L
+    from jaxmim.methods.mae.vit import norm_pix_target
+    cfg = load_config_file(os.path.join(ROOT, 'configs/demo/mae_vit_fmnist.py'))
+    images = (np.random.default_rng(2).normal(size=(2, 32, 32, 3)) * 3 + 0.1).astype(np.float32)
+    model = create_mim_model(cfg.method.to_dict(), cfg.model.name, overrides=dict(embed_dim=16, depth=1, num_heads=2))
+    graphdef, params, model_state = rundir.split_variables(model)
+    seen = {}
+
+    def loss_fn(m, b, rng):
+        seen['image'] = b['image'].dtype
+        seen['first_layer'] = m.patch_embed.proj.kernel[...].dtype
+        return steps.mim_loss(m, b, rng)
+
+    steps.accumulate_gradients(graphdef, loss_fn, params, model_state, {'image': jnp.asarray(images)},
+                               jax.random.key(0), compute_dtype=jnp.bfloat16)
+    assert seen == {'image': jnp.dtype(jnp.float32), 'first_layer': jnp.dtype(jnp.bfloat16)}
+    # the MAE target (per-patch normalised, unbiased variance, eps 1e-6) from the float32 images
+    p = model.patch_size
+    patches = images.reshape(2, 32 // p, p, 32 // p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, -1, p * p * 3)
+    f64 = patches.astype(np.float64)
+    want = (f64 - f64.mean(-1, keepdims=True)) / np.sqrt(f64.var(-1, ddof=1, keepdims=True) + 1e-6)
+    got = np.asarray(norm_pix_target(L.patchify(jnp.asarray(images), p)), np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # what the images rounded to bf16 (the step's input before) would have given: off by > 1e-3
+    rounded = np.asarray(norm_pix_target(L.patchify(jnp.asarray(images).astype(jnp.bfloat16), p)
+                                         .astype(jnp.float32)), np.float64)
+    assert np.abs(rounded - want).max() > 1e-3
 
 
 def test_bf16_classifier_tracks_float32():

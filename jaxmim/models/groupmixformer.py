@@ -282,7 +282,7 @@ class ConvStem(nnx.Module):
         self.norm2 = batch_norm(embed_dim, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = hardswish(self.norm1(self.proj1(x), use_running_average=not train))
+        x = hardswish(self.norm1(self.proj1(L.images_to(x, self.proj1)), use_running_average=not train))
         return hardswish(self.norm2(self.proj2(x), use_running_average=not train))
 
 
@@ -578,6 +578,7 @@ class GroupMixFormerForSimMIM(GroupMixFormer):
         w = mask.astype(x.dtype)[..., None]
         pixels = jnp.repeat(jnp.repeat(w, self.patch_size, axis=1), self.patch_size, axis=2)
         z = self.conv_stem(x * (1.0 - pixels), train=train)
+        w = w.astype(z.dtype)   # the images may be float32 while the stem computes in bf16
         z = z * (1.0 - w) + self.mask_token[...].astype(z.dtype) * w
         z = sharding.constrain(z, 'batch', None, None, None)
         z = self.forward_stages(z, train=train, rng=rng)

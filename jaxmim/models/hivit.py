@@ -238,7 +238,7 @@ class PatchEmbed(nnx.Module):
         if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
             raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) in NHWC '
                              f'layout, got shape {x.shape}')
-        x = units_from_map(self.proj(x), self.inner_patches)
+        x = units_from_map(self.proj(L.images_to(x, self.proj)), self.inner_patches)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -490,7 +490,7 @@ class HiViT(nnx.Module, Backbone):
         h, w = check_feature_images(x, self.in_chans, self.patch_size, type(self).__name__)
         hp, wp = h // self.patch_size, w // self.patch_size
         keys = L.split_key(rng, len(self.blocks) + 1)
-        x = units_from_map(self.patch_embed.proj(x), self.inner_patches)
+        x = units_from_map(self.patch_embed.proj(L.images_to(x, self.patch_embed.proj)), self.inner_patches)
         if self.patch_embed.norm is not None:
             x = self.patch_embed.norm(x)
         x = sharding.constrain(x, 'batch', None, None, None, None)          # (B, hp*wp, i, i, c)

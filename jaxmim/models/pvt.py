@@ -139,7 +139,7 @@ class PatchEmbed(nnx.Module):
         if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
             raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) NHWC, '
                              f'got {x.shape}')
-        return self.proj(x)
+        return self.proj(L.images_to(x, self.proj))
 
 
 def check_stage_lists(embed_dims, depths, num_heads, mlp_ratios, sr_ratios) -> None:
@@ -326,7 +326,7 @@ class PVT(nnx.Module, UMMAEHooks, Backbone):
         n_stages = 1 + sum(blk.downsample is not None for blk in self.blocks)
         idx = check_out_indices(out_indices, n_stages, range(n_stages), 'stage')
         check_feature_images(x, self.in_chans, self.feature_multiple, type(self).__name__)
-        x = sharding.constrain(self.patch_embed.proj(x), 'batch', None, None, None)
+        x = sharding.constrain(self.patch_embed.proj(L.images_to(x, self.patch_embed.proj)), 'batch', None, None, None)
         b, h, w, c = x.shape
         pos = resample_abs_pos_embed(self.pos_embed[...], (h, w), (self.grid_size, self.grid_size), 0)
         x = x + pos.reshape(1, h, w, c).astype(x.dtype)

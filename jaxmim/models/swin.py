@@ -251,7 +251,7 @@ class PatchEmbed(nnx.Module):
         if x.ndim != 4 or x.shape[1] != self.img_size or x.shape[2] != self.img_size:
             raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, C) in NHWC layout, '
                              f'got shape {x.shape}')
-        x = self.proj(x)
+        x = self.proj(L.images_to(x, self.proj))
         return self.norm(x) if self.norm is not None else x
 
 
@@ -500,7 +500,7 @@ class SwinTransformer(nnx.Module, Backbone):
         h, w = x.shape[1:3]
         if h % p or w % p:
             x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
-        x = self.patch_embed.proj(x)
+        x = self.patch_embed.proj(L.images_to(x, self.patch_embed.proj))
         if self.patch_embed.norm is not None:
             x = self.patch_embed.norm(x)
         x = sharding.constrain(x, 'batch', None, None, None)

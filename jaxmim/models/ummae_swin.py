@@ -265,7 +265,7 @@ class PatchEmbed(nnx.Module):
         if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
             raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) NHWC, '
                              f'got {x.shape}')
-        return self.norm(self.proj(x))
+        return self.norm(self.proj(L.images_to(x, self.proj)))
 
 
 def swin_blocks(embed_dim, depths, num_heads, window_size, mlp_ratio, posmlp_dim, dpr, block_norm_eps, norm_eps,
@@ -398,7 +398,7 @@ class Swin(nnx.Module, UMMAEHooks, Backbone):
         n_stages = 1 + sum(blk.downsample is not None for blk in self.blocks)
         idx = check_out_indices(out_indices, n_stages, range(n_stages), 'stage')
         check_feature_images(x, self.in_chans, self.patch_size * 2 ** (n_stages - 1), type(self).__name__)
-        x = self.patch_embed.norm(self.patch_embed.proj(x))
+        x = self.patch_embed.norm(self.patch_embed.proj(L.images_to(x, self.patch_embed.proj)))
         x = sharding.constrain(x, 'batch', None, None, None)
         return stage_outputs(self.blocks, x, lambda blk, y, key: blk.forward_padded(y, train=train, rng=key),
                              idx, rng)

@@ -201,7 +201,7 @@ class PatchEmbed(nnx.Module):
         if x.ndim != 4 or x.shape[1:] != (self.img_size, self.img_size, self.in_chans):
             raise ValueError(f'expected images (B, {self.img_size}, {self.img_size}, {self.in_chans}) in '
                              f'NHWC layout, got shape {x.shape}')
-        x = self.proj(x)
+        x = self.proj(L.images_to(x, self.proj))
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
@@ -373,7 +373,7 @@ class VisionTransformer(nnx.Module, Backbone):
         idx = check_out_indices(out_indices, self.depth, default_vit_out_indices(self.depth), 'block')
         check_feature_images(x, self.in_chans, self.patch_size, type(self).__name__)
         k_pos, k_blocks = L.split_key(rng, 2)
-        x = self.patch_embed.proj(x)
+        x = self.patch_embed.proj(L.images_to(x, self.patch_embed.proj))
         b, h, w, d = x.shape
         x = sharding.constrain(x.reshape(b, h * w, d), 'batch', None, None)
         pos = resample_abs_pos_embed(self.pos_embed[...], (h, w), (self.grid_size, self.grid_size),

@@ -112,7 +112,8 @@ class MaskedAutoencoderViTUM(nnx.Module, MaskingInputs, Backbone):
         take = lambda t, idx: jnp.take_along_axis(t, idx[:, :, None], axis=1)   # noqa: E731
         # encoder (models_mae.py:132-166)
         pos = self.pos_embed[...][:, 1:, :]
-        x = sharding.constrain(self.patch_embed(images), 'batch', None, None) + pos.astype(images.dtype)
+        x = sharding.constrain(self.patch_embed(images), 'batch', None, None)
+        x = x + pos.astype(x.dtype)
         x = take(x, vis_idx)
         secondary = jnp.zeros((b, self.n_visible), bool)
         if self.vis_mask_ratio > 0:
