@@ -148,7 +148,8 @@ class LinearProbe(nnx.Module, Backbone):
     def _encoder_in(self, dtype) -> nnx.Module:
         """The encoder with its frozen weights in ``dtype`` when that is a low-precision float (the
         bf16 copies of ``config.compute_dtype='bfloat16'``, as the step casts ``params``), else the
-        encoder itself."""
+        encoder itself. The compute dtype is read from the trained head's kernel (the step casts
+        it with the other ``params``; the images arrive in float32)."""
         if not jnp.issubdtype(dtype, jnp.floating) or jnp.dtype(dtype) == jnp.float32:
             return self.encoder
         graphdef, frozen, rest = nnx.split(self.encoder, FrozenParam, ...)
@@ -159,7 +160,7 @@ class LinearProbe(nnx.Module, Backbone):
         """The frozen encoder's pooled features ``(B, num_features)`` (what ``head_norm`` reads),
         always in evaluation mode and without gradient; ``train`` / ``rng`` are ignored."""
         del train, rng
-        return jax.lax.stop_gradient(self._encoder_in(x.dtype).pooled_features(x, train=False))
+        return jax.lax.stop_gradient(self._encoder_in(self.head.kernel[...].dtype).pooled_features(x, train=False))
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Images -> logits; ``train`` switches ``head_norm`` to batch statistics (the encoder stays
@@ -192,7 +193,7 @@ class LinearProbe(nnx.Module, Backbone):
         Raises:
           NotImplementedError: the encoder defines none."""
         del train, rng
-        out = self._encoder_in(x.dtype).features(x, train=False, out_indices=out_indices)
+        out = self._encoder_in(self.head.kernel[...].dtype).features(x, train=False, out_indices=out_indices)
         return jax.lax.stop_gradient(out)
 
 
