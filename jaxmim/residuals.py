@@ -77,7 +77,7 @@ def step_residual_bytes(config, batch_size: int, platform: str) -> int:
 
     def loss(p, ms, image, label):
         if dtype != jnp.float32:
-            p, image = steps_lib.cast_floating(p, dtype), image.astype(dtype)
+            p = steps_lib.cast_floating(p, dtype)   # as the step: float32 images, bf16 weights
         m = rundir.merge_variables(graphdef, p, ms)
         return loss_fn(m, {'image': image, 'label': label}, jax.random.key(0))[0].astype(jnp.float32)
 
