@@ -18,6 +18,7 @@ MaxText's ``dcn_data_parallelism`` (AI-Hypercomputer/maxtext ``src/MaxText/maxte
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -161,6 +162,7 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+@functools.cache   # once per mesh: global_batch asks at every step
 def data_shards(mesh) -> tuple[int, int]:
     """``(index, count)``: which of the ``count`` distinct parts of every global batch this process
     loads (its data split, its masking-input stream, its rows of the batch).

@@ -465,11 +465,11 @@ def main(argv: list[str]) -> None:
     start = time.time()
     variants = plan(_PLAN.value)
     if _WORKER.value:
-        names = [v.name for v in variants]
-        if _WORKER.value not in names:
+        by_name = {v.name: v for v in variants}
+        if _WORKER.value not in by_name:
             raise app.UsageError(f'--worker={_WORKER.value!r} is not a variant of --plan={_PLAN.value}; '
-                                 f'the plan has {names}')
-        (v,) = [v for v in variants if v.name == _WORKER.value]
+                                 f'the plan has {list(by_name)}')
+        v = by_name[_WORKER.value]
         os.environ.update(dict(v.env))
         _write_json(_WORKER_OUT.value, compile_one(v, FLAGS.batch_size, _CACHE.value, _WORKER_TORCH.value))
         return
