@@ -139,13 +139,13 @@ def extract_backbone(src: str, out: str, *, source: str | None = None, model: st
             raise ValueError(f'{src}: model {type(jm).__name__} has no encoder (not a pre-training wrapper)')
         from flax import nnx
 
-        from jaxmim import tree_util
+        from jaxmim import files, tree_util
         from jaxmim import rundir
         rundir.save_model_checkpoint(encoder, out, config, step=0)
         names = sorted(tree_util.flatten_names(nnx.to_pure_dict(nnx.state(encoder))))
-        with open(os.path.join(out, 'extract_backbone.json'), 'w') as f:
-            json.dump({'src': os.path.abspath(src), 'pretrain_model': config.model.name,
-                       'encoder': type(encoder).__name__, 'num_tensors': len(names)}, f, indent=1)
+        files.write_json(os.path.join(out, 'extract_backbone.json'),
+                         {'src': os.path.abspath(src), 'pretrain_model': config.model.name,
+                          'encoder': type(encoder).__name__, 'num_tensors': len(names)})
         result = {'src': src, 'out': out, 'kind': 'run', 'num_tensors': len(names), 'keys': names}
     if verbose:
         print(f'extracted {result["num_tensors"]} backbone tensors of {src} into {out} ({result["kind"]})')

@@ -71,7 +71,6 @@ per-op costs of the JAX step and, with ``--compare_torch``, of the eager PyTorch
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -81,6 +80,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmim import config as config_lib
+from jaxmim import files
 from jaxmim import mesh as mesh_lib
 from jaxmim import model_flops, ops, profiling, rundir, torch_compare
 from jaxmim.benchmark_report import format_table
@@ -500,8 +500,7 @@ def main(argv: list[str]) -> None:
                   'platform': jax.default_backend(), 'process_count': jax.process_count(),
                   'jax_version': jax.__version__, 'host_malloc': malloc, 'config': _CONFIG.value.to_dict(),
                   'steps': _STEPS.value, 'warmup': _WARMUP.value, 'rows': rows}
-        with open(_JSON.value, 'w') as f:
-            json.dump(report, f, indent=1, default=str)
+        files.write_json(_JSON.value, report, default=str)
         print(f'wrote {_JSON.value}')
 
 

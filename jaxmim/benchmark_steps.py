@@ -16,7 +16,7 @@ from flax import nnx
 from jaxmim import config as config_lib
 from jaxmim import mesh as mesh_lib
 from jaxmim import model_flops as model_flops_lib
-from jaxmim import ops, registry, rundir, torch_compare
+from jaxmim import ops, probe, registry, rundir, torch_compare
 from jaxmim import steps as steps_lib
 
 __all__ = ['finetune_config_from_pretrain', 'build_step', 'synthetic_batch', 'abstract_batch', 'model_flops_per_image',
@@ -57,17 +57,24 @@ def build_step(kind: str, config, mesh, *, with_twin: bool = False, abstract_sta
     only traced (``nnx.eval_shape``) and the state is ``jax.ShapeDtypeStruct`` leaves with their
     shardings, enough to lower and compile the step with nothing initialised. ``twin`` is
     ``(torch module holding the same weights, source name)`` when ``with_twin`` (else None).
+    A fine-tuning config with ``probe='linear'`` gives the probe's step (frozen classifier, trained
+    head: :func:`jaxmim.probe.wrap`), as :func:`jaxmim.train.finetune` runs it. The step has no
+    mixup / cutmix (elementwise work on the batch; the loop's step has it when the config asks).
 
     Raises:
-      ValueError: ``with_twin`` together with ``abstract_state`` (a twin needs the weights); the
-        config errors of :func:`jaxmim.steps.make_trainer`.
+      ValueError: ``with_twin`` together with ``abstract_state`` (a twin needs the weights) or with
+        a probe config (no PyTorch twin of a probe); the config errors of
+        :func:`jaxmim.steps.make_trainer`.
     """
     if with_twin and abstract_state:
         raise ValueError('build_step: with_twin=True needs the weights; abstract_state must be False')
-    if abstract_state:
-        model = nnx.eval_shape(functools.partial(rundir.build_model, config))
-    else:
-        model = rundir.build_model(config)
+    probe_kind = kind == 'finetune' and config.get('probe', '')
+    if with_twin and probe_kind:
+        raise ValueError(f'build_step: config.probe={probe_kind!r} has no PyTorch twin; with_twin must be False')
+    build = functools.partial(rundir.build_model, config)
+    if probe_kind:
+        build = functools.partial(lambda b: probe.wrap(config, b()), build)
+    model = nnx.eval_shape(build) if abstract_state else build()
     twin = torch_compare.torch_twin(model) if with_twin else None
     if kind == 'pretrain':
         loss_fn, num_classes = steps_lib.mim_loss, 1
@@ -130,20 +137,20 @@ def model_flops_per_image(kind: str, config, mesh, step_flops: float | None = No
 
     Returns:
       ``(flops per image or None, source)`` with source ``'step'`` or ``'reference form, 1 CPU
-      device'``.
+      device'`` (``'reference form, 1 device'``: this process's first device, where
+      ``JAX_PLATFORMS`` leaves the CPU backend out).
     """
-    import jax
-
     batch_size = int(config.batch_size)
     if step_flops and model_flops_lib.is_reference(config) and ops.mesh_platform(mesh) == 'cpu':
         return step_flops / batch_size, 'step'
-    cpu_mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
+    host = rundir.host_device()      # this process's own CPU device (multi-process runs included)
+    cpu_mesh = mesh_lib.make_mesh([host])
     ref = model_flops_lib.reference_config(config)
     _, trainer, state, _, in_chans, _ = build_step(kind, ref, cpu_mesh, abstract_state=True)
     size = int(config_lib.resolve_data_config(ref).image_size)
     batch = abstract_batch(cpu_mesh, batch_size, size, in_chans)
     fpi = model_flops_lib.lowered_flops_per_image(lambda: trainer.train_step.lower(state, batch), batch_size)
-    return fpi, 'reference form, 1 CPU device'
+    return fpi, 'reference form, 1 CPU device' if host.platform == 'cpu' else 'reference form, 1 device'
 
 
 def build_model_shape(config):

@@ -101,6 +101,11 @@ def _common_defaults() -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         async_checkpointing=True,
         progress_bar=True,
+        # MFU in the train logs (mfu, tflops_per_device): model FLOPs per image counted once at
+        # start-up (jaxmim.model_flops) over this peak TFLOP/s of ONE device. 0: the bf16 dense peak
+        # of a known accelerator kind (jaxmim.model_flops.PEAK_BF16_TFLOPS), nothing on a CPU;
+        # < 0: off (no count).
+        peak_tflops=0.0,
         ema_decay=0.0,                 # > 0 keeps an EMA of the weights, evaluated beside them
         # Gradient accumulation: batch_size stays the images per optimizer update; the jitted step
         # scans over accum_steps micro-batches of batch_size / accum_steps and applies one update.
@@ -316,6 +321,10 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     keep = config.get('keep_checkpoints')
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ValueError(f'config.keep_checkpoints={keep!r}: must be an integer >= 1, or None to keep all')
+    peak = config.get('peak_tflops', 0.0)
+    if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak != peak:
+        raise ValueError(f'config.peak_tflops={peak!r}: must be a number (TFLOP/s of one device; 0: the '
+                         'known peak of the device kind; < 0: no MFU)')
     if config.get('nonfinite', 'stop') not in ('stop', 'skip'):
         raise ValueError(f"config.nonfinite={config.nonfinite!r}: accepted 'stop' (stop the run, exit 3) "
                          "or 'skip' (skip non-finite updates and count them)")

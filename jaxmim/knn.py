@@ -35,7 +35,6 @@ ever holds more than ``chunk x rows per block`` similarities.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxmim import config as config_lib
+from jaxmim import files
 from jaxmim import ops
 from jaxmim import registry
 from jaxmim import rundir
@@ -337,13 +337,6 @@ def classifier_of_run(config) -> tuple[str, dict[str, Any]]:
     return name, {key: v for key, v in overrides.items() if key in accepted}
 
 
-def _host_device():
-    try:
-        return jax.local_devices(backend='cpu')[0]
-    except RuntimeError:
-        return jax.local_devices()[0]
-
-
 def _build_classifier(config, image_size: int) -> nnx.Module:
     """The classifier of :func:`classifier_of_run`, built in host memory.
 
@@ -351,7 +344,7 @@ def _build_classifier(config, image_size: int) -> nnx.Module:
       ValueError: no classifier, or one that takes another image size than the data.
     """
     name, overrides = classifier_of_run(config)
-    with jax.default_device(_host_device()):
+    with jax.default_device(rundir.host_device()):
         model = registry.create_model(name, seed=int(config.get('seed', 0)), **overrides)
     size = getattr(model, 'img_size', None)
     if size is not None and int(np.max(size)) != int(image_size):
@@ -516,7 +509,7 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
     s = _settings(config, mesh, k=k, temperature=temperature, train_examples=train_examples, batch_size=batch_size)
     t0 = time.perf_counter()
     model = _build_classifier(config, s['data'].image_size)
-    with jax.default_device(_host_device()):
+    with jax.default_device(rundir.host_device()):
         if not random_init and config.get('mode') == 'pretrain':
             rundir.load_pretrained(model, workdir, step)
         elif not random_init:
@@ -533,9 +526,7 @@ def run_knn(workdir: str, *, k: int | None = None, temperature: float | None = N
            'random_init': random_init}
     if jax.process_index() == 0:
         path = os.path.join(workdir, 'knn_random.json' if random_init else RESULT_FILE)
-        with open(path + '.tmp', 'w') as f:
-            json.dump(out, f, indent=1)
-        os.replace(path + '.tmp', path)
+        files.write_json(path, out)
     return out
 
 

@@ -24,6 +24,7 @@ from flax import nnx
 
 from jaxmim import checkpoint as ckpt_lib
 from jaxmim import config as config_lib
+from jaxmim import files
 from jaxmim import tree_util
 from jaxmim.methods import create_mim_model
 from jaxmim.registry import create_model, list_models, match_any
@@ -31,7 +32,7 @@ from jaxmim.registry import create_model, list_models, match_any
 PyTree = Any
 
 __all__ = ['build_model', 'split_variables', 'merge_variables', 'nonempty', 'load_run_config',
-           'write_run_config', 'restore_model', 'encoder_variables', 'read_checkpoint_variables',
+           'write_run_config', 'restore_model', 'encoder_variables', 'host_device', 'read_checkpoint_variables',
            'load_pretrained', 'load_variables',
            'save_model_checkpoint', 'previous_history', 'check_model_name', 'check_workdir',
            'check_resume', 'check_pretrained', 'check_image_size']
@@ -110,8 +111,7 @@ def write_run_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes ``config`` as ``<workdir>/config.json`` (process 0 only), read back by
     :func:`load_run_config`."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=1))
+        files.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
 
 
 def restore_model(model: nnx.Module, workdir: str, step: int | None = None) -> int:
@@ -150,13 +150,35 @@ def encoder_variables(params: PyTree, model_state: PyTree | None = None) -> dict
     return flat
 
 
+def host_device() -> jax.Device:
+    """A CPU device of this process (host memory) when JAX has its CPU backend (it has unless
+    ``JAX_PLATFORMS`` leaves it out), else this process's first device."""
+    try:
+        return jax.local_devices(backend='cpu')[0]
+    except RuntimeError:
+        return jax.local_devices()[0]
+
+
 def read_checkpoint_variables(workdir: str, step: int | None) -> dict[str, np.ndarray]:
     """``{dotted name: array}`` of every model variable (params and model_state) of a run's
-    checkpoint; a wrapper's ``encoder`` scope is unwrapped (:func:`encoder_variables`)."""
+    checkpoint; a wrapper's ``encoder`` scope is unwrapped (:func:`encoder_variables`).
+
+    The tensors are read into host memory: restored onto this process's first CPU device
+    (:func:`host_device`; every
+    process reads the whole checkpoint itself), never replicated over the accelerators, which at
+    this point may hold nothing yet (the model is laid out on the mesh afterwards).
+
+    Returns:
+      ``{dotted name: np.ndarray}`` with the stored shapes and dtypes.
+
+    Raises:
+      FileNotFoundError: no complete checkpoint (or not ``step``) in ``<workdir>/checkpoints``.
+    """
     directory = os.path.join(workdir, 'checkpoints')
-    params = ckpt_lib.restore_params(directory, step, key_path=('params',))
+    host = jax.sharding.SingleDeviceSharding(host_device())
+    params = ckpt_lib.restore_params(directory, step, key_path=('params',), sharding=host)
     try:
-        model_state = ckpt_lib.restore_params(directory, step, key_path=('model_state',))
+        model_state = ckpt_lib.restore_params(directory, step, key_path=('model_state',), sharding=host)
     except FileNotFoundError:
         model_state = None
     return {k: np.asarray(v) for k, v in encoder_variables(params, model_state).items()}

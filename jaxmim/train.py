@@ -15,7 +15,6 @@ by :mod:`jaxmim.steps`; pictures of reconstructions come from a hook the caller 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from absl import logging
 
 from jaxmim import checkpoint as ckpt_lib
 from jaxmim import config as config_lib
+from jaxmim import files
 from jaxmim import metrics as metrics_lib
 from jaxmim import probe
 from jaxmim import resilience
@@ -76,6 +76,44 @@ class _Segment:
         self.window = metrics_lib.WindowMean()
         self.history, self.evals = [], []
         self.start, self.train_time, self.base_bad = 0, 0.0, 0
+        self.num_devices = int(trainer.mesh.devices.size)
+        self.throughput = {'devices': self.num_devices, 'model_flops_per_image': None, 'peak_tflops_per_device': None}
+
+    # -- MFU ---------------------------------------------------------------------------------
+
+    def count_flops(self) -> None:
+        """Counts the model FLOPs per image of the run's step once, for the MFU of the train logs,
+        when a peak is known (``config.peak_tflops`` > 0, or 0 and a device kind of
+        :data:`jaxmim.model_flops.PEAK_BF16_TFLOPS`). The count is
+        :func:`jaxmim.benchmark_steps.model_flops_per_image` (the lowered step of the config's
+        reference form on this host's CPU: no remat, no scanned blocks, XLA's attention; masking
+        inputs drawn in the step); a count that fails is a warning, not an error (MFU is a
+        diagnostic: the run goes on without it)."""
+        config = self.config
+        peak = float(config.get('peak_tflops', 0.0))
+        if peak < 0:
+            return
+        if peak == 0:
+            from jaxmim import model_flops
+            peak = model_flops.peak_tflops(self.trainer.mesh.devices.flat[0].device_kind)
+            if peak is None:
+                return
+        from jaxmim import benchmark_steps
+        counted = config.copy_and_resolve_references()
+        if config.mode == 'pretrain':
+            counted.method.inputs_from = 'step'    # the same model work; no host inputs to mock
+        t0 = time.perf_counter()
+        try:
+            fpi, source = benchmark_steps.model_flops_per_image(config.mode, counted, self.trainer.mesh)
+        except Exception as e:  # noqa: BLE001  (a diagnostic: report it, train on)
+            logging.warning('MFU not logged: counting the model FLOPs failed (%s: %s)', type(e).__name__, e)
+            return
+        if not fpi:
+            logging.warning('MFU not logged: XLA reported no FLOP count for the step')
+            return
+        self.throughput.update(model_flops_per_image=fpi, peak_tflops_per_device=peak, flops_source=source)
+        logging.info('MFU: %.2f GFLOPs per image (%s, counted in %.1fs) over %.1f TFLOP/s per device '
+                     '(config.peak_tflops=-1 skips this)', fpi / 1e9, source, time.perf_counter() - t0, peak)
 
     # -- resume ------------------------------------------------------------------------------
 
@@ -182,9 +220,16 @@ class _Segment:
         dt = time.perf_counter() - self.t0 - self.paused
         ips = (step - self.n0) * self.config.batch_size / max(dt, 1e-9)
         self.t0, self.n0, self.paused = time.perf_counter(), step, 0.0
-        scalars = self.window.compute() | {'images_per_sec': ips}
+        scalars = self.window.compute() | {'images_per_sec': ips,
+                                           'images_per_sec_per_device': ips / self.num_devices}
+        fpi, peak = self.throughput['model_flops_per_image'], self.throughput['peak_tflops_per_device']
+        postfix = {'loss': f"{scalars['loss']:.4f}", 'img_s': f'{ips:.0f}'}
+        if fpi:
+            scalars['tflops_per_device'] = fpi * ips / self.num_devices / 1e12
+            scalars['mfu'] = scalars['tflops_per_device'] / peak
+            postfix['mfu'] = f"{100 * scalars['mfu']:.1f}%"
         self.history.append({'step': step, **scalars})
-        self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f'{ips:.0f}')
+        self.bar.set_postfix(**postfix)
         self.report('train', step, scalars)
 
     def report(self, kind: str, step: int, scalars: dict[str, float]) -> None:
@@ -233,13 +278,11 @@ class _Segment:
         out = {'mode': self.config.mode, 'start_step': self.start, 'total_steps': self.config.total_steps,
                'history': self.history, 'evals': self.evals, 'loop_seconds': self.train_time,
                'compilations': self.trainer.compilations, 'nonfinite': self.mode, 'finished': final,
+               'throughput': self.throughput,
                **self.extra_summary}
         out['final_eval'] = self.evals[-1] if self.evals and final else None
         if self.is_main:
-            tmp = self.summary_path + '.tmp'
-            with open(tmp, 'w') as f:
-                json.dump(out, f, indent=1)
-            os.replace(tmp, self.summary_path)
+            files.write_json(self.summary_path, out)
         return out
 
     def finish(self, state: PyTree) -> dict:
@@ -275,7 +318,12 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
     runs after every step; ``eval_kind`` / ``eval_every``: see :class:`_Segment`. Writes
     ``<workdir>/config.json`` and ``<workdir>/<mode>_summary.json`` (at every checkpoint and at
     the end; a resumed run keeps the earlier segments' history).
-    Logged train metrics are means over the ``log_every`` window (:class:`jaxmim.metrics.WindowMean`).
+    Logged train metrics are means over the ``log_every`` window (:class:`jaxmim.metrics.WindowMean`),
+    with the throughput since the last log: ``images_per_sec`` (global), ``images_per_sec_per_device``
+    and, when a peak is known (``config.peak_tflops``; :meth:`_Segment.count_flops`),
+    ``tflops_per_device`` (model FLOPs, not the recomputation of ``remat``) and ``mfu`` (its share of
+    the peak; Chowdhery et al. 2022, appendix B). Wall time between logs counts, data waits and
+    the (asynchronous) checkpoint saves included; evaluation time does not.
 
     Reliability (:mod:`jaxmim.resilience`): resumes from the newest readable checkpoint; reads the
     non-finite counter only at log / checkpoint / eval boundaries and never saves a state that went
@@ -291,6 +339,7 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
     """
     seg = _Segment(config, workdir, trainer, eval_fn, extra_summary, eval_kind, eval_every)
     try:
+        seg.count_flops()
         state = seg.resume(state)
         batches = seg.batches(data_fn(seg.start))
         with resilience.StopSignals() as signals:
@@ -421,7 +470,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
     if config.pretrained.workdir:
         # the pre-trained weights are read into the classifier in host memory (then wrapped in its
         # probe, if any), then laid out on the mesh
-        with jax.default_device(_host_device()):
+        with jax.default_device(rundir.host_device()):
             model = rundir.build_model(config)
             report = rundir.load_pretrained(model, config.pretrained.workdir, config.pretrained.step)
             model = probe.wrap(config, model)
@@ -452,15 +501,6 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> tuple[PyTree, d
 
     return _train_loop(config, workdir, trainer, state, _data_fn(config, mesh, train=True), eval_fn,
                        extra_summary={'pretrained': report})
-
-
-def _host_device():
-    """A CPU device of this process (host memory) when JAX has its CPU backend (it has unless
-    ``JAX_PLATFORMS`` leaves it out), else the default device."""
-    try:
-        return jax.local_devices(backend='cpu')[0]
-    except RuntimeError:
-        return jax.local_devices()[0]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,

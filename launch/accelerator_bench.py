@@ -63,7 +63,7 @@ from unittest import mock
 from absl import app, flags
 
 # jaxmim.benchmark also defines --steps, --warmup, --batch_size, --peak_tflops and --torch_compile
-from jaxmim import benchmark, benchmark_report, model_flops
+from jaxmim import benchmark, benchmark_report, files, model_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -223,10 +223,7 @@ def markdown(report: dict) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)   # never a half-written file
+    files.write_json(path, obj, default=str)   # never a half-written file
 
 
 def _enable_cache(cache_dir: str) -> None:

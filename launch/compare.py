@@ -188,11 +188,9 @@ class State:
         return self.data['stages'].setdefault(key, {'done': False, 'wall_seconds': 0.0})
 
     def save(self) -> None:
-        """Writes the record to ``path`` atomically (a ``.tmp`` file, then ``os.replace``)."""
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(self.data, f, indent=1)
-        os.replace(tmp, self.path)
+        """Writes the record to ``path`` atomically (:func:`jaxmim.files.write_json`)."""
+        from jaxmim import files
+        files.write_json(self.path, self.data)
 
 
 # ------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def main(argv) -> None:
     del argv
     from jaxmim import host
     host.tune_malloc()   # JAXMIM_MALLOC=tuned, before JAX's first computation (jaxmim.host)
-    from jaxmim import train
+    from jaxmim import files, train
     from jaxmim.data import prepare_fashion_mnist
 
     logging.set_verbosity(logging.WARNING)
@@ -190,8 +190,7 @@ def main(argv) -> None:
         t0 = time.perf_counter()
         out = fn()
         times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
-        with open(times_path, 'w') as f:
-            json.dump(times, f, indent=1)
+        files.write_json(times_path, times)
         return out
 
     rows = []
@@ -243,8 +242,7 @@ def main(argv) -> None:
     results = {'dataset': 'fashion_mnist (Debian dataset-fashion-mnist), test split 10,000 images',
                'method': method, 'model': rows[0]['backbone'], 'devices': str(jax.devices()),
                'rows': rows, 'pretrain_final_loss': last.get('loss'), 'encoders': encoders}
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1)
+    files.write_json(os.path.join(workdir, 'results.json'), results)
     width = max(len(r['backbone']) for r in rows)
     header = f"{'method':<34}| {'backbone':<{width}} | pre-train steps | fine-tune steps | top-1  | wall time"
     print('\n' + header + '\n' + '-' * len(header))

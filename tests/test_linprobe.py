@@ -163,6 +163,14 @@ def test_probe_step_costs_one_encoder_forward():
           f'probe / fine-tune {probe_flops / ft_flops:.3f}, probe / forward {probe_flops / forward:.3f}')
     assert 0.95 < probe_flops / forward < 1.1
     assert 0.2 < probe_flops / ft_flops < 0.45
+    # The MFU numerator of a probe run (logged by the train loop, jaxmim.benchmark_steps) is the
+    # probe's step, not the fine-tuning step of its classifier.
+    from jaxmim import benchmark_steps
+    mesh = mesh_lib.make_mesh(jax.devices('cpu')[:1])
+    counted, _ = benchmark_steps.model_flops_per_image('finetune', c, mesh)
+    assert 0.9 < counted * B / probe_flops < 1.1, (counted * B, probe_flops)
+    with pytest.raises(ValueError, match='probe'):
+        benchmark_steps.build_step('finetune', c, mesh, with_twin=True)
 
 
 # ------------------------------------------------------------------------------------------

@@ -66,6 +66,40 @@ def test_pretrain_lowers_loss_and_compiles_once(data_dir, tmp_path):
     assert os.listdir(tmp_path / 'tensorboard')
     saved = json.load(open(tmp_path / 'pretrain_summary.json'))
     assert saved['history'][-1]['step'] == 40
+    # a CPU has no known peak: no FLOPs counted, no MFU logged; images/s per device always
+    assert saved['throughput'] == {'devices': 8, 'model_flops_per_image': None, 'peak_tflops_per_device': None}
+    last = saved['history'][-1]
+    assert 'mfu' not in last and last['images_per_sec_per_device'] == pytest.approx(last['images_per_sec'] / 8)
+
+
+def test_train_logs_mfu_over_the_given_peak(data_dir, tmp_path):
+    """With ``config.peak_tflops`` the loop counts the step's model FLOPs once and logs
+    ``tflops_per_device = FLOPs/image x images/s / devices`` and ``mfu = tflops_per_device / peak``;
+    the count is within 2x of the analytic SimMIM-Swin count of tests/test_benchmark.py (written
+    from the architecture alone, no XLA)."""
+    from test_benchmark import swin_train_flops
+
+    from jaxmim.registry import model_defaults
+    cfg = pretrain_cfg(data_dir, 2)
+    cfg.peak_tflops = 0.5
+    _, summary = train.pretrain(cfg, str(tmp_path))
+    tp = summary['throughput']
+    assert tp['devices'] == 8 and tp['peak_tflops_per_device'] == 0.5
+    assert tp['flops_source'] == 'reference form, 1 CPU device'
+    arch = {**model_defaults(cfg.model.name), **TINY_ENC}
+    expected = swin_train_flops(**{**arch, 'in_chans': arch.get('in_chans', 3)},
+                                decoder_stride=cfg.method.encoder_stride)
+    fpi = tp['model_flops_per_image']
+    assert 0.5 < fpi / expected < 2.0, (fpi, expected)
+    assert [h['step'] for h in summary['history']] == [1, 2]
+    for h in summary['history']:
+        assert h['images_per_sec_per_device'] == pytest.approx(h['images_per_sec'] / 8)
+        assert h['tflops_per_device'] == pytest.approx(fpi * h['images_per_sec'] / 8 / 1e12)
+        assert h['mfu'] == pytest.approx(h['tflops_per_device'] / 0.5)
+    bad = pretrain_cfg(data_dir, 2)
+    bad.peak_tflops = float('nan')
+    with pytest.raises(ValueError, match='config.peak_tflops'):
+        check_config(bad)
 
 
 def test_resume_reproduces_uninterrupted_run(data_dir, tmp_path, monkeypatch):
@@ -139,7 +173,7 @@ def test_step_is_identical_on_1_and_8_devices():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
 
 
-def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
+def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path, monkeypatch):
     pre_dir = str(tmp_path / 'pre')
     train.pretrain(pretrain_cfg(data_dir, 3), pre_dir)
     from jaxmim import checkpoint
@@ -152,7 +186,14 @@ def test_finetune_from_pretrained_checkpoint(data_dir, tmp_path):
     cfg.data.eval_split = 'test[:2000]'
     model = rundir.build_model(cfg)
     head_before = np.asarray(model.head.kernel[...])
+    # The checkpoint is read into host memory: one CPU device of this process, not replicated
+    # over the 8 devices (which, on an accelerator host, are the accelerators).
+    placed, restore = [], checkpoint.restore_params
+    monkeypatch.setattr(checkpoint, 'restore_params', lambda *a, **k: placed.append(restore(*a, **k)) or placed[-1])
     report = rundir.load_pretrained(model, pre_dir)
+    monkeypatch.undo()
+    devices = {d for tree in placed for leaf in jax.tree.leaves(tree) for d in leaf.sharding.device_set}
+    assert placed and devices == {jax.local_devices(backend='cpu')[0]}, devices   # params (no model_state here)
     loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     np.testing.assert_array_equal(loaded['layers'][1]['blocks'][1]['attn']['qkv']['kernel'],
                                   enc['layers'][1]['blocks'][1]['attn']['qkv']['kernel'])
