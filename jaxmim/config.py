@@ -106,6 +106,10 @@ def _common_defaults() -> ml_collections.ConfigDict:
         # of a known accelerator kind (jaxmim.model_flops.PEAK_BF16_TFLOPS), nothing on a CPU;
         # < 0: off (no count).
         peak_tflops=0.0,
+        # JAX profiler trace of steps profile_from .. profile_from + profile_steps - 1 (process 0)
+        # into WORKDIR/tensorboard/plugins/profile (TensorBoard's profile tab); 0: no trace.
+        profile_from=0,
+        profile_steps=5,
         ema_decay=0.0,                 # > 0 keeps an EMA of the weights, evaluated beside them
         # Gradient accumulation: batch_size stays the images per optimizer update; the jitted step
         # scans over accum_steps micro-batches of batch_size / accum_steps and applies one update.
@@ -321,6 +325,11 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     keep = config.get('keep_checkpoints')
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ValueError(f'config.keep_checkpoints={keep!r}: must be an integer >= 1, or None to keep all')
+    for field, low in (('profile_from', 0), ('profile_steps', 1)):
+        value = config.get(field, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f'config.{field}={value!r}: must be an integer >= {low}'
+                             + (' (0: no profiler trace)' if low == 0 else ''))
     peak = config.get('peak_tflops', 0.0)
     if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak != peak:
         raise ValueError(f'config.peak_tflops={peak!r}: must be a number (TFLOP/s of one device; 0: the '

@@ -283,3 +283,70 @@ def memory_gib(compiled) -> float | None:
     except AttributeError:
         return None
     return total / 2 ** 30
+
+
+class TraceWindow:
+    """Traces steps ``first .. first + count - 1`` of a training loop with the JAX profiler, for
+    TensorBoard's profile tab (``tensorboard --logdir WORKDIR/tensorboard``, with the
+    ``tensorboard-plugin-profile`` / xprof package) or Perfetto.
+
+    The trace starts before step ``first`` runs and stops once step ``first + count - 1`` has
+    finished on the devices (``jax.block_until_ready`` of its output, so the window holds whole
+    steps); each step inside is annotated with ``jax.profiler.StepTraceAnnotation('train',
+    step_num=step)``. :func:`jax.profiler.start_trace` writes
+    ``<log_dir>/plugins/profile/<timestamp>/<host>.xplane.pb``. A run resumed past ``first``
+    traces nothing. Settings of the loops: ``config.profile_from`` (``first``; 0: off) and
+    ``config.profile_steps`` (``count``); only process 0 traces (several processes of one host
+    would write the same file).
+
+    Args:
+      first: the first traced step (1-based, as the loop counts); 0 turns the window off.
+      count: how many steps (>= 1).
+      log_dir: the trace's root directory (the run's TensorBoard directory).
+      enabled: False turns the window off (e.g. on processes other than 0).
+
+    Raises:
+      ValueError: ``first`` < 0 or ``count`` < 1.
+
+    Source: JAX manual, "Profiling computation" (``jax.profiler.start_trace`` / ``stop_trace``,
+    ``StepTraceAnnotation``); the step window follows MaxText's ``profiler_steps`` setting.
+    """
+
+    def __init__(self, first: int, count: int, log_dir: str, enabled: bool = True):
+        if first < 0 or count < 1:
+            raise ValueError(f'TraceWindow: first={first} must be >= 0 (0: off) and count={count} >= 1')
+        self.first, self.last, self.log_dir = int(first), int(first) + int(count) - 1, log_dir
+        self.enabled = bool(enabled) and first > 0
+        self.active = False
+
+    def annotate(self, step: int):
+        """The context of one step: starts the trace at ``first``; a step annotation inside the
+        window, a null context outside."""
+        import contextlib
+
+        import jax
+
+        if self.enabled and step == self.first and not self.active:
+            os.makedirs(self.log_dir, exist_ok=True)
+            jax.profiler.start_trace(self.log_dir)
+            self.active = True
+            logging.info('Profiling steps %d-%d into %s', self.first, self.last, self.log_dir)
+        if self.active:
+            return jax.profiler.StepTraceAnnotation('train', step_num=step)
+        return contextlib.nullcontext()
+
+    def after(self, step: int, outputs: Any) -> None:
+        """Stops the trace after step ``last`` once ``outputs`` (that step's results) are ready."""
+        if self.active and step >= self.last:
+            import jax
+            jax.block_until_ready(outputs)
+            self.close()
+
+    def close(self) -> None:
+        """Stops an open trace (the loop's ``finally``: a run that ends or fails inside the window
+        still writes what it traced)."""
+        if self.active:
+            import jax
+            self.active = False
+            jax.profiler.stop_trace()
+            logging.info('Profile of steps %d-%d written under %s', self.first, self.last, self.log_dir)

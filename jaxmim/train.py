@@ -30,6 +30,7 @@ from jaxmim import config as config_lib
 from jaxmim import files
 from jaxmim import metrics as metrics_lib
 from jaxmim import probe
+from jaxmim import profiling
 from jaxmim import resilience
 from jaxmim import rundir
 from jaxmim import steps
@@ -325,6 +326,9 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
     the peak; Chowdhery et al. 2022, appendix B). Wall time between logs counts, data waits and
     the (asynchronous) checkpoint saves included; evaluation time does not.
 
+    With ``config.profile_from > 0`` process 0 traces steps ``profile_from .. profile_from +
+    profile_steps - 1`` into ``<workdir>/tensorboard/plugins/profile`` (:class:`jaxmim.profiling.TraceWindow`).
+
     Reliability (:mod:`jaxmim.resilience`): resumes from the newest readable checkpoint; reads the
     non-finite counter only at log / checkpoint / eval boundaries and never saves a state that went
     through a non-finite step; SIGTERM / SIGINT finish the current step, save it and stop.
@@ -338,6 +342,8 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
       ValueError: ``config.total_steps`` below the checkpoint's step; a corrupt tfrecord (named).
     """
     seg = _Segment(config, workdir, trainer, eval_fn, extra_summary, eval_kind, eval_every)
+    trace = profiling.TraceWindow(int(config.get('profile_from', 0)), int(config.get('profile_steps', 1)),
+                                  os.path.join(workdir, 'tensorboard'), enabled=seg.is_main)
     try:
         seg.count_flops()
         state = seg.resume(state)
@@ -345,7 +351,9 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
         with resilience.StopSignals() as signals:
             for step in range(seg.start + 1, config.total_steps + 1):
                 started = time.perf_counter()
-                state, metrics = trainer.train_step(state, next(batches))
+                with trace.annotate(step):
+                    state, metrics = trainer.train_step(state, next(batches))
+                trace.after(step, metrics)
                 seg.window.update(metrics)
                 log_now, eval_now, save_now = seg.boundaries(step)
                 stop_now = signals.should_stop(step, boundary=log_now or save_now)
@@ -365,6 +373,7 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
                 seg.train_time += time.perf_counter() - started
             return state, seg.finish(state)
     finally:
+        trace.close()
         seg.close()
 
 

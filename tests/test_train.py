@@ -258,3 +258,34 @@ def test_cli_reports_unknown_override():
     assert proc.returncode != 0
     assert 'base_lrr' in proc.stderr and 'base_lr' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_profile_window_traces_the_chosen_steps(data_dir, tmp_path):
+    """``profile_from=2, profile_steps=2`` of a 4-step run: one trace under
+    ``<workdir>/tensorboard/plugins/profile`` whose step annotations are steps 2 and 3 only."""
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    cfg = pretrain_cfg(data_dir, 4)
+    cfg.profile_from, cfg.profile_steps = 2, 2
+    train.pretrain(cfg, str(tmp_path))
+    paths = glob.glob(str(tmp_path / 'tensorboard' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+    assert len(paths) == 1, paths
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(open(paths[0], 'rb').read())
+    steps_seen = set()
+    for plane in space.planes:
+        stat_names = {k: m.name for k, m in plane.stat_metadata.items()}
+        for line in plane.lines:
+            for e in line.events:
+                if plane.event_metadata[e.metadata_id].name != 'train':
+                    continue
+                for s in e.stats:
+                    if stat_names.get(s.metadata_id) == 'step_num':
+                        steps_seen.add(int(s.int64_value or s.uint64_value or s.str_value))
+    assert steps_seen == {2, 3}, steps_seen
+    bad = pretrain_cfg(data_dir, 2)
+    bad.profile_steps = 0
+    with pytest.raises(ValueError, match='config.profile_steps'):
+        check_config(bad)
