@@ -3,6 +3,8 @@
 * Each process owns 2 fake CPU devices and half of the global batch; the global arrays are
   assembled with ``jax.make_array_from_process_local_data``. Two steps must give the losses
   and parameters of a single process that holds all 4 devices and the whole batch.
+* Both processes read a pre-trained checkpoint as fine-tuning does, each into its own host
+  memory (``rundir.read_checkpoint_variables``), and get the tensors one process reads.
 * Tensor parallelism across processes (one device each, ``fsdp_tp`` with ``model=2``): the two
   processes hold the same rows of the batch, so both load the whole batch (part 0 of 1,
   :func:`jaxmim.mesh.data_shards`), and two steps equal one process holding both devices.
@@ -16,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (devices per process, config.mesh) of each case
@@ -58,6 +61,20 @@ def run_steps(devices, images, mesh_config=None, steps=2):
     return losses, checksum, (part, parts, list(batch['image'].shape))
 
 
+def _tiny_model():
+    from jaxmim.config import load_config_file
+    from jaxmim.methods import create_mim_model
+    cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
+    return cfg, create_mim_model(cfg.method.to_dict(), cfg.model.name, overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
+
+
+def pretrained_sums(workdir):
+    """``{dotted name: sum of |x|}`` of the run's checkpoint read as fine-tuning reads it."""
+    from jaxmim import rundir
+    return {k: float(np.abs(np.asarray(v, np.float64)).sum())
+            for k, v in rundir.read_checkpoint_variables(workdir, None).items()}
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -69,10 +86,14 @@ def test_two_processes_match_one_process(tmp_path, case):
     import jax
     per_process, mesh_config = CASES[case]
     out = str(tmp_path / 'result')
+    from jaxmim import rundir
+    cfg, model = _tiny_model()
+    rundir.save_model_checkpoint(model, str(tmp_path / 'pre'), cfg, step=5)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     worker = os.path.join(ROOT, 'tests', '_multiprocess_worker.py')
-    procs = [subprocess.Popen([sys.executable, worker, str(port), str(pid), out, case], cwd=ROOT, env=env,
+    procs = [subprocess.Popen([sys.executable, worker, str(port), str(pid), out, case,
+                              str(tmp_path / 'pre')], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for pid in range(2)]
     logs = []
@@ -93,3 +114,12 @@ def test_two_processes_match_one_process(tmp_path, case):
     for m in multi:
         np.testing.assert_allclose(m['losses'], losses, rtol=1e-5)
         np.testing.assert_allclose(m['checksum'], checksum, rtol=1e-5)
+    # the pre-trained encoder's tensors as written (every one, exact; SimMIM keeps its encoder
+    # under 'encoder.', which fine-tuning unwraps), read by each process on its own
+    from jaxmim import tree_util
+    written = tree_util.flatten_names(nnx.to_pure_dict(nnx.state(model)))
+    expected = {k[len('encoder.'):]: float(np.abs(np.asarray(v, np.float64)).sum())
+                for k, v in written.items() if k.startswith('encoder.')}
+    assert len(expected) > 20
+    for m in multi:
+        assert m['pretrained'] == expected
