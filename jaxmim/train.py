@@ -167,14 +167,16 @@ class _Segment:
         if self.start:   # the history of earlier segments (up to the checkpoint resumed from) is kept
             self.history, self.evals = rundir.previous_history(self.summary_path, self.start)
         self.base_bad = int(jax.device_get(state['guard'])['nonfinite'])   # skipped in earlier segments
-        self.t0, self.n0, self.paused = time.perf_counter(), self.start, 0.0
+        self.t0, self.n0, self.paused, self.data_wait = time.perf_counter(), self.start, 0.0, 0.0
         return state
 
     def batches(self, data: Iterator[dict]) -> Iterator[dict]:
         """Global batches on the mesh from the per-process iterator ``data``; a corrupt tfrecord
-        is named (:func:`jaxmim.data.checks.data_error`)."""
+        is named (:func:`jaxmim.data.checks.data_error`). The host time spent waiting for each
+        batch (the pipeline and its transfer to the devices) adds to ``data_wait``."""
         sharding = batch_sharding(self.trainer.mesh)
         while True:
+            t = time.perf_counter()
             try:
                 local = next(data)
             except (StopIteration, KeyboardInterrupt, SystemExit):
@@ -184,7 +186,9 @@ class _Segment:
                 if err is e:
                     raise
                 raise err from e
-            yield global_batch(local, sharding)
+            batch = global_batch(local, sharding)
+            self.data_wait += time.perf_counter() - t
+            yield batch
 
     # -- per step ----------------------------------------------------------------------------
 
@@ -220,9 +224,11 @@ class _Segment:
         """Reports the window's mean metrics and the throughput since the last log."""
         dt = time.perf_counter() - self.t0 - self.paused
         ips = (step - self.n0) * self.config.batch_size / max(dt, 1e-9)
-        self.t0, self.n0, self.paused = time.perf_counter(), step, 0.0
+        wait = self.data_wait
+        self.t0, self.n0, self.paused, self.data_wait = time.perf_counter(), step, 0.0, 0.0
         scalars = self.window.compute() | {'images_per_sec': ips,
-                                           'images_per_sec_per_device': ips / self.num_devices}
+                                           'images_per_sec_per_device': ips / self.num_devices,
+                                           'data_wait_share': min(wait / max(dt, 1e-9), 1.0)}
         fpi, peak = self.throughput['model_flops_per_image'], self.throughput['peak_tflops_per_device']
         postfix = {'loss': f"{scalars['loss']:.4f}", 'img_s': f'{ips:.0f}'}
         if fpi:
@@ -320,8 +326,9 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
     ``<workdir>/config.json`` and ``<workdir>/<mode>_summary.json`` (at every checkpoint and at
     the end; a resumed run keeps the earlier segments' history).
     Logged train metrics are means over the ``log_every`` window (:class:`jaxmim.metrics.WindowMean`),
-    with the throughput since the last log: ``images_per_sec`` (global), ``images_per_sec_per_device``
-    and, when a peak is known (``config.peak_tflops``; :meth:`_Segment.count_flops`),
+    with the throughput since the last log: ``images_per_sec`` (global), ``images_per_sec_per_device``,
+    ``data_wait_share`` (the share of that time the loop waited for the next batch: near 1, the
+    input pipeline is the bottleneck; near 0, the devices are) and, when a peak is known (``config.peak_tflops``; :meth:`_Segment.count_flops`),
     ``tflops_per_device`` (model FLOPs, not the recomputation of ``remat``) and ``mfu`` (its share of
     the peak; Chowdhery et al. 2022, appendix B). Wall time between logs counts, data waits and
     the (asynchronous) checkpoint saves included; evaluation time does not.

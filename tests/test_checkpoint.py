@@ -223,3 +223,34 @@ def test_restore_params_without_target(tmp_path):
         ck.restore_params(tmp_path / 'empty')
     with pytest.raises(FileNotFoundError, match='does not exist'):
         ck.restore_params(tmp_path / 'missing')
+
+
+def test_replicated_arrays_are_written_whole_in_one_process(tmp_path, monkeypatch):
+    """In one process an array replicated over 8 devices is written whole by one replica: orbax's
+    replica-parallel split (each replica a slice, cut by an eager lax.slice per replica) would only
+    cost time when every replica lives in this process. Sharded arrays keep one write per shard.
+    The checkpoint reads back bit-equal on another layout."""
+    from orbax.checkpoint._src.serialization import replica_slices
+
+    seen = []
+    real = replica_slices.get_replica_slices
+
+    def record(arr, *args, **kwargs):
+        out = real(arr, *args, **kwargs)
+        seen.append((arr.shape, arr.sharding.is_fully_replicated, [s.slice_args for s in out.replica_slices]))
+        return out
+
+    monkeypatch.setattr(replica_slices, 'get_replica_slices', record)
+    mesh = Mesh(np.asarray(_cpu_devices(8)), ('d',))
+    state = _state(seed=2, sharding=NamedSharding(mesh, P()))
+    sharded = jax.device_put(np.arange(64, dtype=np.float32).reshape(16, 4), NamedSharding(mesh, P('d')))
+    state['params']['decoder']['sharded'] = sharded
+    with ck.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+    replicated = [s for s in seen if s[1] and s[0] and max(s[0]) >= 8]
+    assert replicated and all(args == [None] for _, _, args in replicated), replicated
+    (row,) = [s for s in seen if s[0] == (16, 4)]
+    assert row[2] == [None] * 8          # 8 shards, each written whole by its device
+    with ck.Checkpointer(tmp_path, read_only=True) as ckpt:
+        back = ckpt.restore(1, target=ck.abstract_like(state, _single()))
+    _assert_tree_equal(back, state)
