@@ -326,15 +326,17 @@ def _train_loop(config, workdir: str, trainer: steps.Trainer, state: PyTree, dat
     ``<workdir>/config.json`` and ``<workdir>/<mode>_summary.json`` (at every checkpoint and at
     the end; a resumed run keeps the earlier segments' history).
     Logged train metrics are means over the ``log_every`` window (:class:`jaxmim.metrics.WindowMean`),
-    with the throughput since the last log: ``images_per_sec`` (global), ``images_per_sec_per_device``,
-    ``data_wait_share`` (the share of that time the loop waited for the next batch: near 1, the
-    input pipeline is the bottleneck; near 0, the devices are) and, when a peak is known (``config.peak_tflops``; :meth:`_Segment.count_flops`),
-    ``tflops_per_device`` (model FLOPs, not the recomputation of ``remat``) and ``mfu`` (its share of
-    the peak; Chowdhery et al. 2022, appendix B). Wall time between logs counts, data waits and
+    with the throughput since the last log: ``images_per_sec`` (global),
+    ``images_per_sec_per_device``, ``data_wait_share`` (the share of that time the loop waited for
+    the next batch: near 1, the input pipeline is the bottleneck; near 0, the devices are) and,
+    when a peak is known (``config.peak_tflops``; :meth:`_Segment.count_flops`),
+    ``tflops_per_device`` (model FLOPs, not the recomputation of ``remat``) and ``mfu`` (its share
+    of the peak; Chowdhery et al. 2022, appendix B). Wall time between logs counts, data waits and
     the (asynchronous) checkpoint saves included; evaluation time does not.
 
     With ``config.profile_from > 0`` process 0 traces steps ``profile_from .. profile_from +
-    profile_steps - 1`` into ``<workdir>/tensorboard/plugins/profile`` (:class:`jaxmim.profiling.TraceWindow`).
+    profile_steps - 1`` into ``<workdir>/tensorboard/plugins/profile``
+    (:class:`jaxmim.profiling.TraceWindow`).
 
     Reliability (:mod:`jaxmim.resilience`): resumes from the newest readable checkpoint; reads the
     non-finite counter only at log / checkpoint / eval boundaries and never saves a state that went
