@@ -164,9 +164,9 @@ def read_checkpoint_variables(workdir: str, step: int | None) -> dict[str, np.nd
     checkpoint; a wrapper's ``encoder`` scope is unwrapped (:func:`encoder_variables`).
 
     The tensors are read into host memory: restored onto this process's first CPU device
-    (:func:`host_device`; every
-    process reads the whole checkpoint itself), never replicated over the accelerators, which at
-    this point may hold nothing yet (the model is laid out on the mesh afterwards).
+    (:func:`host_device`; every process reads the whole checkpoint itself), never replicated over
+    the accelerators, which at this point may hold nothing yet (the model is laid out on the mesh
+    afterwards).
 
     Returns:
       ``{dotted name: np.ndarray}`` with the stored shapes and dtypes.

@@ -100,12 +100,10 @@ class _Segment:
             if peak is None:
                 return
         from jaxmim import benchmark_steps
-        counted = config.copy_and_resolve_references()
-        if config.mode == 'pretrain':
-            counted.method.inputs_from = 'step'    # the same model work; no host inputs to mock
         t0 = time.perf_counter()
         try:
-            fpi, source = benchmark_steps.model_flops_per_image(config.mode, counted, self.trainer.mesh)
+            # the counted batch carries no masking inputs: the step draws them (steps.masking_inputs)
+            fpi, source = benchmark_steps.model_flops_per_image(config.mode, config, self.trainer.mesh)
         except Exception as e:  # noqa: BLE001  (a diagnostic: report it, train on)
             logging.warning('MFU not logged: counting the model FLOPs failed (%s: %s)', type(e).__name__, e)
             return
