@@ -31,7 +31,7 @@ def _fsync_dir(directory: str) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:          # a file system that cannot sync a directory: the rename is done
         pass
     finally:
         os.close(fd)
