@@ -29,6 +29,15 @@ def GLOBAL_BATCH():
     return np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
 
 
+def _tiny_model():
+    """``(demo SimMIM Swin config, its model with embed_dim 16)``: what every process trains and
+    the pre-trained checkpoint holds."""
+    from jaxmim.config import load_config_file
+    from jaxmim.methods import create_mim_model
+    cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
+    return cfg, create_mim_model(cfg.method.to_dict(), cfg.model.name, overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
+
+
 def run_steps(devices, images, mesh_config=None, steps=2):
     """Runs ``steps`` SimMIM steps of a tiny demo Swin on a mesh over ``devices``, each process
     feeding its part (:func:`jaxmim.mesh.data_shards`) of the global batch ``images``; returns the
@@ -37,10 +46,8 @@ def run_steps(devices, images, mesh_config=None, steps=2):
 
     from jaxmim import mesh as mesh_lib
     from jaxmim import steps as steps_lib
-    from jaxmim.methods import create_mim_model
 
-    from jaxmim.config import load_config_file
-    cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
+    cfg, model = _tiny_model()
     cfg.batch_size, cfg.total_steps, cfg.optim.warmup_steps = 8, 10, 2
     cfg.mesh.update(mesh_config or {})
     mesh = mesh_lib.make_mesh(devices, cfg.mesh)
@@ -48,8 +55,6 @@ def run_steps(devices, images, mesh_config=None, steps=2):
     part, parts = mesh_lib.data_shards(mesh)
     rows = images.shape[0] // parts
     batch = mesh_lib.global_batch({'image': images[part * rows:(part + 1) * rows]}, mesh_lib.batch_sharding(mesh))
-    model = create_mim_model(cfg.method.to_dict(), cfg.model.name,
-                             overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
     trainer, state = steps_lib.make_trainer(model, steps_lib.mim_loss, cfg, mesh)
     losses = []
     for _ in range(steps):
@@ -59,13 +64,6 @@ def run_steps(devices, images, mesh_config=None, steps=2):
     leaves = jax.tree.leaves(multihost_utils.process_allgather(state['params'], tiled=True))
     checksum = float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in leaves))
     return losses, checksum, (part, parts, list(batch['image'].shape))
-
-
-def _tiny_model():
-    from jaxmim.config import load_config_file
-    from jaxmim.methods import create_mim_model
-    cfg = load_config_file(os.path.join(ROOT, 'configs/demo/simmim_swin_fmnist.py'))
-    return cfg, create_mim_model(cfg.method.to_dict(), cfg.model.name, overrides=dict(embed_dim=16, num_heads=(1, 2, 4)))
 
 
 def pretrained_sums(workdir):
